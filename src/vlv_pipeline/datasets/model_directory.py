@@ -1,0 +1,278 @@
+"""``ModelDirectoryDataset`` loads/saves a ``save_pretrained`` directory: a diffusers or
+transformers model, a pipeline (e.g. ``StableDiffusionPipeline``), a tokenizer, a
+scheduler, or any object with ``save_pretrained``/``from_pretrained``.
+
+Saves are atomic (written to a hidden temporary sibling, then renamed into place) and
+safetensors-only: pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.ckpt``)
+are refused on save and on load. Local filesystem only.
+
+Example catalog entry::
+
+    teacher:
+      type: vlv_pipeline.datasets.ModelDirectoryDataset
+      filepath: data/06_models/teacher
+      load_class: diffusers.StableDiffusionPipeline
+      versioned: true
+
+    caption_tokenizer:
+      type: vlv_pipeline.datasets.ModelDirectoryDataset
+      filepath: data/06_models/caption_tokenizer
+      load_class: transformers.AutoTokenizer
+
+    vlv_text_encoder:
+      type: vlv_pipeline.datasets.ModelDirectoryDataset
+      filepath: data/06_models/text_encoder
+      load_class: transformers.CLIPTextModel
+      load_args:
+        dtype: bfloat16    # names a torch dtype (diffusers classes: torch_dtype)
+      save_args:
+        max_shard_size: 2GB
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_protocol_and_path,
+)
+from kedro_datasets._typing import TablePreview
+
+MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# from_pretrained of these (and their subclasses) takes `use_safetensors`.
+_SAFETENSORS_LOADERS = {"ModelMixin", "DiffusionPipeline", "PreTrainedModel", "_BaseAutoModelClass"}
+
+
+def _pickle_files(root: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES
+    )
+
+
+def _import_class(dotted: str) -> type:
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise DatasetError(
+            f"Cannot import load_class '{dotted}'; give a dotted path such as "
+            f"'diffusers.AutoencoderKL' or 'transformers.AutoTokenizer'."
+        ) from exc
+
+
+def _resolve_dtypes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """YAML cannot spell a ``torch.dtype``: turn ``dtype: bfloat16`` into ``torch.bfloat16``."""
+    for key in ("dtype", "torch_dtype"):
+        value = kwargs.get(key)
+        if isinstance(value, str) and value != "auto":
+            import torch
+
+            dtype = getattr(torch, value, None)
+            if not isinstance(dtype, torch.dtype):
+                raise DatasetError(f"load_args {key}: '{value}' is not a torch dtype name")
+            kwargs[key] = dtype
+    return kwargs
+
+
+def _takes_use_safetensors(cls: type) -> bool:
+    if any(base.__name__ in _SAFETENSORS_LOADERS for base in inspect.getmro(cls)):
+        return True
+    return "use_safetensors" in inspect.signature(cls.from_pretrained).parameters
+
+
+class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
+    """A ``save_pretrained`` directory, loaded with ``<load_class>.from_pretrained``.
+
+    Examples:
+        >>> from transformers import CLIPTextConfig, CLIPTextModel
+        >>> model = CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=16,
+        ...     intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...     max_position_embeddings=16, pad_token_id=1, bos_token_id=0, eos_token_id=2))
+        >>> dataset = ModelDirectoryDataset(
+        ...     filepath=tmp_path / "clip", load_class="transformers.CLIPTextModel")
+        >>> dataset.save(model)
+        >>> reloaded = dataset.load()
+    """
+
+    DEFAULT_LOAD_ARGS: dict[str, Any] = {}
+    DEFAULT_SAVE_ARGS: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        *,
+        filepath: str | os.PathLike,
+        load_class: str,
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates a new ``ModelDirectoryDataset`` for a local directory.
+
+        Args:
+            filepath: Local directory path. Versioned: ``<filepath>/<version>/<name>``.
+            load_class: Dotted import path of the class whose ``from_pretrained`` loads
+                the directory, e.g. ``diffusers.AutoencoderKL``.
+            load_args: Extra keyword arguments for ``from_pretrained``.
+                ``use_safetensors=True`` is added for model and pipeline classes.
+            save_args: Extra keyword arguments for ``save_pretrained``.
+                ``safe_serialization=True`` is added where the method takes it.
+            version: A ``kedro.io.core.Version``; ``load=None`` loads the latest
+                version, ``save=None`` generates a timestamp.
+            metadata: Any arbitrary metadata; ignored by Kedro.
+        """
+        protocol, path = get_protocol_and_path(filepath, version)
+        if protocol != "file":
+            raise DatasetError(
+                f"{type(self).__name__} supports local paths only; got '{filepath}'."
+            )
+        if "." not in load_class:
+            raise DatasetError(
+                f"load_class '{load_class}' must be a dotted import path, e.g. "
+                f"'diffusers.AutoencoderKL' or 'transformers.AutoTokenizer'."
+            )
+        self._load_class = load_class
+        self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
+        self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
+        self.metadata = metadata
+        super().__init__(filepath=PurePosixPath(path), version=version)
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._filepath,
+            "load_class": self._load_class,
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+            "version": self._version,
+        }
+
+    # ------------------------------------------------------------------ load
+
+    def _checked_load_path(self) -> Path:
+        """The directory to load, after checking it looks like a model directory."""
+        path = Path(self._get_load_path())
+        if not path.is_dir():
+            what = "is a file, not a directory" if path.exists() else "does not exist"
+            raise DatasetError(
+                f"Model directory '{path}' {what}. Run the pipeline that saves it, or point "
+                f"'filepath' to a save_pretrained directory."
+            )
+        if not any((path / name).is_file() for name in MARKER_FILES):
+            raise DatasetError(
+                f"'{path}' is not a save_pretrained directory: it has none of {MARKER_FILES} "
+                f"(it contains {sorted(p.name for p in path.iterdir())[:10]}). Point 'filepath' "
+                f"to the directory that holds one of them."
+            )
+        return path
+
+    def load(self) -> Any:
+        path = self._checked_load_path()
+        pickles = _pickle_files(path)
+        if pickles:
+            raise DatasetError(
+                f"Refusing to load '{path}': it contains pickle weights {pickles[:5]} and this "
+                f"dataset loads safetensors only. Re-save the model with "
+                f"save_pretrained(..., safe_serialization=True) and delete the pickle files."
+            )
+        cls = _import_class(self._load_class)
+        kwargs = _resolve_dtypes(dict(self._load_args))
+        if _takes_use_safetensors(cls):
+            kwargs.setdefault("use_safetensors", True)
+        return cls.from_pretrained(str(path), **kwargs)
+
+    # ------------------------------------------------------------------ save
+
+    def save(self, data: Any) -> None:
+        if not callable(getattr(data, "save_pretrained", None)):
+            raise DatasetError(
+                f"{type(self).__name__} saves objects with a save_pretrained method; "
+                f"got {type(data).__name__}."
+            )
+        save_path = Path(self._get_save_path())  # versioned: raises if it exists
+        # Hidden names: kedro finds versions with glob('<filepath>/*/<name>'), which
+        # skips dot-entries, so a half-written directory is never taken for a version.
+        tmp_root = Path(self._filepath) if self._version else save_path.parent
+        tmp = tmp_root / f".{save_path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir(parents=True)
+        try:
+            kwargs = dict(self._save_args)
+            if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
+                kwargs.setdefault("safe_serialization", True)
+            data.save_pretrained(str(tmp), **kwargs)
+            pickles = _pickle_files(tmp)
+            if pickles:
+                raise DatasetError(
+                    f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
+                    f"safetensors only (check save_args: safe_serialization must stay True)."
+                )
+            self._publish(tmp, save_path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _publish(self, tmp: Path, save_path: Path) -> None:
+        """Rename the finished ``tmp`` directory to ``save_path`` atomically."""
+        if self._version:
+            save_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, save_path)
+            return
+        if not save_path.exists():
+            os.replace(tmp, save_path)
+            return
+        old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+        os.replace(save_path, old)
+        try:
+            os.replace(tmp, save_path)
+        except OSError:
+            os.replace(old, save_path)  # put the previous directory back
+            raise
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+    def _exists(self) -> bool:
+        try:
+            path = Path(self._get_load_path())
+        except DatasetError:
+            return False
+        return path.is_dir() and any((path / name).is_file() for name in MARKER_FILES)
+
+    # --------------------------------------------------------------- preview
+
+    def preview(self, nrows: int = 200) -> TablePreview:
+        """A table for kedro-viz: the directory's config keys/values, then its files.
+
+        Args:
+            nrows: The maximum number of rows.
+
+        Returns:
+            dict: ``{"index", "columns", "data"}`` like pandas ``to_dict(orient="split")``.
+        """
+        path = self._checked_load_path()
+        rows: list[list[Any]] = []
+        for name in MARKER_FILES:
+            config_file = path / name
+            if not config_file.is_file():
+                continue
+            for key, value in json.loads(config_file.read_text()).items():
+                shown = value if isinstance(value, str | int | float | bool) else json.dumps(value)
+                rows.append([name, key, shown])
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            rows.append(["file", str(file.relative_to(path)), file.stat().st_size])
+        rows = rows[:nrows]
+        return TablePreview(
+            {"index": list(range(len(rows))), "columns": ["source", "name", "value"], "data": rows}
+        )

@@ -1,0 +1,1 @@
+"""Torch modules and builders: the component registry, VLV encoder, caption decoder."""

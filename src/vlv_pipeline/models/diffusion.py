@@ -1,0 +1,44 @@
+"""Small helpers shared by every diffusion objective (teacher and stage 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+    """The regression target the scheduler's ``prediction_type`` asks for."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
+
+
+def diffusion_loss(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    timestep_range: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Noise ``latents`` at uniform random timesteps and regress the scheduler's target.
+
+    ``timestep_range`` is ``[low, high)``; default is the scheduler's whole training range.
+    Fresh noise and a fresh timestep are drawn per sample.
+    """
+    low, high = timestep_range or (0, scheduler.config.num_train_timesteps)
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(low, high, (latents.shape[0],), device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=encoder_hidden_states).sample
+    target = diffusion_target(scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """Draw from a cached VAE posterior (as ``latent_dist.sample()``) and scale it."""
+    return (mean + std * torch.randn_like(std)) * scaling_factor

@@ -1,0 +1,108 @@
+"""The shapes world's teacher: a miniature Stable Diffusion trained by the project.
+
+Real library classes only: diffusers ``AutoencoderKL``, ``UNet2DConditionModel`` and a
+scheduler, transformers ``CLIPTextModel`` with the world's tokenizer. What this module
+adds are the two training objectives and the assembly into a genuine
+``StableDiffusionPipeline`` directory, so downstream code loads "a Stable Diffusion
+directory" and cannot tell it from stable-diffusion-2-1-base.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
+
+
+class VAEObjective(nn.Module):
+    """Reconstruction MSE + a small KL term, as latent-diffusion autoencoders are trained."""
+
+    def __init__(self, vae, kl_weight: float = 1e-6):
+        super().__init__()
+        self.vae = vae
+        self.kl_weight = kl_weight
+
+    def forward(self, batch) -> torch.Tensor:
+        pixels = batch[0] if isinstance(batch, (list, tuple)) else batch
+        posterior = self.vae.encode(pixels).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        return F.mse_loss(reconstruction, pixels) + self.kl_weight * posterior.kl().mean()
+
+
+class TextToImageObjective(nn.Module):
+    """Caption-conditioned denoising on cached VAE posteriors, with caption dropout.
+
+    ``batch`` = (latent mean, latent std, input_ids). A dropped caption is replaced by the
+    empty prompt's ids, so classifier-free guidance is available at sampling time.
+    """
+
+    def __init__(self, unet, text_encoder, scheduler, empty_ids: torch.Tensor, scaling_factor: float,
+                 caption_dropout: float = 0.1):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.scheduler = scheduler
+        self.register_buffer("empty_ids", empty_ids.view(1, -1), persistent=False)
+        self.scaling_factor = scaling_factor
+        self.caption_dropout = caption_dropout
+
+    def forward(self, batch) -> torch.Tensor:
+        mean, std, input_ids = batch
+        if self.caption_dropout > 0:
+            drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.caption_dropout
+            input_ids = torch.where(drop[:, None], self.empty_ids, input_ids)
+        hidden = self.text_encoder(input_ids).last_hidden_state
+        latents = sample_latents(mean, std, self.scaling_factor)
+        return diffusion_loss(self.unet, self.scheduler, latents, hidden)
+
+
+@torch.no_grad()
+def encode_posteriors(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE posterior of every image (images in [-1, 1])."""
+    means, stds = [], []
+    for start in range(0, len(images), batch_size):
+        dist = vae.encode(images[start : start + batch_size]).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    """A ``StableDiffusionPipeline`` from the parts (no safety checker, no feature extractor)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@torch.no_grad()
+def render_captions(pipeline, captions: list[str], *, steps: int, guidance: float, seed: int,
+                    batch_size: int = 64, scheduler: str = "DDIMScheduler") -> torch.Tensor:
+    """Render captions with the pipeline; returns images in [-1, 1], (B, 3, H, W)."""
+    import diffusers
+
+    if scheduler and type(pipeline.scheduler).__name__ != scheduler:
+        pipeline.scheduler = getattr(diffusers, scheduler).from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(captions), batch_size):
+        images = pipeline(
+            captions[start : start + batch_size],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            output_type="pt",
+        ).images
+        out.append(images * 2 - 1)
+    return torch.cat(out).clamp(-1, 1)

@@ -1,0 +1,50 @@
+"""Parameters of the `teacher` pipeline (``params:teacher``): the shapes world's T2I model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.training import TrainParams
+
+
+class InitConfig(StrictModel):
+    """A component built from a config (the registry's ``init`` form)."""
+
+    init: dict[str, Any]
+
+
+class SamplingParams(StrictModel):
+    """How renders are made for evaluation and grids."""
+
+    scheduler: Literal["DDIMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"] = "DDIMScheduler"
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(1.0, ge=0.0)
+    seed: int = 0
+    batch_size: int = Field(128, ge=1)
+
+
+class ProbeParams(StrictModel):
+    width: int = Field(32, ge=4)
+    hidden: int = Field(256, ge=8)
+    noise_std: float = Field(0.05, ge=0)
+    training: TrainParams
+
+
+class TeacherParams(StrictModel):
+    vae: InitConfig
+    text_encoder: InitConfig
+    unet: InitConfig
+    scheduler: InitConfig
+    kl_weight: float = Field(1e-6, ge=0)
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    vae_training: TrainParams
+    unet_training: TrainParams
+    probe: ProbeParams
+    evaluation: SamplingParams = SamplingParams()
+    eval_images: int = Field(256, ge=1, description="test images rendered to judge the teacher")
+    grid_images: int = Field(24, ge=1)
+    save_dtype: Literal["float16", "float32"] = "float16"
+    checkpoint_dir: str = "data/06_models/checkpoints/teacher"

@@ -1,0 +1,41 @@
+"""Parameters of the shared training loop (one block per stage: teacher, stage1, stage2)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vlv_pipeline.params import StrictModel
+
+
+class TrainParams(StrictModel):
+    """Optimisation, schedule, precision and checkpointing of one training run.
+
+    The global batch is ``batch_size * gradient_accumulation * number of processes``.
+    """
+
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(gt=0)
+    min_learning_rate: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = True
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> TrainParams:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError("min_learning_rate must not exceed learning_rate")
+        return self

@@ -1,0 +1,173 @@
+"""Nodes of the `teacher` pipeline: the shapes world's miniature Stable Diffusion + probe."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import torch
+from torch.utils.data import TensorDataset
+
+from vlv_pipeline.metrics.plots import captioned_grid, loss_curves
+from vlv_pipeline.metrics.scenes import scene_agreement
+from vlv_pipeline.models.probe import AttributeProbe, ProbeObjective
+from vlv_pipeline.models.registry import load_component
+from vlv_pipeline.models.teacher import (
+    TextToImageObjective,
+    VAEObjective,
+    assemble_pipeline,
+    encode_posteriors,
+    render_captions,
+)
+from vlv_pipeline.params.teacher import TeacherParams
+from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.training.loop import run_directory, train
+from vlv_pipeline.world.data import SplitTensors, load_world_tensors, tensor_to_uint8
+
+logger = logging.getLogger(__name__)
+
+
+def load_world_splits(
+    raw_images, image_manifest: pd.DataFrame, world_labels: pd.DataFrame, world: WorldParams
+) -> dict[str, SplitTensors]:
+    """The ingested shapes world as tensors per split (images, captions, targets)."""
+    splits = load_world_tensors(
+        raw_images, image_manifest, world_labels, world.shapes, list(world.colours), list(world.sizes)
+    )
+    if "train" not in splits or "test" not in splits:
+        raise ValueError(f"the teacher needs train and test images; the manifest has {sorted(splits)}")
+    return splits
+
+
+def train_probe(splits: dict[str, SplitTensors], params: TeacherParams, world: WorldParams):
+    """Train the attribute probe on real train renders; report its accuracy on test."""
+    cfg = params.probe
+    torch.manual_seed(cfg.training.seed)
+    probe = AttributeProbe(
+        shapes=tuple(world.shapes),
+        colours=tuple(world.colours),
+        sizes=tuple(world.sizes),
+        image_size=world.image_size,
+        width=cfg.width,
+        hidden=cfg.hidden,
+    )
+    train_set = splits["train"]
+    result = train(
+        ProbeObjective(probe, cfg.noise_std),
+        TensorDataset(train_set.images, train_set.targets),
+        cfg.training,
+        checkpoint_dir=run_directory(params.checkpoint_dir, "probe", cfg, world),
+        desc="probe",
+    )
+    probe.eval()
+    test = splits["test"]
+    scores = scene_agreement(probe.predict(test.images), test.targets)
+    logger.info("probe on real test renders: exact scene %.4f", scores["exact_scene"])
+    return probe, {"test_real": scores, "history": result.history, "seconds": result.seconds}
+
+
+def train_vae(splits: dict[str, SplitTensors], params: TeacherParams):
+    """Train the AutoencoderKL on train images; set its scaling factor to 1 / latent std."""
+    torch.manual_seed(params.vae_training.seed)
+    vae = load_component("vae", params.vae.model_dump())
+    result = train(
+        VAEObjective(vae, params.kl_weight),
+        TensorDataset(splits["train"].images),
+        params.vae_training,
+        checkpoint_dir=run_directory(params.checkpoint_dir, "vae", params.vae, params.vae_training, params.kl_weight),
+        desc="vae",
+    )
+    vae.eval()
+    mean, _ = encode_posteriors(vae, splits["train"].images[:1024])
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    logger.info("vae: latent std %.4f -> scaling_factor %.4f", mean.std().item(), scaling)
+    return vae, {"history": result.history, "seconds": result.seconds}
+
+
+def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params: TeacherParams):
+    """Train text encoder + UNet on cached VAE posteriors; returns the SD pipeline (EMA weights)."""
+    text_config = {
+        **params.text_encoder.init,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    torch.manual_seed(params.unet_training.seed)
+    text_encoder = load_component("text_encoder", {"init": text_config})
+    unet = load_component("unet", params.unet.model_dump())
+    scheduler = load_component("scheduler", params.scheduler.model_dump())
+    vae.requires_grad_(False)
+    train_set = splits["train"]
+    mean, std = encode_posteriors(vae, train_set.images)
+    ids = tokenizer(train_set.captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                      return_tensors="pt").input_ids[0]
+    objective = TextToImageObjective(
+        unet, text_encoder, scheduler, empty, vae.config.scaling_factor, params.caption_dropout
+    )
+    result = train(
+        objective,
+        TensorDataset(mean, std, ids),
+        params.unet_training,
+        checkpoint_dir=run_directory(
+            params.checkpoint_dir, "unet", params.unet, params.text_encoder, params.scheduler,
+            params.unet_training, params.caption_dropout,
+            # the latents' identity: the VAE's own setup
+            params.vae, params.vae_training, params.kl_weight,
+        ),
+        desc="text-to-image",
+    )
+    if result.ema is not None:
+        result.ema.copy_to([p for p in objective.parameters() if p.requires_grad])
+    unet.eval()
+    text_encoder.eval()
+    pipeline = assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
+    return pipeline, {"history": result.history, "seconds": result.seconds}
+
+
+def evaluate_teacher(pipeline, probe: AttributeProbe, splits: dict[str, SplitTensors], params: TeacherParams):
+    """Render test captions and judge them with the probe; also a captioned sample grid."""
+    test = splits["test"].head(params.eval_images)
+    sampling = params.evaluation
+    renders = render_captions(
+        pipeline, test.captions, steps=sampling.steps, guidance=sampling.guidance,
+        seed=sampling.seed, batch_size=sampling.batch_size, scheduler=sampling.scheduler,
+    )
+    scores = scene_agreement(probe.predict(renders), test.targets)
+    with torch.no_grad():
+        vae = pipeline.vae
+        reconstructions = vae.decode(vae.encode(test.images).latent_dist.mean).sample.clamp(-1, 1)
+    scores["vae_reconstruction"] = scene_agreement(probe.predict(reconstructions), test.targets)
+    logger.info(
+        "teacher on %d test captions: exact scene %.4f, attributes %.4f",
+        len(test), scores["exact_scene"], scores["attributes"],
+    )
+    n = min(params.grid_images, len(test))
+    grid = captioned_grid(tensor_to_uint8(renders[:n]), test.captions[:n], title="teacher renders of test captions")
+    return scores, grid
+
+
+def package_teacher(
+    pipeline, params: TeacherParams, vae_log: dict, t2i_log: dict, probe_log: dict, scores: dict
+):
+    """The teacher in its shipping dtype, its metrics, and the loss-curve figure."""
+    if params.save_dtype == "float16":
+        pipeline = pipeline.to(torch_dtype=torch.float16)
+    metrics = {
+        "render": scores,
+        "probe_test_real": probe_log["test_real"],
+        "sampling": params.evaluation.model_dump(),
+        "seconds": {"vae": vae_log["seconds"], "text_to_image": t2i_log["seconds"], "probe": probe_log["seconds"]},
+        "final_loss": {
+            "vae": vae_log["history"][-1]["loss"] if vae_log["history"] else None,
+            "text_to_image": t2i_log["history"][-1]["loss"] if t2i_log["history"] else None,
+        },
+    }
+    figure = loss_curves(
+        {"vae": vae_log["history"], "text-to-image": t2i_log["history"], "probe": probe_log["history"]},
+        title="teacher training",
+    )
+    return pipeline, metrics, figure

@@ -1,0 +1,105 @@
+"""Nodes of the `world` pipeline: sample scenes, render them, build the tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from transformers import PreTrainedTokenizerFast
+
+from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.world import SceneObject, Vocabulary, build_world_tokenizer, caption, render_scene
+from vlv_pipeline.world.scene import sample_scene
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def generate_labels(params: WorldParams) -> pd.DataFrame:
+    """Sample every scene of every split; deterministic per (seed, split, index).
+
+    Returns one row per image: ``file`` (relative to the images folder), ``split``,
+    ``caption``, ``n_objects`` and ``objects`` (a list of structs with cell, position,
+    size, colour, shape and the jitter dx, dy in cell units).
+    """
+    vocab = Vocabulary.from_params(params)
+    rows = []
+    for split_id, split in enumerate(SPLITS):
+        for index in range(getattr(params.counts, split)):
+            rng = np.random.default_rng([params.seed, split_id, index])
+            objects = sample_scene(rng, vocab, params.max_objects, params.jitter)
+            rows.append(
+                {
+                    "file": f"{split}/{index:06d}.png",
+                    "split": split,
+                    "caption": caption(objects),
+                    "n_objects": len(objects),
+                    "objects": [
+                        {
+                            "cell": o.cell,
+                            "position": o.position,
+                            "size": o.size,
+                            "colour": o.colour,
+                            "shape": o.shape,
+                            "dx": o.dx,
+                            "dy": o.dy,
+                        }
+                        for o in objects
+                    ],
+                }
+            )
+    labels = pd.DataFrame(rows)
+    logger.info(
+        "Shapes world: %s images (%s)",
+        len(labels),
+        ", ".join(f"{s} {getattr(params.counts, s)}" for s in SPLITS),
+    )
+    return labels
+
+
+def objects_from_row(objects) -> list[SceneObject]:
+    """The scene of a labels row (its ``objects`` cell, as read back from parquet)."""
+    return [
+        SceneObject(
+            cell=int(o["cell"]),
+            size=str(o["size"]),
+            colour=str(o["colour"]),
+            shape=str(o["shape"]),
+            dx=float(o["dx"]),
+            dy=float(o["dy"]),
+        )
+        for o in objects
+    ]
+
+
+def _render(objects, params: WorldParams) -> Image.Image:
+    return render_scene(
+        objects_from_row(objects),
+        image_size=params.image_size,
+        colours=params.colours,
+        sizes=params.sizes,
+        background=params.background,
+        supersample=params.supersample,
+    )
+
+
+def render_images(labels: pd.DataFrame, params: WorldParams) -> dict[str, Callable[[], Image.Image]]:
+    """One lazily rendered image per labels row, keyed by its relative file path.
+
+    The values are callables, so the dataset writes images one at a time and memory
+    stays bounded however many images the world has.
+    """
+    return {
+        row.file: partial(_render, row.objects, params)
+        for row in labels[["file", "objects"]].itertuples(index=False)
+    }
+
+
+def build_tokenizer(params: WorldParams) -> PreTrainedTokenizerFast:
+    """The world's word-level tokenizer (saved as a transformers tokenizer directory)."""
+    return build_world_tokenizer(Vocabulary.from_params(params))

@@ -1,0 +1,16 @@
+"""Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
+
+import os
+
+from kedro.config import OmegaConfigLoader
+
+# Nothing in the default environment may reach a model hub or phone home.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # `conf/paper` overrides only the parameter keys it names; the rest comes from base.
+    "merge_strategy": {"parameters": "soft"},
+}

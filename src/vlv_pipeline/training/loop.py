@@ -1,0 +1,250 @@
+"""The one Accelerate training loop that every stage uses (teacher, stage 1, stage 2).
+
+A stage hands over an ``objective``: an ``nn.Module`` whose ``forward(batch)`` returns
+the scalar loss. Its trainable parameters are those with ``requires_grad``; frozen parts
+live inside it with ``requires_grad=False``. Calling the module itself (not a submodule)
+keeps Accelerate's DDP wrapper in the gradient path, so the same code runs on one CPU
+core or under ``accelerate launch`` on many GPUs.
+
+What the loop does: device placement, mixed precision, gradient accumulation, AdamW with
+warmup + cosine decay, gradient clipping, optional EMA of the trainable weights,
+``checkpoint-N`` folders every K steps (last M kept, written atomically), resume from
+the latest checkpoint, a NaN guard that stops before anything bad is saved, a progress
+bar on the main process, and the loss history for plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vlv_pipeline.params.training import TrainParams
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+_HISTORY = "history.json"
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss stopped being finite; nothing after the last good checkpoint was saved."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns besides the trained objective (updated in place)."""
+
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr"} per log
+    steps: int = 0
+    resumed_from: int | None = None
+    seconds: float = 0.0
+    ema: object | None = None  # diffusers EMAModel when ema_decay is set
+
+
+def cosine_with_warmup(step: int, params: TrainParams) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine down to min_learning_rate."""
+    if step < params.warmup_steps:
+        return (step + 1) / params.warmup_steps
+    span = max(1, params.steps - params.warmup_steps)
+    progress = min(1.0, (step - params.warmup_steps) / span)
+    floor = params.min_learning_rate / params.learning_rate
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """Complete ``checkpoint-N`` folders under ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        name = path.name
+        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
+            if (path / _HISTORY).is_file():  # written last: its presence marks completeness
+                found.append((int(name[len(CHECKPOINT_PREFIX) :]), path))
+    return sorted(found)
+
+
+def _make_accelerator(params: TrainParams) -> Accelerator:
+    return Accelerator(
+        gradient_accumulation_steps=params.gradient_accumulation,
+        mixed_precision=params.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
+    """Endless micro-batches, reshuffled each epoch, starting at micro-batch ``start_micro``."""
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(
+            "the training set is smaller than one batch: lower batch_size or add data"
+        )
+    epoch, offset = divmod(start_micro, per_epoch)
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        iterator = accelerator.skip_first_batches(loader, offset) if offset else loader
+        yield from iterator
+        epoch, offset = epoch + 1, 0
+
+
+def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, history, keep: int):
+    """Save the training state to ``checkpoint-<step>`` atomically; prune old ones."""
+    final = directory / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / _HISTORY).write_text(json.dumps({"step": step, "history": history}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(directory)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(
+    objective: nn.Module,
+    dataset: Dataset,
+    params: TrainParams,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    desc: str = "train",
+    collate_fn=None,
+) -> TrainResult:
+    """Train ``objective`` on ``dataset`` for ``params.steps`` optimiser steps.
+
+    ``checkpoint_dir`` holds ``checkpoint-N`` folders; with ``params.resume`` a rerun
+    continues from the latest one (a finished run returns at once). After training, the
+    objective's weights are the trained ones (the EMA weights, if EMA is on, are in
+    ``result.ema``; call ``result.ema.copy_to(params)`` to use them).
+    """
+    from diffusers.training_utils import EMAModel  # heavy import, only when training
+
+    accelerator = _make_accelerator(params)
+    set_seed(params.seed, device_specific=True)
+    trainable = [p for p in objective.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"{desc}: the objective has no trainable parameters")
+    optimizer = torch.optim.AdamW(
+        trainable, lr=params.learning_rate, betas=params.betas, weight_decay=params.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, params)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=params.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(params.seed),
+    )
+    model, optimizer, loader, schedule = accelerator.prepare(objective, optimizer, loader, schedule)
+    ema = None
+    if params.ema_decay is not None:
+        ema = EMAModel(trainable, decay=params.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    history: list[dict] = []
+    start = 0
+    resumed_from = None
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if directory is not None and params.resume:
+        checkpoints = list_checkpoints(directory)
+        if checkpoints:
+            start, path = checkpoints[-1]
+            accelerator.load_state(str(path))
+            history = json.loads((path / _HISTORY).read_text())["history"]
+            resumed_from = start
+            logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
+
+    started = time.perf_counter()
+    batches = _batches(accelerator, loader, start * params.gradient_accumulation)
+    bar = tqdm(
+        total=params.steps,
+        initial=start,
+        desc=desc,
+        disable=not accelerator.is_local_main_process,
+        dynamic_ncols=True,
+    )
+    model.train()
+    running, count = 0.0, 0
+    for step in range(start, params.steps):
+        for _ in range(params.gradient_accumulation):
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = model(batch)
+                if not torch.isfinite(loss.detach()):
+                    last = list_checkpoints(directory)[-1][1] if directory else None
+                    raise TrainingDivergedError(
+                        f"{desc}: the loss became {loss.item()} at step {step}; stopped before "
+                        f"saving anything. Last good checkpoint: {last or 'none'}. "
+                        "Lower learning_rate, raise warmup_steps or set max_grad_norm."
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and params.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(trainable, params.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += accelerator.gather(loss.detach()).mean().item() / params.gradient_accumulation
+        count += 1
+        if ema is not None:
+            ema.step(trainable)
+        done = step + 1
+        if done % params.log_every == 0 or done == params.steps:
+            entry = {"step": done, "loss": running / count, "lr": schedule.get_last_lr()[0]}
+            history.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4g}")
+            running, count = 0.0, 0
+        bar.update(1)
+        if directory is not None and (done % params.checkpoint_every == 0 or done == params.steps):
+            _save_checkpoint(accelerator, directory, done, history, params.keep_checkpoints)
+    bar.close()
+    seconds = time.perf_counter() - started
+    if params.steps > start:
+        logger.info(
+            "%s: %d steps in %.1f s (%.3f s/step), final loss %.4g",
+            desc,
+            params.steps - start,
+            seconds,
+            seconds / (params.steps - start),
+            history[-1]["loss"] if history else float("nan"),
+        )
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        history=history, steps=params.steps, resumed_from=resumed_from, seconds=seconds, ema=ema
+    )
+
+
+def run_directory(root: str | Path, name: str, *configs) -> Path:
+    """``<root>/<name>-<hash>``: one checkpoint folder per distinct training setup.
+
+    A rerun with the same parameters resumes there; changed parameters start afresh.
+    """
+    import hashlib
+
+    def plain(value):
+        return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+    blob = json.dumps([plain(c) for c in configs], sort_keys=True, default=str)
+    return Path(root) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

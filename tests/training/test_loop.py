@@ -1,0 +1,146 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vlv_pipeline.params.training import TrainParams
+from vlv_pipeline.training.loop import (
+    TrainingDivergedError,
+    cosine_with_warmup,
+    list_checkpoints,
+    run_directory,
+    train,
+)
+
+
+class Regression(nn.Module):
+    """y = w x: a loss the loop must drive down; can be told to blow up or crash."""
+
+    def __init__(self, nan_at: int | None = None, crash_at: int | None = None):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.frozen = nn.Linear(4, 4).requires_grad_(False)
+        self.calls, self.nan_at, self.crash_at = 0, nan_at, crash_at
+
+    def forward(self, batch):
+        self.calls += 1
+        if self.crash_at is not None and self.calls > self.crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        x, y = batch
+        loss = ((self.linear(x) - y) ** 2).mean() + 0 * self.frozen(x).sum()
+        if self.nan_at is not None and self.calls > self.nan_at:
+            loss = loss * float("nan")
+        return loss
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1)
+
+
+def _params(**overrides):
+    base = dict(steps=12, batch_size=8, learning_rate=0.05, checkpoint_every=4, keep_checkpoints=2, log_every=2)
+    return TrainParams(**{**base, **overrides})
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return Regression(**kw)
+
+
+def test_training_reduces_the_loss_and_keeps_frozen_parts_frozen():
+    model = _model()
+    frozen_before = model.frozen.weight.clone()
+    result = train(model, _data(), _params(steps=60, learning_rate=0.1))
+    assert result.history[-1]["loss"] < 0.1 * result.history[0]["loss"]
+    assert torch.equal(model.frozen.weight, frozen_before)
+    assert [e["step"] for e in result.history][:3] == [2, 4, 6]
+
+
+def test_checkpoints_are_written_and_pruned(tmp_path):
+    train(_model(), _data(), _params(), checkpoint_dir=tmp_path)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [8, 12]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    reference = _model()
+    train(reference, _data(), _params())
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(crash_at=6), _data(), _params(), checkpoint_dir=tmp_path)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
+
+    resumed = _model()
+    result = train(resumed, _data(), _params(), checkpoint_dir=tmp_path)
+    assert result.resumed_from == 4
+    assert result.steps == 12
+    assert resumed.calls == 8  # only the remaining steps ran
+    assert torch.allclose(resumed.linear.weight, reference.linear.weight, atol=1e-6)
+    assert [e["step"] for e in result.history] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_finished_run_returns_at_once_when_rerun(tmp_path):
+    first = _model()
+    train(first, _data(), _params(), checkpoint_dir=tmp_path)
+    again = _model(seed=1)
+    result = train(again, _data(), _params(), checkpoint_dir=tmp_path)
+    assert again.calls == 0 and result.resumed_from == 12
+    assert torch.equal(again.linear.weight, first.linear.weight)
+
+
+def test_resume_can_be_switched_off(tmp_path):
+    train(_model(), _data(), _params(), checkpoint_dir=tmp_path)
+    model = _model()
+    result = train(model, _data(), _params(resume=False), checkpoint_dir=tmp_path)
+    assert result.resumed_from is None and model.calls == 12
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDivergedError, match=r"checkpoint-4"):
+        train(_model(nan_at=5), _data(), _params(), checkpoint_dir=tmp_path)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
+
+
+def test_gradient_accumulation_matches_the_big_batch():
+    big, small = _model(), _model()
+    train(big, _data(), _params(steps=1, batch_size=8, max_grad_norm=None))
+    train(small, _data(), _params(steps=1, batch_size=4, gradient_accumulation=2, max_grad_norm=None))
+    assert torch.allclose(big.linear.weight, small.linear.weight, atol=1e-6)
+
+
+def test_ema_tracks_the_weights():
+    model = _model()
+    result = train(model, _data(), _params(steps=30, ema_decay=0.9))
+    shadow = result.ema.shadow_params[0]
+    assert not torch.equal(shadow, model.linear.weight)
+    assert (shadow - model.linear.weight).abs().max() < 1.0
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    params = _params(steps=100, warmup_steps=10, learning_rate=1.0, min_learning_rate=0.01)
+    assert cosine_with_warmup(0, params) == pytest.approx(0.1)
+    assert cosine_with_warmup(10, params) == pytest.approx(1.0)
+    assert cosine_with_warmup(100, params) == pytest.approx(0.01)
+    values = [cosine_with_warmup(s, params) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_too_little_data_for_one_batch_says_so():
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        train(_model(), _data(4), _params(batch_size=8))
+
+
+def test_run_directory_changes_with_the_setup(tmp_path):
+    a = run_directory(tmp_path, "unet", _params())
+    assert a == run_directory(tmp_path, "unet", _params())
+    assert a != run_directory(tmp_path, "unet", _params(learning_rate=0.01))
+    assert a.name.startswith("unet-")
+
+
+def test_params_name_the_bad_key():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _params(steps=5, warmup_steps=10)
+    with pytest.raises(ValueError, match="batch_sise"):
+        TrainParams(steps=1, batch_sise=3, learning_rate=1e-3)
