@@ -20,4 +20,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         if name in pipelines:
             default += pipelines[name]
     pipelines["__default__"] = default
+    # The VLV recipe on whatever `raw_images` is: what conf/paper users run.
+    pipelines["vlv"] = default - pipelines["world"] if "world" in pipelines else default
     return pipelines

@@ -40,7 +40,14 @@ def _data(n=64):
 
 
 def _params(**overrides):
-    base = dict(steps=12, batch_size=8, learning_rate=0.05, checkpoint_every=4, keep_checkpoints=2, log_every=2)
+    base = dict(
+        steps=12,
+        batch_size=8,
+        learning_rate=0.05,
+        checkpoint_every=4,
+        keep_checkpoints=2,
+        log_every=2,
+    )
     return TrainParams(**{**base, **overrides})
 
 
@@ -106,7 +113,9 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_gradient_accumulation_matches_the_big_batch():
     big, small = _model(), _model()
     train(big, _data(), _params(steps=1, batch_size=8, max_grad_norm=None))
-    train(small, _data(), _params(steps=1, batch_size=4, gradient_accumulation=2, max_grad_norm=None))
+    train(
+        small, _data(), _params(steps=1, batch_size=4, gradient_accumulation=2, max_grad_norm=None)
+    )
     assert torch.allclose(big.linear.weight, small.linear.weight, atol=1e-6)
 
 

@@ -9,8 +9,14 @@ PARAMS = WorldParams()
 
 def _render(objects, size=32):
     return np.asarray(
-        render_scene(objects, image_size=size, colours=PARAMS.colours, sizes=PARAMS.sizes,
-                     background=PARAMS.background, supersample=4)
+        render_scene(
+            objects,
+            image_size=size,
+            colours=PARAMS.colours,
+            sizes=PARAMS.sizes,
+            background=PARAMS.background,
+            supersample=4,
+        )
     )
 
 
@@ -18,7 +24,7 @@ def test_render_puts_the_colour_in_the_right_cell():
     image = _render([SceneObject(cell=8, size="large", colour="red", shape="circle")])
     assert image.shape == (32, 32, 3)
     cell = 32 / 3
-    bottom_right = image[int(2 * cell):, int(2 * cell):].reshape(-1, 3)
+    bottom_right = image[int(2 * cell) :, int(2 * cell) :].reshape(-1, 3)
     top_left = image[: int(cell), : int(cell)].reshape(-1, 3)
     red = (bottom_right[:, 0] > 150) & (bottom_right[:, 1] < 100)
     assert red.mean() > 0.3
@@ -46,7 +52,12 @@ def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
     assert loaded.unk_token_id not in ids
     assert loaded.decode(ids, skip_special_tokens=True) == text
     assert max(ids) < len(loaded)
-    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.unk_token_id) == (0, 1, 2, 3)
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, loaded.unk_token_id) == (
+        0,
+        1,
+        2,
+        3,
+    )
     assert loaded("a purple circle").input_ids[2] == loaded.unk_token_id
     padded = loaded([text], padding="max_length", max_length=loaded.model_max_length).input_ids[0]
     assert len(padded) == 77 and padded[-1] == loaded.pad_token_id

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.world import POSITIONS, CaptionParser, SceneObject, Vocabulary, caption, sample_scene
+from vlv_pipeline.world import (
+    POSITIONS,
+    CaptionParser,
+    SceneObject,
+    Vocabulary,
+    caption,
+    sample_scene,
+)
 
 VOCAB = Vocabulary.from_params(WorldParams())
 
@@ -12,14 +19,23 @@ def test_caption_grammar_matches_the_specification():
         SceneObject(cell=4, size="small", colour="blue", shape="square"),
         SceneObject(cell=0, size="large", colour="red", shape="circle"),
     ]
-    assert caption(objects) == "a large red circle at the top left and a small blue square in the centre"
+    assert (
+        caption(objects)
+        == "a large red circle at the top left and a small blue square in the centre"
+    )
 
 
 def test_positions_are_named_in_reading_order():
     assert POSITIONS == (
-        "at the top left", "at the top", "at the top right",
-        "on the left", "in the centre", "on the right",
-        "at the bottom left", "at the bottom", "at the bottom right",
+        "at the top left",
+        "at the top",
+        "at the top right",
+        "on the left",
+        "in the centre",
+        "on the right",
+        "at the bottom left",
+        "at the bottom",
+        "at the bottom right",
     )
 
 

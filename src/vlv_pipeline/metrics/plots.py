@@ -14,7 +14,9 @@ import numpy as np  # noqa: E402
 def loss_curves(histories: dict[str, list[dict]], title: str = "training loss"):
     """One panel per run: loss against optimiser step (log scale)."""
     runs = {name: h for name, h in histories.items() if h}
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.5 * max(1, len(runs)), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(runs)), figsize=(4.5 * max(1, len(runs)), 3.2), squeeze=False
+    )
     for ax, (name, history) in zip(axes[0], runs.items(), strict=False):
         steps = [e["step"] for e in history]
         ax.plot(steps, [e["loss"] for e in history], lw=1.2)
@@ -34,7 +36,9 @@ def image_grid(columns: dict[str, np.ndarray], captions: list[str] | None = None
     """
     names = list(columns)
     rows = len(next(iter(columns.values())))
-    fig, axes = plt.subplots(rows, len(names), figsize=(2.2 * len(names), 2.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, len(names), figsize=(2.2 * len(names), 2.3 * rows), squeeze=False
+    )
     for r in range(rows):
         for c, name in enumerate(names):
             ax = axes[r][c]

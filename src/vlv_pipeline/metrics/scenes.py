@@ -19,7 +19,9 @@ def scene_agreement(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, 
     ``false_objects`` is the share of predicted objects in cells the target left empty.
     """
     if predicted.shape != target.shape or predicted.shape[-2:] != (9, 3):
-        raise ValueError(f"expected two (B, 9, 3) tensors, got {tuple(predicted.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected two (B, 9, 3) tensors, got {tuple(predicted.shape)} and {tuple(target.shape)}"
+        )
     p_shape, t_shape = predicted[..., 0], target[..., 0]
     occupied = t_shape > 0
     same = predicted == target
@@ -35,5 +37,7 @@ def scene_agreement(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, 
         "count": ((p_shape > 0).sum(-1) == occupied.sum(-1)).float().mean().item(),
         "false_objects": ((p_shape > 0) & ~occupied).sum().item() / predicted_objects,
     }
-    result["attributes"] = (result["position"] + result["shape"] + result["colour"] + result["size"]) / 4
+    result["attributes"] = (
+        result["position"] + result["shape"] + result["colour"] + result["size"]
+    ) / 4
     return result

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+def diffusion_target(
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps
+) -> torch.Tensor:
     """The regression target the scheduler's ``prediction_type`` asks for."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

@@ -56,8 +56,12 @@ class AttributeProbe(ModelMixin, ConfigMixin):
         loss = F.cross_entropy(shape.flatten(0, 1), targets[..., 0].flatten())
         occupied = targets[..., 0].flatten() > 0
         if occupied.any():
-            loss = loss + F.cross_entropy(colour.flatten(0, 1)[occupied], targets[..., 1].flatten()[occupied])
-            loss = loss + F.cross_entropy(size.flatten(0, 1)[occupied], targets[..., 2].flatten()[occupied])
+            loss = loss + F.cross_entropy(
+                colour.flatten(0, 1)[occupied], targets[..., 1].flatten()[occupied]
+            )
+            loss = loss + F.cross_entropy(
+                size.flatten(0, 1)[occupied], targets[..., 2].flatten()[occupied]
+            )
         return loss
 
     @torch.no_grad()
@@ -72,7 +76,11 @@ class AttributeProbe(ModelMixin, ConfigMixin):
         target = torch.zeros(N_CELLS, 3, dtype=torch.long)
         for obj in objects:
             target[obj.cell] = torch.tensor(
-                [1 + cfg.shapes.index(obj.shape), cfg.colours.index(obj.colour), cfg.sizes.index(obj.size)]
+                [
+                    1 + cfg.shapes.index(obj.shape),
+                    cfg.colours.index(obj.colour),
+                    cfg.sizes.index(obj.size),
+                ]
             )
         return target
 

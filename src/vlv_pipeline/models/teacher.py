@@ -38,8 +38,15 @@ class TextToImageObjective(nn.Module):
     empty prompt's ids, so classifier-free guidance is available at sampling time.
     """
 
-    def __init__(self, unet, text_encoder, scheduler, empty_ids: torch.Tensor, scaling_factor: float,
-                 caption_dropout: float = 0.1):
+    def __init__(
+        self,
+        unet,
+        text_encoder,
+        scheduler,
+        empty_ids: torch.Tensor,
+        scaling_factor: float,
+        caption_dropout: float = 0.1,
+    ):
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
@@ -59,7 +66,9 @@ class TextToImageObjective(nn.Module):
 
 
 @torch.no_grad()
-def encode_posteriors(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_posteriors(
+    vae, images: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the VAE posterior of every image (images in [-1, 1])."""
     means, stds = [], []
     for start in range(0, len(images), batch_size):
@@ -86,8 +95,16 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
 
 
 @torch.no_grad()
-def render_captions(pipeline, captions: list[str], *, steps: int, guidance: float, seed: int,
-                    batch_size: int = 64, scheduler: str = "DDIMScheduler") -> torch.Tensor:
+def render_captions(
+    pipeline,
+    captions: list[str],
+    *,
+    steps: int,
+    guidance: float,
+    seed: int,
+    batch_size: int = 64,
+    scheduler: str = "DDIMScheduler",
+) -> torch.Tensor:
     """Render captions with the pipeline; returns images in [-1, 1], (B, 3, H, W)."""
     import diffusers
 

@@ -19,7 +19,9 @@ class InitConfig(StrictModel):
 class SamplingParams(StrictModel):
     """How renders are made for evaluation and grids."""
 
-    scheduler: Literal["DDIMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"] = "DDIMScheduler"
+    scheduler: Literal["DDIMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"] = (
+        "DDIMScheduler"
+    )
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(1.0, ge=0.0)
     seed: int = 0
@@ -30,6 +32,9 @@ class ProbeParams(StrictModel):
     width: int = Field(32, ge=4)
     hidden: int = Field(256, ge=8)
     noise_std: float = Field(0.05, ge=0)
+    extra_scenes: int = Field(
+        20000, ge=0, description="freshly generated world scenes added to the train split"
+    )
     training: TrainParams
 
 

@@ -46,7 +46,9 @@ class WorldParams(StrictModel):
 
         unknown = [s for s in shapes if s not in SHAPE_DRAWERS]
         if unknown:
-            raise ValueError(f"unknown shapes {unknown}; renderable shapes: {sorted(SHAPE_DRAWERS)}")
+            raise ValueError(
+                f"unknown shapes {unknown}; renderable shapes: {sorted(SHAPE_DRAWERS)}"
+            )
         if len(set(shapes)) != len(shapes) or not shapes:
             raise ValueError("shapes must be a non-empty list without repeats")
         return shapes

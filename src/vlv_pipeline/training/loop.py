@@ -90,9 +90,7 @@ def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
     """Endless micro-batches, reshuffled each epoch, starting at micro-batch ``start_micro``."""
     per_epoch = len(loader)
     if per_epoch == 0:
-        raise ValueError(
-            "the training set is smaller than one batch: lower batch_size or add data"
-        )
+        raise ValueError("the training set is smaller than one batch: lower batch_size or add data")
     epoch, offset = divmod(start_micro, per_epoch)
     while True:
         if hasattr(loader, "set_epoch"):
@@ -206,7 +204,9 @@ def train(
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-            running += accelerator.gather(loss.detach()).mean().item() / params.gradient_accumulation
+            running += (
+                accelerator.gather(loss.detach()).mean().item() / params.gradient_accumulation
+            )
         count += 1
         if ema is not None:
             ema.step(trainable)

@@ -24,7 +24,9 @@ class SplitTensors:
         return len(self.image_ids)
 
     def head(self, n: int) -> SplitTensors:
-        return SplitTensors(self.images[:n], self.captions[:n], self.targets[:n], self.image_ids[:n])
+        return SplitTensors(
+            self.images[:n], self.captions[:n], self.targets[:n], self.image_ids[:n]
+        )
 
 
 def pil_to_tensor(image) -> torch.Tensor:
@@ -43,7 +45,11 @@ def scene_targets(objects, shapes, colours, sizes) -> torch.Tensor:
     target = torch.zeros(N_CELLS, 3, dtype=torch.long)
     for o in objects:
         target[int(o["cell"])] = torch.tensor(
-            [1 + list(shapes).index(o["shape"]), list(colours).index(o["colour"]), list(sizes).index(o["size"])]
+            [
+                1 + list(shapes).index(o["shape"]),
+                list(colours).index(o["colour"]),
+                list(sizes).index(o["size"]),
+            ]
         )
     return target
 
@@ -70,7 +76,9 @@ def load_world_tensors(
                 "rerun `kedro run --pipeline world` then `--pipeline ingest`"
             )
         row = by_file.loc[ref]
-        bucket = buckets.setdefault(split_of[image_id], {"images": [], "captions": [], "targets": [], "ids": []})
+        bucket = buckets.setdefault(
+            split_of[image_id], {"images": [], "captions": [], "targets": [], "ids": []}
+        )
         bucket["images"].append(pil_to_tensor(image))
         bucket["captions"].append(row["caption"])
         bucket["targets"].append(scene_targets(row["objects"], shapes, colours, sizes))

@@ -151,7 +151,9 @@ class CaptionParser:
         leftovers.append(normalised[last:])
         unparsed = []
         for piece in leftovers:
-            piece = re.sub(r"^[\s,.;:!?]*(and\b)?[\s,.;:!?]*|[\s,.;:!?]*(\band)?[\s,.;:!?]*$", "", piece)
+            piece = re.sub(
+                r"^[\s,.;:!?]*(and\b)?[\s,.;:!?]*|[\s,.;:!?]*(\band)?[\s,.;:!?]*$", "", piece
+            )
             if piece:
                 unparsed.append(piece)
         return ParseResult(sorted(objects), unparsed)

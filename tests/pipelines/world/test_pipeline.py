@@ -35,7 +35,10 @@ def test_growing_a_split_keeps_earlier_images(params):
     bigger = generate_labels(
         WorldParams(**{**params.model_dump(), "counts": {"train": 20, "val": 3, "test": 5}})
     )
-    assert small.loc[small.split == "train", "caption"].tolist() == bigger.loc[bigger.split == "train", "caption"].tolist()[:12]
+    assert (
+        small.loc[small.split == "train", "caption"].tolist()
+        == bigger.loc[bigger.split == "train", "caption"].tolist()[:12]
+    )
 
 
 def test_images_are_rendered_lazily_and_deterministically(params):
@@ -46,7 +49,9 @@ def test_images_are_rendered_lazily_and_deterministically(params):
     assert callable(first)
     image = first()
     assert isinstance(image, Image.Image) and image.size == (32, 32) and image.mode == "RGB"
-    assert np.array_equal(np.asarray(image), np.asarray(render_images(labels, params)["train/000000.png"]()))
+    assert np.array_equal(
+        np.asarray(image), np.asarray(render_images(labels, params)["train/000000.png"]())
+    )
 
 
 def test_pipeline_runs_on_an_in_memory_catalog(params):
@@ -64,3 +69,13 @@ def test_pipeline_runs_on_an_in_memory_catalog(params):
     tokenizer = catalog.load("world_tokenizer")
     ids = tokenizer(generate_labels(params)["caption"].tolist()).input_ids
     assert all(tokenizer.unk_token_id not in row for row in ids)
+
+
+def test_every_image_is_distinct_and_an_impossible_count_says_so():
+    tight = dict(max_objects=1, jitter=0.0, counts={"train": 150, "val": 30, "test": 30})
+    labels = generate_labels(WorldParams(**tight))
+    images = render_images(labels, WorldParams(**tight))
+    assert len({np.asarray(images[f]()).tobytes() for f in labels["file"]}) == 210
+    # 9 cells x 24 objects = 216 distinct single-object images exist, no more.
+    with pytest.raises(ValueError, match="distinct image"):
+        generate_labels(WorldParams(**{**tight, "counts": {"train": 200, "val": 10, "test": 10}}))

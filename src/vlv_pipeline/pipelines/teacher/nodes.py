@@ -21,8 +21,15 @@ from vlv_pipeline.models.teacher import (
 )
 from vlv_pipeline.params.teacher import TeacherParams
 from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
 from vlv_pipeline.training.loop import run_directory, train
-from vlv_pipeline.world.data import SplitTensors, load_world_tensors, tensor_to_uint8
+from vlv_pipeline.world.data import (
+    SplitTensors,
+    load_world_tensors,
+    pil_to_tensor,
+    scene_targets,
+    tensor_to_uint8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +39,45 @@ def load_world_splits(
 ) -> dict[str, SplitTensors]:
     """The ingested shapes world as tensors per split (images, captions, targets)."""
     splits = load_world_tensors(
-        raw_images, image_manifest, world_labels, world.shapes, list(world.colours), list(world.sizes)
+        raw_images,
+        image_manifest,
+        world_labels,
+        world.shapes,
+        list(world.colours),
+        list(world.sizes),
     )
     if "train" not in splits or "test" not in splits:
-        raise ValueError(f"the teacher needs train and test images; the manifest has {sorted(splits)}")
+        raise ValueError(
+            f"the teacher needs train and test images; the manifest has {sorted(splits)}"
+        )
     return splits
+
+
+def _probe_training_set(train_split: SplitTensors, extra: int, world: WorldParams):
+    """The train split plus ``extra`` fresh scenes from the world's generator (another seed).
+
+    The probe is a judge trained on ground truth, not a VLV model: unlimited labelled
+    scenes keep it from overfitting the train split's few thousand images.
+    """
+    if extra == 0:
+        return train_split.images, train_split.targets
+    fresh = WorldParams(
+        **{
+            **world.model_dump(),
+            "seed": world.seed + 1_000_003,
+            "counts": {"train": extra, "val": 0, "test": 0},
+        }
+    )
+    labels = generate_labels(fresh)
+    renders = render_images(labels, fresh)
+    images = torch.stack([pil_to_tensor(renders[f]()) for f in labels["file"]])
+    targets = torch.stack(
+        [
+            scene_targets(o, world.shapes, list(world.colours), list(world.sizes))
+            for o in labels["objects"]
+        ]
+    )
+    return torch.cat([train_split.images, images]), torch.cat([train_split.targets, targets])
 
 
 def train_probe(splits: dict[str, SplitTensors], params: TeacherParams, world: WorldParams):
@@ -51,10 +92,10 @@ def train_probe(splits: dict[str, SplitTensors], params: TeacherParams, world: W
         width=cfg.width,
         hidden=cfg.hidden,
     )
-    train_set = splits["train"]
+    images, targets = _probe_training_set(splits["train"], cfg.extra_scenes, world)
     result = train(
         ProbeObjective(probe, cfg.noise_std),
-        TensorDataset(train_set.images, train_set.targets),
+        TensorDataset(images, targets),
         cfg.training,
         checkpoint_dir=run_directory(params.checkpoint_dir, "probe", cfg, world),
         desc="probe",
@@ -74,7 +115,9 @@ def train_vae(splits: dict[str, SplitTensors], params: TeacherParams):
         VAEObjective(vae, params.kl_weight),
         TensorDataset(splits["train"].images),
         params.vae_training,
-        checkpoint_dir=run_directory(params.checkpoint_dir, "vae", params.vae, params.vae_training, params.kl_weight),
+        checkpoint_dir=run_directory(
+            params.checkpoint_dir, "vae", params.vae, params.vae_training, params.kl_weight
+        ),
         desc="vae",
     )
     vae.eval()
@@ -101,10 +144,16 @@ def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params:
     vae.requires_grad_(False)
     train_set = splits["train"]
     mean, std = encode_posteriors(vae, train_set.images)
-    ids = tokenizer(train_set.captions, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
-                      return_tensors="pt").input_ids[0]
+    ids = tokenizer(
+        train_set.captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    empty = tokenizer(
+        [""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids[0]
     objective = TextToImageObjective(
         unet, text_encoder, scheduler, empty, vae.config.scaling_factor, params.caption_dropout
     )
@@ -113,10 +162,17 @@ def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params:
         TensorDataset(mean, std, ids),
         params.unet_training,
         checkpoint_dir=run_directory(
-            params.checkpoint_dir, "unet", params.unet, params.text_encoder, params.scheduler,
-            params.unet_training, params.caption_dropout,
+            params.checkpoint_dir,
+            "unet",
+            params.unet,
+            params.text_encoder,
+            params.scheduler,
+            params.unet_training,
+            params.caption_dropout,
             # the latents' identity: the VAE's own setup
-            params.vae, params.vae_training, params.kl_weight,
+            params.vae,
+            params.vae_training,
+            params.kl_weight,
         ),
         desc="text-to-image",
     )
@@ -128,13 +184,20 @@ def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params:
     return pipeline, {"history": result.history, "seconds": result.seconds}
 
 
-def evaluate_teacher(pipeline, probe: AttributeProbe, splits: dict[str, SplitTensors], params: TeacherParams):
+def evaluate_teacher(
+    pipeline, probe: AttributeProbe, splits: dict[str, SplitTensors], params: TeacherParams
+):
     """Render test captions and judge them with the probe; also a captioned sample grid."""
     test = splits["test"].head(params.eval_images)
     sampling = params.evaluation
     renders = render_captions(
-        pipeline, test.captions, steps=sampling.steps, guidance=sampling.guidance,
-        seed=sampling.seed, batch_size=sampling.batch_size, scheduler=sampling.scheduler,
+        pipeline,
+        test.captions,
+        steps=sampling.steps,
+        guidance=sampling.guidance,
+        seed=sampling.seed,
+        batch_size=sampling.batch_size,
+        scheduler=sampling.scheduler,
     )
     scores = scene_agreement(probe.predict(renders), test.targets)
     with torch.no_grad():
@@ -143,10 +206,14 @@ def evaluate_teacher(pipeline, probe: AttributeProbe, splits: dict[str, SplitTen
     scores["vae_reconstruction"] = scene_agreement(probe.predict(reconstructions), test.targets)
     logger.info(
         "teacher on %d test captions: exact scene %.4f, attributes %.4f",
-        len(test), scores["exact_scene"], scores["attributes"],
+        len(test),
+        scores["exact_scene"],
+        scores["attributes"],
     )
     n = min(params.grid_images, len(test))
-    grid = captioned_grid(tensor_to_uint8(renders[:n]), test.captions[:n], title="teacher renders of test captions")
+    grid = captioned_grid(
+        tensor_to_uint8(renders[:n]), test.captions[:n], title="teacher renders of test captions"
+    )
     return scores, grid
 
 
@@ -160,14 +227,22 @@ def package_teacher(
         "render": scores,
         "probe_test_real": probe_log["test_real"],
         "sampling": params.evaluation.model_dump(),
-        "seconds": {"vae": vae_log["seconds"], "text_to_image": t2i_log["seconds"], "probe": probe_log["seconds"]},
+        "seconds": {
+            "vae": vae_log["seconds"],
+            "text_to_image": t2i_log["seconds"],
+            "probe": probe_log["seconds"],
+        },
         "final_loss": {
             "vae": vae_log["history"][-1]["loss"] if vae_log["history"] else None,
             "text_to_image": t2i_log["history"][-1]["loss"] if t2i_log["history"] else None,
         },
     }
     figure = loss_curves(
-        {"vae": vae_log["history"], "text-to-image": t2i_log["history"], "probe": probe_log["history"]},
+        {
+            "vae": vae_log["history"],
+            "text-to-image": t2i_log["history"],
+            "probe": probe_log["history"],
+        },
         title="teacher training",
     )
     return pipeline, metrics, figure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -18,10 +19,16 @@ from vlv_pipeline.world.scene import sample_scene
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+_MAX_REDRAWS = 1000
 
 
 def generate_labels(params: WorldParams) -> pd.DataFrame:
     """Sample every scene of every split; deterministic per (seed, split, index).
+
+    Every image is distinct across all splits: at 32 px a small jitter often rounds to the
+    same pixels, so a scene whose render repeats an earlier one is redrawn (from the same
+    per-index generator). Otherwise deduplication in `ingest` would shrink the splits and
+    a test image could repeat a train image.
 
     Returns one row per image: ``file`` (relative to the images folder), ``split``,
     ``caption``, ``n_objects`` and ``objects`` (a list of structs with cell, position,
@@ -29,10 +36,23 @@ def generate_labels(params: WorldParams) -> pd.DataFrame:
     """
     vocab = Vocabulary.from_params(params)
     rows = []
+    seen: set[bytes] = set()
     for split_id, split in enumerate(SPLITS):
         for index in range(getattr(params.counts, split)):
             rng = np.random.default_rng([params.seed, split_id, index])
-            objects = sample_scene(rng, vocab, params.max_objects, params.jitter)
+            for _ in range(_MAX_REDRAWS):
+                objects = sample_scene(rng, vocab, params.max_objects, params.jitter)
+                digest = hashlib.blake2b(
+                    _render_objects(objects, params).tobytes(), digest_size=16
+                ).digest()
+                if digest not in seen:
+                    seen.add(digest)
+                    break
+            else:
+                raise ValueError(
+                    f"world: could not find a new distinct image for {split}/{index:06d} after "
+                    f"{_MAX_REDRAWS} draws; lower world.counts or widen the vocabulary"
+                )
             rows.append(
                 {
                     "file": f"{split}/{index:06d}.png",
@@ -78,8 +98,12 @@ def objects_from_row(objects) -> list[SceneObject]:
 
 
 def _render(objects, params: WorldParams) -> Image.Image:
+    return _render_objects(objects_from_row(objects), params)
+
+
+def _render_objects(objects: list[SceneObject], params: WorldParams) -> Image.Image:
     return render_scene(
-        objects_from_row(objects),
+        objects,
         image_size=params.image_size,
         colours=params.colours,
         sizes=params.sizes,
@@ -88,7 +112,9 @@ def _render(objects, params: WorldParams) -> Image.Image:
     )
 
 
-def render_images(labels: pd.DataFrame, params: WorldParams) -> dict[str, Callable[[], Image.Image]]:
+def render_images(
+    labels: pd.DataFrame, params: WorldParams
+) -> dict[str, Callable[[], Image.Image]]:
     """One lazily rendered image per labels row, keyed by its relative file path.
 
     The values are callables, so the dataset writes images one at a time and memory

@@ -1,0 +1,59 @@
+"""Reading images from folders, parquet files and webdataset shards; verdicts; normalisation.
+
+Downstream stages get pixels back with ``iter_images(source, manifest, resolution)``.
+"""
+
+from vlv_pipeline.imaging.checks import (
+    ALLOWED_FORMATS,
+    IMAGE_EXTENSIONS,
+    WHITE,
+    ImageInfo,
+    ImageRejected,
+    Reason,
+    Verdict,
+    decode_normalised,
+    inspect_image,
+    normalise,
+    resize_and_crop,
+    to_rgb,
+)
+from vlv_pipeline.imaging.screening import Screened, Screener
+from vlv_pipeline.imaging.sources import (
+    SOURCE_KINDS,
+    FolderSource,
+    ImageSource,
+    ParquetSource,
+    Record,
+    WebDatasetSource,
+    iter_images,
+    open_source,
+)
+from vlv_pipeline.imaging.splits import SPLITS, assign_split, canonical_split
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "IMAGE_EXTENSIONS",
+    "SOURCE_KINDS",
+    "SPLITS",
+    "WHITE",
+    "FolderSource",
+    "ImageInfo",
+    "ImageRejected",
+    "ImageSource",
+    "ParquetSource",
+    "Reason",
+    "Record",
+    "Screened",
+    "Screener",
+    "Verdict",
+    "WebDatasetSource",
+    "assign_split",
+    "canonical_split",
+    "decode_normalised",
+    "inspect_image",
+    "iter_images",
+    "normalise",
+    "open_source",
+    "resize_and_crop",
+    "to_rgb",
+]

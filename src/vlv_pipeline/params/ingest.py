@@ -1,0 +1,67 @@
+"""Parameters of the ``ingest`` pipeline (``params:ingest``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from PIL import Image
+from pydantic import Field, field_validator, model_validator
+
+from vlv_pipeline.params import StrictModel
+
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+Channel = Annotated[int, Field(strict=True, ge=0, le=255)]
+
+
+class SplitFractions(StrictModel):
+    """Fractions of images per split when the source gives none; they must sum to 1."""
+
+    train: float = Field(0.9, ge=0, le=1)
+    val: float = Field(0.05, ge=0, le=1)
+    test: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions must sum to 1, got {total:g} "
+                f"(train={self.train}, val={self.val}, test={self.test})"
+            )
+        return self
+
+
+class IngestParams(StrictModel):
+    """Validation, de-duplication and split policy of ``ingest``; normalisation downstream."""
+
+    resolution: PositiveInt | None = Field(
+        None,
+        description="square side images are normalised to downstream; null keeps native size",
+    )
+    min_side: PositiveInt = Field(8, description="reject images whose shorter side is smaller")
+    max_pixels: PositiveInt = Field(
+        64_000_000,
+        description="reject images with more pixels (header size), without decoding them",
+    )
+    max_aspect_ratio: float = Field(
+        4.0, ge=1.0, allow_inf_nan=False, description="reject if long side / short side is larger"
+    )
+    splits: SplitFractions = Field(default_factory=SplitFractions)
+    background: tuple[Channel, Channel, Channel] = Field(
+        (255, 255, 255), description="RGB colour transparency is composited on"
+    )
+    seed: Annotated[int, Field(strict=True)] = Field(
+        0, description="salt of the deterministic split draw"
+    )
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _within_pillow_limit(cls, value: int) -> int:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and value > limit:
+            raise ValueError(
+                f"{value} exceeds Pillow's Image.MAX_IMAGE_PIXELS ({limit}), above which Pillow "
+                "flags a decompression bomb (rejected as too_many_pixels); raise "
+                "PIL.Image.MAX_IMAGE_PIXELS first to allow more"
+            )
+        return value
