@@ -1,0 +1,72 @@
+"""The Kedro project as a user meets it: pipelines, environments, parameter checks."""
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.framework.project import configure_project
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from vlv_pipeline import settings
+from vlv_pipeline.params.ingest import IngestParams
+from vlv_pipeline.params.teacher import TeacherParams
+from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.pipeline_registry import register_pipelines
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    configure_project("vlv_pipeline")
+    return register_pipelines()
+
+
+def _loader(env: str) -> OmegaConfigLoader:
+    return OmegaConfigLoader(str(ROOT / "conf"), env=env, **settings.CONFIG_LOADER_ARGS)
+
+
+def test_pipelines_are_registered(pipelines):
+    assert {"__default__", "world", "ingest", "teacher", "vlv"} <= set(pipelines)
+    default = {n.name for n in pipelines["__default__"].nodes}
+    assert {n.name for n in pipelines["world"].nodes} <= default
+    assert (
+        not {n.name for n in pipelines["teacher"].nodes} & default
+    )  # teacher runs only when named
+    assert not {n.name for n in pipelines["world"].nodes} & {n.name for n in pipelines["vlv"].nodes}
+
+
+def test_default_runs_the_world_before_ingest(pipelines):
+    order = [n.name for n in pipelines["__default__"].nodes]
+    assert order.index("render_world_images") < order.index("screen_images")
+
+
+def test_base_parameters_validate():
+    params = _loader("base")["parameters"]
+    WorldParams(**params["world"])
+    IngestParams(**params["ingest"])
+    TeacherParams(**params["teacher"])
+
+
+def test_paper_env_overrides_only_the_keys_it_names():
+    base = _loader("base")["parameters"]
+    paper = _loader("paper")["parameters"]
+    assert paper["ingest"]["resolution"] == 384
+    assert paper["ingest"]["splits"] == base["ingest"]["splits"]  # kept from base
+    assert paper["world"] == base["world"]
+    IngestParams(**paper["ingest"])
+    catalog = _loader("paper")["catalog"]
+    assert catalog["raw_images"]["kind"] == "webdataset"
+    assert "writable" not in catalog["raw_images"]
+
+
+def test_a_bad_parameter_fails_before_any_work_naming_the_key(tmp_path, monkeypatch):
+    bootstrap_project(ROOT)
+    monkeypatch.chdir(ROOT)
+    with KedroSession.create(
+        project_path=ROOT, runtime_params={"world": {"image_sise": 40}}
+    ) as session:
+        with pytest.raises(Exception, match=r"(?s)world.*image_sise") as error:
+            session.run(pipeline_name="world")
+    assert "Extra inputs are not permitted" in str(error.value)
