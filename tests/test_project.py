@@ -9,6 +9,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from vlv_pipeline import settings
+from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.teacher import TeacherParams
 from vlv_pipeline.params.world import WorldParams
@@ -47,6 +48,7 @@ def test_base_parameters_validate():
     WorldParams(**params["world"])
     IngestParams(**params["ingest"])
     TeacherParams(**params["teacher"])
+    CacheParams(**params["cache"])
 
 
 def test_paper_env_overrides_only_the_keys_it_names():
@@ -56,6 +58,8 @@ def test_paper_env_overrides_only_the_keys_it_names():
     assert paper["ingest"]["splits"] == base["ingest"]["splits"]  # kept from base
     assert paper["world"] == base["world"]
     IngestParams(**paper["ingest"])
+    assert paper["cache"]["vae"]["pretrained"] == "stabilityai/stable-diffusion-2-1-base"
+    assert paper["cache"]["shard_size"] == base["cache"]["shard_size"]
     catalog = _loader("paper")["catalog"]
     assert catalog["raw_images"]["kind"] == "webdataset"
     assert "writable" not in catalog["raw_images"]

@@ -222,11 +222,16 @@ def package_teacher(
 ):
     """The teacher in its shipping dtype, its metrics, and the loss-curve figure."""
     if params.save_dtype == "float16":
-        pipeline = pipeline.to(torch_dtype=torch.float16)
+        # UNet and VAE weights in fp16 (diffusers upcasts them to fp32 on load unless asked
+        # otherwise); the tiny text encoder stays fp32 because transformers keeps a saved
+        # dtype, and a mixed pipeline would fail. from_pretrained(dir) then gives fp32.
+        pipeline.unet.to(torch.float16)
+        pipeline.vae.to(torch.float16)
     metrics = {
         "render": scores,
         "probe_test_real": probe_log["test_real"],
         "sampling": params.evaluation.model_dump(),
+        "eval_images": params.eval_images,
         "seconds": {
             "vae": vae_log["seconds"],
             "text_to_image": t2i_log["seconds"],

@@ -1,0 +1,141 @@
+"""Copy a teacher trained by `kedro run --pipeline teacher` into the package.
+
+    python scripts/ship_teacher.py [--version VERSION] [--seconds-note TEXT]
+
+Takes the latest (or the given) versions of `teacher`, `attribute_probe`,
+`teacher_metrics`, `teacher_samples` and `teacher_loss` from data/, and writes
+src/vlv_pipeline/assets/{teacher,attribute_probe}/ plus TEACHER_CARD.md, metrics.json and the
+two figures beside them. The default run loads the teacher from there by path, as
+conf/paper loads stable-diffusion-2-1-base by hub id. Refuses to ship more than 20 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "src" / "vlv_pipeline" / "assets"
+LIMIT_BYTES = 20 * 1024 * 1024
+
+
+def latest(filepath: Path, version: str | None) -> Path:
+    name = filepath.name
+    versions = sorted(p for p in filepath.glob(f"*/{name}"))
+    if version is not None:
+        versions = [p for p in versions if p.parent.name == version]
+    if not versions:
+        raise SystemExit(
+            f"no version{' ' + version if version else ''} of {filepath}: run `kedro run --pipeline teacher`"
+        )
+    return versions[-1]
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source, tmp)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def card(metrics: dict, version: str, params: dict, world: dict, note: str) -> str:
+    render, real = metrics["render"], metrics["probe_test_real"]
+    seconds = metrics["seconds"]
+    rows = [
+        ("teacher renders of test captions (probe)", render),
+        ("VAE reconstructions of test images (probe)", render["vae_reconstruction"]),
+        ("real test renders (probe accuracy)", real),
+    ]
+    table = "\n".join(
+        f"| {name} | {m['exact_scene']:.4f} | {m['position']:.4f} | {m['shape']:.4f} | "
+        f"{m['colour']:.4f} | {m['size']:.4f} |"
+        for name, m in rows
+    )
+    sampling = metrics["sampling"]
+    return f"""# The shipped shapes-world teacher
+
+A miniature Stable Diffusion (diffusers `StableDiffusionPipeline` directory: AutoencoderKL,
+CLIPTextModel with the world's word-level tokenizer, UNet2DConditionModel, DDPMScheduler
+with `prediction_type: sample`) and the attribute probe that judges it. Both were trained
+by this project's own `teacher` pipeline on the shapes world; nothing was downloaded.
+
+- produced by: `kedro run --pipeline teacher` (version `{version}`), shipped with
+  `python scripts/ship_teacher.py --version {version}`
+- data: the shapes world with seed {world["seed"]}, {world["counts"]["train"]} train images
+  ({world["image_size"]} px, up to {world["max_objects"]} objects)
+- training time on 2 CPU cores: VAE {seconds["vae"] / 60:.1f} min, text encoder + UNet
+  {seconds["text_to_image"] / 60:.1f} min, probe {seconds["probe"] / 60:.1f} min{note}
+- weights: UNet and VAE in float16 safetensors, text encoder in float32
+  (`StableDiffusionPipeline.from_pretrained(dir)` gives a float32 pipeline)
+
+## Measured quality
+
+Judged by the attribute probe on {metrics.get("eval_images", 256)} test captions, rendered with
+{sampling["scheduler"]}, {sampling["steps"]} steps, guidance {sampling["guidance"]}, seed {sampling["seed"]}.
+
+| what | exact scene | position | shape | colour | size |
+|---|---|---|---|---|---|
+{table}
+
+![samples](teacher_samples.png)
+
+![loss](teacher_loss.png)
+
+## Parameters
+
+```yaml
+{yaml.safe_dump({"teacher": params}, sort_keys=False)}```
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", help="the teacher version to ship (default: latest)")
+    parser.add_argument("--note", default="", help="extra text for the training-time line")
+    args = parser.parse_args()
+
+    teacher = latest(ROOT / "data/06_models/teacher", args.version)
+    version = teacher.parent.name
+    probe = latest(ROOT / "data/06_models/attribute_probe", version)
+    metrics_path = latest(ROOT / "data/08_reporting/teacher_metrics.json", version)
+    figures = [
+        latest(ROOT / f"data/08_reporting/{name}", version)
+        for name in ("teacher_samples.png", "teacher_loss.png")
+    ]
+
+    total = size(teacher) + size(probe)
+    if total > LIMIT_BYTES:
+        raise SystemExit(f"teacher + probe are {total / 2**20:.1f} MB, over the 20 MB limit")
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    replace_dir(teacher, ASSETS / "teacher")
+    replace_dir(probe, ASSETS / "attribute_probe")
+    for figure in figures:
+        shutil.copyfile(figure, ASSETS / figure.name)
+    metrics = json.loads(metrics_path.read_text())
+    (ASSETS / "teacher_metrics.json").write_text(
+        json.dumps({**metrics, "version": version}, indent=2)
+    )
+    conf = yaml.safe_load((ROOT / "conf/base/parameters_teacher.yml").read_text())["teacher"]
+    world = yaml.safe_load((ROOT / "conf/base/parameters_world.yml").read_text())["world"]
+    note = f" ({args.note})" if args.note else ""
+    (ASSETS / "TEACHER_CARD.md").write_text(card(metrics, version, conf, world, note))
+    print(f"shipped teacher {version} ({total / 2**20:.1f} MB) to {ASSETS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

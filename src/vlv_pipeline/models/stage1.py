@@ -1,0 +1,55 @@
+"""Stage 1 of VLV: distil the frozen T2I decoder into the VLV encoder, on images alone."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
+from vlv_pipeline.models.text_encoder import encode_embeddings
+
+
+class Stage1Objective(nn.Module):
+    """Denoising loss of the frozen UNet conditioned on the encoder's caption embeddings.
+
+    ``batch`` = (pixels in [-1, 1], cached latent mean, cached latent std). The embeddings
+    pass through the frozen text encoder (``inputs_embeds`` path) and condition the frozen
+    UNet; the loss is the scheduler's own target at uniform timesteps in
+    ``timestep_range``. With ``noise_draws`` K > 1 each image's embeddings are computed
+    once and scored against K fresh (latent sample, noise, timestep) draws.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        text_encoder,
+        unet,
+        scheduler,
+        scaling_factor: float,
+        timestep_range: tuple[int, int] | None = None,
+        noise_draws: int = 1,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.text_encoder = text_encoder.requires_grad_(False)
+        self.unet = unet.requires_grad_(False)
+        self.scheduler = scheduler
+        self.scaling_factor = scaling_factor
+        self.timestep_range = timestep_range
+        self.noise_draws = noise_draws
+
+    def forward(self, batch) -> torch.Tensor:
+        pixels, mean, std = batch
+        condition = encode_embeddings(self.text_encoder, self.encoder(pixels))
+        if self.noise_draws > 1:
+            condition = condition.repeat_interleave(self.noise_draws, dim=0)
+            mean = mean.repeat_interleave(self.noise_draws, dim=0)
+            std = std.repeat_interleave(self.noise_draws, dim=0)
+        latents = sample_latents(mean, std, self.scaling_factor)
+        return diffusion_loss(self.unet, self.scheduler, latents, condition, self.timestep_range)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.text_encoder.eval()  # frozen parts never switch to training behaviour
+        self.unet.eval()
+        return self

@@ -1,0 +1,213 @@
+"""The VLV encoder: image -> N continuous caption embeddings of the T2I text encoder's width.
+
+Both backbones share one shape: a vision backbone gives image tokens, N learnable queries
+are decoded against them, and the projector phi (Linear, GELU, Linear) maps the decoded
+queries to caption embeddings. Those enter the frozen CLIP text encoder as
+``inputs_embeds`` (see ``models/text_encoder.py``).
+
+- ``SmallVLVEncoder``: trained from scratch for the shapes world (a small CNN over pixels,
+  a transformer over its feature-map cells, a query decoder).
+- ``Florence2VLVEncoder``: the paper's encoder. Florence-2's DaViT vision tower (frozen) and
+  its BART-style encoder-decoder (trainable); the image tokens plus the prompt go into the
+  encoder, the N queries into the decoder as ``inputs_embeds``; lm_head unused (frozen).
+
+Both are diffusers ``ModelMixin``s, so ``save_pretrained``/``from_pretrained`` give a
+self-describing directory (config.json + safetensors) that stage 2 and inference load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+def projector(width: int, out_dim: int) -> nn.Sequential:
+    """phi: Linear, GELU, Linear (the paper's Linear(1024,1024), GELU, Linear(1024,1024))."""
+    return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out_dim))
+
+
+class SmallVLVEncoder(ModelMixin, ConfigMixin):
+    """A compact CNN + transformer + query decoder, for the shapes world."""
+
+    @register_to_config
+    def __init__(
+        self,
+        num_queries: int = 16,
+        out_dim: int = 64,
+        image_size: int = 32,
+        width: int = 128,
+        stem_channels: tuple[int, ...] = (32, 64, 128),
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        heads: int = 4,
+        query_init_std: float = 1.0,
+    ):
+        super().__init__()
+        layers, channels, side = [], 3, image_size
+        for i, out in enumerate(stem_channels):
+            stride = 1 if i == 0 else 2
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=stride, padding=1),
+                nn.GroupNorm(8, out),
+                nn.GELU(),
+            ]
+            channels, side = out, (side - 1) // stride + 1
+        self.stem = nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+        self.positions = nn.Parameter(torch.randn(1, side * side, width) * 0.02)
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(
+                width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+            ),
+            encoder_layers,
+        )
+        self.queries = nn.Parameter(torch.randn(1, num_queries, width) * query_init_std)
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(
+                width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+            ),
+            decoder_layers,
+        )
+        self.norm = nn.LayerNorm(width)
+        self.phi = projector(width, out_dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [-1, 1] -> (B, num_queries, out_dim) caption embeddings."""
+        tokens = self.stem(pixel_values).flatten(2).transpose(1, 2) + self.positions
+        memory = self.encoder(tokens)
+        queries = self.queries.expand(pixel_values.shape[0], -1, -1)
+        return self.phi(self.norm(self.decoder(queries, memory)))
+
+
+class Florence2VLVEncoder(ModelMixin, ConfigMixin):
+    """Florence-2 as the paper uses it (native transformers ``Florence2ForConditionalGeneration``)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        florence_config: dict | None = None,
+        num_queries: int = 77,
+        out_dim: int = 1024,
+        prompt_ids: tuple[int, ...] = (),
+        image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        image_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    ):
+        super().__init__()
+        from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+        self.florence = Florence2ForConditionalGeneration(
+            Florence2Config(**(florence_config or {}))
+        )
+        width = self.florence.config.text_config.d_model
+        self.queries = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)
+        self.phi = projector(width, out_dim)
+        self.register_buffer(
+            "prompt_token_ids", torch.tensor(list(prompt_ids), dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "pixel_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False
+        )
+        self.freeze_unused()
+
+    def freeze_unused(self) -> None:
+        """Freeze the DaViT tower, its projector into the language model, and the lm_head."""
+        model = self.florence.model
+        for module in (model.vision_tower, model.multi_modal_projector, self.florence.lm_head):
+            module.requires_grad_(False)
+
+    @classmethod
+    def from_florence(
+        cls, florence, num_queries: int, out_dim: int, prompt_ids: list[int]
+    ) -> Florence2VLVEncoder:
+        """Wrap a loaded Florence-2 (e.g. from the registry's ``florence2`` kind), keeping its weights."""
+        config = florence.config.to_dict()
+        encoder = cls(
+            florence_config=config,
+            num_queries=num_queries,
+            out_dim=out_dim,
+            prompt_ids=tuple(prompt_ids),
+        )
+        encoder.florence.load_state_dict(florence.state_dict())
+        encoder.freeze_unused()
+        return encoder
+
+    # Florence-2 ties its token embeddings to lm_head, which plain safetensors refuses to
+    # save; transformers' own save_pretrained handles that, so the directory holds
+    # florence/ (a Florence-2 model directory) + head.safetensors (queries, phi) + config.json.
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.florence.save_pretrained(path / "florence")
+        head = {
+            k: v.detach().contiguous()
+            for k, v in self.state_dict().items()
+            if not k.startswith("florence.")
+        }
+        save_file(head, str(path / "head.safetensors"))
+        self.save_config(path)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        from safetensors.torch import load_file
+        from transformers import Florence2ForConditionalGeneration
+
+        path = Path(pretrained_model_name_or_path)
+        config = cls.load_config(path)
+        florence = Florence2ForConditionalGeneration.from_pretrained(path / "florence")
+        encoder = cls.from_florence(
+            florence, config["num_queries"], config["out_dim"], config["prompt_ids"]
+        )
+        missing, unexpected = encoder.load_state_dict(
+            load_file(str(path / "head.safetensors")), strict=False
+        )
+        if unexpected or any(not k.startswith("florence.") for k in missing):
+            raise ValueError(
+                f"{path}/head.safetensors does not match the encoder: {unexpected or missing}"
+            )
+        return encoder.eval()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [-1, 1] (normalised here as Florence-2's processor does)."""
+        model = self.florence.model
+        batch = pixel_values.shape[0]
+        pixel_values = ((pixel_values + 1) / 2 - self.pixel_mean) / self.pixel_std
+        image_tokens = model.get_image_features(pixel_values).pooler_output
+        embed = model.get_input_embeddings()
+        prompt = (
+            embed(self.prompt_token_ids.to(pixel_values.device)).unsqueeze(0).expand(batch, -1, -1)
+        )
+        encoder_inputs = torch.cat([image_tokens.to(prompt.dtype), prompt], dim=1)
+        encoded = model.language_model.encoder(inputs_embeds=encoder_inputs).last_hidden_state
+        queries = self.queries.expand(batch, -1, -1).to(encoded.dtype)
+        decoded = model.language_model.decoder(
+            inputs_embeds=queries, encoder_hidden_states=encoded
+        ).last_hidden_state
+        return self.phi(decoded)
+
+
+ENCODERS = {"small": SmallVLVEncoder, "florence2": Florence2VLVEncoder}
+
+
+class VLVEncoder:
+    """Loads any saved VLV encoder directory (the class is read from its config.json)."""
+
+    @staticmethod
+    def from_pretrained(path, **kwargs):
+        import json
+        from pathlib import Path
+
+        name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
+        classes = {cls.__name__: cls for cls in ENCODERS.values()}
+        if name not in classes:
+            raise ValueError(
+                f"{path}: config.json names {name!r}, not a VLV encoder ({sorted(classes)})"
+            )
+        return classes[name].from_pretrained(path, **kwargs)

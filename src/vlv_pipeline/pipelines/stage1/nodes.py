@@ -1,0 +1,182 @@
+"""Nodes of the `stage1` pipeline: VLV encoder distillation against the frozen T2I decoder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch.utils.data import TensorDataset
+
+from vlv_pipeline.datasets.latent_cache import LatentCache
+from vlv_pipeline.imaging.sources import iter_images
+from vlv_pipeline.metrics.plots import image_grid, loss_curves
+from vlv_pipeline.metrics.scenes import scene_agreement
+from vlv_pipeline.models.registry import load_component
+from vlv_pipeline.models.stage1 import Stage1Objective
+from vlv_pipeline.models.t2i import FrozenT2I
+from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder
+from vlv_pipeline.params.stage1 import EncoderParams, Stage1Params
+from vlv_pipeline.training.loop import run_directory, train
+from vlv_pipeline.world.data import pil_to_tensor, tensor_to_uint8
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageLatents:
+    """One split: encoder pixels in [-1, 1], cached latent mean/std, captions, image ids."""
+
+    pixels: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    captions: list[str | None]
+    image_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def head(self, n: int) -> ImageLatents:
+        return ImageLatents(
+            self.pixels[:n], self.mean[:n], self.std[:n], self.captions[:n], self.image_ids[:n]
+        )
+
+
+def load_image_latents(
+    raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, resolution: int | None
+) -> dict[str, ImageLatents]:
+    """Pixels (for the encoder) and cached latents (for the loss) of every split, by image_id order."""
+    pixels: dict[str, torch.Tensor] = {}
+    for image_id, image in iter_images(raw_images, image_manifest, resolution):
+        pixels[image_id] = pil_to_tensor(image)
+    splits = {}
+    for split, rows in image_manifest.sort_values("image_id").groupby("split"):
+        ids = rows["image_id"].tolist()
+        mean, std = latent_cache.load(ids)
+        captions = [None if pd.isna(c) else str(c) for c in rows["caption"]]
+        splits[str(split)] = ImageLatents(
+            torch.stack([pixels[i] for i in ids]), mean, std, captions, ids
+        )
+    return splits
+
+
+def load_stage1_data(
+    raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, params: Stage1Params
+) -> dict[str, ImageLatents]:
+    data = load_image_latents(raw_images, image_manifest, latent_cache, params.resolution)
+    if "train" not in data:
+        raise ValueError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
+    return data
+
+
+def build_encoder(spec: EncoderParams, out_dim: int):
+    """A fresh VLV encoder for caption embeddings of width ``out_dim``."""
+    if spec.backbone == "small":
+        return SmallVLVEncoder(num_queries=spec.num_queries, out_dim=out_dim, **spec.init)
+    source = {"pretrained": spec.pretrained} if spec.pretrained else {"init": spec.init}
+    florence = load_component("florence2", source)
+    tokenizer = load_component("tokenizer", {"pretrained": spec.tokenizer or spec.pretrained})
+    prompt_ids = tokenizer(spec.prompt).input_ids
+    return Florence2VLVEncoder.from_florence(florence, spec.num_queries, out_dim, prompt_ids)
+
+
+def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
+    """Train the VLV encoder on the train split's images; the T2I model stays frozen."""
+    t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
+    torch.manual_seed(params.training.seed)
+    encoder = build_encoder(params.encoder, t2i.width)
+    objective = Stage1Objective(
+        encoder,
+        t2i.text_encoder,
+        t2i.unet,
+        t2i.scheduler,
+        t2i.scaling_factor,
+        params.timestep_range,
+        params.noise_draws,
+    )
+    train_set = data["train"]
+    result = train(
+        objective,
+        TensorDataset(train_set.pixels, train_set.mean, train_set.std),
+        params.training,
+        checkpoint_dir=run_directory(
+            params.checkpoint_dir,
+            "stage1",
+            params.encoder,
+            params.training,
+            params.t2i,
+            params.timestep_range,
+            params.noise_draws,
+            params.resolution,
+        ),
+        desc="stage 1",
+    )
+    if result.ema is not None:
+        result.ema.copy_to([p for p in encoder.parameters() if p.requires_grad])
+    encoder.eval()
+    trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+    return encoder, {
+        "history": result.history,
+        "seconds": result.seconds,
+        "trainable_parameters": trainable,
+    }
+
+
+def caption_targets(captions: list[str | None], probe) -> torch.Tensor:
+    """The scenes that the (exact) shapes-world captions describe, in the probe's layout."""
+    from vlv_pipeline.world.scene import CaptionParser, Vocabulary
+
+    cfg = probe.config
+    parser = CaptionParser(Vocabulary(tuple(cfg.shapes), tuple(cfg.colours), tuple(cfg.sizes)))
+    return torch.stack([probe.encode_scene(parser.parse(c or "").objects) for c in captions])
+
+
+@torch.no_grad()
+def validate_stage1(encoder, data: dict[str, ImageLatents], params: Stage1Params):
+    """Reconstruct test images from their caption embeddings; judge them with the probe."""
+    from vlv_pipeline.models.probe import AttributeProbe
+
+    cfg = params.validation
+    split = next(data[name] for name in ("test", "val", "train") if len(data.get(name, ())))
+    subset = split.head(cfg.images)
+    t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
+    conditions = t2i.condition(encoder(subset.pixels))
+    s = cfg.sampling
+    renders = t2i.render(
+        conditions,
+        steps=s.steps,
+        guidance=s.guidance,
+        seed=s.seed,
+        scheduler=s.scheduler,
+        batch_size=s.batch_size,
+    )
+    metrics: dict = {
+        "images": len(subset),
+        "sampling": s.model_dump(),
+        "num_queries": params.encoder.num_queries,
+    }
+    if cfg.probe:
+        probe = AttributeProbe.from_pretrained(cfg.probe).eval()
+        metrics["reconstruction"] = scene_agreement(
+            probe.predict(renders), caption_targets(subset.captions, probe)
+        )
+        logger.info(
+            "stage 1: reconstructions from embeddings, exact scene %.4f, attributes %.4f",
+            metrics["reconstruction"]["exact_scene"],
+            metrics["reconstruction"]["attributes"],
+        )
+    n = min(cfg.grid_images, len(subset))
+    grid = image_grid(
+        {
+            "original": tensor_to_uint8(subset.pixels[:n]),
+            "from embeddings": tensor_to_uint8(renders[:n]),
+        },
+        captions=[c or "" for c in subset.captions[:n]],
+        title="stage 1: reconstruction from caption embeddings",
+    )
+    return metrics, grid
+
+
+def plot_stage1_loss(log: dict):
+    return loss_curves({"stage 1": log["history"]}, title="stage 1 loss")

@@ -1,0 +1,131 @@
+"""The latent cache: incremental, invalidated by a new VAE or resolution, loud when corrupt."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from kedro.io import DatasetError
+from PIL import Image
+
+from vlv_pipeline.datasets.image_source import ImageSourceDataset
+from vlv_pipeline.datasets.latent_cache import CorruptCacheError, LatentCache, LatentCacheDataset
+from vlv_pipeline.params.cache import CacheParams
+from vlv_pipeline.params.ingest import IngestParams
+from vlv_pipeline.pipelines.cache.nodes import encode_latents
+from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
+
+TINY_VAE = dict(
+    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    block_out_channels=[8, 8],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=16,
+)
+
+
+def _write_images(folder, names, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for name in names:
+        path = folder / "train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = (torch.rand(16, 16, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(path)
+
+
+def _manifest(folder):
+    source = ImageSourceDataset(kind="folder", path=str(folder)).load()
+    params = IngestParams(min_side=8)
+    return source, build_manifest(screen_images(source, params), params)
+
+
+@pytest.fixture
+def vae_dir(tmp_path):
+    torch.manual_seed(0)
+    AutoencoderKL(**TINY_VAE).save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae"
+
+
+def _params(vae_dir, **kw):
+    return CacheParams(vae={"pretrained": str(vae_dir)}, batch_size=2, shard_size=3, **kw)
+
+
+def test_encodes_everything_once_then_only_new_images(tmp_path, vae_dir):
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _write_images(images, [f"{i}.png" for i in range(5)])
+    source, manifest = _manifest(images)
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    assert len(cache) == 5 and len(cache.shards) == 2  # shards of >= 3, bounded memory
+    mean, std = cache.load(manifest["image_id"])
+    assert mean.shape == (5, 4, 8, 8) and (std > 0).all()
+
+    # the same latents as encoding directly with the VAE
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    first = torch.from_numpy(
+        __import__("numpy").asarray(Image.open(images / "train/0.png"), dtype="float32")
+    )
+    pixels = (first / 127.5 - 1).permute(2, 0, 1)[None]
+    row = manifest.index[manifest["source"] == "train/0.png"][0]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cache.load([manifest.loc[row, "image_id"]])[0], vae.encode(pixels).latent_dist.mean
+        )
+
+    _write_images(images, ["5.png", "6.png"], seed=1)
+    source, manifest = _manifest(images)
+    before = {s["file"] for s in cache.shards}
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    assert len(cache) == 7
+    new_shards = [s for s in cache.shards if s["file"] not in before]
+    assert sum(s["count"] for s in new_shards) == 2  # only the two new images were encoded
+    LatentCacheDataset(path=str(cache_dir)).save(cache)
+
+
+def test_a_new_vae_or_resolution_rebuilds_the_cache(tmp_path, vae_dir):
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _write_images(images, ["a.png", "b.png"])
+    source, manifest = _manifest(images)
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    old_files = {s["file"] for s in cache.shards}
+    torch.manual_seed(1)
+    AutoencoderKL(**TINY_VAE).save_pretrained(tmp_path / "other_vae")
+    rebuilt = encode_latents(
+        source, manifest, LatentCache(cache_dir), _params(tmp_path / "other_vae")
+    )
+    assert len(rebuilt) == 2 and not old_files & {s["file"] for s in rebuilt.shards}
+    assert not any((cache_dir / f).exists() for f in old_files)
+    smaller = encode_latents(
+        source, manifest, LatentCache(cache_dir), _params(tmp_path / "other_vae", resolution=8)
+    )
+    assert (
+        smaller.fingerprint["resolution"] == 8
+        and smaller.load(manifest["image_id"])[0].shape[-1] == 4
+    )
+
+
+def test_corrupt_or_missing_shards_name_the_shard(tmp_path, vae_dir):
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _write_images(images, ["a.png", "b.png"])
+    source, manifest = _manifest(images)
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    shard = cache_dir / cache.shards[0]["file"]
+    shard.write_bytes(shard.read_bytes()[:50])
+    with pytest.raises(CorruptCacheError, match=shard.name):
+        LatentCache(cache_dir).load(manifest["image_id"])
+    shard.unlink()
+    with pytest.raises(CorruptCacheError, match=f"{shard.name} is missing"):
+        LatentCache(cache_dir).verify()
+    with pytest.raises(KeyError, match="not in the latent cache"):
+        LatentCache(cache_dir).load(["0" * 64])
+    (cache_dir / "index.json").write_text("{not json")
+    with pytest.raises(CorruptCacheError, match="index"):
+        LatentCache(cache_dir)
+
+
+def test_dataset_refuses_a_handle_for_another_place(tmp_path):
+    dataset = LatentCacheDataset(path=str(tmp_path / "a"))
+    assert not dataset.exists()
+    with pytest.raises(DatasetError, match="writes to"):
+        dataset.save(LatentCache(tmp_path / "b"))
+    with pytest.raises(DatasetError, match="no index"):
+        dataset.save(LatentCache(tmp_path / "a"))

@@ -1,0 +1,224 @@
+"""Stage 1 on tiny replicas: the shapes-world path and the paper's Florence-2 path."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+from vlv_pipeline.models.probe import AttributeProbe
+from vlv_pipeline.models.stage1 import Stage1Objective
+from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder, VLVEncoder
+from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.pipelines.stage1.nodes import (
+    ImageLatents,
+    plot_stage1_loss,
+    train_stage1,
+    validate_stage1,
+)
+from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
+from vlv_pipeline.training.loop import list_checkpoints
+from vlv_pipeline.world.data import pil_to_tensor
+
+TINY_FLORENCE = {
+    "vision_config": {
+        "depths": [1, 1],
+        "patch_size": [3, 3],
+        "patch_stride": [2, 2],
+        "patch_padding": [1, 1],
+        "patch_prenorm": [False, True],
+        "embed_dim": [16, 32],
+        "num_heads": [2, 4],
+        "num_groups": [2, 4],
+        "window_size": 2,
+        "projection_dim": 32,
+        "max_position_embeddings": 16,
+        "max_temporal_embeddings": 4,
+    },
+    "text_config": {
+        "vocab_size": 64,
+        "d_model": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 64,
+    },
+    "image_token_id": 63,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tiny_sd):
+    """A handful of 16 px world images with their latents under the tiny SD's VAE."""
+    world = WorldParams(image_size=16, counts={"train": 8, "val": 0, "test": 4})
+    labels = generate_labels(world)
+    images = render_images(labels, world)
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    out = {}
+    for split in ("train", "test"):
+        rows = labels[labels["split"] == split]
+        pixels = torch.stack([pil_to_tensor(images[f]()) for f in rows["file"]])
+        with torch.no_grad():
+            dist = vae.encode(pixels).latent_dist
+        out[split] = ImageLatents(
+            pixels, dist.mean, dist.std, rows["caption"].tolist(), rows["file"].tolist()
+        )
+    return out
+
+
+def _params(tiny_sd, tmp_path, **encoder):
+    encoder = encoder or {
+        "backbone": "small",
+        "num_queries": 4,
+        "init": {"width": 16, "stem_channels": [8, 16], "heads": 2, "image_size": 16},
+    }
+    return Stage1Params(
+        t2i=str(tiny_sd),
+        encoder=encoder,
+        training={
+            "steps": 2,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "checkpoint_every": 1,
+            "betas": [0.9, 0.99],
+            "weight_decay": 0.01,
+            "log_every": 1,
+        },
+        validation={"images": 4, "grid_images": 2, "sampling": {"steps": 2, "batch_size": 4}},
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
+
+
+def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    params = _params(tiny_sd, tmp_path)
+    encoder, log = train_stage1(data, params)
+    assert isinstance(encoder, SmallVLVEncoder) and len(log["history"]) == 2
+    # the decoder on disk is untouched, the saved encoder reloads to the same function
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
+    assert unet.conv_in.weight.requires_grad  # a fresh load: proves we compare real weights below
+    encoder.save_pretrained(tmp_path / "enc")
+    again = VLVEncoder.from_pretrained(tmp_path / "enc")
+    x = data["test"].pixels
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), encoder(x))
+    assert encoder(x).shape == (4, 4, 16)
+
+    metrics, grid = validate_stage1(encoder, data, params)
+    assert metrics["images"] == 4 and "reconstruction" not in metrics
+    assert len(grid.axes) == 4  # 2 rows x (original, reconstruction)
+    assert plot_stage1_loss(log).axes
+
+
+def test_frozen_parts_do_not_move(tiny_sd, data):
+    from torch.utils.data import TensorDataset
+
+    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.params.training import TrainParams
+    from vlv_pipeline.training.loop import train
+
+    t2i = FrozenT2I.load(str(tiny_sd))
+    before = {k: v.clone() for k, v in t2i.unet.state_dict().items()}
+    encoder = SmallVLVEncoder(
+        num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2, image_size=16
+    )
+    enc_before = encoder.queries.detach().clone()
+    objective = Stage1Objective(
+        encoder,
+        t2i.text_encoder,
+        t2i.unet,
+        t2i.scheduler,
+        t2i.scaling_factor,
+        (50, 100),
+        noise_draws=3,
+    )
+    train_set = data["train"]
+    train(
+        objective,
+        TensorDataset(train_set.pixels, train_set.mean, train_set.std),
+        TrainParams(steps=3, batch_size=4, learning_rate=1e-2),
+    )
+    assert all(torch.equal(before[k], v) for k, v in t2i.unet.state_dict().items())
+    assert not torch.equal(enc_before, encoder.queries)
+
+
+def test_validation_judges_reconstructions_with_the_probe(tiny_sd, data, tmp_path):
+    probe = AttributeProbe(image_size=16, width=4, hidden=8)
+    probe.save_pretrained(tmp_path / "probe")
+    params = _params(tiny_sd, tmp_path)
+    params = Stage1Params(
+        **{
+            **params.model_dump(),
+            "validation": {**params.validation.model_dump(), "probe": str(tmp_path / "probe")},
+        }
+    )
+    encoder, _ = train_stage1(data, params)
+    metrics, _ = validate_stage1(encoder, data, params)
+    assert set(metrics["reconstruction"]) >= {"exact_scene", "shape", "colour", "size", "position"}
+
+
+def test_a_killed_stage1_run_resumes_from_its_checkpoint(tiny_sd, data, tmp_path, monkeypatch):
+    params = _params(tiny_sd, tmp_path)
+    params = Stage1Params(
+        **{
+            **params.model_dump(),
+            "training": {**params.training.model_dump(), "steps": 4, "checkpoint_every": 2},
+        }
+    )
+    original = Stage1Objective.forward
+    calls = {"n": 0}
+
+    def dying(self, batch):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, batch)
+
+    monkeypatch.setattr(Stage1Objective, "forward", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(data, params)
+    monkeypatch.setattr(Stage1Objective, "forward", original)
+    run = next((tmp_path / "ckpt").iterdir())
+    assert [s for s, _ in list_checkpoints(run)] == [2]
+    _, log = train_stage1(data, params)
+    assert [e["step"] for e in log["history"]][-2:] == [3, 4]
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4]
+
+
+def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
+    """conf/paper's code path: Florence-2 (frozen DaViT, trainable BART) + SD, from directories."""
+    from vlv_pipeline.world import Vocabulary, build_world_tokenizer
+
+    torch.manual_seed(0)
+    Florence2ForConditionalGeneration(Florence2Config(**TINY_FLORENCE)).save_pretrained(
+        tmp_path / "florence"
+    )
+    build_world_tokenizer(Vocabulary.from_params(WorldParams())).save_pretrained(tmp_path / "tok")
+    params = _params(
+        tiny_sd,
+        tmp_path,
+        backbone="florence2",
+        num_queries=5,
+        pretrained=str(tmp_path / "florence"),
+        tokenizer=str(tmp_path / "tok"),
+    )
+    reference = Florence2ForConditionalGeneration.from_pretrained(tmp_path / "florence")
+    encoder, log = train_stage1(data, params)
+    assert isinstance(encoder, Florence2VLVEncoder) and len(log["history"]) == 2
+    assert encoder(data["test"].pixels).shape == (4, 5, 16)
+    trained = encoder.florence.state_dict()
+    for name, tensor in reference.state_dict().items():
+        moved = not torch.equal(trained[name], tensor)
+        if name.startswith(("model.vision_tower", "model.multi_modal_projector", "lm_head")):
+            assert not moved, f"{name} should stay frozen"
+    decoder = [n for n in trained if n.startswith("model.language_model.decoder.layers")]
+    assert any(not torch.equal(trained[n], reference.state_dict()[n]) for n in decoder)
+    encoder.save_pretrained(tmp_path / "enc")
+    again = VLVEncoder.from_pretrained(tmp_path / "enc")
+    assert isinstance(again, Florence2VLVEncoder)
+    with torch.no_grad():
+        torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))

@@ -1,0 +1,54 @@
+"""The teacher shipped in the package renders what its captions say, as its card records."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from vlv_pipeline.metrics.scenes import scene_agreement
+from vlv_pipeline.models.probe import AttributeProbe
+from vlv_pipeline.models.teacher import render_captions
+from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.pipelines.world.nodes import generate_labels
+from vlv_pipeline.world.data import scene_targets
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "vlv_pipeline" / "assets"
+N = 128
+
+pytestmark = pytest.mark.skipif(not (ASSETS / "teacher").is_dir(), reason="no teacher shipped yet")
+
+
+@pytest.mark.slow
+def test_shipped_teacher_matches_its_recorded_quality():
+    recorded = json.loads((ASSETS / "teacher_metrics.json").read_text())
+    sampling = recorded["sampling"]
+    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "teacher")  # as one loads SD 2.1
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    probe = AttributeProbe.from_pretrained(ASSETS / "attribute_probe").eval()
+
+    world = WorldParams()
+    labels = generate_labels(world)
+    test = labels[labels["split"] == "test"].sort_values("file").head(N)
+    targets = torch.stack(
+        [
+            scene_targets(o, world.shapes, list(world.colours), list(world.sizes))
+            for o in test["objects"]
+        ]
+    )
+    images = render_captions(
+        pipe,
+        test["caption"].tolist(),
+        steps=sampling["steps"],
+        guidance=sampling["guidance"],
+        seed=sampling["seed"],
+        batch_size=64,
+        scheduler=sampling["scheduler"],
+    )
+    scores = scene_agreement(probe.predict(images), targets)
+    # Within noise of the card's figure: 3 binomial standard deviations for N captions.
+    expected = recorded["render"]["exact_scene"]
+    tolerance = 3 * (expected * (1 - expected) / N) ** 0.5 + 1 / N
+    assert scores["exact_scene"] >= expected - tolerance, (scores, expected)
+    assert scores["attributes"] >= recorded["render"]["attributes"] - 0.03
