@@ -30,8 +30,8 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_ingest.py

@@ -107,6 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", help="the teacher version to ship (default: latest)")
     parser.add_argument("--note", default="", help="extra text for the training-time line")
+    parser.add_argument(
+        "--curve", help="OUT_PREFIX of scripts/teacher_quality_curve.py: adds quality vs time"
+    )
     args = parser.parse_args()
 
     teacher = latest(ROOT / "data/06_models/teacher", args.version)
@@ -133,7 +136,27 @@ def main() -> None:
     conf = yaml.safe_load((ROOT / "conf/base/parameters_teacher.yml").read_text())["teacher"]
     world = yaml.safe_load((ROOT / "conf/base/parameters_world.yml").read_text())["world"]
     note = f" ({args.note})" if args.note else ""
-    (ASSETS / "TEACHER_CARD.md").write_text(card(metrics, version, conf, world, note))
+    text = card(metrics, version, conf, world, note)
+    if args.curve:
+        rows = json.loads(Path(f"{args.curve}.json").read_text())
+        shutil.copyfile(f"{args.curve}.png", ASSETS / "teacher_quality_curve.png")
+        (ASSETS / "teacher_quality_curve.json").write_text(json.dumps(rows, indent=2))
+        per_step = metrics["seconds"]["text_to_image"] / conf["unet_training"]["steps"]
+        table = "\n".join(
+            f"| {r['step']} | {r['step'] * per_step / 60:.1f} | {r['exact_scene']:.4f} | {r['attributes']:.4f} |"
+            for r in rows
+        )
+        text = text.replace(
+            "![samples]",
+            "## Quality against training time\n\n"
+            "EMA weights of each saved checkpoint, judged as above "
+            "(`scripts/teacher_quality_curve.py`); minutes are the text-to-image run's "
+            f"measured {per_step:.3f} s/step.\n\n"
+            "| step | minutes | exact scene | attributes |\n|---|---|---|---|\n"
+            f"{table}\n\n![quality](teacher_quality_curve.png)\n\n![samples]",
+            1,
+        )
+    (ASSETS / "TEACHER_CARD.md").write_text(text)
     print(f"shipped teacher {version} ({total / 2**20:.1f} MB) to {ASSETS.relative_to(ROOT)}")
 
 

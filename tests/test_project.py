@@ -11,6 +11,7 @@ from kedro.framework.startup import bootstrap_project
 from vlv_pipeline import settings
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.ingest import IngestParams
+from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.teacher import TeacherParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipeline_registry import register_pipelines
@@ -49,6 +50,7 @@ def test_base_parameters_validate():
     IngestParams(**params["ingest"])
     TeacherParams(**params["teacher"])
     CacheParams(**params["cache"])
+    Stage1Params(**params["stage1"])
 
 
 def test_paper_env_overrides_only_the_keys_it_names():
@@ -60,6 +62,14 @@ def test_paper_env_overrides_only_the_keys_it_names():
     IngestParams(**paper["ingest"])
     assert paper["cache"]["vae"]["pretrained"] == "stabilityai/stable-diffusion-2-1-base"
     assert paper["cache"]["shard_size"] == base["cache"]["shard_size"]
+    stage1 = Stage1Params(**paper["stage1"])
+    assert (stage1.encoder.backbone, stage1.encoder.num_queries, stage1.resolution) == (
+        "florence2",
+        77,
+        384,
+    )
+    assert stage1.training.betas == (0.9, 0.99) and stage1.training.weight_decay == 0.01
+    assert stage1.training.batch_size * stage1.training.gradient_accumulation == 512
     catalog = _loader("paper")["catalog"]
     assert catalog["raw_images"]["kind"] == "webdataset"
     assert "writable" not in catalog["raw_images"]

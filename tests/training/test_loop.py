@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -83,6 +85,7 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     result = train(resumed, _data(), _params(), checkpoint_dir=tmp_path)
     assert result.resumed_from == 4
     assert result.steps == 12
+    assert result.seconds > 0  # includes the killed run's time up to its checkpoint
     assert resumed.calls == 8  # only the remaining steps ran
     assert torch.allclose(resumed.linear.weight, reference.linear.weight, atol=1e-6)
     assert [e["step"] for e in result.history] == [2, 4, 6, 8, 10, 12]
@@ -94,6 +97,8 @@ def test_a_finished_run_returns_at_once_when_rerun(tmp_path):
     again = _model(seed=1)
     result = train(again, _data(), _params(), checkpoint_dir=tmp_path)
     assert again.calls == 0 and result.resumed_from == 12
+    record = json.loads((list_checkpoints(tmp_path)[-1][1] / "history.json").read_text())
+    assert result.seconds == pytest.approx(record["seconds"]) and result.seconds > 0
     assert torch.equal(again.linear.weight, first.linear.weight)
 
 

@@ -31,7 +31,13 @@ def projector(width: int, out_dim: int) -> nn.Sequential:
 
 
 class SmallVLVEncoder(ModelMixin, ConfigMixin):
-    """A compact CNN + transformer + query decoder, for the shapes world."""
+    """A compact CNN + transformer + query decoder, for the shapes world.
+
+    With ``vae_config`` set, the vision tower is instead the encoder half of an
+    ``AutoencoderKL`` of that config (frozen; its posterior mean feeds a 1x1 stem). Stage 1
+    initialises it from the T2I model's own VAE: self-supervised weights, no labels, the
+    role the paper's frozen DaViT tower plays.
+    """
 
     @register_to_config
     def __init__(
@@ -45,9 +51,20 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
         decoder_layers: int = 2,
         heads: int = 4,
         query_init_std: float = 1.0,
+        vae_config: dict | None = None,
     ):
         super().__init__()
         layers, channels, side = [], 3, image_size
+        self.vae_tower = None
+        if vae_config is not None:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL(**{k: v for k, v in vae_config.items() if not k.startswith("_")})
+            self.vae_tower = nn.ModuleDict({"encoder": vae.encoder, "quant_conv": vae.quant_conv})
+            self.vae_tower.requires_grad_(False)
+            channels = vae.config.latent_channels
+            side = image_size // 2 ** (len(vae.config.block_out_channels) - 1)
+            stem_channels = ()
         for i, out in enumerate(stem_channels):
             stride = 1 if i == 0 else 2
             layers += [
@@ -74,9 +91,19 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
         self.norm = nn.LayerNorm(width)
         self.phi = projector(width, out_dim)
 
+    def load_vae_tower(self, vae) -> None:
+        """Copy an AutoencoderKL's encoder weights into the (frozen) vision tower."""
+        self.vae_tower["encoder"].load_state_dict(vae.encoder.state_dict())
+        self.vae_tower["quant_conv"].load_state_dict(vae.quant_conv.state_dict())
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [-1, 1] -> (B, num_queries, out_dim) caption embeddings."""
-        tokens = self.stem(pixel_values).flatten(2).transpose(1, 2) + self.positions
+        features = pixel_values
+        if self.vae_tower is not None:
+            with torch.no_grad():
+                moments = self.vae_tower["quant_conv"](self.vae_tower["encoder"](pixel_values))
+                features = moments.chunk(2, dim=1)[0]  # the posterior mean
+        tokens = self.stem(features).flatten(2).transpose(1, 2) + self.positions
         memory = self.encoder(tokens)
         queries = self.queries.expand(pixel_values.shape[0], -1, -1)
         return self.phi(self.norm(self.decoder(queries, memory)))

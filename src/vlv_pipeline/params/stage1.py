@@ -11,26 +11,50 @@ from vlv_pipeline.params.teacher import SamplingParams
 from vlv_pipeline.params.training import TrainParams
 
 
+class SmallEncoderParams(StrictModel):
+    """The shapes world's from-scratch encoder (``SmallVLVEncoder`` keyword arguments)."""
+
+    image_size: int = Field(32, ge=8)
+    width: int = Field(128, ge=8)
+    stem_channels: tuple[int, ...] = (32, 64, 128)
+    encoder_layers: int = Field(2, ge=0)
+    decoder_layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    query_init_std: float = Field(1.0, gt=0)
+    vision_tower: Literal["cnn", "t2i_vae"] = "cnn"  # t2i_vae: the T2I VAE's encoder, frozen
+
+
+class Florence2Params(StrictModel):
+    """The paper's encoder: Florence-2 by hub id / directory (or a config, for tests)."""
+
+    pretrained: str | None = None
+    init: dict[str, Any] | None = None
+    tokenizer: str | None = None  # default: the pretrained Florence-2's own
+    prompt: str = "Describe in detail what is shown in the image."  # <MORE_DETAILED_CAPTION>
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Florence2Params:
+        if (self.pretrained is None) == (self.init is None):
+            raise ValueError(
+                "give exactly one of `pretrained` (hub id or dir) or `init` (a Florence2Config)"
+            )
+        if self.init is not None and self.tokenizer is None:
+            raise ValueError("a Florence-2 built from `init` needs a `tokenizer` for its prompt")
+        return self
+
+
 class EncoderParams(StrictModel):
     """The VLV encoder: ``small`` (from scratch) or ``florence2`` (the paper's)."""
 
     backbone: Literal["small", "florence2"]
     num_queries: int = Field(ge=1, le=77)
-    init: dict[str, Any] = {}  # small: SmallVLVEncoder kwargs; florence2: a Florence2Config (tests)
-    pretrained: str | None = None  # florence2: hub id or local dir of Florence-2
-    tokenizer: str | None = None  # florence2: where the prompt's tokenizer comes from
-    prompt: str = "Describe in detail what is shown in the image."  # <MORE_DETAILED_CAPTION>
+    small: SmallEncoderParams = SmallEncoderParams()
+    florence2: Florence2Params | None = None
 
     @model_validator(mode="after")
-    def _backbone_fits(self) -> EncoderParams:
-        if self.backbone == "small" and (self.pretrained or self.tokenizer):
-            raise ValueError(
-                "the small backbone is trained from scratch: drop pretrained/tokenizer"
-            )
-        if self.backbone == "florence2" and not (self.pretrained or self.init):
-            raise ValueError("florence2 needs `pretrained` (hub id or dir) or an `init` config")
-        if self.backbone == "florence2" and self.tokenizer is None and self.pretrained is None:
-            raise ValueError("florence2 built from `init` needs a `tokenizer` for its prompt")
+    def _backbone_configured(self) -> EncoderParams:
+        if self.backbone == "florence2" and self.florence2 is None:
+            raise ValueError("backbone florence2 needs a `florence2:` block (pretrained or init)")
         return self
 
 

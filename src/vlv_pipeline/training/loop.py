@@ -50,7 +50,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr"} per log
     steps: int = 0
     resumed_from: int | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time, summed over every resumed run
     ema: object | None = None  # diffusers EMAModel when ema_decay is set
 
 
@@ -100,7 +100,9 @@ def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
         epoch, offset = epoch + 1, 0
 
 
-def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, history, keep: int):
+def _save_checkpoint(
+    accelerator: Accelerator, directory: Path, step: int, history, keep: int, seconds: float
+):
     """Save the training state to ``checkpoint-<step>`` atomically; prune old ones."""
     final = directory / f"{CHECKPOINT_PREFIX}{step}"
     tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step}"
@@ -109,7 +111,8 @@ def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, histo
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / _HISTORY).write_text(json.dumps({"step": step, "history": history}))
+        record = {"step": step, "history": history, "seconds": seconds}
+        (tmp / _HISTORY).write_text(json.dumps(record))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -165,13 +168,15 @@ def train(
     history: list[dict] = []
     start = 0
     resumed_from = None
+    earlier_seconds = 0.0
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if directory is not None and params.resume:
         checkpoints = list_checkpoints(directory)
         if checkpoints:
             start, path = checkpoints[-1]
             accelerator.load_state(str(path))
-            history = json.loads((path / _HISTORY).read_text())["history"]
+            record = json.loads((path / _HISTORY).read_text())
+            history, earlier_seconds = record["history"], record.get("seconds", 0.0)
             resumed_from = start
             logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
 
@@ -218,9 +223,12 @@ def train(
             running, count = 0.0, 0
         bar.update(1)
         if directory is not None and (done % params.checkpoint_every == 0 or done == params.steps):
-            _save_checkpoint(accelerator, directory, done, history, params.keep_checkpoints)
+            elapsed = earlier_seconds + time.perf_counter() - started
+            _save_checkpoint(
+                accelerator, directory, done, history, params.keep_checkpoints, elapsed
+            )
     bar.close()
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started if params.steps > start else 0.0
     if params.steps > start:
         logger.info(
             "%s: %d steps in %.1f s (%.3f s/step), final loss %.4g",
@@ -232,7 +240,11 @@ def train(
         )
     accelerator.wait_for_everyone()
     return TrainResult(
-        history=history, steps=params.steps, resumed_from=resumed_from, seconds=seconds, ema=ema
+        history=history,
+        steps=params.steps,
+        resumed_from=resumed_from,
+        seconds=earlier_seconds + seconds,
+        ema=ema,
     )
 
 

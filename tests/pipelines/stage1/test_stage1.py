@@ -73,7 +73,7 @@ def _params(tiny_sd, tmp_path, **encoder):
     encoder = encoder or {
         "backbone": "small",
         "num_queries": 4,
-        "init": {"width": 16, "stem_channels": [8, 16], "heads": 2, "image_size": 16},
+        "small": {"width": 16, "stem_channels": [8, 16], "heads": 2, "image_size": 16},
     }
     return Stage1Params(
         t2i=str(tiny_sd),
@@ -203,8 +203,7 @@ def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
         tmp_path,
         backbone="florence2",
         num_queries=5,
-        pretrained=str(tmp_path / "florence"),
-        tokenizer=str(tmp_path / "tok"),
+        florence2={"pretrained": str(tmp_path / "florence"), "tokenizer": str(tmp_path / "tok")},
     )
     reference = Florence2ForConditionalGeneration.from_pretrained(tmp_path / "florence")
     encoder, log = train_stage1(data, params)
@@ -220,5 +219,22 @@ def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
     encoder.save_pretrained(tmp_path / "enc")
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
     assert isinstance(again, Florence2VLVEncoder)
+    with torch.no_grad():
+        torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))
+
+
+def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path):
+    """The vision tower seeded from the frozen decoder's own VAE encoder stays frozen."""
+    params = _params(tiny_sd, tmp_path)
+    small = {**params.encoder.small.model_dump(), "vision_tower": "t2i_vae"}
+    params = Stage1Params(
+        **{**params.model_dump(), "encoder": {**params.encoder.model_dump(), "small": small}}
+    )
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    encoder, _ = train_stage1(data, params)
+    for name, tensor in vae.encoder.state_dict().items():
+        assert torch.equal(encoder.vae_tower["encoder"].state_dict()[name], tensor)
+    encoder.save_pretrained(tmp_path / "enc")
+    again = VLVEncoder.from_pretrained(tmp_path / "enc")
     with torch.no_grad():
         torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))

@@ -70,14 +70,26 @@ def load_stage1_data(
     return data
 
 
-def build_encoder(spec: EncoderParams, out_dim: int):
-    """A fresh VLV encoder for caption embeddings of width ``out_dim``."""
+def build_encoder(spec: EncoderParams, out_dim: int, t2i_vae=None):
+    """A fresh VLV encoder for caption embeddings of width ``out_dim``.
+
+    ``t2i_vae`` (the frozen decoder's VAE) seeds the small encoder's vision tower when
+    ``small.vision_tower`` is ``t2i_vae``.
+    """
     if spec.backbone == "small":
-        return SmallVLVEncoder(num_queries=spec.num_queries, out_dim=out_dim, **spec.init)
-    source = {"pretrained": spec.pretrained} if spec.pretrained else {"init": spec.init}
+        kwargs = spec.small.model_dump()
+        tower = kwargs.pop("vision_tower")
+        if tower == "t2i_vae":
+            kwargs["vae_config"] = dict(t2i_vae.config)
+        encoder = SmallVLVEncoder(num_queries=spec.num_queries, out_dim=out_dim, **kwargs)
+        if tower == "t2i_vae":
+            encoder.load_vae_tower(t2i_vae)
+        return encoder
+    cfg = spec.florence2
+    source = {"pretrained": cfg.pretrained} if cfg.pretrained else {"init": cfg.init}
     florence = load_component("florence2", source)
-    tokenizer = load_component("tokenizer", {"pretrained": spec.tokenizer or spec.pretrained})
-    prompt_ids = tokenizer(spec.prompt).input_ids
+    tokenizer = load_component("tokenizer", {"pretrained": cfg.tokenizer or cfg.pretrained})
+    prompt_ids = tokenizer(cfg.prompt).input_ids
     return Florence2VLVEncoder.from_florence(florence, spec.num_queries, out_dim, prompt_ids)
 
 
@@ -85,7 +97,7 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
     """Train the VLV encoder on the train split's images; the T2I model stays frozen."""
     t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
     torch.manual_seed(params.training.seed)
-    encoder = build_encoder(params.encoder, t2i.width)
+    encoder = build_encoder(params.encoder, t2i.width, t2i.vae)
     objective = Stage1Objective(
         encoder,
         t2i.text_encoder,
