@@ -35,6 +35,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_stage1_cache.py
 
 viz: $(VENV)/.installed
 	$(BIN)/kedro viz build

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
 from vlv_pipeline.models.text_encoder import encode_embeddings
+
+
+def collapse_penalty(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between different images' embeddings and between positions.
+
+    Both are ~1 when the encoder collapses to one repeated token for every image; the
+    term uses no text, only the embeddings themselves (a departure from the paper, which
+    had no such term: its encoder starts from a pretrained vision-language model).
+    """
+    flat = F.normalize(embeddings.flatten(1), dim=-1)
+    across_images = flat @ flat.T
+    b = flat.shape[0]
+    images_term = (across_images.sum() - across_images.diagonal().sum()) / max(1, b * (b - 1))
+    tokens = F.normalize(embeddings, dim=-1)
+    across_positions = tokens @ tokens.transpose(1, 2)
+    n = tokens.shape[1]
+    positions_term = (across_positions.sum((1, 2)) - n).mean() / max(1, n * (n - 1))
+    return images_term + positions_term
 
 
 class Stage1Objective(nn.Module):
@@ -28,6 +47,7 @@ class Stage1Objective(nn.Module):
         scaling_factor: float,
         timestep_range: tuple[int, int] | None = None,
         noise_draws: int = 1,
+        diversity_weight: float = 0.0,
     ):
         super().__init__()
         self.encoder = encoder
@@ -37,16 +57,21 @@ class Stage1Objective(nn.Module):
         self.scaling_factor = scaling_factor
         self.timestep_range = timestep_range
         self.noise_draws = noise_draws
+        self.diversity_weight = diversity_weight
 
     def forward(self, batch) -> torch.Tensor:
         pixels, mean, std = batch
-        condition = encode_embeddings(self.text_encoder, self.encoder(pixels))
+        embeddings = self.encoder(pixels)
+        condition = encode_embeddings(self.text_encoder, embeddings)
         if self.noise_draws > 1:
             condition = condition.repeat_interleave(self.noise_draws, dim=0)
             mean = mean.repeat_interleave(self.noise_draws, dim=0)
             std = std.repeat_interleave(self.noise_draws, dim=0)
         latents = sample_latents(mean, std, self.scaling_factor)
-        return diffusion_loss(self.unet, self.scheduler, latents, condition, self.timestep_range)
+        loss = diffusion_loss(self.unet, self.scheduler, latents, condition, self.timestep_range)
+        if self.diversity_weight:
+            loss = loss + self.diversity_weight * collapse_penalty(embeddings)
+        return loss
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -72,6 +72,7 @@ class Stage1Params(StrictModel):
     resolution: int | None = Field(None, gt=0, description="encoder input side; None = native")
     timestep_range: tuple[int, int] | None = None
     noise_draws: int = Field(1, ge=1)
+    diversity_weight: float = Field(0.0, ge=0, description="weight of the anti-collapse term")
     training: TrainParams
     validation: ValidationParams = ValidationParams()
     checkpoint_dir: str = "data/06_models/checkpoints/stage1"

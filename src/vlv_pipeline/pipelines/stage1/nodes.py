@@ -106,6 +106,7 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
         t2i.scaling_factor,
         params.timestep_range,
         params.noise_draws,
+        params.diversity_weight,
     )
     train_set = data["train"]
     result = train(
@@ -115,12 +116,8 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
         checkpoint_dir=run_directory(
             params.checkpoint_dir,
             "stage1",
-            params.encoder,
-            params.training,
-            params.t2i,
-            params.timestep_range,
-            params.noise_draws,
-            params.resolution,
+            # everything that shapes the training run (not where or how it is validated)
+            params.model_dump(mode="json", exclude={"validation", "checkpoint_dir"}),
         ),
         desc="stage 1",
     )

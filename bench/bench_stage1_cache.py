@@ -1,0 +1,89 @@
+"""Benchmark: a stage-1 training step on cached latents vs encoding images every step.
+
+    python bench/bench_stage1_cache.py [--steps 20] [--batch 64] [--t2i DIR]
+
+Same frozen T2I model (the shipped shapes-world teacher by default), same VLV encoder, same
+batch, same optimiser. "cached" is the project's Stage1Objective fed the VAE posterior
+mean/std from the latent cache; "reference" encodes the pixels with the VAE inside every
+step and samples its posterior (the official code's way). Prints seconds per step for
+both and the speed-up ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from vlv_pipeline.models.stage1 import Stage1Objective  # noqa: E402
+from vlv_pipeline.models.t2i import FrozenT2I  # noqa: E402
+from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class EncodeEveryStep(Stage1Objective):
+    """Reference: the VAE encodes the batch's pixels at every step."""
+
+    def __init__(self, vae, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.vae = vae.requires_grad_(False)
+
+    def forward(self, batch):
+        (pixels,) = batch
+        with torch.no_grad():
+            dist = self.vae.encode(pixels).latent_dist
+        return super().forward((pixels, dist.mean, dist.std))
+
+
+def time_steps(objective, batches, steps: int) -> float:
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
+    for i in range(steps + 2):  # two warm-up steps
+        if i == 2:
+            start = time.perf_counter()
+        loss = objective(batches[i % len(batches)])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--t2i", default=str(ROOT / "src/vlv_pipeline/assets/teacher"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    t2i = FrozenT2I.load(args.t2i)
+    size = t2i.vae.config.sample_size
+    pixels = torch.rand(4, args.batch, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        dists = [t2i.vae.encode(p).latent_dist for p in pixels]
+    cached = [(p, d.mean, d.std) for p, d in zip(pixels, dists, strict=True)]
+    raw = [(p,) for p in pixels]
+
+    def encoder():
+        torch.manual_seed(0)
+        return SmallVLVEncoder(num_queries=16, out_dim=t2i.width, image_size=size)
+
+    parts = (t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor)
+    ours = time_steps(Stage1Objective(encoder(), *parts), cached, args.steps)
+    reference = time_steps(EncodeEveryStep(t2i.vae, encoder(), *parts), raw, args.steps)
+    print(
+        f"stage-1 step, batch {args.batch}, {size} px, {args.steps} steps, {torch.get_num_threads()} threads"
+    )
+    print(f"  cached latents (ours):      {ours:.3f} s/step  {args.batch / ours:7.1f} img/s")
+    print(
+        f"  VAE encode every step (ref): {reference:.3f} s/step  {args.batch / reference:7.1f} img/s"
+    )
+    print(f"  speed-up: {reference / ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
