@@ -15,7 +15,7 @@ def test_gradient_pushes_a_collapsed_encoder_apart():
     torch.manual_seed(0)
     embeddings = (torch.ones(4, 3, 8) + 0.01 * torch.randn(4, 3, 8)).requires_grad_()
     before = collapse_penalty(embeddings).item()
-    optimizer = torch.optim.SGD([embeddings], lr=1.0)
+    optimizer = torch.optim.Adam([embeddings], lr=0.05)
     for _ in range(20):
         optimizer.zero_grad()
         collapse_penalty(embeddings).backward()
