@@ -29,27 +29,38 @@ def loss_curves(histories: dict[str, list[dict]], title: str = "training loss"):
     return fig
 
 
-def image_grid(columns: dict[str, np.ndarray], captions: list[str] | None = None, title: str = ""):
-    """Rows of images; one column per entry of ``columns`` (name -> (B, H, W, 3) uint8).
+def image_grid(
+    columns: dict[str, np.ndarray],
+    captions: list[str] | None = None,
+    title: str = "",
+    items_per_row: int = 3,
+):
+    """Side-by-side comparisons: each item shows one panel per entry of ``columns``.
 
-    ``captions`` (one per row) are written above the row's first image.
+    ``columns`` maps a name (e.g. "original", "from embeddings") to (B, H, W, 3) uint8
+    images; item i's panels sit next to each other, labelled with the names, and its
+    caption (if given) is written above them. Items fill rows of ``items_per_row``.
     """
     names = list(columns)
-    rows = len(next(iter(columns.values())))
+    n = len(next(iter(columns.values())))
+    per_row = max(1, min(items_per_row, n))
+    rows = (n + per_row - 1) // per_row
     fig, axes = plt.subplots(
-        rows, len(names), figsize=(2.2 * len(names), 2.3 * rows), squeeze=False
+        rows, per_row * len(names), figsize=(1.9 * per_row * len(names), 2.3 * rows), squeeze=False
     )
-    for r in range(rows):
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        r, slot = divmod(i, per_row)
         for c, name in enumerate(names):
-            ax = axes[r][c]
-            ax.imshow(columns[name][r], interpolation="nearest")
+            ax = axes[r][slot * len(names) + c]
+            ax.axis("on")
+            ax.imshow(columns[name][i], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_xlabel(name, fontsize=8)
-                ax.xaxis.set_label_position("top")
+            ax.set_xlabel(name, fontsize=7)
             if c == 0 and captions is not None:
-                ax.set_title(textwrap.fill(captions[r], 40), fontsize=6, loc="left")
+                ax.set_title(textwrap.fill(captions[i], 36), fontsize=6, loc="left")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -110,7 +110,7 @@ def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path
 
     metrics, grid = validate_stage1(encoder, data, params)
     assert metrics["images"] == 4 and "reconstruction" not in metrics
-    assert len(grid.axes) == 4  # 2 rows x (original, reconstruction)
+    assert len(grid.axes) == 4  # 2 items side by side x (original, reconstruction)
     assert plot_stage1_loss(log).axes
 
 
