@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from vlv_pipeline.models.registry import load_component
-from vlv_pipeline.models.teacher import assemble_pipeline
+from vlv_pipeline.models.teacher import assemble_pipeline, render
 from vlv_pipeline.models.text_encoder import encode_embeddings
 
 
@@ -72,39 +72,9 @@ class FrozenT2I:
             self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler
         )
 
-    @torch.no_grad()
-    def render(
-        self,
-        conditions: torch.Tensor,
-        *,
-        steps: int,
-        guidance: float,
-        seed: int,
-        scheduler: str = "DDIMScheduler",
-        batch_size: int = 64,
-    ) -> torch.Tensor:
-        """Images in [-1, 1] rendered from UNet conditions (B, N, d), CFG against the empty prompt."""
-        import diffusers
-
-        pipe = self.pipeline()
-        pipe.scheduler = getattr(diffusers, scheduler).from_config(self.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        generator = torch.Generator().manual_seed(seed)
-        out = []
-        for start in range(0, len(conditions), batch_size):
-            cond = conditions[start : start + batch_size]
-            kwargs = {}
-            if guidance > 1:
-                kwargs["negative_prompt_embeds"] = self.empty_condition(cond.shape[1]).expand(
-                    len(cond), -1, -1
-                )
-            images = pipe(
-                prompt_embeds=cond,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=generator,
-                output_type="pt",
-                **kwargs,
-            ).images
-            out.append(images * 2 - 1)
-        return torch.cat(out).clamp(-1, 1)
+    def render(self, conditions: torch.Tensor, *, guidance: float, **kwargs) -> torch.Tensor:
+        """Images in [-1, 1] from UNet conditions (B, N, d); CFG against the empty prompt."""
+        negative = self.empty_condition(conditions.shape[1]) if guidance > 1 else None
+        return render(
+            self.pipeline(), conditions=conditions, negative=negative, guidance=guidance, **kwargs
+        )

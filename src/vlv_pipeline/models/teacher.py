@@ -95,27 +95,44 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
 
 
 @torch.no_grad()
-def render_captions(
+def render(
     pipeline,
-    captions: list[str],
     *,
+    captions: list[str] | None = None,
+    conditions: torch.Tensor | None = None,
+    negative: torch.Tensor | None = None,
     steps: int,
     guidance: float,
     seed: int,
     batch_size: int = 64,
     scheduler: str = "DDIMScheduler",
 ) -> torch.Tensor:
-    """Render captions with the pipeline; returns images in [-1, 1], (B, 3, H, W)."""
+    """Render with a Stable Diffusion pipeline; images in [-1, 1], (B, 3, H, W).
+
+    Either ``captions`` (text) or ``conditions`` (text-encoder outputs, (B, N, d)); with
+    conditions, ``negative`` (1, N, d) is what classifier-free guidance (guidance > 1)
+    steers away from. One generator seeded once, batches in order: reproducible.
+    """
     import diffusers
 
+    if (captions is None) == (conditions is None):
+        raise ValueError("render needs exactly one of captions or conditions")
     if scheduler and type(pipeline.scheduler).__name__ != scheduler:
         pipeline.scheduler = getattr(diffusers, scheduler).from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed)
+    total = len(captions) if captions is not None else len(conditions)
     out = []
-    for start in range(0, len(captions), batch_size):
+    for start in range(0, total, batch_size):
+        if captions is not None:
+            inputs = {"prompt": captions[start : start + batch_size]}
+        else:
+            batch = conditions[start : start + batch_size]
+            inputs = {"prompt_embeds": batch}
+            if guidance > 1 and negative is not None:
+                inputs["negative_prompt_embeds"] = negative.expand(len(batch), -1, -1)
         images = pipeline(
-            captions[start : start + batch_size],
+            **inputs,
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generator,
@@ -123,3 +140,8 @@ def render_captions(
         ).images
         out.append(images * 2 - 1)
     return torch.cat(out).clamp(-1, 1)
+
+
+def render_captions(pipeline, captions: list[str], **kwargs) -> torch.Tensor:
+    """Render caption texts (see ``render``)."""
+    return render(pipeline, captions=captions, **kwargs)

@@ -238,3 +238,18 @@ def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path):
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
     with torch.no_grad():
         torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))
+
+
+def test_render_from_conditions_with_and_without_guidance(tiny_sd):
+    from vlv_pipeline.models.t2i import FrozenT2I
+
+    t2i = FrozenT2I.load(str(tiny_sd))
+    torch.manual_seed(0)
+    conditions = t2i.condition(torch.randn(3, 5, 16))
+    plain = t2i.render(conditions, steps=2, guidance=1.0, seed=0, batch_size=2)
+    again = t2i.render(conditions, steps=2, guidance=1.0, seed=0, batch_size=2)
+    guided = t2i.render(conditions, steps=2, guidance=3.0, seed=0, batch_size=2)
+    assert plain.shape == (3, 3, 16, 16) and plain.min() >= -1 and plain.max() <= 1
+    assert torch.equal(plain, again)  # seeded: reproducible
+    assert not torch.allclose(plain, guided)  # the empty-prompt negative is used
+    assert t2i.empty_condition(5).shape == (1, 5, 16)
