@@ -72,17 +72,13 @@ class AttributeProbe(ModelMixin, ConfigMixin):
 
     def encode_scene(self, objects: list[SceneObject]) -> torch.Tensor:
         """A scene as a (9, 3) target tensor."""
+        from vlv_pipeline.world.data import scene_targets
+
         cfg = self.config
-        target = torch.zeros(N_CELLS, 3, dtype=torch.long)
-        for obj in objects:
-            target[obj.cell] = torch.tensor(
-                [
-                    1 + cfg.shapes.index(obj.shape),
-                    cfg.colours.index(obj.colour),
-                    cfg.sizes.index(obj.size),
-                ]
-            )
-        return target
+        rows = [
+            {"cell": o.cell, "shape": o.shape, "colour": o.colour, "size": o.size} for o in objects
+        ]
+        return scene_targets(rows, cfg.shapes, cfg.colours, cfg.sizes)
 
     def decode_scene(self, cells: torch.Tensor) -> list[SceneObject]:
         """A (9, 3) prediction back to scene objects."""
