@@ -24,6 +24,7 @@ previous state and writes the new one)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -39,6 +40,27 @@ from safetensors.torch import load_file, save_file
 INDEX = "index.json"
 
 
+def weights_sha256(module: torch.nn.Module) -> str:
+    """A hash of a module's weights (as float32), independent of the dtype it runs in."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def vae_fingerprint(vae, resolution: int | None) -> dict:
+    """What makes the latents: a hash of the VAE's weights and config, and the resolution."""
+    # private keys (_name_or_path, _use_default_values...) say where it was loaded from, not what it is
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    config = json.dumps(config, sort_keys=True, default=str)
+    return {
+        "weights_sha256": weights_sha256(vae),
+        "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
+        "resolution": resolution,
+    }
+
+
 class CorruptCacheError(DatasetError):
     """A shard of the cache is missing or unreadable."""
 
@@ -50,7 +72,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class LatentCache:
-    """A handle on a cache directory: what is cached, adding shards, reading latents."""
+    """A handle on a cache directory: what is cached, adding shards, reading latents.
+
+    Subclasses cache other per-image tensors by naming their ``FIELDS`` (see
+    ``EmbeddingCache``); ``add`` and ``load`` take and return them in that order.
+    """
+
+    FIELDS: tuple[str, ...] = ("mean", "std")
+    KIND = "latent cache"
+    REBUILD = "`kedro run --pipeline cache`"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -94,16 +124,18 @@ class LatentCache:
         for path in old:
             path.unlink(missing_ok=True)
 
-    def add(self, image_ids: list[str], mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Write one shard (atomically) and record it in the index."""
+    def add(self, image_ids: list[str], *tensors: torch.Tensor) -> None:
+        """Write one shard (atomically) of ``FIELDS`` tensors and record it in the index."""
         if self.fingerprint is None:
-            raise DatasetError("call reset(fingerprint) before adding latents to a new cache")
-        if not (len(image_ids) == len(mean) == len(std)):
-            raise ValueError("image_ids, mean and std must have the same length")
+            raise DatasetError(f"call reset(fingerprint) before adding to a new {self.KIND}")
+        if len(tensors) != len(self.FIELDS) or any(len(t) != len(image_ids) for t in tensors):
+            raise ValueError(
+                f"give image_ids and one tensor per field {self.FIELDS}, all the same length"
+            )
         name = f"shard-{uuid.uuid4().hex[:12]}.safetensors"
         tmp = self.path / f".{name}.tmp"
         save_file(
-            {"mean": mean.contiguous().cpu(), "std": std.contiguous().cpu()},
+            {k: t.contiguous().cpu() for k, t in zip(self.FIELDS, tensors, strict=True)},
             str(tmp),
             metadata={"image_ids": json.dumps(list(image_ids))},
         )
@@ -123,37 +155,40 @@ class LatentCache:
         path = self.path / shard["file"]
         if not path.is_file():
             raise CorruptCacheError(
-                f"latent cache shard {path} is missing; delete {self.path} (or rerun "
-                "`kedro run --pipeline cache` after deleting it) to rebuild"
+                f"{self.KIND} shard {path} is missing; delete {self.path} (or rerun "
+                f"{self.REBUILD} after deleting it) to rebuild"
             )
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
             raise CorruptCacheError(
-                f"latent cache shard {path} is corrupt ({error}); delete {self.path} to rebuild"
+                f"{self.KIND} shard {path} is corrupt ({error}); delete {self.path} to rebuild"
             ) from error
-        if set(tensors) != {"mean", "std"} or len(tensors["mean"]) != shard["count"]:
+        if set(tensors) != set(self.FIELDS) or any(
+            len(t) != shard["count"] for t in tensors.values()
+        ):
             raise CorruptCacheError(
-                f"latent cache shard {path} does not hold {shard['count']} means and stds; "
-                f"delete {self.path} to rebuild"
+                f"{self.KIND} shard {path} does not hold {shard['count']} rows of "
+                f"{self.FIELDS}; delete {self.path} to rebuild"
             )
         return tensors
 
-    def load(self, image_ids: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std of the given images, in the given order."""
+    def load(self, image_ids: Iterable[str]) -> tuple[torch.Tensor, ...]:
+        """The ``FIELDS`` tensors of the given images, in the given order."""
         image_ids = list(image_ids)
         where = self._locations()
         missing = [i for i in image_ids if i not in where]
         if missing:
             raise KeyError(
-                f"{len(missing)} image(s) are not in the latent cache {self.path} (e.g. "
-                f"{missing[0][:12]}...): run `kedro run --pipeline cache`"
+                f"{len(missing)} image(s) are not in the {self.KIND} {self.path} (e.g. "
+                f"{missing[0][:12]}...): run {self.REBUILD}"
             )
         needed = sorted({where[i][0] for i in image_ids})
         loaded = {i: self._load_shard(self.shards[i]) for i in needed}
-        mean = torch.stack([loaded[where[i][0]]["mean"][where[i][1]] for i in image_ids])
-        std = torch.stack([loaded[where[i][0]]["std"][where[i][1]] for i in image_ids])
-        return mean, std
+        return tuple(
+            torch.stack([loaded[where[i][0]][field][where[i][1]] for i in image_ids])
+            for field in self.FIELDS
+        )
 
     def verify(self) -> None:
         """Read every shard once (raises ``CorruptCacheError`` naming a bad one)."""
@@ -168,23 +203,45 @@ class LatentCacheDataset(AbstractDataset[LatentCache, LatentCache]):
     ``save(handle)`` only checks that the handle's index is on disk at this path.
     """
 
+    cache_class = LatentCache
+
     def __init__(self, *, path: str, metadata: dict[str, Any] | None = None):
         self._path = Path(path)
         self.metadata = metadata
 
     def load(self) -> LatentCache:
-        return LatentCache(self._path)
+        return self.cache_class(self._path)
 
     def save(self, data: LatentCache) -> None:
-        if not isinstance(data, LatentCache):
-            raise DatasetError(f"expected a LatentCache handle, got {type(data).__name__}")
+        if not isinstance(data, self.cache_class):
+            raise DatasetError(
+                f"expected a {self.cache_class.__name__} handle, got {type(data).__name__}"
+            )
         if data.path.resolve() != self._path.resolve():
             raise DatasetError(f"the handle writes to {data.path}, this dataset is {self._path}")
         if not (self._path / INDEX).is_file():
-            raise DatasetError(f"latent cache {self._path} has no index: nothing was written")
+            raise DatasetError(f"{self._path} has no index: nothing was written")
 
     def _exists(self) -> bool:
         return (self._path / INDEX).is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
+
+
+class EmbeddingCache(LatentCache):
+    """Stage 2's cache: a frozen VLV encoder's caption embeddings and their text-encoder outputs.
+
+    The fingerprint names the encoder's version (a hash of its weights) and the text encoder's,
+    so a retrained stage 1 invalidates it.
+    """
+
+    FIELDS = ("embeddings", "conditions")
+    KIND = "embedding cache"
+    REBUILD = "`kedro run --pipeline synthesize`"
+
+
+class EmbeddingCacheDataset(LatentCacheDataset):
+    """Kedro dataset whose ``load()`` is an :class:`EmbeddingCache` handle on a directory."""
+
+    cache_class = EmbeddingCache

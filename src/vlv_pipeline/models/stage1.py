@@ -36,6 +36,9 @@ class Stage1Objective(nn.Module):
     UNet; the loss is the scheduler's own target at uniform timesteps in
     ``timestep_range``. With ``noise_draws`` K > 1 each image's embeddings are computed
     once and scored against K fresh (latent sample, noise, timestep) draws.
+
+    With ``features_from_cache`` the encoder's frozen VAE tower is skipped and the cached
+    latent mean (the tower's own output, made by the same VAE) feeds the trainable part.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class Stage1Objective(nn.Module):
         timestep_range: tuple[int, int] | None = None,
         noise_draws: int = 1,
         diversity_weight: float = 0.0,
+        features_from_cache: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -58,10 +62,16 @@ class Stage1Objective(nn.Module):
         self.timestep_range = timestep_range
         self.noise_draws = noise_draws
         self.diversity_weight = diversity_weight
+        if features_from_cache and not getattr(encoder, "reads_vae_latents", False):
+            raise ValueError("features_from_cache needs an encoder whose vision tower is the VAE")
+        self.features_from_cache = features_from_cache
 
     def forward(self, batch) -> torch.Tensor:
         pixels, mean, std = batch
-        embeddings = self.encoder(pixels)
+        if self.features_from_cache:
+            embeddings = self.encoder.from_features(mean)
+        else:
+            embeddings = self.encoder(pixels)
         condition = encode_embeddings(self.text_encoder, embeddings)
         if self.noise_draws > 1:
             condition = condition.repeat_interleave(self.noise_draws, dim=0)

@@ -30,6 +30,11 @@ def projector(width: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out_dim))
 
 
+def vae_config_of(vae) -> dict:
+    """An AutoencoderKL's architecture config, without where it was loaded from."""
+    return {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+
+
 class SmallVLVEncoder(ModelMixin, ConfigMixin):
     """A compact CNN + transformer + query decoder, for the shapes world.
 
@@ -96,6 +101,11 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
         self.vae_tower["encoder"].load_state_dict(vae.encoder.state_dict())
         self.vae_tower["quant_conv"].load_state_dict(vae.quant_conv.state_dict())
 
+    @property
+    def reads_vae_latents(self) -> bool:
+        """True when the vision tower is a VAE encoder: its output is the posterior mean."""
+        return self.vae_tower is not None
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [-1, 1] -> (B, num_queries, out_dim) caption embeddings."""
         features = pixel_values
@@ -103,9 +113,17 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
             with torch.no_grad():
                 moments = self.vae_tower["quant_conv"](self.vae_tower["encoder"](pixel_values))
                 features = moments.chunk(2, dim=1)[0]  # the posterior mean
+        return self.from_features(features)
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The encoder after its frozen vision tower: tower features -> caption embeddings.
+
+        With a VAE tower the features are the VAE's posterior mean, so training can feed
+        the latent cache's mean here instead of running the frozen tower every step.
+        """
         tokens = self.stem(features).flatten(2).transpose(1, 2) + self.positions
         memory = self.encoder(tokens)
-        queries = self.queries.expand(pixel_values.shape[0], -1, -1)
+        queries = self.queries.expand(features.shape[0], -1, -1)
         return self.phi(self.norm(self.decoder(queries, memory)))
 
 

@@ -7,7 +7,12 @@ from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.stage1 import Stage1Objective
-from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder, VLVEncoder
+from vlv_pipeline.models.vlv_encoder import (
+    Florence2VLVEncoder,
+    SmallVLVEncoder,
+    VLVEncoder,
+    vae_config_of,
+)
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.stage1.nodes import (
@@ -253,3 +258,36 @@ def test_render_from_conditions_with_and_without_guidance(tiny_sd):
     assert torch.equal(plain, again)  # seeded: reproducible
     assert not torch.allclose(plain, guided)  # the empty-prompt negative is used
     assert t2i.empty_condition(5).shape == (1, 5, 16)
+
+
+def test_vae_tower_encoder_reads_the_cached_posterior_mean(tiny_sd, data):
+    """Training feeds the cached mean past the frozen tower: the same function as from pixels."""
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    encoder = SmallVLVEncoder(
+        num_queries=4, out_dim=16, width=16, heads=2, image_size=16, vae_config=vae_config_of(vae)
+    )
+    encoder.load_vae_tower(vae)
+    assert encoder.reads_vae_latents
+    split = data["test"]
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.from_features(split.mean), encoder(split.pixels))
+    plain = SmallVLVEncoder(num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2)
+    with pytest.raises(ValueError, match="VAE"):
+        Stage1Objective(
+            plain, torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, 1.0, features_from_cache=True
+        )
+
+
+def test_stage1_refuses_a_latent_cache_of_another_vae(tiny_sd, tmp_path):
+    from vlv_pipeline.datasets.latent_cache import LatentCache, vae_fingerprint
+    from vlv_pipeline.pipelines.stage1.nodes import check_cache_made_by
+
+    cache = LatentCache(tmp_path / "cache")
+    cache.reset({"weights_sha256": "0" * 64, "config_sha256": "0" * 64, "resolution": None})
+    with pytest.raises(ValueError, match="not made by the VAE of .*kedro run --pipeline cache"):
+        check_cache_made_by(cache, str(tiny_sd), None)
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    cache.reset(vae_fingerprint(vae, None))
+    check_cache_made_by(cache, str(tiny_sd), None)  # the right VAE passes
+    with pytest.raises(ValueError, match="resolution 64"):
+        check_cache_made_by(cache, str(tiny_sd), 64)

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from vlv_pipeline.datasets.latent_cache import LatentCache
+from vlv_pipeline.datasets.latent_cache import LatentCache, vae_fingerprint
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.world.data import pil_to_tensor
 
 logger = logging.getLogger(__name__)
-
-
-def vae_fingerprint(vae, resolution: int | None) -> dict:
-    """What makes the latents: a hash of the VAE's weights and config, and the resolution."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
-    config = json.dumps(dict(vae.config), sort_keys=True, default=str)
-    return {
-        "weights_sha256": digest.hexdigest(),
-        "config_sha256": hashlib.sha256(config.encode()).hexdigest(),
-        "resolution": resolution,
-    }
 
 
 @torch.no_grad()

@@ -9,14 +9,14 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from vlv_pipeline.datasets.latent_cache import LatentCache
+from vlv_pipeline.datasets.latent_cache import LatentCache, vae_fingerprint
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.t2i import FrozenT2I
-from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder
+from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage1 import EncoderParams, Stage1Params
 from vlv_pipeline.training.loop import run_directory, train
 from vlv_pipeline.world.data import pil_to_tensor, tensor_to_uint8
@@ -43,13 +43,21 @@ class ImageLatents:
         )
 
 
+def load_image_pixels(
+    raw_images, image_manifest: pd.DataFrame, resolution: int | None
+) -> dict[str, torch.Tensor]:
+    """image_id -> pixels in [-1, 1] (3, S, S) of the manifest's images."""
+    return {
+        image_id: pil_to_tensor(image)
+        for image_id, image in iter_images(raw_images, image_manifest, resolution)
+    }
+
+
 def load_image_latents(
     raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, resolution: int | None
 ) -> dict[str, ImageLatents]:
     """Pixels (for the encoder) and cached latents (for the loss) of every split, by image_id order."""
-    pixels: dict[str, torch.Tensor] = {}
-    for image_id, image in iter_images(raw_images, image_manifest, resolution):
-        pixels[image_id] = pil_to_tensor(image)
+    pixels = load_image_pixels(raw_images, image_manifest, resolution)
     splits = {}
     for split, rows in image_manifest.sort_values("image_id").groupby("split"):
         ids = rows["image_id"].tolist()
@@ -61,9 +69,22 @@ def load_image_latents(
     return splits
 
 
+def check_cache_made_by(latent_cache: LatentCache, t2i: str, resolution: int | None) -> None:
+    """The latent cache must hold latents of this T2I model's VAE at this resolution."""
+    vae = load_component("vae", {"pretrained": t2i, "subfolder": "vae", "dtype": "float32"})
+    expected = vae_fingerprint(vae, resolution)
+    if latent_cache.fingerprint != expected:
+        raise ValueError(
+            f"latent cache {latent_cache.path} was not made by the VAE of {t2i} at resolution "
+            f"{resolution} (cache: {latent_cache.fingerprint}); point cache.vae and "
+            "cache.resolution at the same model and size, then run `kedro run --pipeline cache`"
+        )
+
+
 def load_stage1_data(
     raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, params: Stage1Params
 ) -> dict[str, ImageLatents]:
+    check_cache_made_by(latent_cache, params.t2i, params.resolution)
     data = load_image_latents(raw_images, image_manifest, latent_cache, params.resolution)
     if "train" not in data:
         raise ValueError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
@@ -80,7 +101,7 @@ def build_encoder(spec: EncoderParams, out_dim: int, t2i_vae=None):
         kwargs = spec.small.model_dump()
         tower = kwargs.pop("vision_tower")
         if tower == "t2i_vae":
-            kwargs["vae_config"] = dict(t2i_vae.config)
+            kwargs["vae_config"] = vae_config_of(t2i_vae)
         encoder = SmallVLVEncoder(num_queries=spec.num_queries, out_dim=out_dim, **kwargs)
         if tower == "t2i_vae":
             encoder.load_vae_tower(t2i_vae)
@@ -107,6 +128,8 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
         params.timestep_range,
         params.noise_draws,
         params.diversity_weight,
+        # the VAE tower's output is the cached posterior mean (same VAE: load_stage1_data)
+        features_from_cache=getattr(encoder, "reads_vae_latents", False),
     )
     train_set = data["train"]
     result = train(
