@@ -1,0 +1,357 @@
+"""Captions from any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, ...).
+
+Only the standard library talks HTTP (``urllib.request``); a ``ThreadPoolExecutor`` keeps at
+most ``max_concurrency`` requests in flight and at most ``2 * max_concurrency`` images taken
+from the input at a time, so the input may be a generator over a large image set.
+
+Retried with exponential backoff: HTTP 429, any 5xx, connection errors and timeouts. Any other
+failure (4xx, a malformed answer, an empty caption) raises ``CaptionerError`` at once. On an
+error the results already yielded stay yielded, the queued requests are cancelled and
+``caption_stream`` raises without waiting for the backlog.
+
+The api key goes only into the ``Authorization`` header: never into logs, ``repr``,
+``describe()`` or exception messages (server text quoted in an error is scrubbed of it).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import logging
+import random
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from PIL import Image
+
+from vlv_pipeline.captioners import CaptionerError
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER_S = 60.0
+MAX_BACKOFF_S = 60.0
+ERROR_TEXT_CHARS = 500
+CREDENTIALS_HINT = "check the api key in conf/local/credentials.yml"
+THREAD_NAME_PREFIX = "openai-captioner"
+
+# image_format (upper case) -> (PIL format, MIME type)
+_IMAGE_FORMATS = {
+    "PNG": ("PNG", "image/png"),
+    "JPEG": ("JPEG", "image/jpeg"),
+    "JPG": ("JPEG", "image/jpeg"),
+    "WEBP": ("WEBP", "image/webp"),
+}
+
+
+class _Cancelled(Exception):
+    """A worker saw the stream stop (another image failed, or the caller went away)."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a numeric ``Retry-After`` header, capped at 60 s; None if absent or not
+    a non-negative number (an HTTP-date is not honoured: the exponential backoff applies)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S)
+
+
+def _truncate(text: str, limit: int = ERROR_TEXT_CHARS) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + "... [truncated]"
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if not ok or (value <= 0 if positive else value < 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+class OpenAICaptioner:
+    """Caption images with a vision chat model behind ``POST {base_url}/chat/completions``."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        prompt: str,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 60,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_tokens: int = 300,
+        image_format: str = "PNG",
+    ):
+        _check_text("base_url", base_url)
+        if not base_url.strip().lower().startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.strip().rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.model = _check_text("model", model)
+        self.prompt = _check_text("prompt", prompt)
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            # never echo the value: it may be a real key of the wrong type
+            raise ValueError(
+                "api_key must be a non-empty string, or None for a server that needs no key"
+            )
+        self._api_key = api_key.strip() if api_key is not None else None
+        self.max_concurrency = _check_int("max_concurrency", max_concurrency, 1)
+        self.timeout_s = _check_number("timeout_s", timeout_s, positive=True)
+        self.max_retries = _check_int("max_retries", max_retries, 0)
+        self.backoff_s = _check_number("backoff_s", backoff_s, positive=False)
+        self.max_tokens = _check_int("max_tokens", max_tokens, 1)
+        key = image_format.upper() if isinstance(image_format, str) else None
+        if key not in _IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of PNG, JPEG, WEBP, got {image_format!r}")
+        self.image_format, self._mime = _IMAGE_FORMATS[key]
+        # a private opener: proxy settings are read from the environment now, and no global
+        # opener installed elsewhere is picked up
+        self._opener = urllib.request.build_opener()
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key else "None"
+        return (
+            f"OpenAICaptioner(base_url={self.base_url!r}, model={self.model!r}, "
+            f"api_key={key}, max_concurrency={self.max_concurrency})"
+        )
+
+    def describe(self) -> dict[str, str]:
+        """What produced the captions (for run metadata); never the key."""
+        return {
+            "captioner": "openai",
+            "model": self.model,
+            "base_url": self.base_url,
+            "prompt": self.prompt,
+        }
+
+    # ------------------------------------------------------------------ streaming
+
+    def caption_stream(self, items: Iterable[tuple[str, Image.Image]]) -> Iterator[tuple[str, str]]:
+        """Yield ``(image_id, caption)`` as each answer arrives (any order).
+
+        Raises ``CaptionerError`` on the first failure that retries do not fix; what was
+        yielded before stays yielded, and the requests not yet started are cancelled.
+        """
+        source = iter(items)
+        window = 2 * self.max_concurrency
+        cancel = threading.Event()
+        pool = ThreadPoolExecutor(
+            max_workers=self.max_concurrency, thread_name_prefix=THREAD_NAME_PREFIX
+        )
+        pending: dict[Future[str], str] = {}
+        try:
+            exhausted = False
+            while True:
+                # once a worker has failed (cancel set), take no more images
+                while not exhausted and len(pending) < window and not cancel.is_set():
+                    try:
+                        image_id, image = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending[pool.submit(self._run, image_id, image, cancel)] = image_id
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                error: BaseException | None = None
+                for future in done:
+                    image_id = pending.pop(future)
+                    exc = future.exception()
+                    if isinstance(exc, _Cancelled):
+                        continue  # stopped by another image's error, which is on its way
+                    if exc is not None:
+                        error = error or exc
+                    else:
+                        yield image_id, future.result()
+                if error is not None:
+                    raise error
+        finally:
+            # error, caller stopped early, or done: stop retries now, drop what has not
+            # started, and do not wait for the requests in flight (at most timeout_s each)
+            cancel.set()
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ one image
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "vlv-pipeline-captioner",
+        }
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _data_url(self, image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format=self.image_format)
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return f"data:{self._mime};base64,{encoded}"
+
+    def _body(self, image: Image.Image) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": self.prompt},
+                        {"type": "image_url", "image_url": {"url": self._data_url(image)}},
+                    ],
+                }
+            ],
+        }
+
+    def _scrub(self, text: str) -> str:
+        if self._api_key and self._api_key in text:
+            text = text.replace(self._api_key, "***")
+        return text
+
+    def _server_message(self, raw: bytes) -> str:
+        """The ``error.message`` of an OpenAI-style error body, else the body itself."""
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            err = data.get("error")
+            if isinstance(err, dict) and isinstance(err.get("message"), str):
+                text = err["message"]
+            elif isinstance(err, str):
+                text = err
+        return _truncate(self._scrub(text)) or "(empty body)"
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        base = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
+        return base + random.uniform(0, 0.1 * base)
+
+    def _run(self, image_id: str, image: Image.Image, cancel: threading.Event) -> str:
+        try:
+            return self._caption_one(image_id, image, cancel)
+        except _Cancelled:
+            raise
+        except BaseException:
+            # stop the other workers before this future completes, so that no worker takes
+            # another queued image in the moment before the caller sees this error
+            cancel.set()
+            raise
+
+    def _caption_one(self, image_id: str, image: Image.Image, cancel: threading.Event) -> str:
+        if cancel.is_set():
+            raise _Cancelled
+        body = json.dumps(self._body(image)).encode("utf-8")
+        headers = self._headers()
+        last_status: int | None = None
+        last_error = ""
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            if cancel.is_set():
+                raise _Cancelled
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            retry_after: float | None = None
+            try:
+                with self._opener.open(request, timeout=self.timeout_s) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as e:
+                with e:
+                    try:
+                        error_body = e.read()
+                    except (OSError, http.client.HTTPException):
+                        error_body = b""
+                    status = e.code
+                    message = self._server_message(error_body)
+                    if status != 429 and status < 500:
+                        hint = f" ({CREDENTIALS_HINT})" if status in (401, 403) else ""
+                        raise CaptionerError(
+                            f"openai captioner: image {image_id!r}: POST {self.url} -> "
+                            f"HTTP {status}{hint}: {message}"
+                        ) from None
+                    last_status, last_error = status, message
+                    retry_after = parse_retry_after(e.headers.get("Retry-After"))
+            except (OSError, http.client.HTTPException) as e:
+                # connection refused/reset, DNS, timeouts (socket.timeout is an OSError)
+                last_status = None
+                last_error = _truncate(self._scrub(f"{type(e).__name__}: {e}"))
+            else:
+                return self._parse_answer(image_id, raw)
+            if attempt + 1 < attempts:
+                delay = self._backoff(attempt, retry_after)
+                log.warning(
+                    "openai captioner: image %r: %s; retry %d/%d in %.2f s",
+                    image_id,
+                    f"HTTP {last_status}" if last_status is not None else last_error,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
+                if cancel.wait(delay):
+                    raise _Cancelled
+        status_text = f"HTTP {last_status}" if last_status is not None else "no HTTP status"
+        raise CaptionerError(
+            f"openai captioner: image {image_id!r}: POST {self.url} failed after {attempts} "
+            f"attempt(s); last status: {status_text}; last error: {last_error}"
+        )
+
+    def _parse_answer(self, image_id: str, raw: bytes) -> str:
+        where = f"openai captioner: image {image_id!r}: POST {self.url}"
+        snippet = _truncate(self._scrub(raw.decode("utf-8", errors="replace")))
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise CaptionerError(f"{where} answered with malformed JSON: {snippet!r}") from None
+        try:
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise CaptionerError(
+                f"{where}: the answer has no choices[0].message.content: {snippet!r}"
+            ) from None
+        if isinstance(content, list):  # content given as parts: join the text parts
+            content = "".join(
+                part.get("text", "")
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+        if not isinstance(content, str):
+            raise CaptionerError(f"{where}: choices[0].message.content is not text: {snippet!r}")
+        caption = content.strip()
+        if not caption:
+            finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+            raise CaptionerError(
+                f"{where}: empty caption (finish_reason={finish!r}; max_tokens={self.max_tokens})"
+            )
+        return caption
