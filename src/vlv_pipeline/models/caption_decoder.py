@@ -1,0 +1,135 @@
+"""Stage 2's caption decoder: projector psi + a causal LLM reading the caption embeddings.
+
+The prefix is the frozen text encoder's OUTPUT for the VLV encoder's caption embeddings
+(the paper feeds ``last_hidden_state``, not the raw embeddings). psi = Linear(d, H), GELU,
+Linear(H, H) maps it to the LLM's width; the caption's tokens follow, then the EOS token.
+
+The loss covers the caption tokens AND the EOS token, and nothing else: labels come from
+the attention mask, not from token ids, so a tokenizer whose pad token IS its EOS token
+(Qwen2.5's base models) still learns to stop. (The official code pads with EOS and masks
+every EOS out of the loss, so its model never learns to stop.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+IGNORE = -100
+
+
+def prefix_projector(in_dim: int, hidden: int) -> nn.Sequential:
+    """psi: Linear(d, H), GELU, Linear(H, H)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
+def tokenize_captions(tokenizer, captions: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """Caption tokens + EOS, right-padded to the longest (at most ``max_tokens`` incl. EOS).
+
+    Returns ``input_ids`` and ``attention_mask`` (1 on caption tokens and the EOS).
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the stage-2 tokenizer has no eos_token_id: set one so captions can end")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = []
+    for caption in captions:
+        ids = tokenizer(caption, add_special_tokens=False).input_ids[: max_tokens - 1]
+        rows.append([*ids, eos])
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class CaptionDecoder(nn.Module):
+    """psi + causal LM. ``forward`` gives the caption loss; ``generate`` the caption ids."""
+
+    def __init__(self, llm, prefix_dim: int):
+        super().__init__()
+        self.llm = llm
+        self.prefix_dim = prefix_dim
+        self.psi = prefix_projector(prefix_dim, llm.config.hidden_size)
+
+    def prefix(self, conditions: torch.Tensor) -> torch.Tensor:
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        return self.psi(conditions.to(self.psi[0].weight.dtype)).to(dtype)
+
+    def forward(
+        self, conditions: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        prefix = self.prefix(conditions)
+        tokens = self.llm.get_input_embeddings()(input_ids)
+        b, n = prefix.shape[:2]
+        ones = torch.ones((b, n), dtype=attention_mask.dtype, device=attention_mask.device)
+        ignore = torch.full((b, n), IGNORE, dtype=input_ids.dtype, device=input_ids.device)
+        labels = torch.cat([ignore, input_ids.masked_fill(attention_mask == 0, IGNORE)], dim=1)
+        out = self.llm(
+            inputs_embeds=torch.cat([prefix, tokens], dim=1),
+            attention_mask=torch.cat([ones, attention_mask], dim=1),
+            labels=labels,
+            use_cache=False,
+        )
+        return out.loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        conditions: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        num_beams: int = 1,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> torch.Tensor:
+        """Batched generation with the KV cache; returns only the new tokens (B, <= max)."""
+        prefix = self.prefix(conditions)
+        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        return self.llm.generate(
+            inputs_embeds=prefix,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+
+    # -- on disk: llm/ (a transformers model directory), psi.safetensors, decoder.json ------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        llm = self.llm
+        if hasattr(llm, "merge_and_unload"):  # LoRA adapters: save a plain merged model
+            import copy
+
+            llm = copy.deepcopy(llm).merge_and_unload()
+        llm.save_pretrained(path / "llm")
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.psi.state_dict().items()},
+            str(path / "psi.safetensors"),
+        )
+        (path / "decoder.json").write_text(json.dumps({"prefix_dim": self.prefix_dim}))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None) -> CaptionDecoder:
+        from transformers import AutoModelForCausalLM
+
+        path = Path(path)
+        for needed in ("llm", "psi.safetensors", "decoder.json"):
+            if not (path / needed).exists():
+                raise FileNotFoundError(f"{path} is not a caption decoder directory: no {needed}")
+        config = json.loads((path / "decoder.json").read_text())
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        llm = AutoModelForCausalLM.from_pretrained(path / "llm", **kwargs)
+        decoder = cls(llm, int(config["prefix_dim"]))
+        decoder.psi.load_state_dict(load_file(str(path / "psi.safetensors")))
+        return decoder.eval()

@@ -1,0 +1,92 @@
+"""The VLV captioner: image -> VLV encoder -> frozen text encoder -> psi + LLM -> caption.
+
+Saved as one self-contained directory, so inference needs nothing else::
+
+    captioner.json     generation defaults and what the parts are
+    encoder/           the VLV encoder (stage 1; fine-tuned in stage 2 if it was trained)
+    text_encoder/      the T2I model's frozen CLIP text encoder
+    decoder/           psi + the causal LLM (models/caption_decoder.py)
+    tokenizer/         the LLM's tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlv_pipeline.models.caption_decoder import CaptionDecoder
+from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.models.vlv_encoder import VLVEncoder
+
+CONFIG = "captioner.json"
+
+
+class VLVCaptioner(nn.Module):
+    def __init__(self, encoder, text_encoder, decoder: CaptionDecoder, tokenizer, **generation):
+        super().__init__()
+        self.encoder = encoder
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.generation = {"max_new_tokens": 64, "num_beams": 1, **generation}
+
+    def conditions(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the text encoder's output for their caption embeddings."""
+        return encode_embeddings(self.text_encoder, self.encoder(pixel_values))
+
+    @torch.no_grad()
+    def caption_conditions(self, conditions: torch.Tensor, **generation) -> list[str]:
+        settings = {**self.generation, **generation}
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        ids = self.decoder.generate(
+            conditions,
+            max_new_tokens=settings["max_new_tokens"],
+            num_beams=settings["num_beams"],
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def caption(self, pixel_values: torch.Tensor, batch_size: int = 64, **generation) -> list[str]:
+        """Captions of (B, 3, S, S) images in [-1, 1], generated in batches with the KV cache."""
+        captions: list[str] = []
+        for start in range(0, len(pixel_values), batch_size):
+            conditions = self.conditions(pixel_values[start : start + batch_size])
+            captions += self.caption_conditions(conditions, **generation)
+        return captions
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(path / "encoder")
+        self.text_encoder.save_pretrained(path / "text_encoder")
+        self.decoder.save_pretrained(path / "decoder")
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        (path / CONFIG).write_text(
+            json.dumps({"_class_name": type(self).__name__, "generation": self.generation})
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> VLVCaptioner:
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        path = Path(path)
+        if not (path / CONFIG).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a VLV captioner directory (no {CONFIG}): train one with "
+                "`kedro run --pipeline stage2`"
+            )
+        config = json.loads((path / CONFIG).read_text())
+        captioner = cls(
+            VLVEncoder.from_pretrained(path / "encoder"),
+            CLIPTextModel.from_pretrained(path / "text_encoder"),
+            CaptionDecoder.from_pretrained(path / "decoder"),
+            AutoTokenizer.from_pretrained(path / "tokenizer"),
+            **config.get("generation", {}),
+        )
+        return captioner.eval()

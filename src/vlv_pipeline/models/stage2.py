@@ -1,0 +1,71 @@
+"""Stage 2 of VLV: the caption decoder learns to read the (frozen or trainable) embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlv_pipeline.models.caption_decoder import CaptionDecoder
+from vlv_pipeline.models.text_encoder import encode_embeddings
+
+
+class Stage2Objective(nn.Module):
+    """Caption loss of psi + LLM.
+
+    Without an encoder, ``batch`` = (cached text-encoder outputs, input_ids, attention_mask).
+    With one (psi + LLM + VLV encoder), ``batch`` = (pixels in [-1, 1], input_ids,
+    attention_mask) and the conditions are recomputed through the frozen text encoder.
+    """
+
+    def __init__(
+        self, decoder: CaptionDecoder, encoder: nn.Module | None = None, text_encoder=None
+    ):
+        super().__init__()
+        if (encoder is None) != (text_encoder is None):
+            raise ValueError("give both the VLV encoder and the text encoder, or neither")
+        self.decoder = decoder
+        self.encoder = encoder
+        self.text_encoder = text_encoder.requires_grad_(False) if text_encoder else None
+
+    def forward(self, batch) -> torch.Tensor:
+        inputs, input_ids, attention_mask = batch
+        if self.encoder is not None:
+            inputs = encode_embeddings(self.text_encoder, self.encoder(inputs))
+        return self.decoder(inputs, input_ids, attention_mask)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.text_encoder is not None:
+            self.text_encoder.eval()
+        return self
+
+
+def set_trainable(decoder: CaptionDecoder, encoder: nn.Module, trainable: str, lora=None) -> None:
+    """Freeze/unfreeze per ``trainable`` (projector | projector+llm | projector+lora |
+    projector+llm+encoder). The VLV encoder's own frozen parts (a VAE tower, Florence-2's
+    DaViT) stay frozen either way."""
+    decoder.psi.requires_grad_(True)
+    if trainable == "projector+lora":
+        from peft import LoraConfig, get_peft_model
+
+        decoder.llm.requires_grad_(False)
+        decoder.llm = get_peft_model(
+            decoder.llm,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
+    else:
+        decoder.llm.requires_grad_(trainable != "projector")
+    if trainable == "projector+llm+encoder":
+        encoder.requires_grad_(True).train()
+        if getattr(encoder, "vae_tower", None) is not None:
+            encoder.vae_tower.requires_grad_(False)
+        if hasattr(encoder, "freeze_unused"):  # Florence-2: DaViT, its projector, lm_head
+            encoder.freeze_unused()
+    else:
+        encoder.requires_grad_(False).eval()

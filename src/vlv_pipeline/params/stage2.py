@@ -1,0 +1,61 @@
+"""Parameters of the `stage2` pipeline (``params:stage2``): teach an LLM to read embeddings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.stage1 import EncoderParams
+from vlv_pipeline.params.training import TrainParams
+
+TRAINABLE = Literal["projector", "projector+llm", "projector+lora", "projector+llm+encoder"]
+
+
+class LoraParams(StrictModel):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class GenerationParams(StrictModel):
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1)
+    batch_size: int = Field(128, ge=1)
+
+
+class BaselineParams(StrictModel):
+    """The paper's "without stage 1": the same LLM and psi on the same pairs, from an encoder
+    of the stage-1 architecture that never had stage 1 (trained here with psi and the LLM)."""
+
+    encoder: EncoderParams | None = None  # default: stage 1's encoder settings
+    training: TrainParams | None = None  # default: stage 2's
+
+
+class Stage2Params(StrictModel):
+    t2i: str = Field(description="the Stable Diffusion directory whose text encoder stage 1 used")
+    llm: dict = Field(description="a causal LM component: {pretrained: ...} or {init: {...}}")
+    tokenizer: dict = Field(description="a tokenizer component: {pretrained, subfolder}")
+    resolution: int | None = Field(None, gt=0, description="encoder input side, as in stage 1")
+    trainable: TRAINABLE = "projector+llm"
+    lora: LoraParams = LoraParams()
+    max_caption_tokens: int = Field(64, ge=2)
+    encoder_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    training: TrainParams
+    generation: GenerationParams = GenerationParams()
+    baseline: BaselineParams = BaselineParams()
+    validation_images: int = Field(256, ge=1)
+    checkpoint_dir: str = "data/06_models/checkpoints/stage2"
+
+    @model_validator(mode="after")
+    def _lora_only_with_peft(self) -> Stage2Params:
+        if self.trainable == "projector+lora":
+            try:
+                import peft  # noqa: F401
+            except ImportError as error:
+                raise ValueError(
+                    "trainable: projector+lora needs peft (pip install peft)"
+                ) from error
+        return self

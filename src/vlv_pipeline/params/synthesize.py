@@ -1,0 +1,60 @@
+"""Parameters of the `synthesize` pipeline (``params:synthesize``): caption-pair synthesis."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vlv_pipeline.params import StrictModel
+
+
+class TransformersCaptionerParams(StrictModel):
+    """A local image-to-text model (``captioners/hf.py``)."""
+
+    pretrained: str
+    prompt: str = "<MORE_DETAILED_CAPTION>"
+    kind: Literal["florence2", "image-text-to-text"] = "florence2"
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    num_beams: int = Field(1, ge=1)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class OpenAICaptionerParams(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint; the key comes from Kedro credentials."""
+
+    base_url: str
+    model: str
+    prompt: str = "Describe this image in one detailed paragraph."
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    max_tokens: int = Field(300, ge=1)
+
+
+class CaptionerParams(StrictModel):
+    backend: Literal["manifest", "transformers", "openai"] = "manifest"
+    transformers: TransformersCaptionerParams | None = None
+    openai: OpenAICaptionerParams | None = None
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> CaptionerParams:
+        if self.backend != "manifest" and getattr(self, self.backend) is None:
+            raise ValueError(f"backend {self.backend} needs a `{self.backend}:` block")
+        return self
+
+
+class SynthesizeParams(StrictModel):
+    captioner: CaptionerParams = CaptionerParams()
+    split: str = "train"
+    fraction: float = Field(0.1, gt=0, le=1, description="share of the split to caption")
+    max_images: int | None = Field(None, ge=1, description="cap on images captioned")
+    seed: int = 0
+    journal_dir: str = Field(
+        "data/03_primary/caption_journal",
+        description="captions persisted as they arrive; a rerun skips images already done",
+    )
+    embedding_batch_size: int = Field(256, ge=1)
+    embedding_shard_size: int = Field(4096, ge=1)

@@ -1,0 +1,212 @@
+"""Nodes of the `stage2` pipeline: psi + LLM learn to caption from the caption embeddings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch.utils.data import TensorDataset
+
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.metrics.captions import caption_scene_metrics
+from vlv_pipeline.metrics.plots import loss_curves
+from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
+from vlv_pipeline.models.captioner import VLVCaptioner
+from vlv_pipeline.models.registry import load_component
+from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
+from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.stage2 import Stage2Params
+from vlv_pipeline.pipelines.stage1.nodes import build_encoder, load_image_pixels
+from vlv_pipeline.training.loop import run_directory, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage2Data:
+    """Paired train images (pixels, captions) and the evaluation split's images."""
+
+    pair_ids: list[str]
+    pair_pixels: torch.Tensor
+    pair_captions: list[str]
+    eval_ids: list[str]
+    eval_pixels: torch.Tensor
+    eval_captions: list[str | None]
+
+
+def load_stage2_data(
+    raw_images, image_manifest: pd.DataFrame, caption_pairs: pd.DataFrame, params: Stage2Params
+) -> Stage2Data:
+    unknown = set(caption_pairs["image_id"]) - set(image_manifest["image_id"])
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} caption pairs name images that are not in the manifest; rerun "
+            "`kedro run --pipeline synthesize`"
+        )
+    split = next(s for s in ("test", "val", "train") if (image_manifest["split"] == s).any())
+    evaluation = image_manifest[image_manifest["split"] == split].sort_values("image_id")
+    evaluation = evaluation.head(params.validation_images)
+    wanted = pd.concat(
+        [image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])], evaluation]
+    ).drop_duplicates("image_id")
+    pixels = load_image_pixels(raw_images, wanted, params.resolution)
+    pair_ids = caption_pairs["image_id"].tolist()
+    eval_ids = evaluation["image_id"].tolist()
+    return Stage2Data(
+        pair_ids,
+        torch.stack([pixels[i] for i in pair_ids]),
+        caption_pairs["caption"].astype(str).tolist(),
+        eval_ids,
+        torch.stack([pixels[i] for i in eval_ids]),
+        [None if pd.isna(c) else str(c) for c in evaluation["caption"]],
+    )
+
+
+def _tokenizer(params: Stage2Params):
+    tokenizer = load_component("tokenizer", params.tokenizer)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"stage2.tokenizer {params.tokenizer} has no EOS token")
+    return tokenizer
+
+
+def build_llm(params: Stage2Params, tokenizer):
+    """The causal LM; one built from ``init`` gets its vocabulary and special ids from the tokenizer."""
+    spec = dict(params.llm)
+    if "init" in spec:
+        init = {
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **spec["init"],
+        }
+        spec["init"] = init
+    return load_component("causal_lm", spec)
+
+
+def _train_captioner(
+    encoder,
+    data: Stage2Data,
+    params: Stage2Params,
+    trainable: str,
+    name: str,
+    embedding_cache: EmbeddingCache | None,
+    training,
+):
+    text_encoder = (
+        load_component("text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"})
+        .requires_grad_(False)
+        .eval()
+    )
+    tokenizer = _tokenizer(params)
+    torch.manual_seed(training.seed)
+    decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
+    set_trainable(decoder, encoder, trainable, params.lora)
+    tokens = tokenize_captions(tokenizer, data.pair_captions, params.max_caption_tokens)
+    if "encoder" in trainable:
+        objective = Stage2Objective(decoder, encoder, text_encoder)
+        dataset = TensorDataset(data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
+    else:
+        _, conditions = embedding_cache.load(data.pair_ids)
+        objective = Stage2Objective(decoder)
+        dataset = TensorDataset(conditions, tokens["input_ids"], tokens["attention_mask"])
+    config = params.model_dump(mode="json", exclude={"checkpoint_dir", "generation", "baseline"})
+    result = train(
+        objective,
+        dataset,
+        training,
+        checkpoint_dir=run_directory(
+            params.checkpoint_dir, name, config, trainable, training.model_dump(mode="json")
+        ),
+        desc=name.replace("_", " "),
+    )
+    encoder.eval(), decoder.eval()
+    captioner = VLVCaptioner(
+        encoder,
+        text_encoder,
+        decoder,
+        tokenizer,
+        max_new_tokens=params.generation.max_new_tokens,
+        num_beams=params.generation.num_beams,
+    )
+    trainable_count = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+    return captioner, {
+        "history": result.history,
+        "seconds": result.seconds,
+        "trainable": trainable,
+        "trainable_parameters": trainable_count,
+        "pairs": len(data.pair_ids),
+    }
+
+
+def train_stage2(
+    data: Stage2Data, vlv_encoder, embedding_cache: EmbeddingCache, params: Stage2Params
+):
+    """psi + LLM (+ LoRA, + the VLV encoder) on the caption pairs, from stage 1's encoder."""
+    return _train_captioner(
+        vlv_encoder, data, params, params.trainable, "stage2", embedding_cache, params.training
+    )
+
+
+def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params):
+    """The paper's "without stage 1": the same LLM and psi from an encoder that had no stage 1.
+
+    The encoder has stage 1's architecture (and its self-supervised VAE tower, if stage 1
+    used one) but random trainable weights; it trains with psi and the LLM on the same pairs.
+    """
+    t2i_vae = load_component("vae", {"pretrained": stage1.t2i, "subfolder": "vae"})
+    text_width = load_component(
+        "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
+    ).config.hidden_size
+    torch.manual_seed(params.training.seed)
+    encoder = build_encoder(params.baseline.encoder or stage1.encoder, text_width, t2i_vae)
+    return _train_captioner(
+        encoder,
+        data,
+        params,
+        "projector+llm+encoder",
+        "stage2_baseline",
+        None,
+        params.baseline.training or params.training,
+    )
+
+
+def validate_stage2(
+    captioner: VLVCaptioner,
+    baseline: VLVCaptioner | None,
+    data: Stage2Data,
+    params: Stage2Params,
+    stage1: Stage1Params,
+) -> dict:
+    """Captions of the evaluation split: the model and the baseline, scored by the world parser."""
+    metrics: dict = {"images": len(data.eval_ids), "generation": params.generation.model_dump()}
+    references = data.eval_captions
+    for name, model in (("vlv", captioner), ("without_stage1", baseline)):
+        if model is None:
+            continue
+        captions = model.caption(data.eval_pixels, batch_size=params.generation.batch_size)
+        entry: dict = {
+            "samples": [
+                {"image_id": i, "caption": c, "reference": r}
+                for i, c, r in list(zip(data.eval_ids, captions, references, strict=True))[:8]
+            ]
+        }
+        if stage1.validation.probe and all(r is not None for r in references):
+            from vlv_pipeline.models.probe import AttributeProbe
+            from vlv_pipeline.world.scene import Vocabulary
+
+            cfg = AttributeProbe.from_pretrained(stage1.validation.probe).config
+            vocab = Vocabulary(tuple(cfg.shapes), tuple(cfg.colours), tuple(cfg.sizes))
+            entry.update(caption_scene_metrics(captions, references, vocab))
+            logger.info("stage 2 (%s): exact scene %.4f", name, entry["exact_scene"])
+        metrics[name] = entry
+    return metrics
+
+
+def plot_stage2_loss(log: dict, baseline_log: dict):
+    curves = {"stage 2 (from stage 1)": log["history"]}
+    if baseline_log.get("history"):
+        curves["without stage 1"] = baseline_log["history"]
+    return loss_curves(curves, title="stage 2 caption loss")

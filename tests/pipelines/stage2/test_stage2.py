@@ -1,0 +1,193 @@
+"""Stage 2 on tiny replicas: caption decoder, trainable modes, EOS, the pipeline's nodes."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from stage2_factory import TINY_QWEN2, stage2_params
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
+from vlv_pipeline.models.captioner import VLVCaptioner
+from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
+from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
+from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.pipelines.stage2 import nodes
+from vlv_pipeline.pipelines.synthesize import nodes as synth
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_sd):
+    return AutoTokenizer.from_pretrained(tiny_sd / "tokenizer")
+
+
+def _llm(tokenizer, **kw):
+    config = {k: v for k, v in TINY_QWEN2.items() if k != "model_type"}
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            **{**config, **kw},
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def test_tokens_end_with_eos_and_the_loss_covers_it_even_when_pad_is_eos(tokenizer):
+    tokens = tokenize_captions(
+        tokenizer, ["a small red circle on the left", "a large blue square in the centre"], 64
+    )
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    eos = tokenizer.eos_token_id
+    lengths = mask.sum(1)
+    assert [ids[i, n - 1].item() for i, n in enumerate(lengths)] == [eos, eos]
+    assert tokenizer.bos_token_id not in ids[mask.bool()].tolist()
+    decoder = CaptionDecoder(_llm(tokenizer), prefix_dim=16)
+    seen = {}
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return type("Out", (), {"loss": torch.tensor(0.0)})()
+
+    decoder.llm.forward = spy
+    same_pad = ids.masked_fill(mask == 0, eos)  # a tokenizer whose pad token is its EOS
+    decoder(torch.randn(2, 3, 16), same_pad, mask)
+    labels = seen["labels"]
+    assert (labels[:, :3] == -100).all()  # the prefix is not predicted
+    for i, n in enumerate(lengths):
+        assert labels[i, 3 + n - 1] == eos  # the EOS IS a target
+        assert (labels[i, 3 + n :] == -100).all()  # padding is not
+    assert tokenize_captions(tokenizer, ["a b c d e f"], 3)["input_ids"].shape[1] == 3
+
+
+def test_the_decoder_learns_to_stop(tokenizer):
+    """Two prefixes, two captions of different lengths: after training, greedy generation
+    reproduces each caption and stops on its own, well before max_new_tokens."""
+    captions = [
+        "a small red circle on the left",
+        "a large blue square in the centre and a small green triangle at the top right",
+    ]
+    tokens = tokenize_captions(tokenizer, captions, 64)
+    decoder = CaptionDecoder(_llm(tokenizer), prefix_dim=8)
+    prefixes = torch.randn(2, 2, 8)
+    optimizer = torch.optim.AdamW(decoder.parameters(), 3e-3)
+    for _ in range(150):
+        loss = decoder(prefixes, tokens["input_ids"], tokens["attention_mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = decoder.generate(
+        prefixes,
+        max_new_tokens=40,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    assert [t.strip() for t in texts] == captions
+    assert out.shape[1] < 40  # stopped: EOS was generated, not the token limit
+
+
+@pytest.mark.parametrize(
+    "trainable", ["projector", "projector+llm", "projector+lora", "projector+llm+encoder"]
+)
+def test_trainable_parts_follow_the_parameter(tokenizer, tiny_sd, tmp_path, trainable):
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    encoder = SmallVLVEncoder(
+        num_queries=4, out_dim=16, width=16, heads=2, image_size=16, vae_config=vae_config_of(vae)
+    )
+    decoder = CaptionDecoder(_llm(tokenizer), prefix_dim=16)
+    lora = stage2_params(tiny_sd, tmp_path).lora.model_copy(
+        update={"target_modules": ("q_proj", "v_proj")}
+    )
+    set_trainable(decoder, encoder, trainable, lora)
+    grads = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
+    assert grads(decoder.psi)
+    llm = grads(decoder.llm)
+    assert bool(llm) == (trainable != "projector")
+    if trainable == "projector+lora":
+        assert llm and all("lora_" in n for n in llm)
+    enc = grads(encoder)
+    assert bool(enc) == (trainable == "projector+llm+encoder")
+    assert not any(n.startswith("vae_tower") for n in enc)  # the tower stays frozen
+
+
+def _stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable="projector+llm"):
+    source, manifest = tiny_world
+    params = stage2_params(tiny_sd, tmp_path, trainable=trainable)
+    pairs = synth.synthesize_captions(
+        source,
+        synth.select_images(manifest, SynthesizeParams(fraction=0.5)),
+        SynthesizeParams(),
+        {},
+    )
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    torch.manual_seed(0)
+    encoder = SmallVLVEncoder(
+        num_queries=4, out_dim=16, width=16, heads=2, image_size=16, vae_config=vae_config_of(vae)
+    )
+    encoder.load_vae_tower(vae)
+    cache = synth.cache_pair_embeddings(
+        source,
+        manifest,
+        pairs,
+        encoder,
+        EmbeddingCache(tmp_path / "emb"),
+        params,
+        SynthesizeParams(),
+    )
+    data = nodes.load_stage2_data(source, manifest, pairs, params)
+    return params, data, encoder, cache
+
+
+def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path):
+    params, data, encoder, cache = _stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    assert len(data.pair_ids) == 8 and len(data.eval_ids) == 4
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    assert [e["step"] for e in log["history"]] == [1, 2] and log["pairs"] == 8
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # frozen
+    captions = captioner.caption(data.eval_pixels)
+    assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
+    captioner.save_pretrained(tmp_path / "captioner")
+    again = VLVCaptioner.from_pretrained(tmp_path / "captioner")
+    assert again.caption(data.eval_pixels) == captions
+    stage1 = Stage1Params(
+        t2i=str(tiny_sd),
+        encoder={
+            "backbone": "small",
+            "num_queries": 4,
+            "small": {"width": 16, "heads": 2, "image_size": 16, "vision_tower": "t2i_vae"},
+        },
+        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
+    )
+    baseline, baseline_log = nodes.train_baseline(data, params, stage1)
+    assert baseline_log["trainable"] == "projector+llm+encoder"
+    assert baseline_log["trainable_parameters"] > log["trainable_parameters"]
+    metrics = nodes.validate_stage2(captioner, baseline, data, params, stage1)
+    assert set(metrics) >= {"vlv", "without_stage1"}  # no probe: samples only
+    assert len(metrics["vlv"]["samples"]) == 4
+    assert nodes.plot_stage2_loss(log, baseline_log).axes
+
+
+def test_cached_and_recomputed_conditions_give_the_same_loss(
+    tiny_world, tiny_sd, tmp_path, tokenizer
+):
+    params, data, encoder, cache = _stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    from vlv_pipeline.models.registry import load_component
+
+    text_encoder = load_component(
+        "text_encoder", {"pretrained": str(tiny_sd), "subfolder": "text_encoder"}
+    )
+    decoder = CaptionDecoder(_llm(tokenizer), prefix_dim=16).eval()
+    tokens = tokenize_captions(tokenizer, data.pair_captions, 64)
+    _, conditions = cache.load(data.pair_ids)
+    with torch.no_grad():
+        cached = Stage2Objective(decoder)(
+            (conditions, tokens["input_ids"], tokens["attention_mask"])
+        )
+        fresh = Stage2Objective(decoder, encoder.eval(), text_encoder)(
+            (data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
+        )
+    torch.testing.assert_close(cached, fresh)
