@@ -12,6 +12,8 @@ from vlv_pipeline import settings
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.stage2 import Stage2Params
+from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.params.teacher import TeacherParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipeline_registry import register_pipelines
@@ -51,6 +53,8 @@ def test_base_parameters_validate():
     TeacherParams(**params["teacher"])
     CacheParams(**params["cache"])
     Stage1Params(**params["stage1"])
+    SynthesizeParams(**params["synthesize"])
+    Stage2Params(**params["stage2"])
 
 
 def test_paper_env_overrides_only_the_keys_it_names():
@@ -71,6 +75,13 @@ def test_paper_env_overrides_only_the_keys_it_names():
     assert stage1.training.betas == (0.9, 0.99) and stage1.training.weight_decay == 0.01
     assert stage1.training.batch_size * stage1.training.gradient_accumulation == 512
     assert stage1.timestep_range is None and stage1.diversity_weight == 0.0  # the paper's loss
+    stage2 = Stage2Params(**paper["stage2"])
+    assert (stage2.llm.pretrained, stage2.llm.init) == ("Qwen/Qwen2.5-3B", None)
+    assert (stage2.tokenizer.pretrained, stage2.tokenizer.subfolder) == ("Qwen/Qwen2.5-3B", None)
+    assert (stage2.max_caption_tokens, stage2.training.learning_rate) == (300, 1e-5)
+    assert stage2.training.mixed_precision == "bf16" and stage2.generation.num_beams == 4
+    assert stage2.training.batch_size * stage2.training.gradient_accumulation == 64
+    assert SynthesizeParams(**paper["synthesize"]).captioner.backend == "openai"
     catalog = _loader("paper")["catalog"]
     assert catalog["raw_images"]["kind"] == "webdataset"
     assert "writable" not in catalog["raw_images"]

@@ -158,3 +158,10 @@ def test_params_name_the_bad_key():
         _params(steps=5, warmup_steps=10)
     with pytest.raises(ValueError, match="batch_sise"):
         TrainParams(steps=1, batch_sise=3, learning_rate=1e-3)
+
+
+def test_stages_with_different_precisions_run_in_one_process():
+    """stage 1 in fp32 then stage 2 in bf16 within one `kedro run` (Accelerate's state is global)."""
+    for precision in ("no", "bf16", "no"):
+        result = train(_model(), _data(), _params(steps=2, mixed_precision=precision))
+        assert len(result.history) == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from vlv_pipeline.models.registry import ComponentSpec
 from vlv_pipeline.params import StrictModel
 from vlv_pipeline.params.stage1 import EncoderParams
 from vlv_pipeline.params.training import TrainParams
@@ -36,8 +37,8 @@ class BaselineParams(StrictModel):
 
 class Stage2Params(StrictModel):
     t2i: str = Field(description="the Stable Diffusion directory whose text encoder stage 1 used")
-    llm: dict = Field(description="a causal LM component: {pretrained: ...} or {init: {...}}")
-    tokenizer: dict = Field(description="a tokenizer component: {pretrained, subfolder}")
+    llm: ComponentSpec = Field(description="the causal LM: {pretrained: ...} or {init: {...}}")
+    tokenizer: ComponentSpec = Field(description="its tokenizer: {pretrained, subfolder}")
     resolution: int | None = Field(None, gt=0, description="encoder input side, as in stage 1")
     trainable: TRAINABLE = "projector+llm"
     lora: LoraParams = LoraParams()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -78,6 +79,15 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def _make_accelerator(params: TrainParams) -> Accelerator:
+    # Accelerate keeps one process-wide state; a later stage with another precision in the
+    # same `kedro run` (stage 1 fp32, then stage 2 bf16) would be refused. Drop the old
+    # precision choice but keep the distributed state (the process group) as it is.
+    state = AcceleratorState._shared_state
+    if (
+        state
+        and str(state.get("_mixed_precision", params.mixed_precision)) != params.mixed_precision
+    ):
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         gradient_accumulation_steps=params.gradient_accumulation,
         mixed_precision=params.mixed_precision,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from stage2_factory import TINY_FLORENCE
 from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from vlv_pipeline.models.probe import AttributeProbe
@@ -24,35 +25,6 @@ from vlv_pipeline.pipelines.stage1.nodes import (
 from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
 from vlv_pipeline.training.loop import list_checkpoints
 from vlv_pipeline.world.data import pil_to_tensor
-
-TINY_FLORENCE = {
-    "vision_config": {
-        "depths": [1, 1],
-        "patch_size": [3, 3],
-        "patch_stride": [2, 2],
-        "patch_padding": [1, 1],
-        "patch_prenorm": [False, True],
-        "embed_dim": [16, 32],
-        "num_heads": [2, 4],
-        "num_groups": [2, 4],
-        "window_size": 2,
-        "projection_dim": 32,
-        "max_position_embeddings": 16,
-        "max_temporal_embeddings": 4,
-    },
-    "text_config": {
-        "vocab_size": 64,
-        "d_model": 32,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "max_position_embeddings": 64,
-    },
-    "image_token_id": 63,
-}
 
 
 @pytest.fixture(scope="module")

@@ -191,3 +191,80 @@ def test_cached_and_recomputed_conditions_give_the_same_loss(
             (data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
         )
     torch.testing.assert_close(cached, fresh)
+
+
+def test_paper_path_florence2_qwen2_bf16_beams(tiny_world, tiny_sd, tmp_path, tokenizer):
+    """conf/paper's code path on tiny replicas from directories: a Florence-2 VLV encoder
+    trained with psi and a pretrained Qwen2 (projector+llm+encoder), bf16 autocast, 4 beams."""
+    from stage2_factory import TINY_FLORENCE
+    from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+    from vlv_pipeline.params.stage1 import EncoderParams
+    from vlv_pipeline.pipelines.stage1.nodes import build_encoder
+
+    torch.manual_seed(0)
+    Florence2ForConditionalGeneration(Florence2Config(**TINY_FLORENCE)).save_pretrained(
+        tmp_path / "florence"
+    )
+    _llm(tokenizer).save_pretrained(tmp_path / "qwen")
+    encoder = build_encoder(
+        EncoderParams(
+            backbone="florence2",
+            num_queries=5,
+            florence2={
+                "pretrained": str(tmp_path / "florence"),
+                "tokenizer": str(tiny_sd / "tokenizer"),
+            },
+        ),
+        16,
+    )
+    vision_before = {
+        k: v.clone() for k, v in encoder.florence.model.vision_tower.state_dict().items()
+    }
+    source, manifest = tiny_world
+    params = stage2_params(
+        tiny_sd,
+        tmp_path,
+        llm={"pretrained": str(tmp_path / "qwen")},
+        trainable="projector+llm+encoder",
+        max_caption_tokens=300,
+        training={
+            "steps": 2,
+            "batch_size": 4,
+            "learning_rate": 1e-5,
+            "mixed_precision": "bf16",
+            "betas": [0.9, 0.99],
+            "checkpoint_every": 1,
+            "log_every": 1,
+        },
+        generation={"max_new_tokens": 5, "num_beams": 4, "batch_size": 4},
+    )
+    pairs = synth.synthesize_captions(
+        source,
+        synth.select_images(manifest, SynthesizeParams(fraction=0.5)),
+        SynthesizeParams(),
+        {},
+    )
+    cache = synth.cache_pair_embeddings(
+        source,
+        manifest,
+        pairs,
+        encoder,
+        EmbeddingCache(tmp_path / "emb"),
+        params,
+        SynthesizeParams(),
+    )
+    assert len(cache) == 0  # the encoder trains: the cache is bypassed
+    data = nodes.load_stage2_data(source, manifest, pairs, params)
+    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    assert len(log["history"]) == 2 and all(
+        torch.isfinite(torch.tensor(e["loss"])) for e in log["history"]
+    )
+    for k, v in encoder.florence.model.vision_tower.state_dict().items():
+        assert torch.equal(vision_before[k], v), f"DaViT {k} moved"
+    captions = captioner.caption(data.eval_pixels)
+    assert len(captions) == 4
+    captioner.save_pretrained(tmp_path / "captioner")
+    assert (
+        VLVCaptioner.from_pretrained(tmp_path / "captioner").caption(data.eval_pixels) == captions
+    )

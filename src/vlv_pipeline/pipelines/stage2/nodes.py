@@ -73,8 +73,8 @@ def _tokenizer(params: Stage2Params):
 
 def build_llm(params: Stage2Params, tokenizer):
     """The causal LM; one built from ``init`` gets its vocabulary and special ids from the tokenizer."""
-    spec = dict(params.llm)
-    if "init" in spec:
+    spec = params.llm.model_dump()
+    if spec["init"] is not None:
         init = {
             "vocab_size": len(tokenizer),
             "bos_token_id": tokenizer.bos_token_id,
