@@ -14,3 +14,7 @@ CONFIG_LOADER_ARGS = {
     # `conf/paper` overrides only the parameter keys it names; the rest comes from base.
     "merge_strategy": {"parameters": "soft"},
 }
+
+from vlv_pipeline.hooks import AnnounceOutputsHook  # noqa: E402
+
+HOOKS = (AnnounceOutputsHook(),)

@@ -1,6 +1,14 @@
 """Tiny replicas' configs and stage-2 parameters (the tiny SD's text encoder and world tokenizer)."""
 
+import torch
+from diffusers import AutoencoderKL
+
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage2 import Stage2Params
+from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.pipelines.stage2 import nodes
+from vlv_pipeline.pipelines.synthesize import nodes as synth
 
 TINY_FLORENCE = {
     "vision_config": {
@@ -61,3 +69,37 @@ def stage2_params(tiny_sd, tmp_path, **overrides) -> Stage2Params:
         **overrides,
     }
     return Stage2Params(**values)
+
+
+def stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable="projector+llm"):
+    source, manifest = tiny_world
+    params = stage2_params(tiny_sd, tmp_path, trainable=trainable)
+    pairs = synth.synthesize_captions(
+        source,
+        synth.select_images(manifest, SynthesizeParams(fraction=0.5)),
+        SynthesizeParams(),
+        {},
+    )
+    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
+    torch.manual_seed(0)
+    encoder = SmallVLVEncoder(
+        num_queries=4, out_dim=16, width=16, heads=2, image_size=16, vae_config=vae_config_of(vae)
+    )
+    encoder.load_vae_tower(vae)
+    cache = synth.cache_pair_embeddings(
+        source,
+        manifest,
+        pairs,
+        encoder,
+        EmbeddingCache(tmp_path / "emb"),
+        params,
+        SynthesizeParams(),
+    )
+    data = nodes.load_stage2_data(source, manifest, pairs, params)
+    return params, data, encoder, cache
+
+
+def tiny_captioner(tiny_world, tiny_sd, tmp_path):
+    """A VLV captioner (tiny VAE-tower encoder + tiny Qwen2) trained 2 steps: (captioner, log)."""
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    return nodes.train_stage2(data, encoder, cache, params)

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from kedro.io import AbstractDataset, DatasetError
+from kedro_datasets._typing import TablePreview
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -224,6 +225,16 @@ class LatentCacheDataset(AbstractDataset[LatentCache, LatentCache]):
 
     def _exists(self) -> bool:
         return (self._path / INDEX).is_file()
+
+    def preview(self, nrows: int = 50) -> TablePreview:
+        """A table for kedro-viz: what made the cache, then one row per shard."""
+        cache = self.cache_class(self._path)
+        rows = [[f"fingerprint.{k}", str(v)] for k, v in (cache.fingerprint or {}).items()]
+        rows.append(["images", str(len(cache))])
+        rows += [[s["file"], f"{s['count']} images"] for s in cache.shards[:nrows]]
+        return TablePreview(
+            {"index": list(range(len(rows))), "columns": ["item", "value"], "data": rows}
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

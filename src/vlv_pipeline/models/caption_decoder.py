@@ -88,6 +88,8 @@ class CaptionDecoder(nn.Module):
         num_beams: int = 1,
         eos_token_id: int,
         pad_token_id: int,
+        use_cache: bool = True,
+        **generate_kwargs,
     ) -> torch.Tensor:
         """Batched generation with the KV cache; returns only the new tokens (B, <= max)."""
         prefix = self.prefix(conditions)
@@ -98,9 +100,10 @@ class CaptionDecoder(nn.Module):
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             do_sample=False,
-            use_cache=True,
+            use_cache=use_cache,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
+            **generate_kwargs,
         )
 
     # -- on disk: llm/ (a transformers model directory), psi.safetensors, decoder.json ------

@@ -57,6 +57,7 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
         heads: int = 4,
         query_init_std: float = 1.0,
         vae_config: dict | None = None,
+        vocab_size: int | None = None,
     ):
         super().__init__()
         layers, channels, side = [], 3, image_size
@@ -94,7 +95,16 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
             decoder_layers,
         )
         self.norm = nn.LayerNorm(width)
-        self.phi = projector(width, out_dim)
+        if vocab_size is None:
+            self.phi = projector(width, out_dim)
+            self.vocabulary = None
+        else:  # each position is a softmax mixture of the T2I text encoder's word embeddings
+            self.phi = projector(width, vocab_size)
+            self.register_buffer("vocabulary", torch.zeros(vocab_size, out_dim))
+
+    def load_vocabulary(self, token_embeddings: torch.Tensor) -> None:
+        """Copy the frozen text encoder's token-embedding table (vocab_size, out_dim)."""
+        self.vocabulary.copy_(token_embeddings.detach())
 
     def load_vae_tower(self, vae) -> None:
         """Copy an AutoencoderKL's encoder weights into the (frozen) vision tower."""
@@ -124,7 +134,10 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
         tokens = self.stem(features).flatten(2).transpose(1, 2) + self.positions
         memory = self.encoder(tokens)
         queries = self.queries.expand(features.shape[0], -1, -1)
-        return self.phi(self.norm(self.decoder(queries, memory)))
+        out = self.phi(self.norm(self.decoder(queries, memory)))
+        if self.vocabulary is not None:
+            out = out.softmax(dim=-1) @ self.vocabulary
+        return out
 
 
 class Florence2VLVEncoder(ModelMixin, ConfigMixin):

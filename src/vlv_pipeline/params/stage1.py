@@ -22,6 +22,9 @@ class SmallEncoderParams(StrictModel):
     heads: int = Field(4, ge=1)
     query_init_std: float = Field(1.0, gt=0)
     vision_tower: Literal["cnn", "t2i_vae"] = "cnn"  # t2i_vae: the T2I VAE's encoder, frozen
+    # free: any vector per position; vocabulary: a softmax mixture of the frozen T2I text
+    # encoder's own word embeddings (no captions involved)
+    output: Literal["free", "vocabulary"] = "free"
 
 
 class Florence2Params(StrictModel):

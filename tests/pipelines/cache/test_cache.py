@@ -129,3 +129,14 @@ def test_dataset_refuses_a_handle_for_another_place(tmp_path):
         dataset.save(LatentCache(tmp_path / "b"))
     with pytest.raises(DatasetError, match="no index"):
         dataset.save(LatentCache(tmp_path / "a"))
+
+
+def test_cache_preview_lists_fingerprint_and_shards(tmp_path, vae_dir):
+    images = tmp_path / "images"
+    _write_images(images, [f"{i}.png" for i in range(5)])
+    source, manifest = _manifest(images)
+    encode_latents(source, manifest, LatentCache(tmp_path / "cache"), _params(vae_dir))
+    preview = LatentCacheDataset(path=str(tmp_path / "cache")).preview()
+    items = [row[0] for row in preview["data"]]
+    assert "fingerprint.weights_sha256" in items and ["images", "5"] in preview["data"]
+    assert sum(i.startswith("shard-") for i in items) == 2  # 5 images: a shard of 4, then 1

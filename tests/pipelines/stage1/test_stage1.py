@@ -263,3 +263,26 @@ def test_stage1_refuses_a_latent_cache_of_another_vae(tiny_sd, tmp_path):
     check_cache_made_by(cache, str(tiny_sd), None)  # the right VAE passes
     with pytest.raises(ValueError, match="resolution 64"):
         check_cache_made_by(cache, str(tiny_sd), 64)
+
+
+def test_vocabulary_output_mixes_the_text_encoders_word_embeddings(tmp_path):
+    torch.manual_seed(0)
+    encoder = SmallVLVEncoder(
+        num_queries=3,
+        out_dim=6,
+        width=16,
+        stem_channels=(8, 16),
+        heads=2,
+        image_size=16,
+        vocab_size=6,
+    )
+    encoder.load_vocabulary(torch.eye(6))  # word i = unit vector i: outputs are the mixtures
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = encoder(x)
+    assert out.shape == (2, 3, 6) and (out >= 0).all()
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3))
+    encoder.save_pretrained(tmp_path / "enc")
+    again = VLVEncoder.from_pretrained(tmp_path / "enc")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), out)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from stage2_factory import TINY_QWEN2, stage2_params
+from stage2_factory import TINY_QWEN2, stage2_inputs, stage2_params
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
@@ -113,36 +113,8 @@ def test_trainable_parts_follow_the_parameter(tokenizer, tiny_sd, tmp_path, trai
     assert not any(n.startswith("vae_tower") for n in enc)  # the tower stays frozen
 
 
-def _stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable="projector+llm"):
-    source, manifest = tiny_world
-    params = stage2_params(tiny_sd, tmp_path, trainable=trainable)
-    pairs = synth.synthesize_captions(
-        source,
-        synth.select_images(manifest, SynthesizeParams(fraction=0.5)),
-        SynthesizeParams(),
-        {},
-    )
-    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
-    torch.manual_seed(0)
-    encoder = SmallVLVEncoder(
-        num_queries=4, out_dim=16, width=16, heads=2, image_size=16, vae_config=vae_config_of(vae)
-    )
-    encoder.load_vae_tower(vae)
-    cache = synth.cache_pair_embeddings(
-        source,
-        manifest,
-        pairs,
-        encoder,
-        EmbeddingCache(tmp_path / "emb"),
-        params,
-        SynthesizeParams(),
-    )
-    data = nodes.load_stage2_data(source, manifest, pairs, params)
-    return params, data, encoder, cache
-
-
 def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path):
-    params, data, encoder, cache = _stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
     assert len(data.pair_ids) == 8 and len(data.eval_ids) == 4
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     captioner, log = nodes.train_stage2(data, encoder, cache, params)
@@ -174,7 +146,7 @@ def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path)
 def test_cached_and_recomputed_conditions_give_the_same_loss(
     tiny_world, tiny_sd, tmp_path, tokenizer
 ):
-    params, data, encoder, cache = _stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
     from vlv_pipeline.models.registry import load_component
 
     text_encoder = load_component(

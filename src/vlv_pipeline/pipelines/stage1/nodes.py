@@ -91,20 +91,27 @@ def load_stage1_data(
     return data
 
 
-def build_encoder(spec: EncoderParams, out_dim: int, t2i_vae=None):
+def build_encoder(spec: EncoderParams, out_dim: int, t2i_vae=None, token_embeddings=None):
     """A fresh VLV encoder for caption embeddings of width ``out_dim``.
 
     ``t2i_vae`` (the frozen decoder's VAE) seeds the small encoder's vision tower when
-    ``small.vision_tower`` is ``t2i_vae``.
+    ``small.vision_tower`` is ``t2i_vae``; ``token_embeddings`` (the frozen text encoder's
+    word-embedding table) is its output vocabulary when ``small.output`` is ``vocabulary``.
     """
     if spec.backbone == "small":
         kwargs = spec.small.model_dump()
-        tower = kwargs.pop("vision_tower")
+        tower, output = kwargs.pop("vision_tower"), kwargs.pop("output")
         if tower == "t2i_vae":
             kwargs["vae_config"] = vae_config_of(t2i_vae)
+        if output == "vocabulary":
+            if token_embeddings is None:
+                raise ValueError("small.output: vocabulary needs the T2I text encoder's embeddings")
+            kwargs["vocab_size"] = token_embeddings.shape[0]
         encoder = SmallVLVEncoder(num_queries=spec.num_queries, out_dim=out_dim, **kwargs)
         if tower == "t2i_vae":
             encoder.load_vae_tower(t2i_vae)
+        if output == "vocabulary":
+            encoder.load_vocabulary(token_embeddings)
         return encoder
     cfg = spec.florence2
     source = {"pretrained": cfg.pretrained} if cfg.pretrained else {"init": cfg.init}
@@ -118,7 +125,9 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
     """Train the VLV encoder on the train split's images; the T2I model stays frozen."""
     t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
     torch.manual_seed(params.training.seed)
-    encoder = build_encoder(params.encoder, t2i.width, t2i.vae)
+    encoder = build_encoder(
+        params.encoder, t2i.width, t2i.vae, t2i.text_encoder.get_input_embeddings().weight
+    )
     objective = Stage1Objective(
         encoder,
         t2i.text_encoder,

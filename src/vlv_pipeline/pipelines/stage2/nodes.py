@@ -157,11 +157,16 @@ def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params)
     used one) but random trainable weights; it trains with psi and the LLM on the same pairs.
     """
     t2i_vae = load_component("vae", {"pretrained": stage1.t2i, "subfolder": "vae"})
-    text_width = load_component(
+    text_encoder = load_component(
         "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
-    ).config.hidden_size
+    )
     torch.manual_seed(params.training.seed)
-    encoder = build_encoder(params.baseline.encoder or stage1.encoder, text_width, t2i_vae)
+    encoder = build_encoder(
+        params.baseline.encoder or stage1.encoder,
+        text_encoder.config.hidden_size,
+        t2i_vae,
+        text_encoder.get_input_embeddings().weight,
+    )
     return _train_captioner(
         encoder,
         data,

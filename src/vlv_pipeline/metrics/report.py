@@ -1,0 +1,124 @@
+"""The evaluation report: one self-contained HTML page (figures embedded as PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import UTC, datetime
+
+CAPTION_COLUMNS = [
+    ("exact_scene", "exact scene"),
+    ("shape_recall", "shape R"),
+    ("colour_recall", "colour R"),
+    ("size_recall", "size R"),
+    ("position_precision", "position P"),
+    ("bleu4", "BLEU-4"),
+    ("rouge_l", "ROUGE-L"),
+    ("cider", "CIDEr"),
+]
+RECONSTRUCTION_COLUMNS = [
+    ("exact_scene", "exact scene"),
+    ("attributes", "attributes"),
+    ("frechet_probe", "Frechet (probe)"),
+    ("fid", "FID"),
+    ("clip_score", "CLIP score"),
+]
+CAPTIONER_LABELS = {
+    "vlv": "VLV captioner",
+    "without_stage1": "without stage 1 (same LLM + psi, no stage 1)",
+    "chance": "chance (another image's reference caption)",
+}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.model td{font-weight:bold}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto}
+"""
+
+
+def figure_png(figure) -> str:
+    """A matplotlib figure as a base64 PNG data URL."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f'<td class="num">{value:.3f}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _table(rows: dict[str, dict], columns, labels: dict[str, str], model_row: str) -> str:
+    present = [(k, name) for k, name in columns if any(k in r for r in rows.values())]
+    head = "<tr><th></th>" + "".join(f"<th>{html.escape(n)}</th>" for _, n in present) + "</tr>"
+    body = []
+    for key, row in rows.items():
+        cls = ' class="model"' if key == model_row else ""
+        cells = "".join(_cell(row.get(k, "")) for k, _ in present)
+        body.append(f"<tr{cls}><td>{html.escape(labels.get(key, key))}</td>{cells}</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """The two tables as Markdown (for logs, READMEs and closing notes)."""
+    lines = [
+        "| captions | " + " | ".join(n for _, n in CAPTION_COLUMNS[:1] + CAPTION_COLUMNS[5:]) + " |"
+    ]
+    lines.append("|---" * (1 + len(CAPTION_COLUMNS[:1] + CAPTION_COLUMNS[5:])) + "|")
+    for key, row in metrics.get("captions", {}).items():
+        values = [row.get(k) for k, _ in CAPTION_COLUMNS[:1] + CAPTION_COLUMNS[5:]]
+        lines.append(
+            f"| {key} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |"
+        )
+    lines.append("")
+    cols = [
+        c
+        for c in RECONSTRUCTION_COLUMNS
+        if any(c[0] in r for r in metrics.get("reconstruction", {}).values())
+    ]
+    lines.append("| reconstruction | " + " | ".join(n for _, n in cols) + " |")
+    lines.append("|---" * (1 + len(cols)) + "|")
+    for key, row in metrics.get("reconstruction", {}).items():
+        values = [row.get(k) for k, _ in cols]
+        lines.append(
+            f"| {row.get('what', key)} | "
+            + " | ".join("" if v is None else f"{v:.3f}" for v in values)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def build_report(
+    metrics: dict, grid_png: str, loss_pngs: dict[str, str], parameters: dict, notes: list[str]
+) -> str:
+    recon_labels = {k: v.get("what", k) for k, v in metrics.get("reconstruction", {}).items()}
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>VLV evaluation report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>VLV auto-encoder: evaluation report</h1>",
+        f"<p>{metrics.get('images')} images of the evaluation split; judge: "
+        f"{html.escape(str(metrics.get('judge')))}; written "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')}.</p>",
+        "<h2>Captions</h2>",
+        _table(metrics.get("captions", {}), CAPTION_COLUMNS, CAPTIONER_LABELS, "vlv"),
+        "<h2>Reconstructions</h2>",
+        _table(
+            metrics.get("reconstruction", {}), RECONSTRUCTION_COLUMNS, recon_labels, "from_caption"
+        ),
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
+        "<h2>Originals and reconstructions</h2>",
+        f"<img src='{grid_png}' alt='original | from embeddings | from caption'>",
+        "<h2>Training</h2>",
+    ]
+    for name, png in loss_pngs.items():
+        parts.append(f"<h3>{html.escape(name)}</h3><img src='{png}' alt='{html.escape(name)}'>")
+    parts += [
+        "<h2>Parameters of this run</h2>",
+        f"<pre>{html.escape(json.dumps(parameters, indent=2, sort_keys=True, default=str))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

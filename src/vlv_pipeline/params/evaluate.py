@@ -1,0 +1,46 @@
+"""Parameters of the `evaluate` and `caption` pipelines."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from vlv_pipeline.params import StrictModel
+
+
+class RenderParams(StrictModel):
+    scheduler: str | None = "DDIMScheduler"  # null: the pipeline's own (e.g. SD 3.5's)
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(1.0, ge=0)
+    seed: int = 0
+    batch_size: int = Field(128, ge=1)
+
+
+class EvaluateParams(StrictModel):
+    """Reconstruction from embeddings uses ``stage1_t2i`` (the embeddings live in its text
+    space); reconstruction from captions uses ``render_t2i`` (paper: SD 3.5 Medium)."""
+
+    stage1_t2i: str
+    render_t2i: str
+    t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    split: str = "test"
+    images: int = Field(256, ge=2)
+    resolution: int | None = Field(None, gt=0, description="encoder input side, as in stage 1")
+    sampling: RenderParams = RenderParams()
+    judge: Literal["probe", "fid_clip"] = "probe"
+    probe: str | None = None  # the shapes world's attribute probe
+    clip_model: str = "openai/clip-vit-large-patch14"
+    grid_images: int = Field(8, ge=1)
+    chance_seed: int = 0
+
+
+class CaptionParams(StrictModel):
+    """`kedro run --pipeline caption --params caption.source=PATH`."""
+
+    source: str | None = Field(None, description="a folder of images (or a parquet/webdataset)")
+    kind: Literal["folder", "parquet", "webdataset"] = "folder"
+    resolution: int | None = Field(None, gt=0, description="the captioner's input side")
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    num_beams: int | None = Field(None, ge=1)

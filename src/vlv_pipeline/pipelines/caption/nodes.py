@@ -1,0 +1,84 @@
+"""Nodes of the `caption` pipeline: screen a user's images as ingest does, then caption them.
+
+kedro run --pipeline caption --params caption.source=PATH
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import torch
+
+from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
+from vlv_pipeline.params.evaluate import CaptionParams
+from vlv_pipeline.world.data import pil_to_tensor
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ["file", "image_id", "caption", "rejected", "detail"]
+
+
+def open_user_images(params: CaptionParams) -> ImageSource:
+    if not params.source:
+        raise ValueError(
+            "caption.source is not set: run `kedro run --pipeline caption --params "
+            "caption.source=PATH` with a folder of images (or set caption.kind for a parquet "
+            "file or webdataset shards)"
+        )
+    return open_source(params.kind, params.source)
+
+
+def _input_side(captioner, params: CaptionParams) -> int:
+    if params.resolution:
+        return params.resolution
+    side = getattr(captioner.encoder.config, "image_size", None)
+    if side is None:
+        raise ValueError("set caption.resolution: the captioner does not say its input size")
+    return int(side)
+
+
+@torch.no_grad()
+def caption_user_images(
+    vlv_captioner, source: ImageSource, screened: pd.DataFrame, params: CaptionParams
+) -> pd.DataFrame:
+    """One row per input file: its caption, or ingest's verdict when it was rejected."""
+    kept = screened[screened["reason"].isna()]
+    side = _input_side(vlv_captioner, params)
+    generation = {
+        k: v
+        for k, v in (("max_new_tokens", params.max_new_tokens), ("num_beams", params.num_beams))
+        if v is not None
+    }
+    captions: dict[str, str] = {}
+    ids, pixels = [], []
+
+    def flush():
+        texts = vlv_captioner.caption(
+            torch.stack(pixels), batch_size=params.batch_size, **generation
+        )
+        captions.update(zip(ids, texts, strict=True))
+        ids.clear(), pixels.clear()
+
+    for image_id, image in iter_images(source, kept, side):
+        ids.append(image_id)
+        pixels.append(pil_to_tensor(image))
+        if len(ids) == params.batch_size:
+            flush()
+    if ids:
+        flush()
+    table = pd.DataFrame(
+        {
+            "file": screened["source"].astype(str),
+            "image_id": screened["image_id"],
+            "caption": [captions.get(i) if pd.notna(i) else None for i in screened["image_id"]],
+            "rejected": screened["reason"],
+            "detail": screened["detail"],
+        }
+    )
+    logger.info(
+        "caption: %d images captioned, %d rejected (see the `rejected` column)",
+        len(captions),
+        int(screened["reason"].notna().sum()),
+    )
+    return table[COLUMNS]

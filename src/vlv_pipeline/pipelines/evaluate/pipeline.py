@@ -1,0 +1,55 @@
+"""The `evaluate` pipeline: caption the test split, re-render, score, report."""
+
+from kedro.pipeline import Node, Pipeline
+
+from vlv_pipeline.pipelines.evaluate import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                nodes.load_eval_data,
+                ["raw_images", "image_manifest", "params:evaluate"],
+                "eval_data",
+                name="load_eval_data",
+            ),
+            Node(
+                nodes.caption_eval_images,
+                ["vlv_captioner", "baseline_captioner", "eval_data", "params:evaluate"],
+                "eval_captions",
+                name="caption_eval_images",
+            ),
+            Node(
+                nodes.reconstruct,
+                ["vlv_encoder", "eval_data", "eval_captions", "params:evaluate"],
+                "eval_renders",
+                name="reconstruct",
+            ),
+            Node(
+                nodes.score_evaluation,
+                ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
+                ["eval_metrics", "eval_samples"],
+                name="score_evaluation",
+            ),
+            Node(
+                nodes.plot_eval_grid,
+                ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
+                "eval_grid",
+                name="plot_eval_grid",
+            ),
+            Node(
+                nodes.write_report,
+                [
+                    "eval_metrics",
+                    "eval_grid",
+                    "stage1_log",
+                    "stage2_log",
+                    "stage2_baseline_log",
+                    "parameters",
+                ],
+                "eval_report",
+                name="write_report",
+            ),
+        ]
+    )
