@@ -2,7 +2,7 @@
 
 Saved as one self-contained directory, so inference needs nothing else::
 
-    captioner.json     generation defaults and what the parts are
+    config.json        the class, and the generation defaults
     encoder/           the VLV encoder (stage 1; fine-tuned in stage 2 if it was trained)
     text_encoder/      the T2I model's frozen CLIP text encoder
     decoder/           psi + the causal LLM (models/caption_decoder.py)
@@ -21,7 +21,7 @@ from vlv_pipeline.models.caption_decoder import CaptionDecoder
 from vlv_pipeline.models.text_encoder import encode_embeddings
 from vlv_pipeline.models.vlv_encoder import VLVEncoder
 
-CONFIG = "captioner.json"
+CONFIG = "config.json"
 
 
 class VLVCaptioner(nn.Module):

@@ -66,7 +66,8 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
         assert {"exact_scene", "attributes", "frechet_probe", "what"} <= set(row)
     assert {"vlv_bleu4", "from_embeddings_exact", "chance_exact"} <= set(samples.columns)
     json.dumps(metrics)  # the versioned json must accept it
-    grid = nodes.plot_eval_grid(data, captions, renders, params)
+    grid, same = nodes.plot_eval_grid(data, captions, renders, params)
+    assert grid is same
     assert len(grid.axes) == 3 * 3
     report = nodes.write_report(metrics, grid, log, log, baseline_log, {"evaluate": {"x": 1}})
     assert report.startswith("<!doctype html>") and "VLV captioner" in report

@@ -207,14 +207,19 @@ def score_evaluation(
 
 
 def plot_eval_grid(data: EvalData, captions: pd.DataFrame, renders: dict, params: EvaluateParams):
-    """original | reconstruction from embeddings | reconstruction from the caption."""
+    """original | reconstruction from embeddings | reconstruction from the caption.
+
+    Returned twice: once for the versioned PNG, once in memory for the report (a saved
+    matplotlib figure cannot be loaded back).
+    """
     n = min(params.grid_images, len(data.image_ids))
     items = {"original": tensor_to_uint8(data.pixels[:n])}
     for name, label in (("from_embeddings", "from embeddings"), ("from_caption", "from caption")):
         if name in renders:
             items[label] = tensor_to_uint8(renders[name][:n])
     texts = [f"{c}" for c in captions["vlv"].head(n)]
-    return image_grid(items, captions=texts, title="evaluation: original | reconstructions")
+    figure = image_grid(items, captions=texts, title="evaluation: original | reconstructions")
+    return figure, figure
 
 
 FRECHET_NOTE = (

@@ -35,14 +35,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 nodes.plot_eval_grid,
                 ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
-                "eval_grid",
+                ["eval_grid", "eval_grid_figure"],
                 name="plot_eval_grid",
             ),
             Node(
                 nodes.write_report,
                 [
                     "eval_metrics",
-                    "eval_grid",
+                    "eval_grid_figure",
                     "stage1_log",
                     "stage2_log",
                     "stage2_baseline_log",
