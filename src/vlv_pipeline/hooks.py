@@ -30,6 +30,10 @@ class AnnounceOutputsHook:
 
     @hook_impl
     def after_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from vlv_pipeline.distributed import rank
+
+        if rank() != 0:
+            return
         for name, path in self._saved.items():
             logger.info("%s written to %s", name.replace("_", " "), path)
             print(f"{name.replace('_', ' ')}: {path}", flush=True)

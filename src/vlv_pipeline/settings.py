@@ -15,6 +15,10 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
+from vlv_pipeline.distributed import QuietRanksHook, RankAwareDataCatalog  # noqa: E402
 from vlv_pipeline.hooks import AnnounceOutputsHook  # noqa: E402
 
-HOOKS = (AnnounceOutputsHook(),)
+HOOKS = (AnnounceOutputsHook(), QuietRanksHook())
+
+# Under `accelerate launch`, outputs are persisted by rank 0 only (docs/SCALE_OUT.md).
+DATA_CATALOG_CLASS = RankAwareDataCatalog

@@ -91,7 +91,9 @@ def _make_accelerator(params: TrainParams) -> Accelerator:
     return Accelerator(
         gradient_accumulation_steps=params.gradient_accumulation,
         mixed_precision=params.mixed_precision,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # one shuffle order on every rank (each takes its own slice of it); per-rank RNG is
+        # only for noise draws
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=params.seed),
         cpu=not torch.cuda.is_available(),
     )
 
@@ -120,6 +122,7 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: all done first
     if accelerator.is_main_process:
         record = {"step": step, "history": history, "seconds": seconds}
         (tmp / _HISTORY).write_text(json.dumps(record))
