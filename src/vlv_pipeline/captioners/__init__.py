@@ -23,6 +23,8 @@ class CaptionerError(RuntimeError):
 
 
 class Captioner(Protocol):
+    def describe(self) -> dict: ...
+
     def caption_stream(
         self, items: Iterable[tuple[str, Image.Image]]
     ) -> Iterator[tuple[str, str]]: ...

@@ -43,7 +43,6 @@ class Stage2Params(StrictModel):
     trainable: TRAINABLE = "projector+llm"
     lora: LoraParams = LoraParams()
     max_caption_tokens: int = Field(64, ge=2)
-    encoder_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     training: TrainParams
     generation: GenerationParams = GenerationParams()
     baseline: BaselineParams = BaselineParams()

@@ -240,3 +240,11 @@ def test_paper_path_florence2_qwen2_bf16_beams(tiny_world, tiny_sd, tmp_path, to
     assert (
         VLVCaptioner.from_pretrained(tmp_path / "captioner").caption(data.eval_pixels) == captions
     )
+
+
+def test_stage2_refuses_an_embedding_cache_of_another_encoder(tiny_world, tiny_sd, tmp_path):
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    with torch.no_grad():
+        encoder.queries.add_(1.0)  # a retrained stage 1
+    with pytest.raises(ValueError, match="not made by this VLV encoder.*--pipeline synthesize"):
+        nodes.train_stage2(data, encoder, cache, params)

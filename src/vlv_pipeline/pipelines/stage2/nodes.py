@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -9,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache, weights_sha256
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import loss_curves
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
@@ -19,6 +21,7 @@ from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.pipelines.stage1.nodes import build_encoder, load_image_pixels
+from vlv_pipeline.pipelines.synthesize.nodes import embedding_fingerprint
 from vlv_pipeline.training.loop import run_directory, train
 
 logger = logging.getLogger(__name__)
@@ -105,10 +108,23 @@ def _train_captioner(
     decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
     set_trainable(decoder, encoder, trainable, params.lora)
     tokens = tokenize_captions(tokenizer, data.pair_captions, params.max_caption_tokens)
+    # the starting encoder's weights and the pairs are part of what makes the run: a new
+    # stage 1 or new pairs start a fresh run instead of resuming a stale one
+    encoder_hash = weights_sha256(encoder)
+    pairs_hash = hashlib.sha256(
+        json.dumps([data.pair_ids, data.pair_captions]).encode()
+    ).hexdigest()
     if "encoder" in trainable:
         objective = Stage2Objective(decoder, encoder, text_encoder)
         dataset = TensorDataset(data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
     else:
+        expected = embedding_fingerprint(encoder, text_encoder, params.resolution)
+        if embedding_cache.fingerprint != expected:
+            raise ValueError(
+                f"embedding cache {embedding_cache.path} was not made by this VLV encoder "
+                f"and text encoder at resolution {params.resolution}; rerun "
+                "`kedro run --pipeline synthesize` after stage 1"
+            )
         _, conditions = embedding_cache.load(data.pair_ids)
         objective = Stage2Objective(decoder)
         dataset = TensorDataset(conditions, tokens["input_ids"], tokens["attention_mask"])
@@ -118,10 +134,18 @@ def _train_captioner(
         dataset,
         training,
         checkpoint_dir=run_directory(
-            params.checkpoint_dir, name, config, trainable, training.model_dump(mode="json")
+            params.checkpoint_dir,
+            name,
+            config,
+            trainable,
+            training.model_dump(mode="json"),
+            encoder_hash,
+            pairs_hash,
         ),
         desc=name.replace("_", " "),
     )
+    if result.ema is not None:
+        result.ema.copy_to([p for p in objective.parameters() if p.requires_grad])
     encoder.eval(), decoder.eval()
     captioner = VLVCaptioner(
         encoder,
@@ -153,8 +177,9 @@ def train_stage2(
 def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params):
     """The paper's "without stage 1": the same LLM and psi from an encoder that had no stage 1.
 
-    The encoder has stage 1's architecture (and its self-supervised VAE tower, if stage 1
-    used one) but random trainable weights; it trains with psi and the LLM on the same pairs.
+    The encoder is built as stage 1 builds its starting point: the small encoder with random
+    trainable weights (and its self-supervised VAE tower, if stage 1 uses one), or Florence-2
+    as pretrained, never distilled. It trains with psi and the LLM on the same pairs.
     """
     t2i_vae = load_component("vae", {"pretrained": stage1.t2i, "subfolder": "vae"})
     text_encoder = load_component(

@@ -64,10 +64,11 @@ def make_captioner(params: SynthesizeParams, credentials: dict):
     raise ValueError(f"no captioner object for backend {spec.backend!r}")
 
 
-def _journal(params: SynthesizeParams, described: dict) -> CaptionJournal:
-    """One journal per captioner setting: a new model or prompt never reuses old captions."""
-    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
-    return CaptionJournal(Path(params.journal_dir) / f"{described['captioner']}-{key}.jsonl")
+def _journal(params: SynthesizeParams, setting: dict) -> CaptionJournal:
+    """One journal per captioner setting (backend, model, prompt, generation): any change
+    starts a new journal, so old captions are never reused for a different setting."""
+    key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+    return CaptionJournal(Path(params.journal_dir) / f"{setting['backend']}-{key}.jsonl")
 
 
 def synthesize_captions(
@@ -95,7 +96,7 @@ def synthesize_captions(
         return pairs[PAIR_COLUMNS]
     captioner = make_captioner(params, credentials)
     described = captioner.describe()
-    journal = _journal(params, described)
+    journal = _journal(params, params.captioner.model_dump(mode="json"))
     done = journal.read()
     pending = selection[~selection["image_id"].isin(done)]
     logger.info(
@@ -148,6 +149,11 @@ def cache_pair_embeddings(
     cache cannot serve it, and nothing is computed.
     """
     cache = embedding_cache_previous
+    if "encoder" in params.trainable:
+        logger.info("stage 2 trains the VLV encoder: the embedding cache is bypassed")
+        if cache.fingerprint is None:
+            cache.reset({"bypassed": True})  # an empty cache, so the catalog has one to save
+        return cache
     text_encoder = load_component(
         "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
     ).eval()
@@ -157,9 +163,6 @@ def cache_pair_embeddings(
         if len(cache):
             logger.info("embedding cache %s is for another encoder: rebuilding it", cache.path)
         cache.reset(fingerprint)
-    if "encoder" in params.trainable:
-        logger.info("stage 2 trains the VLV encoder: the embedding cache is bypassed")
-        return cache
     paired = image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])]
     if len(paired) != caption_pairs["image_id"].nunique():
         raise ValueError(
