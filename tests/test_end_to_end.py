@@ -82,3 +82,56 @@ def test_the_results_notebook_runs_on_the_run(tiny_run):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the grid and the loss curves
+
+
+@pytest.mark.slow
+def test_stage1_under_accelerate_launch_saves_each_output_once(tiny_run):
+    """2 processes (gloo on CPU): both train, rank 0 alone writes one new version of each output."""
+    project, _ = tiny_run
+    before = {
+        name: set((project / folder / name).iterdir())
+        for folder, name in (
+            ("data/06_models", "vlv_encoder"),
+            ("data/08_reporting", "stage1_metrics.json"),
+        )
+    }
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "kedro",
+            "run",
+            "--pipeline",
+            "stage1",
+            "--params",
+            "stage1.training.steps=3",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    for (folder, name), old in zip(
+        (("data/06_models", "vlv_encoder"), ("data/08_reporting", "stage1_metrics.json")),
+        before.values(),
+        strict=True,
+    ):
+        new = set((project / folder / name).iterdir()) - old
+        assert len(new) == 1, f"{name}: {len(new)} new versions"
+        (version,) = new
+        assert [p.name for p in version.iterdir()] == [name]  # one model, written once
+    assert run.stdout.count("Completed 4 out of 4 tasks") == 1  # rank 1 logs warnings only
