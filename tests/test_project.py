@@ -96,3 +96,19 @@ def test_a_bad_parameter_fails_before_any_work_naming_the_key(tmp_path, monkeypa
         with pytest.raises(Exception, match=r"(?s)world.*image_sise") as error:
             session.run(pipeline_name="world")
     assert "Extra inputs are not permitted" in str(error.value)
+
+
+def test_example_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    kinds = {
+        path.stem: ClusterConfig.from_yaml_file(str(path)).distributed_type.value
+        for path in (ROOT / "conf/accelerate").glob("*.yaml")
+    }
+    assert kinds == {
+        "cpu_2proc": "MULTI_GPU",
+        "multi_gpu": "MULTI_GPU",
+        "multi_node": "MULTI_GPU",
+        "deepspeed_zero2": "DEEPSPEED",
+        "fsdp": "FSDP",
+    }

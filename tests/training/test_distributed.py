@@ -9,19 +9,9 @@ import pytest
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-LAUNCH = [
-    ACCELERATE,
-    "launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
+ROOT = Path(__file__).resolve().parents[2]
+# the documented example config: 2 processes, gloo on a machine without CUDA
+LAUNCH = [ACCELERATE, "launch", "--config_file", str(ROOT / "conf/accelerate/cpu_2proc.yaml")]
 
 
 @pytest.mark.slow

@@ -135,12 +135,18 @@ class LatentCache:
             )
         name = f"shard-{uuid.uuid4().hex[:12]}.safetensors"
         tmp = self.path / f".{name}.tmp"
-        save_file(
-            {k: t.contiguous().cpu() for k, t in zip(self.FIELDS, tensors, strict=True)},
-            str(tmp),
-            metadata={"image_ids": json.dumps(list(image_ids))},
-        )
-        os.replace(tmp, self.path / name)
+        try:
+            save_file(
+                {k: t.contiguous().cpu() for k, t in zip(self.FIELDS, tensors, strict=True)},
+                str(tmp),
+                metadata={"image_ids": json.dumps(list(image_ids))},
+            )
+            os.replace(tmp, self.path / name)
+        except OSError as error:  # disk full, permissions: the index still lists only whole shards
+            from vlv_pipeline.datasets.model_directory import unwritable
+
+            tmp.unlink(missing_ok=True)
+            raise DatasetError(unwritable(self.path / name, error)) from error
         self.shards.append({"file": name, "count": len(image_ids), "image_ids": list(image_ids)})
         self._ids = None
         self._write_index()

@@ -54,6 +54,20 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 _SAFETENSORS_LOADERS = {"ModelMixin", "DiffusionPipeline", "PreTrainedModel", "_BaseAutoModelClass"}
 
 
+def unwritable(path: Path, error: OSError) -> str:
+    """A message for an OSError while writing under ``path`` (disk full, permissions...)."""
+    import errno
+
+    hint = {
+        errno.ENOSPC: "the disk is full: free space there or point the dataset elsewhere",
+        errno.EDQUOT: "the disk quota is exceeded: free space or point the dataset elsewhere",
+        errno.EACCES: "permission denied: make it writable or point the dataset elsewhere",
+        errno.EPERM: "operation not permitted: make it writable or point the dataset elsewhere",
+        errno.EROFS: "the file system is read-only: point the dataset elsewhere",
+    }.get(error.errno, "check the path and the disk")
+    return f"could not write {path}: {error.strerror or error} ({hint}); nothing was saved there"
+
+
 def _pickle_files(root: Path) -> list[str]:
     return sorted(
         str(p.relative_to(root))
@@ -206,7 +220,10 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         # skips dot-entries, so a half-written directory is never taken for a version.
         tmp_root = Path(self._filepath) if self._version else save_path.parent
         tmp = tmp_root / f".{save_path.name}.tmp-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir(parents=True)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as error:
+            raise DatasetError(unwritable(tmp_root, error)) from error
         try:
             kwargs = dict(self._save_args)
             if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
@@ -219,6 +236,8 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                     f"safetensors only (check save_args: safe_serialization must stay True)."
                 )
             self._publish(tmp, save_path)
+        except OSError as error:  # disk full, permissions, quota: say where, keep nothing half
+            raise DatasetError(unwritable(save_path, error)) from error
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -121,14 +121,21 @@ def _save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: all done first
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: all first
+        if accelerator.is_main_process:
+            record = {"step": step, "history": history, "seconds": seconds}
+            (tmp / _HISTORY).write_text(json.dumps(record))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except OSError as error:
+        from vlv_pipeline.datasets.model_directory import unwritable
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(error.errno, unwritable(final, error)) from error
     if accelerator.is_main_process:
-        record = {"step": step, "history": history, "seconds": seconds}
-        (tmp / _HISTORY).write_text(json.dumps(record))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for _, old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
