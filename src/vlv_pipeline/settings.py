@@ -17,8 +17,13 @@ CONFIG_LOADER_ARGS = {
 
 from vlv_pipeline.distributed import QuietRanksHook, RankAwareDataCatalog  # noqa: E402
 from vlv_pipeline.hooks import AnnounceOutputsHook  # noqa: E402
+from vlv_pipeline.tracking import MlflowMetricsHook, enabled  # noqa: E402
 
-HOOKS = (AnnounceOutputsHook(), QuietRanksHook())
+HOOKS = (AnnounceOutputsHook(), QuietRanksHook(), MlflowMetricsHook())
+
+# MLflow tracking (the optional `mlflow` extra) only when switched on with VLV_MLFLOW=1:
+# kedro-mlflow registers its hooks on install, so they are disabled unless asked for.
+DISABLE_HOOKS_FOR_PLUGINS = () if enabled() else ("kedro-mlflow", "kedro_mlflow")
 
 # Under `accelerate launch`, outputs are persisted by rank 0 only (docs/SCALE_OUT.md).
 DATA_CATALOG_CLASS = RankAwareDataCatalog
