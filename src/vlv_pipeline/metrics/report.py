@@ -122,3 +122,57 @@ def build_report(
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _rows(entries: dict, columns, label) -> tuple[list[str], list[list[str]], list[str]]:
+    present = [(k, n) for k, n in columns if any(k in e for e in entries.values())]
+    cells = [
+        [f"{e[k]:.3f}" if isinstance(e.get(k), float) else "" for k, _ in present]
+        for e in entries.values()
+    ]
+    return [n for _, n in present], cells, [label(k, e) for k, e in entries.items()]
+
+
+def report_figure(metrics: dict, grid_figure):
+    """A one-page picture of the report: both tables above the image grid (a PNG for READMEs
+    and kedro-viz; the HTML report has everything)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    grid_figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    grid = Image.open(io.BytesIO(buffer.getvalue()))
+    captions = metrics.get("captions", {})
+    recon = metrics.get("reconstruction", {})
+    ratio = grid.height / grid.width
+    fig = plt.figure(figsize=(11, 3.2 + 11 * ratio))
+    top = 1 - 3.0 / fig.get_figheight()
+    for i, (title, entries, columns, label) in enumerate(
+        (
+            ("captions", captions, CAPTION_COLUMNS, lambda k, e: CAPTIONER_LABELS.get(k, k)),
+            ("reconstructions", recon, RECONSTRUCTION_COLUMNS, lambda k, e: e.get("what", k)),
+        )
+    ):
+        ax = fig.add_axes([0.0, top + (1 - top) * (0.5 - 0.5 * i), 1, (1 - top) * 0.45])
+        ax.axis("off")
+        if not entries:
+            continue
+        col_labels, cells, row_labels = _rows(entries, columns, label)
+        table = ax.table(
+            cellText=cells,
+            rowLabels=row_labels,
+            colLabels=col_labels,
+            loc="center right",
+            colWidths=[0.09] * len(col_labels),
+        )
+        table.auto_set_font_size(False)
+        table.set_fontsize(7.5)
+        ax.set_title(title, fontsize=10, loc="left")
+    ax = fig.add_axes([0.0, 0.0, 1, top - 0.02])
+    ax.imshow(grid)
+    ax.axis("off")
+    fig.suptitle(
+        f"VLV evaluation report ({metrics.get('images')} images, judge: {metrics.get('judge')})",
+        fontsize=11,
+    )
+    return fig

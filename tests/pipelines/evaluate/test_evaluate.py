@@ -73,6 +73,14 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
     assert report.startswith("<!doctype html>") and "VLV captioner" in report
     assert "without stage 1" in report and "upper bound" in report and "Frechet (probe)" in report
     assert report.count("data:image/png;base64,") == 3  # grid, stage-1 and stage-2 curves
+    preview = nodes.plot_report_preview(metrics, grid)
+    texts = {t.get_text() for ax in preview.axes for t in ax.texts} | {
+        c.get_text().get_text()
+        for ax in preview.axes
+        for tbl in ax.tables
+        for c in tbl.get_celld().values()
+    }
+    assert "VLV captioner" in texts and "exact scene" in texts
 
 
 def test_fid_clip_judge_offline_says_what_to_download(tiny_world, tiny_sd, trained):

@@ -262,3 +262,10 @@ def write_report(
         "original's objects with their position, shape, colour and size."
     )
     return build_report(metrics, figure_png(grid), losses, parameters, notes)
+
+
+def plot_report_preview(metrics: dict, grid):
+    """The report's tables and grid as one PNG (a picture of the report)."""
+    from vlv_pipeline.metrics.report import report_figure
+
+    return report_figure(metrics, grid)

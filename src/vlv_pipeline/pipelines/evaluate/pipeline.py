@@ -51,5 +51,11 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "eval_report",
                 name="write_report",
             ),
+            Node(
+                nodes.plot_report_preview,
+                ["eval_metrics", "eval_grid_figure"],
+                "eval_report_preview",
+                name="plot_report_preview",
+            ),
         ]
     )
