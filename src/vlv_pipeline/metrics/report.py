@@ -147,13 +147,14 @@ def report_figure(metrics: dict, grid_figure):
     ratio = grid.height / grid.width
     fig = plt.figure(figsize=(11, 3.2 + 11 * ratio))
     top = 1 - 3.0 / fig.get_figheight()
+    head = 1 - 0.45 / fig.get_figheight()  # room for the title
     for i, (title, entries, columns, label) in enumerate(
         (
             ("captions", captions, CAPTION_COLUMNS, lambda k, e: CAPTIONER_LABELS.get(k, k)),
             ("reconstructions", recon, RECONSTRUCTION_COLUMNS, lambda k, e: e.get("what", k)),
         )
     ):
-        ax = fig.add_axes([0.0, top + (1 - top) * (0.5 - 0.5 * i), 1, (1 - top) * 0.45])
+        ax = fig.add_axes([0.0, top + (head - top) * (0.5 - 0.5 * i), 1, (head - top) * 0.42])
         ax.axis("off")
         if not entries:
             continue
