@@ -55,8 +55,9 @@ class VLVCaptioner(nn.Module):
     def caption(self, pixel_values: torch.Tensor, batch_size: int = 64, **generation) -> list[str]:
         """Captions of (B, 3, S, S) images in [-1, 1], generated in batches with the KV cache."""
         captions: list[str] = []
+        device = next(self.decoder.parameters()).device
         for start in range(0, len(pixel_values), batch_size):
-            conditions = self.conditions(pixel_values[start : start + batch_size])
+            conditions = self.conditions(pixel_values[start : start + batch_size].to(device))
             captions += self.caption_conditions(conditions, **generation)
         return captions
 

@@ -25,7 +25,7 @@ class FrozenT2I:
     scheduler: object
 
     @classmethod
-    def load(cls, pretrained: str, dtype: str | None = "float32") -> FrozenT2I:
+    def load(cls, pretrained: str, dtype: str | None = "float32", device=None) -> FrozenT2I:
         def part(kind, subfolder, with_dtype=True):
             spec = {"pretrained": pretrained, "subfolder": subfolder}
             if with_dtype and dtype:
@@ -41,6 +41,8 @@ class FrozenT2I:
         )
         for module in (t2i.vae, t2i.text_encoder, t2i.unet):
             module.requires_grad_(False).eval()
+            if device is not None:
+                module.to(device)
         return t2i
 
     @property
@@ -54,7 +56,22 @@ class FrozenT2I:
 
     def condition(self, caption_embeddings: torch.Tensor) -> torch.Tensor:
         """Caption embeddings -> the text encoder's last_hidden_state (the UNet's condition)."""
-        return encode_embeddings(self.text_encoder, caption_embeddings)
+        weight = self.text_encoder.get_input_embeddings().weight
+        return encode_embeddings(
+            self.text_encoder, caption_embeddings.to(weight.device, weight.dtype)
+        )
+
+    @torch.no_grad()
+    def condition_images(self, encoder, pixels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Images -> VLV encoder -> conditions, in batches, on the text encoder's device."""
+        device = self.text_encoder.device
+        encoder = encoder.eval().to(device)
+        return torch.cat(
+            [
+                self.condition(encoder(pixels[i : i + batch_size].to(device)))
+                for i in range(0, len(pixels), batch_size)
+            ]
+        )
 
     @torch.no_grad()
     def empty_condition(self, length: int) -> torch.Tensor:

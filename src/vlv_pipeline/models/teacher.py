@@ -139,7 +139,7 @@ def render(
             output_type="pt",
         ).images
         out.append(images * 2 - 1)
-    return torch.cat(out).clamp(-1, 1)
+    return torch.cat(out).clamp(-1, 1).float().cpu()
 
 
 def render_captions(pipeline, captions: list[str], **kwargs) -> torch.Tensor:

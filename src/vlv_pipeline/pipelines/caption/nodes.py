@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
+from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.world.data import pil_to_tensor
 
@@ -44,6 +45,7 @@ def caption_user_images(
 ) -> pd.DataFrame:
     """One row per input file: its caption, or ingest's verdict when it was rejected."""
     kept = screened[screened["reason"].isna()]
+    vlv_captioner = vlv_captioner.to(inference_device())
     side = _input_side(vlv_captioner, params)
     generation = {
         k: v

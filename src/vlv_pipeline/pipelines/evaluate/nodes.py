@@ -15,6 +15,7 @@ from vlv_pipeline.metrics.frechet import frechet_distance
 from vlv_pipeline.metrics.plots import image_grid
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.metrics.text import caption_text_metrics
+from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.params.evaluate import EvaluateParams
@@ -69,6 +70,10 @@ def caption_eval_images(
     """The test images captioned by the VLV captioner and the "without stage 1" baseline;
     ``chance`` is another test image's reference caption."""
     batch = params.sampling.batch_size
+    vlv_captioner, baseline_captioner = (
+        vlv_captioner.to(inference_device()),
+        baseline_captioner.to(inference_device()),
+    )
     table = pd.DataFrame({"image_id": data.image_ids, "reference": data.references})
     table["vlv"] = vlv_captioner.caption(data.pixels, batch_size=batch)
     table["without_stage1"] = baseline_captioner.caption(data.pixels, batch_size=batch)
@@ -87,13 +92,9 @@ def reconstruct(
 
     s = params.sampling
     kwargs = dict(steps=s.steps, guidance=s.guidance, seed=s.seed, batch_size=s.batch_size)
-    t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype)
-    conditions = torch.cat(
-        [
-            t2i.condition(vlv_encoder.eval()(data.pixels[i : i + s.batch_size]))
-            for i in range(0, len(data.pixels), s.batch_size)
-        ]
-    )
+    device = inference_device()
+    t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
+    conditions = t2i.condition_images(vlv_encoder, data.pixels, s.batch_size)
     out = {"from_embeddings": t2i.render(conditions, scheduler=s.scheduler, **kwargs)}
     scheduler = s.scheduler
     if params.render_t2i == params.stage1_t2i:
@@ -101,6 +102,7 @@ def reconstruct(
     else:  # another model (e.g. SD 3.5 Medium) samples with its own scheduler
         dtype = getattr(torch, params.t2i_dtype)
         pipeline = DiffusionPipeline.from_pretrained(params.render_t2i, torch_dtype=dtype)
+        pipeline.to(device)
         scheduler = None
     texts = {
         "from_caption": captions["vlv"],

@@ -13,6 +13,7 @@ from vlv_pipeline.datasets.latent_cache import LatentCache, vae_fingerprint
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
+from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.t2i import FrozenT2I
@@ -181,9 +182,9 @@ def validate_stage1(encoder, data: dict[str, ImageLatents], params: Stage1Params
     cfg = params.validation
     split = next(data[name] for name in ("test", "val", "train") if len(data.get(name, ())))
     subset = split.head(cfg.images)
-    t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
-    conditions = t2i.condition(encoder(subset.pixels))
+    t2i = FrozenT2I.load(params.t2i, params.t2i_dtype, inference_device())
     s = cfg.sampling
+    conditions = t2i.condition_images(encoder, subset.pixels, s.batch_size)
     renders = t2i.render(
         conditions,
         steps=s.steps,

@@ -16,6 +16,7 @@ from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import loss_curves
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
 from vlv_pipeline.models.captioner import VLVCaptioner
+from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.params.stage1 import Stage1Params
@@ -216,6 +217,7 @@ def validate_stage2(
     for name, model in (("vlv", captioner), ("without_stage1", baseline)):
         if model is None:
             continue
+        model = model.to(inference_device())
         captions = model.caption(data.eval_pixels, batch_size=params.generation.batch_size)
         entry: dict = {
             "samples": [

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from vlv_pipeline.captioners.journal import CaptionJournal
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, weights_sha256
 from vlv_pipeline.imaging.sources import iter_images
+from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.text_encoder import encode_embeddings
 from vlv_pipeline.params.stage2 import Stage2Params
@@ -157,7 +158,8 @@ def cache_pair_embeddings(
     text_encoder = load_component(
         "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
     ).eval()
-    vlv_encoder = vlv_encoder.eval()
+    device = inference_device()
+    vlv_encoder, text_encoder = vlv_encoder.eval().to(device), text_encoder.to(device)
     fingerprint = embedding_fingerprint(vlv_encoder, text_encoder, params.resolution)
     if cache.fingerprint != fingerprint:
         if len(cache):
@@ -173,11 +175,11 @@ def cache_pair_embeddings(
     ids, embeddings, conditions, batch = [], [], [], []
 
     def encode():
-        pixels = torch.stack([b[1] for b in batch])
+        pixels = torch.stack([b[1] for b in batch]).to(device)
         emb = vlv_encoder(pixels)
         ids.extend(b[0] for b in batch)
-        embeddings.append(emb.float())
-        conditions.append(encode_embeddings(text_encoder, emb).float())
+        embeddings.append(emb.float().cpu())
+        conditions.append(encode_embeddings(text_encoder, emb).float().cpu())
         batch.clear()
 
     def flush():
