@@ -135,13 +135,14 @@ def _probe_scores(probe, originals, images, targets) -> tuple[dict, np.ndarray]:
     return scores, cell_ok.all(-1).numpy()
 
 
-def _fid_clip(originals, images, captions, params: EvaluateParams) -> dict:
-    """FID (torchmetrics, Inception weights from torch-fidelity) and CLIP score (a hub CLIP)."""
+def _fid_clip_metrics(params: EvaluateParams):
+    """FID (torchmetrics, Inception weights from torch-fidelity) and CLIP score (a hub CLIP),
+    built once per evaluation; offline without the weights, a message says what to get."""
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.multimodal.clip_score import CLIPScore
 
-        fid = FrechetInceptionDistance(feature=2048, normalize=True)
+        fid = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False)
         clip = CLIPScore(model_name_or_path=params.clip_model)
     except (ImportError, ModuleNotFoundError, OSError, RuntimeError) as error:
         raise RuntimeError(
@@ -151,11 +152,21 @@ def _fid_clip(originals, images, captions, params: EvaluateParams) -> dict:
             f"CLIP model {params.clip_model!r} (a hub id or local dir). Offline, download them on "
             f"a connected machine first. Cause: {type(error).__name__}: {error}"
         ) from error
-    fid.update((originals + 1) / 2, real=True)
-    fid.update((images + 1) / 2, real=False)
+    device = inference_device()
+    return fid.to(device), clip.to(device)
+
+
+def _fid_clip(metrics, originals, images, captions, first: bool) -> dict:
+    fid, clip = metrics
+    device = fid.device
+    if first:  # the originals' Inception statistics are kept across reconstructions
+        fid.update(((originals + 1) / 2).to(device), real=True)
+    fid.reset()  # clears the fake features only (reset_real_features=False)
+    fid.update(((images + 1) / 2).to(device), real=False)
     result = {"fid": float(fid.compute())}
     if all(c is not None for c in captions):
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).to(device)
+        clip.reset()
         result["clip_score"] = float(clip(pixels, list(captions)))
     return result
 
@@ -190,14 +201,15 @@ def score_evaluation(
         samples[f"{name}_bleu4"] = each["bleu4"]
         samples[f"{name}_cider"] = each["cider"]
     metrics["reconstruction"] = {}
-    for name, images in renders.items():
+    fid_clip = _fid_clip_metrics(params) if probe is None else None
+    for index, (name, images) in enumerate(renders.items()):
         entry: dict = {"what": RECONSTRUCTIONS[name]}
         if probe is not None:
             scores, exact = _probe_scores(probe, data.pixels, images, targets)
             entry.update(scores)
             samples[f"{name}_exact"] = exact
         else:  # FID against the originals; CLIP score against the reference captions
-            entry.update(_fid_clip(data.pixels, images, data.references, params))
+            entry.update(_fid_clip(fid_clip, data.pixels, images, data.references, index == 0))
         metrics["reconstruction"][name] = entry
     for name, entry in metrics["captions"].items():
         logger.info(
