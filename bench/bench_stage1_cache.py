@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from steps import time_steps  # noqa: E402
 
 from vlv_pipeline.models.stage1 import Stage1Objective  # noqa: E402
 from vlv_pipeline.models.t2i import FrozenT2I  # noqa: E402
@@ -41,18 +42,6 @@ class EncodeEveryStep(Stage1Objective):
         with torch.no_grad():
             dist = self.vae.encode(pixels).latent_dist
         return super().forward((pixels, dist.mean, dist.std))
-
-
-def time_steps(objective, batches, steps: int) -> float:
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
-    for i in range(steps + 2):  # two warm-up steps
-        if i == 2:
-            start = time.perf_counter()
-        loss = objective(batches[i % len(batches)])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from steps import time_steps  # noqa: E402
+
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions  # noqa: E402
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable  # noqa: E402
 from vlv_pipeline.models.t2i import FrozenT2I  # noqa: E402
@@ -46,18 +48,6 @@ def _params():
         block["t2i"] = str(ROOT / block["t2i"])
     stage2["tokenizer"]["pretrained"] = str(ROOT / stage2["tokenizer"]["pretrained"])
     return Stage1Params(**stage1), Stage2Params(**stage2)
-
-
-def time_steps(objective, batches, steps: int) -> float:
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
-    for i in range(steps + 2):  # two warm-up steps
-        if i == 2:
-            start = time.perf_counter()
-        loss = objective(batches[i % len(batches)])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
