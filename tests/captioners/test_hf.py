@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 from PIL import Image
+from tiny_configs import tiny_florence
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -36,35 +37,12 @@ VOCAB = {token: i for i, token in enumerate(SPECIALS + CHARS)}
 SPECIAL_IDS = [VOCAB[t] for t in SPECIALS]
 IMAGE = 16  # pixels; 16 px -> 1 + (16 / 4) ** 2 = 17 Florence-2 image tokens
 
-TINY_FLORENCE = {
-    "vision_config": {
-        "depths": [1, 1],
-        "patch_size": [3, 3],
-        "patch_stride": [2, 2],
-        "patch_padding": [1, 1],
-        "patch_prenorm": [False, True],
-        "embed_dim": [16, 32],
-        "num_heads": [2, 4],
-        "num_groups": [2, 4],
-        "window_size": 2,
-        "projection_dim": 32,
-        "max_position_embeddings": 16,
-        "max_temporal_embeddings": 4,
-    },
-    "text_config": {
-        "vocab_size": len(VOCAB),
-        "d_model": 32,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "init_std": 0.5,  # wide random weights, so that different images get different captions
-        "max_position_embeddings": 128,  # 17 image tokens + the expanded task prompt
-    },
-    "image_token_id": VOCAB["<image>"],
-}
+TINY_FLORENCE = tiny_florence(
+    vocab_size=len(VOCAB),
+    text_positions=128,  # 17 image tokens + the expanded task prompt
+    image_token_id=VOCAB["<image>"],
+    init_std=0.5,  # wide random weights, so that different images get different captions
+)
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ message['role'] }}:"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from pydantic import ValidationError
+from tiny_configs import tiny_florence
 
 from vlv_pipeline.models.registry import KINDS, ComponentSpec, load_component, load_processor
 
@@ -58,34 +59,7 @@ TINY_INIT: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 1,
         "max_position_embeddings": 32,
     },
-    "florence2": {
-        "vision_config": {
-            "depths": [1, 1],
-            "patch_size": [3, 3],
-            "patch_stride": [2, 2],
-            "patch_padding": [1, 1],
-            "patch_prenorm": [False, True],
-            "embed_dim": [16, 32],
-            "num_heads": [2, 4],
-            "num_groups": [2, 4],
-            "window_size": 2,
-            "projection_dim": 32,
-            "max_position_embeddings": 16,
-            "max_temporal_embeddings": 4,
-        },
-        "text_config": {
-            "vocab_size": 64,
-            "d_model": 32,
-            "encoder_layers": 1,
-            "decoder_layers": 1,
-            "encoder_attention_heads": 2,
-            "decoder_attention_heads": 2,
-            "encoder_ffn_dim": 64,
-            "decoder_ffn_dim": 64,
-            "max_position_embeddings": 64,
-        },
-        "image_token_id": 63,
-    },
+    "florence2": tiny_florence(),
 }
 MODEL_KINDS = ["vae", "unet", "text_encoder", "causal_lm", "florence2"]
 

@@ -2,6 +2,7 @@
 
 import torch
 from diffusers import AutoencoderKL
+from tiny_configs import tiny_florence
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
@@ -10,34 +11,7 @@ from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.pipelines.stage2 import nodes
 from vlv_pipeline.pipelines.synthesize import nodes as synth
 
-TINY_FLORENCE = {
-    "vision_config": {
-        "depths": [1, 1],
-        "patch_size": [3, 3],
-        "patch_stride": [2, 2],
-        "patch_padding": [1, 1],
-        "patch_prenorm": [False, True],
-        "embed_dim": [16, 32],
-        "num_heads": [2, 4],
-        "num_groups": [2, 4],
-        "window_size": 2,
-        "projection_dim": 32,
-        "max_position_embeddings": 16,
-        "max_temporal_embeddings": 4,
-    },
-    "text_config": {
-        "vocab_size": 64,
-        "d_model": 32,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "encoder_ffn_dim": 64,
-        "decoder_ffn_dim": 64,
-        "max_position_embeddings": 64,
-    },
-    "image_token_id": 63,
-}
+TINY_FLORENCE = tiny_florence()
 
 TINY_QWEN2 = {
     "model_type": "qwen2",
