@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache, weights_sha256
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import loss_curves
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
@@ -90,6 +90,10 @@ def build_llm(params: Stage2Params, tokenizer):
     return load_component("causal_lm", spec)
 
 
+def _text_encoder(params: Stage2Params):
+    return load_component("text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"})
+
+
 def _train_captioner(
     encoder,
     data: Stage2Data,
@@ -98,12 +102,11 @@ def _train_captioner(
     name: str,
     embedding_cache: EmbeddingCache | None,
     training,
+    text_encoder=None,
 ):
-    text_encoder = (
-        load_component("text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"})
-        .requires_grad_(False)
-        .eval()
-    )
+    if text_encoder is None:
+        text_encoder = _text_encoder(params)
+    text_encoder.requires_grad_(False).eval()
     tokenizer = _tokenizer(params)
     torch.manual_seed(training.seed)
     decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
@@ -111,7 +114,7 @@ def _train_captioner(
     tokens = tokenize_captions(tokenizer, data.pair_captions, params.max_caption_tokens)
     # the starting encoder's weights and the pairs are part of what makes the run: a new
     # stage 1 or new pairs start a fresh run instead of resuming a stale one
-    encoder_hash = weights_sha256(encoder)
+    fingerprint = embedding_fingerprint(encoder, text_encoder, params.resolution)  # hashed once
     pairs_hash = hashlib.sha256(
         json.dumps([data.pair_ids, data.pair_captions]).encode()
     ).hexdigest()
@@ -119,8 +122,7 @@ def _train_captioner(
         objective = Stage2Objective(decoder, encoder, text_encoder)
         dataset = TensorDataset(data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
     else:
-        expected = embedding_fingerprint(encoder, text_encoder, params.resolution)
-        if embedding_cache.fingerprint != expected:
+        if embedding_cache.fingerprint != fingerprint:
             raise ValueError(
                 f"embedding cache {embedding_cache.path} was not made by this VLV encoder "
                 f"and text encoder at resolution {params.resolution}; rerun "
@@ -140,7 +142,7 @@ def _train_captioner(
             config,
             trainable,
             training.model_dump(mode="json"),
-            encoder_hash,
+            fingerprint["encoder_sha256"],
             pairs_hash,
         ),
         desc=name.replace("_", " "),
@@ -183,9 +185,7 @@ def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params)
     as pretrained, never distilled. It trains with psi and the LLM on the same pairs.
     """
     t2i_vae = load_component("vae", {"pretrained": stage1.t2i, "subfolder": "vae"})
-    text_encoder = load_component(
-        "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
-    )
+    text_encoder = _text_encoder(params)
     torch.manual_seed(params.training.seed)
     encoder = build_encoder(
         params.baseline.encoder or stage1.encoder,
@@ -201,6 +201,7 @@ def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params)
         "stage2_baseline",
         None,
         params.baseline.training or params.training,
+        text_encoder,
     )
 
 
