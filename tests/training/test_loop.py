@@ -165,3 +165,22 @@ def test_stages_with_different_precisions_run_in_one_process():
     for precision in ("no", "bf16", "no"):
         result = train(_model(), _data(), _params(steps=2, mixed_precision=precision))
         assert len(result.history) == 1 and torch.isfinite(torch.tensor(result.history[0]["loss"]))
+
+
+def test_norms_and_biases_can_be_left_undecayed():
+    from vlv_pipeline.training.loop import parameter_groups
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    trainable = list(model.parameters())
+    assert parameter_groups(trainable, _params()) == [{"params": trainable}]
+    decay, plain = parameter_groups(trainable, _params(decay_norms_and_biases=False))
+    assert decay["params"] == [model[0].weight] and "weight_decay" not in decay
+    assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
+    # with no gradient at all, AdamW's decay alone moves the weight, never the biases
+    optimizer = torch.optim.AdamW([decay, plain], lr=0.1, weight_decay=0.5)
+    before = [p.detach().clone() for p in trainable]
+    for p in trainable:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    moved = [not torch.equal(b, p) for b, p in zip(before, trainable, strict=True)]
+    assert moved == [True, False, False, False]

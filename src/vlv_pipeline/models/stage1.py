@@ -34,7 +34,7 @@ class Stage1Objective(nn.Module):
     ``batch`` = (pixels in [-1, 1], cached latent mean, cached latent std). The embeddings
     pass through the frozen text encoder (``inputs_embeds`` path) and condition the frozen
     UNet; the loss is the scheduler's own target at uniform timesteps in
-    ``timestep_range``. With ``noise_draws`` K > 1 each image's embeddings are computed
+    ``timestep_range`` (stratified over the batch with ``stratified_timesteps``). With ``noise_draws`` K > 1 each image's embeddings are computed
     once and scored against K fresh (latent sample, noise, timestep) draws.
 
     With ``features_from_cache`` the encoder's frozen VAE tower is skipped and the cached
@@ -52,6 +52,7 @@ class Stage1Objective(nn.Module):
         noise_draws: int = 1,
         diversity_weight: float = 0.0,
         features_from_cache: bool = False,
+        stratified_timesteps: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -65,6 +66,7 @@ class Stage1Objective(nn.Module):
         if features_from_cache and not getattr(encoder, "reads_vae_latents", False):
             raise ValueError("features_from_cache needs an encoder whose vision tower is the VAE")
         self.features_from_cache = features_from_cache
+        self.stratified_timesteps = stratified_timesteps
 
     def forward(self, batch) -> torch.Tensor:
         pixels, mean, std = batch
@@ -78,7 +80,14 @@ class Stage1Objective(nn.Module):
             mean = mean.repeat_interleave(self.noise_draws, dim=0)
             std = std.repeat_interleave(self.noise_draws, dim=0)
         latents = sample_latents(mean, std, self.scaling_factor)
-        loss = diffusion_loss(self.unet, self.scheduler, latents, condition, self.timestep_range)
+        loss = diffusion_loss(
+            self.unet,
+            self.scheduler,
+            latents,
+            condition,
+            self.timestep_range,
+            stratified=self.stratified_timesteps,
+        )
         if self.diversity_weight:
             loss = loss + self.diversity_weight * collapse_penalty(embeddings)
         return loss

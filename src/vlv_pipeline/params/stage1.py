@@ -62,7 +62,12 @@ class EncoderParams(StrictModel):
 
 
 class ValidationParams(StrictModel):
-    images: int = Field(256, ge=1, description="test images reconstructed from their embeddings")
+    # which split is reconstructed: test for the reported run; sweeps choose on val.
+    # None: the first non-empty of test, val, train (for manifests without those splits)
+    split: Literal["test", "val", "train"] | None = "test"
+    images: int = Field(
+        256, ge=1, description="images of `split` reconstructed from their embeddings"
+    )
     grid_images: int = Field(12, ge=1)
     sampling: SamplingParams = SamplingParams()
     probe: str | None = None  # the shapes world's attribute probe (a model dir); null elsewhere
@@ -74,6 +79,7 @@ class Stage1Params(StrictModel):
     encoder: EncoderParams
     resolution: int | None = Field(None, gt=0, description="encoder input side; None = native")
     timestep_range: tuple[int, int] | None = None
+    timestep_sampling: Literal["uniform", "stratified"] = "uniform"
     noise_draws: int = Field(1, ge=1)
     diversity_weight: float = Field(0.0, ge=0, description="weight of the anti-collapse term")
     training: TrainParams

@@ -23,6 +23,8 @@ class TrainParams(StrictModel):
     warmup_steps: int = Field(0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
+    # False: norms' weights and biases (1-d parameters) get no weight decay, as in nanoGPT
+    decay_norms_and_biases: bool = True
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema_decay: float | None = Field(None, gt=0, lt=1)

@@ -65,6 +65,17 @@ def cosine_with_warmup(step: int, params: TrainParams) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def parameter_groups(trainable: list[nn.Parameter], params: TrainParams) -> list[dict]:
+    """AdamW groups: one, or (with ``decay_norms_and_biases: false``) 1-d params undecayed."""
+    if params.decay_norms_and_biases:
+        return [{"params": trainable}]
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2]},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     """Complete ``checkpoint-N`` folders under ``directory``, oldest first."""
     if not directory.is_dir():
@@ -165,7 +176,10 @@ def train(
     if not trainable:
         raise ValueError(f"{desc}: the objective has no trainable parameters")
     optimizer = torch.optim.AdamW(
-        trainable, lr=params.learning_rate, betas=params.betas, weight_decay=params.weight_decay
+        parameter_groups(trainable, params),
+        lr=params.learning_rate,
+        betas=params.betas,
+        weight_decay=params.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, params)

@@ -17,33 +17,11 @@ from vlv_pipeline.models.vlv_encoder import (
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.stage1.nodes import (
-    ImageLatents,
     plot_stage1_loss,
     train_stage1,
     validate_stage1,
 )
-from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
 from vlv_pipeline.training.loop import list_checkpoints
-from vlv_pipeline.world.data import pil_to_tensor
-
-
-@pytest.fixture(scope="module")
-def data(tiny_sd):
-    """A handful of 16 px world images with their latents under the tiny SD's VAE."""
-    world = WorldParams(image_size=16, counts={"train": 8, "val": 0, "test": 4})
-    labels = generate_labels(world)
-    images = render_images(labels, world)
-    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
-    out = {}
-    for split in ("train", "test"):
-        rows = labels[labels["split"] == split]
-        pixels = torch.stack([pil_to_tensor(images[f]()) for f in rows["file"]])
-        with torch.no_grad():
-            dist = vae.encode(pixels).latent_dist
-        out[split] = ImageLatents(
-            pixels, dist.mean, dist.std, rows["caption"].tolist(), rows["file"].tolist()
-        )
-    return out
 
 
 def _params(tiny_sd, tmp_path, **encoder):
@@ -286,3 +264,43 @@ def test_vocabulary_output_mixes_the_text_encoders_word_embeddings(tmp_path):
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
     with torch.no_grad():
         torch.testing.assert_close(again(x), out)
+
+
+def test_validation_reads_the_split_it_is_told(tiny_sd, data, tmp_path):
+    """Sweeps choose on val and the reported run reads test: the split is a parameter."""
+    from vlv_pipeline.pipelines.stage1.nodes import validation_split
+
+    assert validation_split(data, "train") is data["train"]
+    assert validation_split(data, None) is data["test"]  # first non-empty of test, val, train
+    with pytest.raises(ValueError, match=r"stage1.validation.split is 'val'.*\['test', 'train'\]"):
+        validation_split(data, "val")
+    params = _params(tiny_sd, tmp_path)
+    params = Stage1Params(
+        **{
+            **params.model_dump(),
+            "validation": {**params.validation.model_dump(), "split": "train"},
+        }
+    )
+    encoder, _ = train_stage1(data, params)
+    metrics, grid = validate_stage1(encoder, data, params)
+    assert metrics["split"] == "train" and metrics["images"] == 4
+    from vlv_pipeline.world.data import tensor_to_uint8
+
+    shown = grid.axes[0].images[0].get_array()  # the grid's first original is train's first
+    assert (shown == tensor_to_uint8(data["train"].pixels[:1])[0]).all()
+
+
+def test_stratified_timesteps_cover_the_range_evenly():
+    from vlv_pipeline.models.diffusion import draw_timesteps
+
+    torch.manual_seed(0)
+    t = draw_timesteps(30, 850, 1000, stratified=True)
+    assert t.dtype == torch.long and t.min() >= 850 and t.max() < 1000
+    # one draw in each of the 30 equal slices (5 timesteps wide), in shuffled order
+    assert sorted((t - 850).div(5, rounding_mode="floor").tolist()) == list(range(30))
+    assert not torch.equal(t, t.sort().values)
+    plain = draw_timesteps(30, 850, 1000)
+    assert plain.min() >= 850 and plain.max() < 1000
+    # still uniform over the range: the mean of many stratified draws sits at its centre
+    many = torch.cat([draw_timesteps(64, 850, 1000, stratified=True) for _ in range(200)])
+    assert abs(many.float().mean().item() - 924.5) < 1.0

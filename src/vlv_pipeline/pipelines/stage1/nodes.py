@@ -140,6 +140,7 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
         params.diversity_weight,
         # the VAE tower's output is the cached posterior mean (same VAE: load_stage1_data)
         features_from_cache=getattr(encoder, "reads_vae_latents", False),
+        stratified_timesteps=params.timestep_sampling == "stratified",
     )
     train_set = data["train"]
     result = train(
@@ -174,13 +175,25 @@ def caption_targets(captions: list[str | None], probe) -> torch.Tensor:
     return torch.stack([probe.encode_scene(parser.parse(c or "").objects) for c in captions])
 
 
+def validation_split(data: dict[str, ImageLatents], name: str | None) -> ImageLatents:
+    """The split that validation reconstructs (``None``: first non-empty of test, val, train)."""
+    if name is None:
+        return next(data[n] for n in ("test", "val", "train") if len(data.get(n, ())))
+    if not len(data.get(name, ())):
+        raise ValueError(
+            f"stage1.validation.split is {name!r} but the manifest has no such images "
+            f"(splits: {sorted(k for k in data if len(data[k]))}); set it to one of those or null"
+        )
+    return data[name]
+
+
 @torch.no_grad()
 def validate_stage1(encoder, data: dict[str, ImageLatents], params: Stage1Params):
     """Reconstruct test images from their caption embeddings; judge them with the probe."""
     from vlv_pipeline.models.probe import AttributeProbe
 
     cfg = params.validation
-    split = next(data[name] for name in ("test", "val", "train") if len(data.get(name, ())))
+    split = validation_split(data, cfg.split)
     subset = split.head(cfg.images)
     t2i = FrozenT2I.load(params.t2i, params.t2i_dtype, inference_device())
     s = cfg.sampling
@@ -194,6 +207,7 @@ def validate_stage1(encoder, data: dict[str, ImageLatents], params: Stage1Params
         batch_size=s.batch_size,
     )
     metrics: dict = {
+        "split": cfg.split,
         "images": len(subset),
         "sampling": s.model_dump(),
         "num_queries": params.encoder.num_queries,
