@@ -4,6 +4,8 @@
     python scripts/sweep_stage1.py --only ema tw300     # a subset, in that order
     python scripts/sweep_stage1.py --table              # print the table, train nothing
     python scripts/sweep_stage1.py --seed 1 --only final --split test   # the final recipe
+    python scripts/sweep_stage1.py --only final --split test --steps 2000   # a curve point
+    python scripts/sweep_stage1.py --curve final --plot docs/images/stage1_quality_curve.png
 
 Candidates live in a YAML file (default ``conf/sweeps/stage1.yml``): a name, a note and
 dotted overrides of ``params:stage1`` (e.g. ``training.ema_decay: 0.995``). Each one runs
@@ -101,6 +103,90 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def curve_rows(rows: list[dict], name: str, split: str = "test") -> list[dict]:
+    """The rows of one candidate on one split, by steps then seed: its quality curve."""
+    picked = [r for r in rows if r["name"] == name and r["split"] == split]
+    return sorted(picked, key=lambda r: (r["steps"], r["seed"]))
+
+
+def curve_table(rows: list[dict]) -> str:
+    """Exact scenes and attributes against steps and stage-1 training minutes."""
+    lines = [
+        "| steps | seed | exact scene | attributes | stage-1 minutes | s/step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rec = r["reconstruction"]
+        lines.append(
+            f"| {r['steps']} | {r['seed']} | {rec['exact_scene']:.1%} | {rec['attributes']:.1%} "
+            f"| {r['train_seconds'] / 60:.1f} | {r['seconds_per_step']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curve(rows: list[dict], path: Path, title: str) -> None:
+    """Two panels: exact scenes and attributes against steps, and against minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise SystemExit("no rows for that curve: run the candidate with --split test first")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, x_of, label in (
+        (axes[0], lambda r: r["steps"], "stage-1 steps"),
+        (axes[1], lambda r: r["train_seconds"] / 60, "stage-1 training minutes (this machine)"),
+    ):
+        for key, style in (("exact_scene", "o-"), ("attributes", "s--")):
+            for seed in sorted({r["seed"] for r in rows}):
+                mine = [r for r in rows if r["seed"] == seed]
+                ax.plot(
+                    [x_of(r) for r in mine],
+                    [100 * r["reconstruction"][key] for r in mine],
+                    style,
+                    label=f"{key.replace('_', ' ')} (seed {seed})",
+                )
+        ax.axhline(80, color="grey", lw=0.8, ls=":")
+        ax.axhline(95, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of test images / attributes")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)  # atomic: a reader never sees half a PNG
+
+
+def row_from_run(name: str, note: str, metrics: dict, log: dict) -> dict:
+    """A results row from a `kedro run`'s stage1_metrics and stage1_log (same fields as a
+    sweep row), so that a full run's stage 1 is a curve point without training it twice."""
+    for key in ("steps", "seed", "seconds", "history"):
+        if key not in log:
+            raise SystemExit(f"stage1_log has no {key!r}: rerun stage 1 with this version")
+    if "reconstruction" not in metrics:
+        raise SystemExit("stage1_metrics has no reconstruction: set stage1.validation.probe")
+    return {
+        "name": name,
+        "note": note,
+        "overrides": {},
+        "seed": log["seed"],
+        "steps": log["steps"],
+        "split": metrics.get("split") or "test",
+        "images": metrics["images"],
+        "reconstruction": metrics["reconstruction"],
+        "train_seconds": log["seconds"],
+        "seconds_per_step": log["seconds"] / log["steps"],
+        "final_loss": log["history"][-1]["loss"],
+        "history": log["history"],
+        "source": "kedro run",
+    }
+
+
 def run_sweep(
     load_data,
     base: dict,
@@ -166,6 +252,14 @@ def run_sweep(
     return added
 
 
+def _latest(path: Path) -> Path:
+    """The newest version of a Kedro versioned file (``path/<version>/<name>``)."""
+    versions = sorted(path.glob(f"*/{path.name}")) if path.is_dir() else []
+    if not versions:
+        raise SystemExit(f"no saved version of {path}: run `kedro run --pipeline stage1` first")
+    return versions[-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, default=DEFAULT_SWEEP)
@@ -176,9 +270,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="override training.steps")
     parser.add_argument("--env", default=None, help="Kedro environment (default: base+local)")
     parser.add_argument("--table", action="store_true", help="print the table and stop")
+    parser.add_argument("--curve", metavar="NAME", help="print NAME's quality curve and stop")
+    parser.add_argument("--plot", type=Path, help="with --curve: also draw it to this PNG")
+    parser.add_argument(
+        "--import-run",
+        metavar="NAME",
+        help="add the latest `kedro run`'s stage1_metrics/stage1_log as a row named NAME",
+    )
     args = parser.parse_args(argv)
 
+    if args.curve:
+        rows = curve_rows(read_rows(args.results), args.curve, args.split)
+        print(curve_table(rows))
+        if args.plot:
+            plot_curve(rows, args.plot, f"stage-1 quality curve: {args.curve} ({args.split})")
+            print(f"wrote {args.plot}")
+        return
+
     candidates = load_sweep(args.sweep)
+    if args.import_run:
+        row = row_from_run(
+            args.import_run,
+            candidates.get(args.import_run, {}).get("note", ""),
+            json.loads(_latest(ROOT / "data/08_reporting/stage1_metrics.json").read_text()),
+            json.loads(_latest(ROOT / "data/07_model_output/stage1_log.json").read_text()),
+        )
+        if any(row_key(r) == row_key(row) for r in read_rows(args.results)):
+            raise SystemExit(f"{args.results} has that row already: {row_key(row)}")
+        append_row(args.results, row)
+        print(curve_table([row]))
+        return
     names = args.only or list(candidates)
     unknown = [n for n in names if n not in candidates]
     if unknown:

@@ -96,3 +96,28 @@ def test_a_sweep_runs_candidates_once_and_prints_one_table(tiny_sd, data, tmp_pa
     assert table.count("\n| ref |") == 2 and "| strat | 0 | 2 | test |" in table
     sweep.main(["--results", str(results), "--table"])
     assert "| strat |" in capsys.readouterr().out
+
+    # a curve point: the same candidate at other steps; the curve is its rows, by steps
+    sweep.run_sweep(load_data, base, {"ref": candidates["ref"]}, results, split="test", steps=3)
+    curve = sweep.curve_rows(sweep.read_rows(results), "ref", "test")
+    assert [(r["steps"], r["seed"]) for r in curve] == [(2, 0), (2, 1), (3, 0)]
+    plot = tmp_path / "docs" / "curve.png"
+    sweep.main(
+        ["--results", str(results), "--split", "test", "--curve", "ref", "--plot", str(plot)]
+    )
+    out = capsys.readouterr().out
+    assert "| 3 | 0 |" in out and plot.stat().st_size > 1000
+    assert not list(plot.parent.glob("*.tmp.png"))
+
+
+def test_a_kedro_run_becomes_a_row_and_an_old_log_is_named():
+    rec = {"exact_scene": 0.5, "attributes": 0.9}
+    rec.update(position=1.0, shape=0.8, colour=0.9, size=0.9)
+    metrics = {"split": "test", "images": 256, "reconstruction": rec}
+    log = {"steps": 2000, "seed": 1, "seconds": 800.0, "history": [{"step": 2000, "loss": 1.5}]}
+    row = sweep.row_from_run("final", "note", metrics, log)
+    assert sweep.row_key(row) == ("final", 1, 2000, "test")
+    assert row["seconds_per_step"] == pytest.approx(0.4)
+    assert "| 2000 | 1 | 50.0% | 90.0% | 13.3 | 0.400 |" in sweep.curve_table([row])
+    with pytest.raises(SystemExit, match="no 'seed'"):
+        sweep.row_from_run("final", "", metrics, {k: v for k, v in log.items() if k != "seed"})

@@ -162,6 +162,8 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
     return encoder, {
         "history": result.history,
         "seconds": result.seconds,
+        "steps": params.training.steps,
+        "seed": params.training.seed,
         "trainable_parameters": trainable,
     }
 
