@@ -41,7 +41,9 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
     With ``vae_config`` set, the vision tower is instead the encoder half of an
     ``AutoencoderKL`` of that config (frozen; its posterior mean feeds a 1x1 stem). Stage 1
     initialises it from the T2I model's own VAE: self-supervised weights, no labels, the
-    role the paper's frozen DaViT tower plays.
+    role the paper's frozen DaViT tower plays. ``latent_stem_channels`` then puts 3x3
+    convolutions (stride 1) on the latent grid before the 1x1 stem, so that each token sees
+    its neighbours before attention (empty: the 1x1 stem alone).
     """
 
     @register_to_config
@@ -58,6 +60,7 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
         query_init_std: float = 1.0,
         vae_config: dict | None = None,
         vocab_size: int | None = None,
+        latent_stem_channels: tuple[int, ...] = (),
     ):
         super().__init__()
         layers, channels, side = [], 3, image_size
@@ -70,9 +73,10 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
             self.vae_tower.requires_grad_(False)
             channels = vae.config.latent_channels
             side = image_size // 2 ** (len(vae.config.block_out_channels) - 1)
-            stem_channels = ()
+            # a VAE tower already downsampled: its stem keeps the latent grid (stride 1)
+            stem_channels = tuple(latent_stem_channels)
         for i, out in enumerate(stem_channels):
-            stride = 1 if i == 0 else 2
+            stride = 1 if i == 0 or vae_config is not None else 2
             layers += [
                 nn.Conv2d(channels, out, 3, stride=stride, padding=1),
                 nn.GroupNorm(8, out),

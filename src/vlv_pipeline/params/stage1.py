@@ -16,7 +16,8 @@ class SmallEncoderParams(StrictModel):
 
     image_size: int = Field(32, ge=8)
     width: int = Field(128, ge=8)
-    stem_channels: tuple[int, ...] = (32, 64, 128)
+    stem_channels: tuple[int, ...] = (32, 64, 128)  # the cnn tower's stem
+    latent_stem_channels: tuple[int, ...] = ()  # t2i_vae tower: 3x3 convs on the latent grid
     encoder_layers: int = Field(2, ge=0)
     decoder_layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)

@@ -178,10 +178,16 @@ def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
         torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))
 
 
-def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path):
-    """The vision tower seeded from the frozen decoder's own VAE encoder stays frozen."""
+@pytest.mark.parametrize("latent_stem", [(), (8, 16)])
+def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path, latent_stem):
+    """The vision tower seeded from the frozen decoder's own VAE encoder stays frozen; an
+    optional 3x3 stem on the latent grid keeps the grid (stride 1) and round-trips."""
     params = _params(tiny_sd, tmp_path)
-    small = {**params.encoder.small.model_dump(), "vision_tower": "t2i_vae"}
+    small = {
+        **params.encoder.small.model_dump(),
+        "vision_tower": "t2i_vae",
+        "latent_stem_channels": latent_stem,
+    }
     params = Stage1Params(
         **{**params.model_dump(), "encoder": {**params.encoder.model_dump(), "small": small}}
     )
@@ -189,6 +195,11 @@ def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path):
     encoder, _ = train_stage1(data, params)
     for name, tensor in vae.encoder.state_dict().items():
         assert torch.equal(encoder.vae_tower["encoder"].state_dict()[name], tensor)
+    convs = [m for m in encoder.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs[:-1]] == [(3, 3)] * len(latent_stem)
+    assert all(c.stride == (1, 1) for c in convs)
+    grid = data["test"].mean.shape[-1]
+    assert encoder.positions.shape[1] == grid * grid  # one token per latent cell
     encoder.save_pretrained(tmp_path / "enc")
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
     with torch.no_grad():
