@@ -96,7 +96,7 @@ def markdown_table(rows: list[dict]) -> str:
         rec = r["reconstruction"]
         lines.append(
             f"| {r['name']} | {r['seed']} | {r['steps']} | {r['split']} "
-            f"| {rec['exact_scene']:.1%} | {rec['attributes']:.1%} "
+            f"| {rec['exact_scene']:.1%} | {rec['attributes']:.1%} | "
             + " | ".join(f"{rec[k]:.1%}" for k in ("position", "shape", "colour", "size"))
             + f" | {r['seconds_per_step']:.3f} | {r['final_loss']:.4f} | {r.get('note', '')} |"
         )

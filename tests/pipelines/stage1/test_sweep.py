@@ -93,6 +93,7 @@ def test_a_sweep_runs_candidates_once_and_prints_one_table(tiny_sd, data, tmp_pa
     assert [(r["name"], r["seed"]) for r in again] == [("ref", 1)]
 
     table = sweep.markdown_table(sweep.read_rows(results))
+    assert len({line.count("|") for line in table.splitlines()}) == 1  # every row has every column
     assert table.count("\n| ref |") == 2 and "| strat | 0 | 2 | test |" in table
     sweep.main(["--results", str(results), "--table"])
     assert "| strat |" in capsys.readouterr().out
