@@ -57,7 +57,9 @@ def test_the_shipped_sweep_file_holds_valid_candidates():
     """Every candidate of conf/sweeps/stage1.yml applies to conf/base and validates."""
     base = yaml.safe_load((ROOT / "conf/base/parameters_stage1.yml").read_text())["stage1"]
     candidates = sweep.load_sweep(ROOT / "conf/sweeps/stage1.yml")
-    assert "ref" in candidates and candidates["ref"]["overrides"] == {}
+    assert candidates["final"]["overrides"] == {}  # conf/base as it is
+    before = candidates["ref"]["overrides"]  # the recipe before the sweep, restated
+    assert before["encoder.small.latent_stem_channels"] == [] and before["training.steps"] == 1000
     for name, body in candidates.items():
         params = Stage1Params(**sweep.apply_overrides(base, body["overrides"]))
         assert params.encoder.backbone == "small", name
