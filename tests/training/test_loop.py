@@ -184,3 +184,63 @@ def test_norms_and_biases_can_be_left_undecayed():
     optimizer.step()
     moved = [not torch.equal(b, p) for b, p in zip(before, trainable, strict=True)]
     assert moved == [True, False, False, False]
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Regression data that also says which items a batch holds."""
+
+    def __init__(self, n=40):
+        self.x, self.y = _data(n).tensors
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i], i
+
+
+class Recording(Regression):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen: list[list[int]] = []
+
+    def forward(self, batch):
+        x, y, index = batch
+        self.seen.append(index.tolist())
+        return super().forward((x, y))
+
+
+def test_worker_processes_read_the_same_batches_and_resume_mid_epoch(tmp_path):
+    # 40 items, batch 8: 5 batches an epoch, so step 7 (the checkpoint) is mid-epoch 2
+    params = _params(steps=12, checkpoint_every=7)
+    torch.manual_seed(0)
+    in_loop = Recording()
+    train(in_loop, Indexed(), params)
+    torch.manual_seed(0)
+    workers = Recording()
+    train(workers, Indexed(), params.model_copy(update={"num_workers": 2, "prefetch_factor": 1}))
+    assert workers.seen == in_loop.seen
+    assert sorted(sum(in_loop.seen[:5], [])) == list(range(40))  # one epoch: every item once
+    assert torch.equal(workers.linear.weight, in_loop.linear.weight)
+
+    with_workers = params.model_copy(update={"num_workers": 2})
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(Recording(crash_at=9), Indexed(), with_workers, checkpoint_dir=tmp_path)
+    torch.manual_seed(0)
+    resumed = Recording()
+    result = train(resumed, Indexed(), with_workers, checkpoint_dir=tmp_path)
+    assert result.resumed_from == 7
+    assert resumed.seen == in_loop.seen[7:]  # the same next batches as the uninterrupted run
+    assert torch.allclose(resumed.linear.weight, in_loop.linear.weight, atol=1e-6)
+
+
+def test_how_batches_are_read_is_not_part_of_the_run_folder(tmp_path):
+    base = _params()
+    fast = base.model_copy(update={"num_workers": 4, "prefetch_factor": 2, "pin_memory": False})
+    assert run_directory(tmp_path, "s", base) == run_directory(tmp_path, "s", fast)
+    assert run_directory(tmp_path, "s", {"training": base.model_dump()}) == run_directory(
+        tmp_path, "s", {"training": fast.model_dump()}
+    )
+    with pytest.raises(ValueError, match="prefetch_factor needs num_workers"):
+        _params(prefetch_factor=2)

@@ -33,6 +33,11 @@ class TrainParams(StrictModel):
     resume: bool = True
     seed: int = 0
     log_every: int = Field(10, ge=1)
+    # how batches are read; none of these changes which batches a run sees (so they are
+    # not part of a run's checkpoint folder name: see training.loop.run_directory)
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: read in the loop)
+    prefetch_factor: int | None = Field(None, ge=1)  # batches per worker read ahead
+    pin_memory: bool = True  # page-locked batches, for faster copies; only used on CUDA
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainParams:
@@ -40,4 +45,6 @@ class TrainParams(StrictModel):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
         if self.min_learning_rate > self.learning_rate:
             raise ValueError("min_learning_rate must not exceed learning_rate")
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            raise ValueError("prefetch_factor needs num_workers >= 1 (workers read ahead)")
         return self

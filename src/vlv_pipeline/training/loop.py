@@ -11,6 +11,12 @@ warmup + cosine decay, gradient clipping, optional EMA of the trainable weights,
 ``checkpoint-N`` folders every K steps (last M kept, written atomically), resume from
 the latest checkpoint, a NaN guard that stops before anything bad is saved, a progress
 bar on the main process, and the loss history for plots.
+
+Batches come from a map-style ``Dataset`` through a seeded sampler, read in the loop or
+by ``num_workers`` DataLoader worker processes (``prefetch_factor`` batches each, pinned
+memory on CUDA). The sampler alone decides which items a step sees, so the reading
+settings never change a run, and resume mid-epoch skips the consumed indices without
+loading them (``skip_first_batches``): the resumed run reads the same next batches.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 _HISTORY = "history.json"
+# TrainParams keys that change how batches are read, not which: left out of run folders' names
+READING_KEYS = frozenset({"num_workers", "prefetch_factor", "pin_memory"})
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -74,6 +82,18 @@ def parameter_groups(trainable: list[nn.Parameter], params: TrainParams) -> list
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def loader_options(params: TrainParams) -> dict:
+    """DataLoader keywords for reading: worker processes (kept alive across epochs), read
+    ahead, pinned memory on CUDA. The sampler alone decides the batches, so a run sees the
+    same batches with any of these settings."""
+    options: dict = {"pin_memory": params.pin_memory and torch.cuda.is_available()}
+    if params.num_workers:
+        options.update(num_workers=params.num_workers, persistent_workers=True)
+        if params.prefetch_factor is not None:
+            options["prefetch_factor"] = params.prefetch_factor
+    return options
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -191,6 +211,7 @@ def train(
         drop_last=True,
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(params.seed),
+        **loader_options(params),
     )
     model, optimizer, loader, schedule = accelerator.prepare(objective, optimizer, loader, schedule)
     ema = None
@@ -290,7 +311,10 @@ def run_directory(root: str | Path, name: str, *configs) -> Path:
     import hashlib
 
     def plain(value):
-        return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+        value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+        if isinstance(value, dict):  # how batches are read does not change the run
+            return {k: plain(v) for k, v in value.items() if k not in READING_KEYS}
+        return value
 
     blob = json.dumps([plain(c) for c in configs], sort_keys=True, default=str)
     return Path(root) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
