@@ -5,9 +5,10 @@ Layout of a cache directory::
     index.json                  {"fingerprint": {...}, "shards": [{"file", "count"}, ...]}
     shard-<hex>.safetensors     tensors "mean" and "std" (n, C, h, w), metadata "image_ids"
 
-Shards are written one at a time, each to a temporary name then renamed, and the index is
-rewritten (atomically) after every shard, so an interrupted encoding keeps every finished
-shard and a rerun continues from there. The fingerprint records what made the latents (the
+Each shard's header holds its image ids; the index names shards only, so rewriting it
+after a shard costs O(shards), not O(images). Shards are written one at a time, each to a
+temporary name then renamed, and the index is rewritten (atomically) after every shard, so
+an interrupted encoding keeps every finished shard and a rerun continues from there. The fingerprint records what made the latents (the
 VAE's weights hash, its config, the resolution); a cache with another fingerprint is
 discarded rather than mixed.
 
@@ -28,14 +29,16 @@ import hashlib
 import json
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 INDEX = "index.json"
@@ -111,9 +114,29 @@ class LatentCache:
         if self._ids is None:
             self._ids = {}
             for i, shard in enumerate(self.shards):
-                for row, image_id in enumerate(shard["image_ids"]):
+                for row, image_id in enumerate(self._shard_ids(shard)):
                     self._ids[image_id] = (i, row)
         return self._ids
+
+    def _shard_ids(self, shard: dict) -> list[str]:
+        """A shard's image ids: from its own header (older indexes also listed them)."""
+        if "image_ids" in shard:
+            return shard["image_ids"]
+        path = self.path / shard["file"]
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                ids = json.loads((handle.metadata() or {})["image_ids"])
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
+            raise CorruptCacheError(
+                f"{self.KIND} shard {path} is missing or has no image ids ({error}); delete "
+                f"{self.path} to rebuild"
+            ) from error
+        if len(ids) != shard["count"]:
+            raise CorruptCacheError(
+                f"{self.KIND} shard {path} lists {len(ids)} images, the index {shard['count']}; "
+                f"delete {self.path} to rebuild"
+            )
+        return ids
 
     # -- writing -----------------------------------------------------------------------
     def reset(self, fingerprint: dict) -> None:
@@ -147,7 +170,7 @@ class LatentCache:
 
             tmp.unlink(missing_ok=True)
             raise DatasetError(unwritable(self.path / name, error)) from error
-        self.shards.append({"file": name, "count": len(image_ids), "image_ids": list(image_ids)})
+        self.shards.append({"file": name, "count": len(image_ids)})  # ids: in the shard
         self._ids = None
         self._write_index()
 
@@ -197,10 +220,80 @@ class LatentCache:
             for field in self.FIELDS
         )
 
+    def rows(self, image_ids: Iterable[str]) -> CacheRows:
+        """Per-image reads of the given images (for a DataLoader): nothing is loaded yet."""
+        return CacheRows(self, list(image_ids))
+
     def verify(self) -> None:
         """Read every shard once (raises ``CorruptCacheError`` naming a bad one)."""
         for shard in self.shards:
             self._load_shard(shard)
+
+
+class CacheRows:
+    """The ``FIELDS`` tensors of a fixed list of images, one image at a time.
+
+    Shards are opened lazily (memory-mapped by safetensors) in each process that reads, at
+    most ``MAX_OPEN_SHARDS`` at once, so a DataLoader worker holds the rows it reads and not
+    the split. Per image it keeps 8 bytes (shard number and row). Picklable.
+    """
+
+    MAX_OPEN_SHARDS = 64
+
+    def __init__(self, cache: LatentCache, image_ids: list[str]) -> None:
+        where = cache._locations()
+        missing = [i for i in image_ids if i not in where]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} image(s) are not in the {cache.KIND} {cache.path} (e.g. "
+                f"{missing[0][:12]}...): run {cache.REBUILD}"
+            )
+        self.kind, self.root, self.rebuild = cache.KIND, cache.path, cache.REBUILD
+        self.fields = cache.FIELDS
+        self.files = [cache.path / s["file"] for s in cache.shards]
+        self.counts = [s["count"] for s in cache.shards]
+        for path in {self.files[where[i][0]] for i in image_ids}:
+            if not path.is_file():
+                raise CorruptCacheError(
+                    f"{self.kind} shard {path} is missing; delete {self.root} to rebuild"
+                )
+        self.shard = np.array([where[i][0] for i in image_ids], dtype=np.int32)
+        self.row = np.array([where[i][1] for i in image_ids], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def _handle(self, number: int):
+        handles = self.__dict__.setdefault("_handles", OrderedDict())
+        handle = handles.pop(number, None)
+        if handle is None:
+            path = self.files[number]
+            try:
+                handle = safe_open(str(path), framework="pt")
+                shapes = {f: handle.get_slice(f).get_shape() for f in self.fields}
+            except (SafetensorError, OSError, ValueError) as error:
+                raise CorruptCacheError(
+                    f"{self.kind} shard {path} is corrupt or missing ({error}); delete "
+                    f"{self.root} to rebuild"
+                ) from error
+            if any(shape[0] != self.counts[number] for shape in shapes.values()):
+                raise CorruptCacheError(
+                    f"{self.kind} shard {path} does not hold {self.counts[number]} rows of "
+                    f"{self.fields}; delete {self.root} to rebuild"
+                )
+            while len(handles) >= self.MAX_OPEN_SHARDS:
+                handles.popitem(last=False)
+        handles[number] = handle
+        return handle
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        handle, row = self._handle(int(self.shard[i])), int(self.row[i])
+        return tuple(handle.get_slice(f)[row : row + 1][0] for f in self.fields)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_handles", None)
+        return state
 
 
 class LatentCacheDataset(AbstractDataset[LatentCache, LatentCache]):

@@ -8,6 +8,7 @@ from torch import nn
 
 from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
 from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.world.data import to_unit_range
 
 
 def collapse_penalty(embeddings: torch.Tensor) -> torch.Tensor:
@@ -72,8 +73,8 @@ class Stage1Objective(nn.Module):
         pixels, mean, std = batch
         if self.features_from_cache:
             embeddings = self.encoder.from_features(mean)
-        else:
-            embeddings = self.encoder(pixels)
+        else:  # uint8 batches become floats here, on the device
+            embeddings = self.encoder(to_unit_range(pixels))
         condition = encode_embeddings(self.text_encoder, embeddings)
         if self.noise_draws > 1:
             condition = condition.repeat_interleave(self.noise_draws, dim=0)

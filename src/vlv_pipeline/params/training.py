@@ -38,6 +38,9 @@ class TrainParams(StrictModel):
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: read in the loop)
     prefetch_factor: int | None = Field(None, ge=1)  # batches per worker read ahead
     pin_memory: bool = True  # page-locked batches, for faster copies; only used on CUDA
+    # decoded items kept in memory per reading process (the loop, or each worker), for
+    # stages that read their training set item by item; least recently used out first
+    cache_mb: int = Field(256, ge=0)
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainParams:

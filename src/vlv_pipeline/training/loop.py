@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 _HISTORY = "history.json"
 # TrainParams keys that change how batches are read, not which: left out of run folders' names
-READING_KEYS = frozenset({"num_workers", "prefetch_factor", "pin_memory"})
+READING_KEYS = frozenset({"num_workers", "prefetch_factor", "pin_memory", "cache_mb"})
 
 
 class TrainingDivergedError(FloatingPointError):

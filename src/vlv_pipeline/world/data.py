@@ -35,6 +35,13 @@ def pil_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1], the values ``pil_to_tensor`` gives; floats pass."""
+    if pixels.dtype == torch.uint8:
+        return pixels.float() / 127.5 - 1.0
+    return pixels
+
+
 def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

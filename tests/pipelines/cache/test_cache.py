@@ -108,6 +108,8 @@ def test_corrupt_or_missing_shards_name_the_shard(tmp_path, vae_dir):
     _write_images(images, ["a.png", "b.png"])
     source, manifest = _manifest(images)
     cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    with pytest.raises(KeyError, match="not in the latent cache"):
+        LatentCache(cache_dir).load(["0" * 64])
     shard = cache_dir / cache.shards[0]["file"]
     shard.write_bytes(shard.read_bytes()[:50])
     with pytest.raises(CorruptCacheError, match=shard.name):
@@ -115,8 +117,8 @@ def test_corrupt_or_missing_shards_name_the_shard(tmp_path, vae_dir):
     shard.unlink()
     with pytest.raises(CorruptCacheError, match=f"{shard.name} is missing"):
         LatentCache(cache_dir).verify()
-    with pytest.raises(KeyError, match="not in the latent cache"):
-        LatentCache(cache_dir).load(["0" * 64])
+    with pytest.raises(CorruptCacheError, match=f"{shard.name} is missing"):
+        LatentCache(cache_dir).load(["0" * 64])  # the shard's ids are in the shard itself
     (cache_dir / "index.json").write_text("{not json")
     with pytest.raises(CorruptCacheError, match="index"):
         LatentCache(cache_dir)

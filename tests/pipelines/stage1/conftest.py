@@ -1,29 +1,46 @@
-"""The tiny stage-1 data shared by the stage-1 tests."""
+"""The tiny stage-1 data shared by the stage-1 tests, made the way a run makes it."""
 
 import pytest
-import torch
-from diffusers import AutoencoderKL
 
+from vlv_pipeline.datasets.image_source import ImageSourceDataset
+from vlv_pipeline.datasets.latent_cache import LatentCache
+from vlv_pipeline.params.cache import CacheParams
+from vlv_pipeline.params.ingest import IngestParams
+from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.pipelines.stage1.nodes import ImageLatents
+from vlv_pipeline.pipelines.cache.nodes import encode_latents
+from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
+from vlv_pipeline.pipelines.stage1.nodes import load_stage1_data
 from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
-from vlv_pipeline.world.data import pil_to_tensor
 
 
 @pytest.fixture(scope="module")
-def data(tiny_sd):
-    """A handful of 16 px world images with their latents under the tiny SD's VAE."""
+def data(tiny_sd, tmp_path_factory):
+    """8 train and 4 test world images of 16 px: rendered to a folder, ingested, their
+    latents cached under the tiny SD's VAE, then read per item by ``load_stage1_data``."""
+    root = tmp_path_factory.mktemp("stage1-world")
     world = WorldParams(image_size=16, counts={"train": 8, "val": 0, "test": 4})
     labels = generate_labels(world)
-    images = render_images(labels, world)
-    vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
-    out = {}
-    for split in ("train", "test"):
-        rows = labels[labels["split"] == split]
-        pixels = torch.stack([pil_to_tensor(images[f]()) for f in rows["file"]])
-        with torch.no_grad():
-            dist = vae.encode(pixels).latent_dist
-        out[split] = ImageLatents(
-            pixels, dist.mean, dist.std, rows["caption"].tolist(), rows["file"].tolist()
-        )
-    return out
+    labels.to_parquet(root / "labels.parquet")
+    images = ImageSourceDataset(
+        kind="folder",
+        path=str(root / "images"),
+        captions=str(root / "labels.parquet"),
+        writable=True,
+    )
+    images.save(render_images(labels, world))
+    source = images.load()
+    ingest = IngestParams(min_side=8)
+    manifest = build_manifest(screen_images(source, ingest), ingest)
+    cache = encode_latents(
+        source,
+        manifest,
+        LatentCache(root / "latents"),
+        CacheParams(vae={"pretrained": str(tiny_sd / "vae")}, batch_size=4, shard_size=5),
+    )
+    params = Stage1Params(
+        t2i=str(tiny_sd),
+        encoder={"backbone": "small", "num_queries": 4},
+        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
+    )
+    return load_stage1_data(source, manifest, cache, params)

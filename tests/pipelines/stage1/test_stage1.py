@@ -58,7 +58,7 @@ def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path
     assert unet.conv_in.weight.requires_grad  # a fresh load: proves we compare real weights below
     encoder.save_pretrained(tmp_path / "enc")
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
-    x = data["test"].pixels
+    x = data["test"].images()
     with torch.no_grad():
         torch.testing.assert_close(again(x), encoder(x))
     assert encoder(x).shape == (4, 4, 16)
@@ -70,8 +70,6 @@ def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path
 
 
 def test_frozen_parts_do_not_move(tiny_sd, data):
-    from torch.utils.data import TensorDataset
-
     from vlv_pipeline.models.t2i import FrozenT2I
     from vlv_pipeline.params.training import TrainParams
     from vlv_pipeline.training.loop import train
@@ -91,10 +89,9 @@ def test_frozen_parts_do_not_move(tiny_sd, data):
         (50, 100),
         noise_draws=3,
     )
-    train_set = data["train"]
     train(
         objective,
-        TensorDataset(train_set.pixels, train_set.mean, train_set.std),
+        data["train"].training_set(with_pixels=True, cache_bytes=2**20),
         TrainParams(steps=3, batch_size=4, learning_rate=1e-2),
     )
     assert all(torch.equal(before[k], v) for k, v in t2i.unet.state_dict().items())
@@ -163,7 +160,7 @@ def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
     reference = Florence2ForConditionalGeneration.from_pretrained(tmp_path / "florence")
     encoder, log = train_stage1(data, params)
     assert isinstance(encoder, Florence2VLVEncoder) and len(log["history"]) == 2
-    assert encoder(data["test"].pixels).shape == (4, 5, 16)
+    assert encoder(data["test"].images()).shape == (4, 5, 16)
     trained = encoder.florence.state_dict()
     for name, tensor in reference.state_dict().items():
         moved = not torch.equal(trained[name], tensor)
@@ -175,7 +172,7 @@ def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
     assert isinstance(again, Florence2VLVEncoder)
     with torch.no_grad():
-        torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))
+        torch.testing.assert_close(again(data["test"].images()), encoder(data["test"].images()))
 
 
 @pytest.mark.parametrize("latent_stem", [(), (8, 16)])
@@ -198,12 +195,12 @@ def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path, latent_stem
     convs = [m for m in encoder.stem if isinstance(m, torch.nn.Conv2d)]
     assert [c.kernel_size for c in convs[:-1]] == [(3, 3)] * len(latent_stem)
     assert all(c.stride == (1, 1) for c in convs)
-    grid = data["test"].mean.shape[-1]
+    grid = data["test"].posteriors()[0].shape[-1]
     assert encoder.positions.shape[1] == grid * grid  # one token per latent cell
     encoder.save_pretrained(tmp_path / "enc")
     again = VLVEncoder.from_pretrained(tmp_path / "enc")
     with torch.no_grad():
-        torch.testing.assert_close(again(data["test"].pixels), encoder(data["test"].pixels))
+        torch.testing.assert_close(again(data["test"].images()), encoder(data["test"].images()))
 
 
 def test_render_from_conditions_with_and_without_guidance(tiny_sd):
@@ -231,7 +228,9 @@ def test_vae_tower_encoder_reads_the_cached_posterior_mean(tiny_sd, data):
     assert encoder.reads_vae_latents
     split = data["test"]
     with torch.no_grad():
-        torch.testing.assert_close(encoder.from_features(split.mean), encoder(split.pixels))
+        torch.testing.assert_close(
+            encoder.from_features(split.posteriors()[0]), encoder(split.images())
+        )
     plain = SmallVLVEncoder(num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2)
     with pytest.raises(ValueError, match="VAE"):
         Stage1Objective(
@@ -298,7 +297,7 @@ def test_validation_reads_the_split_it_is_told(tiny_sd, data, tmp_path):
     from vlv_pipeline.world.data import tensor_to_uint8
 
     shown = grid.axes[0].images[0].get_array()  # the grid's first original is train's first
-    assert (shown == tensor_to_uint8(data["train"].pixels[:1])[0]).all()
+    assert (shown == tensor_to_uint8(data["train"].images(1))[0]).all()
 
 
 def test_stratified_timesteps_cover_the_range_evenly():
@@ -315,3 +314,48 @@ def test_stratified_timesteps_cover_the_range_evenly():
     # still uniform over the range: the mean of many stratified draws sits at its centre
     many = torch.cat([draw_timesteps(64, 850, 1000, stratified=True) for _ in range(200)])
     assert abs(many.float().mean().item() - 924.5) < 1.0
+
+
+def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
+    """uint8 pixels read per item (here by 2 worker processes) and cached latents read per
+    row give the same weights as the old path: every float tensor of the split in memory."""
+    from torch.utils.data import TensorDataset
+
+    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.params.training import TrainParams
+    from vlv_pipeline.training.loop import train
+
+    import pandas as pd
+
+    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.imaging.sources import iter_images
+    from vlv_pipeline.world.data import pil_to_tensor
+
+    split = data["train"]
+    reader = split.pixels.reader  # the old path: one streaming pass, floats, whole-split load
+    refs = pd.DataFrame({"image_id": split.image_ids, "source": reader.refs.astype(str)})
+    images = dict(iter_images(reader.source, refs, None))
+    old = TensorDataset(
+        torch.stack([pil_to_tensor(images[i]) for i in split.image_ids]),
+        *LatentCache(split.latents.root).load(split.image_ids),
+    )
+
+    def trained(dataset, **reading):
+        t2i = FrozenT2I.load(str(tiny_sd))
+        torch.manual_seed(0)
+        encoder = SmallVLVEncoder(
+            num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2, image_size=16
+        )
+        objective = Stage1Objective(
+            encoder, t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor, (50, 100)
+        )
+        params = TrainParams(steps=5, batch_size=4, learning_rate=1e-2, **reading)
+        train(objective, dataset, params)
+        return encoder.state_dict()
+
+    expected = trained(old)
+    for got in (
+        trained(split.training_set(with_pixels=True, cache_bytes=0)),
+        trained(split.training_set(with_pixels=True, cache_bytes=2**20), num_workers=2),
+    ):
+        assert all(torch.equal(got[k], v) for k, v in expected.items())

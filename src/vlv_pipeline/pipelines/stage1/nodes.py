@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset
 
-from vlv_pipeline.datasets.latent_cache import LatentCache, vae_fingerprint
+from vlv_pipeline.datasets.latent_cache import CacheRows, LatentCache, vae_fingerprint
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
@@ -19,29 +19,44 @@ from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage1 import EncoderParams, Stage1Params
+from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import run_directory, train
-from vlv_pipeline.world.data import pil_to_tensor, tensor_to_uint8
+from vlv_pipeline.world.data import pil_to_tensor, tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ImageLatents:
-    """One split: encoder pixels in [-1, 1], cached latent mean/std, captions, image ids."""
+class Stage1Split:
+    """One split by reference: ids and captions in memory, pixels and latents read per item.
 
-    pixels: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    captions: list[str | None]
+    ``pixels[i]`` is image ``i`` decoded from its source as uint8; ``latents[i]`` its cached
+    posterior (mean, std). Nothing per image is held but the ids, captions and an index.
+    """
+
     image_ids: list[str]
+    captions: list[str | None]
+    pixels: ImagePixels
+    latents: CacheRows
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def head(self, n: int) -> ImageLatents:
-        return ImageLatents(
-            self.pixels[:n], self.mean[:n], self.std[:n], self.captions[:n], self.image_ids[:n]
-        )
+    def training_set(self, with_pixels: bool, cache_bytes: int) -> Dataset:
+        """Items ``(pixels or an empty tensor, mean, std)``; decoded items kept up to
+        ``cache_bytes`` per reading process."""
+        return BoundedCache(Zipped(self.pixels if with_pixels else None, self.latents), cache_bytes)
+
+    def images(self, n: int | None = None) -> torch.Tensor:
+        """The first ``n`` images (all if None) in [-1, 1], for validation and grids."""
+        n = len(self) if n is None else min(n, len(self))
+        return torch.stack([to_unit_range(self.pixels[i]) for i in range(n)])
+
+    def posteriors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` cached posteriors as (mean, std)."""
+        n = len(self) if n is None else min(n, len(self))
+        rows = [self.latents[i] for i in range(n)]
+        return torch.stack([m for m, _ in rows]), torch.stack([s for _, s in rows])
 
 
 def load_image_pixels(
@@ -54,18 +69,18 @@ def load_image_pixels(
     }
 
 
-def load_image_latents(
+def split_references(
     raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, resolution: int | None
-) -> dict[str, ImageLatents]:
-    """Pixels (for the encoder) and cached latents (for the loss) of every split, by image_id order."""
-    pixels = load_image_pixels(raw_images, image_manifest, resolution)
+) -> dict[str, Stage1Split]:
+    """Every split of the manifest, in image_id order, as per-item readers."""
     splits = {}
     for split, rows in image_manifest.sort_values("image_id").groupby("split"):
-        ids = rows["image_id"].tolist()
-        mean, std = latent_cache.load(ids)
-        captions = [None if pd.isna(c) else str(c) for c in rows["caption"]]
-        splits[str(split)] = ImageLatents(
-            torch.stack([pixels[i] for i in ids]), mean, std, captions, ids
+        ids = rows["image_id"].astype(str).tolist()
+        splits[str(split)] = Stage1Split(
+            ids,
+            [None if pd.isna(c) else str(c) for c in rows["caption"]],
+            ImagePixels(raw_images, rows["source"].astype(str).tolist(), ids, resolution),
+            latent_cache.rows(ids),
         )
     return splits
 
@@ -84,9 +99,9 @@ def check_cache_made_by(latent_cache: LatentCache, t2i: str, resolution: int | N
 
 def load_stage1_data(
     raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, params: Stage1Params
-) -> dict[str, ImageLatents]:
+) -> dict[str, Stage1Split]:
     check_cache_made_by(latent_cache, params.t2i, params.resolution)
-    data = load_image_latents(raw_images, image_manifest, latent_cache, params.resolution)
+    data = split_references(raw_images, image_manifest, latent_cache, params.resolution)
     if "train" not in data:
         raise ValueError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
     return data
@@ -122,7 +137,7 @@ def build_encoder(spec: EncoderParams, out_dim: int, t2i_vae=None, token_embeddi
     return Florence2VLVEncoder.from_florence(florence, spec.num_queries, out_dim, prompt_ids)
 
 
-def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
+def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
     """Train the VLV encoder on the train split's images; the T2I model stays frozen."""
     t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
     torch.manual_seed(params.training.seed)
@@ -142,10 +157,13 @@ def train_stage1(data: dict[str, ImageLatents], params: Stage1Params):
         features_from_cache=getattr(encoder, "reads_vae_latents", False),
         stratified_timesteps=params.timestep_sampling == "stratified",
     )
-    train_set = data["train"]
     result = train(
         objective,
-        TensorDataset(train_set.pixels, train_set.mean, train_set.std),
+        # an encoder on the VAE tower reads the cached latents, not the pixels
+        data["train"].training_set(
+            with_pixels=not objective.features_from_cache,
+            cache_bytes=params.training.cache_mb * 2**20,
+        ),
         params.training,
         checkpoint_dir=run_directory(
             params.checkpoint_dir,
@@ -177,7 +195,7 @@ def caption_targets(captions: list[str | None], probe) -> torch.Tensor:
     return torch.stack([probe.encode_scene(parser.parse(c or "").objects) for c in captions])
 
 
-def validation_split(data: dict[str, ImageLatents], name: str | None) -> ImageLatents:
+def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Split:
     """The split that validation reconstructs (``None``: first non-empty of test, val, train)."""
     if name is None:
         return next(data[n] for n in ("test", "val", "train") if len(data.get(n, ())))
@@ -190,16 +208,16 @@ def validation_split(data: dict[str, ImageLatents], name: str | None) -> ImageLa
 
 
 @torch.no_grad()
-def validate_stage1(encoder, data: dict[str, ImageLatents], params: Stage1Params):
+def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params):
     """Reconstruct test images from their caption embeddings; judge them with the probe."""
     from vlv_pipeline.models.probe import AttributeProbe
 
     cfg = params.validation
     split = validation_split(data, cfg.split)
-    subset = split.head(cfg.images)
+    pixels, captions = split.images(cfg.images), split.captions[: cfg.images]
     t2i = FrozenT2I.load(params.t2i, params.t2i_dtype, inference_device())
     s = cfg.sampling
-    conditions = t2i.condition_images(encoder, subset.pixels, s.batch_size)
+    conditions = t2i.condition_images(encoder, pixels, s.batch_size)
     renders = t2i.render(
         conditions,
         steps=s.steps,
@@ -210,27 +228,27 @@ def validate_stage1(encoder, data: dict[str, ImageLatents], params: Stage1Params
     )
     metrics: dict = {
         "split": cfg.split,
-        "images": len(subset),
+        "images": len(pixels),
         "sampling": s.model_dump(),
         "num_queries": params.encoder.num_queries,
     }
     if cfg.probe:
         probe = AttributeProbe.from_pretrained(cfg.probe).eval()
         metrics["reconstruction"] = scene_agreement(
-            probe.predict(renders), caption_targets(subset.captions, probe)
+            probe.predict(renders), caption_targets(captions, probe)
         )
         logger.info(
             "stage 1: reconstructions from embeddings, exact scene %.4f, attributes %.4f",
             metrics["reconstruction"]["exact_scene"],
             metrics["reconstruction"]["attributes"],
         )
-    n = min(cfg.grid_images, len(subset))
+    n = min(cfg.grid_images, len(pixels))
     grid = image_grid(
         {
-            "original": tensor_to_uint8(subset.pixels[:n]),
+            "original": tensor_to_uint8(pixels[:n]),
             "from embeddings": tensor_to_uint8(renders[:n]),
         },
-        captions=[c or "" for c in subset.captions[:n]],
+        captions=[c or "" for c in captions[:n]],
         title="stage 1: reconstruction from caption embeddings",
     )
     return metrics, grid

@@ -1,0 +1,215 @@
+"""Random access to a source's image bytes, by position in a fixed list of refs.
+
+``iter_images`` streams a source once, in the source's order. A map-style training set
+needs the opposite: the bytes of item ``i`` of a manifest, in whatever order a seeded
+sampler asks, from any DataLoader worker. ``byte_reader(source, refs)`` gives that:
+
+- folder: the file ``<folder>/<ref>``;
+- webdataset: img2dataset's tar shards read **in place**. Each shard's headers are scanned
+  once (only the shards the refs name) into compact arrays of (shard, offset, size), and an
+  item is one ``seek`` + ``read`` in the uncompressed tar. Nothing is copied or re-sharded;
+- parquet: the row's value, reading (and keeping) one row group at a time.
+
+Readers hold their index in numpy arrays (no Python object per image, so forked workers do
+not copy it page by page), open files lazily in each process, and are picklable. Per-image
+memory: the ref (folder), or 16 bytes plus the shard number (webdataset), or 8 bytes
+(parquet).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from vlv_pipeline.imaging.sources import (
+    FolderSource,
+    ImageSource,
+    ParquetSource,
+    WebDatasetSource,
+)
+
+MAX_OPEN_FILES = 32  # per process: shards or parquet files kept open between reads
+
+
+class ByteReader(ABC):
+    """The bytes of ``refs[i]`` for ``i`` in ``range(len(reader))``."""
+
+    def __init__(self, source: ImageSource, refs: Sequence[str]) -> None:
+        self.source = source
+        self.size = len(refs)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @abstractmethod
+    def read(self, i: int) -> bytes:
+        """Raises ``ValueError`` naming the source and the item when it cannot be read."""
+
+    def __getstate__(self) -> dict[str, Any]:  # open files stay in the process that opened them
+        state = dict(self.__dict__)
+        state.pop("_files", None)
+        return state
+
+
+def _fixed_width(refs: Sequence[str]) -> np.ndarray:
+    return np.array([r.encode("utf-8") for r in refs], dtype=np.bytes_)
+
+
+class FolderReader(ByteReader):
+    def __init__(self, source: FolderSource, refs: Sequence[str]) -> None:
+        super().__init__(source, refs)
+        self.root = Path(source.path)
+        self.refs = _fixed_width(refs)
+
+    def read(self, i: int) -> bytes:
+        ref = self.refs[i].decode("utf-8")
+        try:
+            return (self.root / ref).read_bytes()
+        except OSError as error:
+            raise ValueError(f"{self.source!r}: cannot read {ref!r}: {error}") from error
+
+
+class _OpenFiles:
+    """A small per-process LRU of open binary files."""
+
+    def __init__(self, limit: int = MAX_OPEN_FILES) -> None:
+        self.limit = limit
+        self.files: OrderedDict[str, BinaryIO] = OrderedDict()
+
+    def get(self, path: str) -> BinaryIO:
+        handle = self.files.pop(path, None)
+        if handle is None:
+            handle = open(path, "rb")  # noqa: SIM115 - closed when evicted
+            while len(self.files) >= self.limit:
+                self.files.popitem(last=False)[1].close()
+        self.files[path] = handle
+        return handle
+
+
+def _shard_of(ref: str, names: set[str]) -> str:
+    """The shard part of a webdataset ref ``<shard>/<member>`` (shard names may hold '/')."""
+    start = 0
+    while (cut := ref.find("/", start)) != -1:
+        if ref[:cut] in names:
+            return ref[:cut]
+        start = cut + 1
+    raise KeyError(ref)
+
+
+class TarReader(ByteReader):
+    """img2dataset tar shards, read in place through an index of member offsets."""
+
+    def __init__(self, source: WebDatasetSource, refs: Sequence[str]) -> None:
+        super().__init__(source, refs)
+        paths = dict(source.shards())
+        names = set(paths)
+        wanted: dict[str, dict[str, int]] = {}  # shard -> member -> position in refs
+        for position, ref in enumerate(refs):
+            try:
+                shard = _shard_of(ref, names)
+            except KeyError:
+                raise ValueError(
+                    f"{source!r}: {ref!r} is in none of its shards; re-run ingest if the "
+                    "shards moved"
+                ) from None
+            wanted.setdefault(shard, {})[ref[len(shard) + 1 :]] = position
+        self.paths = [os.fspath(paths[name]) for name in sorted(wanted)]
+        self.shard = np.zeros(len(refs), dtype=np.int32)
+        self.offset = np.full(len(refs), -1, dtype=np.int64)
+        self.length = np.zeros(len(refs), dtype=np.int64)
+        for number, name in enumerate(sorted(wanted)):
+            self._scan(number, self.paths[number], wanted[name])
+        missing = [ref for ref, offset in zip(refs, self.offset, strict=True) if offset < 0]
+        if missing:
+            raise ValueError(
+                f"{source!r}: {len(missing)} manifest item(s) are not in their shard, e.g. "
+                f"{missing[:3]}; re-run ingest if the shards changed"
+            )
+
+    def _scan(self, number: int, path: str, members: dict[str, int]) -> None:
+        try:
+            with tarfile.open(path, mode="r:") as tar:  # headers only; data is skipped
+                for member in tar:
+                    position = members.get(member.name)
+                    if position is not None and member.isfile():
+                        self.shard[position] = number
+                        self.offset[position] = member.offset_data
+                        self.length[position] = member.size
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise ValueError(
+                f"webdataset shard {path} cannot be indexed for random access ({error}). "
+                "Training reads shards in place and needs plain (uncompressed) tar files, as "
+                "img2dataset writes them: decompress the shard, or re-run ingest if it changed"
+            ) from error
+
+    def read(self, i: int) -> bytes:
+        files = self.__dict__.setdefault("_files", _OpenFiles())
+        path = self.paths[self.shard[i]]
+        handle = files.get(path)
+        handle.seek(int(self.offset[i]))
+        data = handle.read(int(self.length[i]))
+        if len(data) != self.length[i]:
+            raise ValueError(f"webdataset shard {path} is shorter than its index: re-run ingest")
+        return data
+
+
+class ParquetReader(ByteReader):
+    """Rows of a parquet source; the last row group read stays in memory (one per process)."""
+
+    def __init__(self, source: ParquetSource, refs: Sequence[str]) -> None:
+        import pyarrow.parquet as pq
+
+        super().__init__(source, refs)
+        self.rows = np.array([int(r) for r in refs], dtype=np.int64)
+        with pq.ParquetFile(source.path) as parquet:
+            sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+            if source.image_column not in parquet.schema_arrow.names:
+                raise ValueError(f"parquet source {source.path}: no column {source.image_column!r}")
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= self.starts[-1]):
+            raise ValueError(
+                f"parquet source {source.path} has {self.starts[-1]} rows; the manifest names "
+                "rows beyond that: re-run ingest if the file changed"
+            )
+
+    def read(self, i: int) -> bytes:
+        import pyarrow.parquet as pq
+
+        row = int(self.rows[i])
+        group = int(np.searchsorted(self.starts, row, side="right") - 1)
+        if self.__dict__.get("_group") != group:
+            with pq.ParquetFile(self.source.path) as parquet:
+                column = parquet.read_row_group(group, columns=[self.source.image_column])
+            self._group, self._values = group, column.column(0)
+        data, rejected = self.source._image_bytes(self._values[row - self.starts[group]].as_py())
+        if data is None:
+            raise ValueError(f"{self.source!r}: row {row} is now {rejected}")
+        return data
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_group", None)
+        state.pop("_values", None)
+        return state
+
+
+_READERS: dict[type[ImageSource], type[ByteReader]] = {
+    FolderSource: FolderReader,
+    WebDatasetSource: TarReader,
+    ParquetSource: ParquetReader,
+}
+
+
+def byte_reader(source: ImageSource, refs: Sequence[str]) -> ByteReader:
+    """A random-access reader of ``refs`` (a manifest's ``source`` column) in ``source``."""
+    for kind, reader in _READERS.items():
+        if isinstance(source, kind):
+            return reader(source, refs)
+    raise TypeError(f"no random access for {type(source).__name__}")

@@ -1,0 +1,127 @@
+"""Map-style training sets that read one image at a time, so no split sits in memory.
+
+Items are read by position (a seeded sampler picks them; DataLoader workers read them):
+
+- ``ImagePixels``: a manifest's images decoded per item from their source (random access,
+  see ``imaging.random_access``), checked against their ``image_id`` (sha256), normalised
+  to ``resolution``, as **uint8** ``(3, S, S)``. They become floats on the device, in the
+  objective (``world.data.to_unit_range``), so a batch travels at a quarter of the float32 size.
+- ``CacheRows`` (datasets.latent_cache): one image's cached tensors.
+- ``Zipped``: item ``i`` of several such sets, as one tuple.
+- ``BoundedCache``: keeps decoded items up to a byte budget per process (least recently
+  used out first), so a small world is read from disk once and a large one never piles up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vlv_pipeline.imaging.checks import ImageRejected, decode_normalised
+from vlv_pipeline.imaging.random_access import byte_reader
+from vlv_pipeline.imaging.sources import ImageSource
+
+
+class ImagePixels(Dataset):
+    """Item ``i``: the image of ``refs[i]`` as uint8 ``(3, S, S)``, verified against ``image_ids[i]``."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        refs: Sequence[str],
+        image_ids: Sequence[str],
+        resolution: int | None,
+    ) -> None:
+        if len(refs) != len(image_ids):
+            raise ValueError("give one image_id per ref")
+        self.reader = byte_reader(source, refs)
+        self.image_ids = np.array([i.encode("ascii") for i in image_ids], dtype=np.bytes_)
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        data = self.reader.read(i)
+        expected = self.image_ids[i].decode("ascii")
+        source = self.reader.source
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(f"{source!r}: item {i} changed since ingest (sha256 != {expected})")
+        try:
+            image = decode_normalised(data, self.resolution)
+        except ImageRejected as error:
+            raise ValueError(
+                f"{source!r}: item {i} ({expected}) no longer decodes: {error}"
+            ) from error
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+class Zipped(Dataset):
+    """Item ``i`` of every part, flattened into one tuple (``None`` parts give an empty tensor)."""
+
+    def __init__(self, *parts: Dataset | None) -> None:
+        sizes = {len(p) for p in parts if p is not None}
+        if len(sizes) != 1:
+            raise ValueError(f"parts of different lengths: {sorted(sizes)}")
+        self.parts, self.size = parts, sizes.pop()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        out: list[torch.Tensor] = []
+        for part in self.parts:
+            if part is None:
+                out.append(torch.empty(0, dtype=torch.uint8))
+                continue
+            item = part[i]
+            out.extend(item if isinstance(item, tuple) else (item,))
+        return tuple(out)
+
+
+def _nbytes(item) -> int:
+    if isinstance(item, torch.Tensor):
+        return item.numel() * item.element_size()
+    return sum(_nbytes(part) for part in item)
+
+
+class BoundedCache(Dataset):
+    """``dataset`` with its items kept in memory up to ``max_bytes`` per process (LRU).
+
+    Each DataLoader worker has its own cache (worker processes share no memory), so the
+    bound for a run is ``max_bytes x max(1, num_workers)``. ``max_bytes=0`` keeps nothing.
+    """
+
+    def __init__(self, dataset: Dataset, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.dataset, self.max_bytes = dataset, max_bytes
+        self._items: OrderedDict[int, object] = OrderedDict()
+        self.held = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self._items.get(i)
+        if item is not None:
+            self._items.move_to_end(i)
+            return item
+        item = self.dataset[i]
+        size = _nbytes(item)
+        if size <= self.max_bytes:
+            while self.held + size > self.max_bytes:
+                self.held -= _nbytes(self._items.popitem(last=False)[1])
+            self._items[i] = item
+            self.held += size
+        return item
+
+    def __getstate__(self) -> dict:  # a worker starts with an empty cache of its own
+        state = dict(self.__dict__)
+        state["_items"], state["held"] = OrderedDict(), 0
+        return state
