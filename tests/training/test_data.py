@@ -65,6 +65,10 @@ def test_cache_rows_equal_the_whole_split_load(tmp_path):
     rows = pickle.loads(pickle.dumps(rows))  # as a worker gets it
     for k in range(len(order)):
         assert torch.equal(rows[k][0], mean[k]) and torch.equal(rows[k][1], std[k])
+    only_std = cache.rows(ids[:2], fields=("std",))[1]
+    assert len(only_std) == 1 and torch.equal(only_std[0], tensors[1][1])
+    with pytest.raises(ValueError, match=r"no field\(s\) \['var'\]"):
+        cache.rows(ids, fields=("var",))
     with pytest.raises(KeyError, match="not in the latent cache"):
         cache.rows(["f" * 64])
     reader = LatentCache(tmp_path / "cache").rows(ids[:1] + ids[5:])

@@ -220,9 +220,10 @@ class LatentCache:
             for field in self.FIELDS
         )
 
-    def rows(self, image_ids: Iterable[str]) -> CacheRows:
-        """Per-image reads of the given images (for a DataLoader): nothing is loaded yet."""
-        return CacheRows(self, list(image_ids))
+    def rows(self, image_ids: Iterable[str], fields: tuple[str, ...] | None = None) -> CacheRows:
+        """Per-image reads of the given images' ``fields`` (default: all ``FIELDS``), for a
+        DataLoader: nothing is loaded yet."""
+        return CacheRows(self, list(image_ids), fields)
 
     def verify(self) -> None:
         """Read every shard once (raises ``CorruptCacheError`` naming a bad one)."""
@@ -240,7 +241,12 @@ class CacheRows:
 
     MAX_OPEN_SHARDS = 64
 
-    def __init__(self, cache: LatentCache, image_ids: list[str]) -> None:
+    def __init__(
+        self, cache: LatentCache, image_ids: list[str], fields: tuple[str, ...] | None = None
+    ) -> None:
+        unknown = set(fields or ()) - set(cache.FIELDS)
+        if unknown:
+            raise ValueError(f"the {cache.KIND} has no field(s) {sorted(unknown)}: {cache.FIELDS}")
         where = cache._locations()
         missing = [i for i in image_ids if i not in where]
         if missing:
@@ -249,7 +255,7 @@ class CacheRows:
                 f"{missing[0][:12]}...): run {cache.REBUILD}"
             )
         self.kind, self.root, self.rebuild = cache.KIND, cache.path, cache.REBUILD
-        self.fields = cache.FIELDS
+        self.fields = tuple(fields or cache.FIELDS)
         self.files = [cache.path / s["file"] for s in cache.shards]
         self.counts = [s["count"] for s in cache.shards]
         for path in {self.files[where[i][0]] for i in image_ids}:

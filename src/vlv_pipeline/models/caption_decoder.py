@@ -27,6 +27,37 @@ def prefix_projector(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
 
+class CaptionTokens(torch.utils.data.Dataset):
+    """Item ``i``: caption ``i`` tokenised (+ EOS) and right-padded to ``length``, as
+    ``(input_ids, attention_mask)``. Tokenised per item, so no split's tokens sit in memory;
+    ``length`` is the longest caption's (at most ``max_tokens``, found in one pass that keeps
+    nothing), which is what ``tokenize_captions`` pads the whole list to."""
+
+    def __init__(self, tokenizer, captions: list[str], max_tokens: int) -> None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                "the stage-2 tokenizer has no eos_token_id: set one so captions can end"
+            )
+        self.tokenizer, self.captions, self.max_tokens = tokenizer, captions, max_tokens
+        self.length = max(len(self._ids(c)) for c in captions)
+
+    def _ids(self, caption: str) -> list[int]:
+        ids = self.tokenizer(caption, add_special_tokens=False).input_ids[: self.max_tokens - 1]
+        return [*ids, self.tokenizer.eos_token_id]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self._ids(self.captions[i])
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((self.length,), self.tokenizer.eos_token_id if pad is None else pad)
+        attention_mask = torch.zeros(self.length, dtype=torch.long)
+        input_ids[: len(ids)] = torch.tensor(ids)
+        attention_mask[: len(ids)] = 1
+        return input_ids, attention_mask
+
+
 def tokenize_captions(tokenizer, captions: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
     """Caption tokens + EOS, right-padded to the longest (at most ``max_tokens`` incl. EOS).
 

@@ -7,13 +7,14 @@ from torch import nn
 
 from vlv_pipeline.models.caption_decoder import CaptionDecoder
 from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.world.data import to_unit_range
 
 
 class Stage2Objective(nn.Module):
     """Caption loss of psi + LLM.
 
     Without an encoder, ``batch`` = (cached text-encoder outputs, input_ids, attention_mask).
-    With one (psi + LLM + VLV encoder), ``batch`` = (pixels in [-1, 1], input_ids,
+    With one (psi + LLM + VLV encoder), ``batch`` = (pixels, uint8 or in [-1, 1], input_ids,
     attention_mask) and the conditions are recomputed through the frozen text encoder.
     """
 
@@ -29,8 +30,8 @@ class Stage2Objective(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         inputs, input_ids, attention_mask = batch
-        if self.encoder is not None:
-            inputs = encode_embeddings(self.text_encoder, self.encoder(inputs))
+        if self.encoder is not None:  # uint8 pixels become floats here, on the device
+            inputs = encode_embeddings(self.text_encoder, self.encoder(to_unit_range(inputs)))
         return self.decoder(inputs, input_ids, attention_mask)
 
     def train(self, mode: bool = True):

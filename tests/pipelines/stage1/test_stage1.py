@@ -319,16 +319,14 @@ def test_stratified_timesteps_cover_the_range_evenly():
 def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
     """uint8 pixels read per item (here by 2 worker processes) and cached latents read per
     row give the same weights as the old path: every float tensor of the split in memory."""
-    from torch.utils.data import TensorDataset
-
-    from vlv_pipeline.models.t2i import FrozenT2I
-    from vlv_pipeline.params.training import TrainParams
-    from vlv_pipeline.training.loop import train
-
     import pandas as pd
+    from torch.utils.data import TensorDataset
 
     from vlv_pipeline.datasets.latent_cache import LatentCache
     from vlv_pipeline.imaging.sources import iter_images
+    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.params.training import TrainParams
+    from vlv_pipeline.training.loop import train
     from vlv_pipeline.world.data import pil_to_tensor
 
     split = data["train"]

@@ -62,6 +62,20 @@ def test_tokens_end_with_eos_and_the_loss_covers_it_even_when_pad_is_eos(tokeniz
     assert tokenize_captions(tokenizer, ["a b c d e f"], 3)["input_ids"].shape[1] == 3
 
 
+def test_caption_tokens_per_item_equal_the_whole_list_tokenised(tokenizer):
+    from vlv_pipeline.models.caption_decoder import CaptionTokens
+
+    captions = ["a small red circle", "a large blue square in the centre", "a b c d e f g h"]
+    for max_tokens in (64, 5):
+        whole = tokenize_captions(tokenizer, captions, max_tokens)
+        items = CaptionTokens(tokenizer, captions, max_tokens)
+        assert len(items) == 3
+        for i in (2, 0, 1):
+            ids, mask = items[i]
+            assert torch.equal(ids, whole["input_ids"][i])
+            assert torch.equal(mask, whole["attention_mask"][i])
+
+
 def test_the_decoder_learns_to_stop(tokenizer):
     """Two prefixes, two captions of different lengths: after training, greedy generation
     reproduces each caption and stops on its own, well before max_new_tokens."""
@@ -160,7 +174,11 @@ def test_cached_and_recomputed_conditions_give_the_same_loss(
             (conditions, tokens["input_ids"], tokens["attention_mask"])
         )
         fresh = Stage2Objective(decoder, encoder.eval(), text_encoder)(
-            (data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
+            (
+                torch.stack([data.pair_pixels[i] for i in range(len(data.pair_ids))]),  # uint8
+                tokens["input_ids"],
+                tokens["attention_mask"],
+            )
         )
     torch.testing.assert_close(cached, fresh)
 

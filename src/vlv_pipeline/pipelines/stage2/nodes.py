@@ -9,31 +9,33 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from torch.utils.data import TensorDataset
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import loss_curves
-from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
+from vlv_pipeline.models.caption_decoder import CaptionDecoder, CaptionTokens
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params
-from vlv_pipeline.pipelines.stage1.nodes import build_encoder, load_image_pixels
+from vlv_pipeline.pipelines.stage1.nodes import build_encoder
 from vlv_pipeline.pipelines.synthesize.nodes import embedding_fingerprint
+from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import run_directory, train
+from vlv_pipeline.world.data import to_unit_range
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Stage2Data:
-    """Paired train images (pixels, captions) and the evaluation split's images."""
+    """The caption pairs (ids and captions in memory, pixels read per item as uint8) and
+    the evaluation split's first ``validation_images`` images (floats, a bounded set)."""
 
     pair_ids: list[str]
-    pair_pixels: torch.Tensor
+    pair_pixels: ImagePixels
     pair_captions: list[str]
     eval_ids: list[str]
     eval_pixels: torch.Tensor
@@ -52,20 +54,30 @@ def load_stage2_data(
     split = next(s for s in ("test", "val", "train") if (image_manifest["split"] == s).any())
     evaluation = image_manifest[image_manifest["split"] == split].sort_values("image_id")
     evaluation = evaluation.head(params.validation_images)
-    wanted = pd.concat(
-        [image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])], evaluation]
-    ).drop_duplicates("image_id")
-    pixels = load_image_pixels(raw_images, wanted, params.resolution)
-    pair_ids = caption_pairs["image_id"].tolist()
-    eval_ids = evaluation["image_id"].tolist()
+    refs = image_manifest.drop_duplicates("image_id").set_index("image_id")["source"]
+    pair_ids = caption_pairs["image_id"].astype(str).tolist()
+    eval_ids = evaluation["image_id"].astype(str).tolist()
+    eval_pixels = ImagePixels(
+        raw_images, evaluation["source"].astype(str).tolist(), eval_ids, params.resolution
+    )
     return Stage2Data(
         pair_ids,
-        torch.stack([pixels[i] for i in pair_ids]),
+        ImagePixels(
+            raw_images, refs.loc[pair_ids].astype(str).tolist(), pair_ids, params.resolution
+        ),
         caption_pairs["caption"].astype(str).tolist(),
         eval_ids,
-        torch.stack([pixels[i] for i in eval_ids]),
+        torch.stack([to_unit_range(eval_pixels[i]) for i in range(len(eval_pixels))]),
         [None if pd.isna(c) else str(c) for c in evaluation["caption"]],
     )
+
+
+def pairs_sha256(pair_ids: list[str], captions: list[str]) -> str:
+    """A hash of the pairs, fed one pair at a time (no one string of every caption)."""
+    digest = hashlib.sha256()
+    for image_id, caption in zip(pair_ids, captions, strict=True):
+        digest.update(json.dumps([image_id, caption]).encode())
+    return digest.hexdigest()
 
 
 def _tokenizer(params: Stage2Params):
@@ -111,16 +123,15 @@ def _train_captioner(
     torch.manual_seed(training.seed)
     decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
     set_trainable(decoder, encoder, trainable, params.lora)
-    tokens = tokenize_captions(tokenizer, data.pair_captions, params.max_caption_tokens)
+    tokens = CaptionTokens(tokenizer, data.pair_captions, params.max_caption_tokens)
     # the starting encoder's weights and the pairs are part of what makes the run: a new
     # stage 1 or new pairs start a fresh run instead of resuming a stale one
     fingerprint = embedding_fingerprint(encoder, text_encoder, params.resolution)  # hashed once
-    pairs_hash = hashlib.sha256(
-        json.dumps([data.pair_ids, data.pair_captions]).encode()
-    ).hexdigest()
+    pairs_hash = pairs_sha256(data.pair_ids, data.pair_captions)
+    cache_bytes = training.cache_mb * 2**20
     if "encoder" in trainable:
         objective = Stage2Objective(decoder, encoder, text_encoder)
-        dataset = TensorDataset(data.pair_pixels, tokens["input_ids"], tokens["attention_mask"])
+        dataset = BoundedCache(Zipped(data.pair_pixels, tokens), cache_bytes)
     else:
         if embedding_cache.fingerprint != fingerprint:
             raise ValueError(
@@ -128,9 +139,9 @@ def _train_captioner(
                 f"and text encoder at resolution {params.resolution}; rerun "
                 "`kedro run --pipeline synthesize` after stage 1"
             )
-        _, conditions = embedding_cache.load(data.pair_ids)
+        conditions = embedding_cache.rows(data.pair_ids, fields=("conditions",))
         objective = Stage2Objective(decoder)
-        dataset = TensorDataset(conditions, tokens["input_ids"], tokens["attention_mask"])
+        dataset = BoundedCache(Zipped(conditions, tokens), cache_bytes)
     config = params.model_dump(mode="json", exclude={"checkpoint_dir", "generation", "baseline"})
     result = train(
         objective,
