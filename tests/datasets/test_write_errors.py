@@ -6,7 +6,6 @@ import pytest
 import torch
 from kedro.io import DatasetError, Version
 
-from vlv_pipeline.datasets import latent_cache
 from vlv_pipeline.datasets.latent_cache import LatentCache
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.models.probe import AttributeProbe
@@ -35,8 +34,10 @@ def test_model_directory_on_a_full_disk(tmp_path, monkeypatch):
 def test_latent_cache_shard_on_a_read_only_disk(tmp_path, monkeypatch):
     cache = LatentCache(tmp_path / "cache")
     cache.reset({"weights_sha256": "x"})
+    from datasets.arrow_writer import ArrowWriter
+
     monkeypatch.setattr(
-        latent_cache, "save_file", lambda *a, **k: _raise(OSError(errno.EROFS, "Read-only"))
+        ArrowWriter, "write_batch", lambda *a, **k: _raise(OSError(errno.EROFS, "Read-only"))
     )
     with pytest.raises(DatasetError, match=r"could not write .*cache/shard-.*read-only"):
         cache.add(["a"], torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2))

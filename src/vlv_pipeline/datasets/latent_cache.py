@@ -2,15 +2,19 @@
 
 Layout of a cache directory::
 
-    index.json                  {"fingerprint": {...}, "shards": [{"file", "count"}, ...]}
-    shard-<hex>.safetensors     tensors "mean" and "std" (n, C, h, w), metadata "image_ids"
+    index.json             {"format": "arrow", "fingerprint": {...},
+                            "shards": [{"file", "count"}, ...]}
+    shard-<hex>.arrow      one Hugging Face ``datasets`` Arrow file: columns ``image_id``
+                           and one fixed-shape float32 array per field ("mean", "std")
 
-Each shard's header holds its image ids; the index names shards only, so rewriting it
-after a shard costs O(shards), not O(images). Shards are written one at a time, each to a
-temporary name then renamed, and the index is rewritten (atomically) after every shard, so
-an interrupted encoding keeps every finished shard and a rerun continues from there. The fingerprint records what made the latents (the
-VAE's weights hash, its config, the resolution); a cache with another fingerprint is
-discarded rather than mixed.
+Shards are memory-mapped Arrow files (``datasets.Dataset.from_file``), so reading a row
+touches only that row's pages and several processes share the page cache. Each shard lists
+its own image ids; the index names shards only, so rewriting it after a shard costs
+O(shards), not O(images). Shards are written one at a time, each to a temporary name then
+renamed, and the index is rewritten (atomically) after every shard, so an interrupted
+encoding keeps every finished shard and a rerun continues from there. The fingerprint
+records what made the latents (the VAE's weights hash, its config, the resolution); a cache
+with another fingerprint, or of an older format, is discarded rather than mixed.
 
 Catalog (the same directory under two names: the node that extends the cache reads the
 previous state and writes the new one)::
@@ -38,10 +42,9 @@ import numpy as np
 import torch
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 INDEX = "index.json"
+FORMAT = "arrow"
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -75,6 +78,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _features(fields: tuple[str, ...], tensors: tuple[torch.Tensor, ...]):
+    """Arrow column types: the image id, then one fixed-shape float32 array per field."""
+    from datasets import Array2D, Array3D, Array4D, Array5D, Features, Value
+
+    arrays = {2: Array2D, 3: Array3D, 4: Array4D, 5: Array5D}
+    columns: dict[str, Any] = {"image_id": Value("string")}
+    for name, tensor in zip(fields, tensors, strict=True):
+        shape = tuple(tensor.shape[1:])
+        if len(shape) not in arrays:
+            raise ValueError(f"field {name!r}: per-image tensors of 2 to 5 dims, got {shape}")
+        columns[name] = arrays[len(shape)](shape=shape, dtype="float32")
+    return Features(columns)
+
+
 class LatentCache:
     """A handle on a cache directory: what is cached, adding shards, reading latents.
 
@@ -94,13 +111,16 @@ class LatentCache:
                 index = json.loads(index_path.read_text())
             except json.JSONDecodeError as error:
                 raise CorruptCacheError(
-                    f"latent cache index {index_path} is not valid JSON ({error}); delete "
-                    f"{self.path} to rebuild the cache"
+                    f"{self.KIND} index {index_path} is not valid JSON ({error}); delete "
+                    f"{self.path} to rebuild it"
                 ) from error
         else:
-            index = {"fingerprint": None, "shards": []}
-        self.fingerprint: dict | None = index["fingerprint"]
-        self.shards: list[dict] = index["shards"]
+            index = {"format": FORMAT, "fingerprint": None, "shards": []}
+        # a cache written by an older version of the project has no fingerprint to match:
+        # the node that extends it rebuilds it, and readers say to
+        self.outdated = index.get("format") != FORMAT
+        self.fingerprint: dict | None = None if self.outdated else index["fingerprint"]
+        self.shards: list[dict] = [] if self.outdated else index["shards"]
         self._ids: dict[str, tuple[int, int]] | None = None
 
     # -- what is there ---------------------------------------------------------------
@@ -118,70 +138,10 @@ class LatentCache:
                     self._ids[image_id] = (i, row)
         return self._ids
 
-    def _shard_ids(self, shard: dict) -> list[str]:
-        """A shard's image ids: from its own header (older indexes also listed them)."""
-        if "image_ids" in shard:
-            return shard["image_ids"]
-        path = self.path / shard["file"]
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                ids = json.loads((handle.metadata() or {})["image_ids"])
-        except (SafetensorError, OSError, ValueError, KeyError) as error:
-            raise CorruptCacheError(
-                f"{self.KIND} shard {path} is missing or has no image ids ({error}); delete "
-                f"{self.path} to rebuild"
-            ) from error
-        if len(ids) != shard["count"]:
-            raise CorruptCacheError(
-                f"{self.KIND} shard {path} lists {len(ids)} images, the index {shard['count']}; "
-                f"delete {self.path} to rebuild"
-            )
-        return ids
+    def _open(self, shard: dict):
+        """The shard as a memory-mapped ``datasets.Dataset``, checked against the index."""
+        from datasets import Dataset
 
-    # -- writing -----------------------------------------------------------------------
-    def reset(self, fingerprint: dict) -> None:
-        """Start afresh for latents made by ``fingerprint``; old shards are removed."""
-        old = [self.path / s["file"] for s in self.shards]
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.fingerprint, self.shards, self._ids = fingerprint, [], None
-        self._write_index()
-        for path in old:
-            path.unlink(missing_ok=True)
-
-    def add(self, image_ids: list[str], *tensors: torch.Tensor) -> None:
-        """Write one shard (atomically) of ``FIELDS`` tensors and record it in the index."""
-        if self.fingerprint is None:
-            raise DatasetError(f"call reset(fingerprint) before adding to a new {self.KIND}")
-        if len(tensors) != len(self.FIELDS) or any(len(t) != len(image_ids) for t in tensors):
-            raise ValueError(
-                f"give image_ids and one tensor per field {self.FIELDS}, all the same length"
-            )
-        name = f"shard-{uuid.uuid4().hex[:12]}.safetensors"
-        tmp = self.path / f".{name}.tmp"
-        try:
-            save_file(
-                {k: t.contiguous().cpu() for k, t in zip(self.FIELDS, tensors, strict=True)},
-                str(tmp),
-                metadata={"image_ids": json.dumps(list(image_ids))},
-            )
-            os.replace(tmp, self.path / name)
-        except OSError as error:  # disk full, permissions: the index still lists only whole shards
-            from vlv_pipeline.datasets.model_directory import unwritable
-
-            tmp.unlink(missing_ok=True)
-            raise DatasetError(unwritable(self.path / name, error)) from error
-        self.shards.append({"file": name, "count": len(image_ids)})  # ids: in the shard
-        self._ids = None
-        self._write_index()
-
-    def _write_index(self) -> None:
-        _write_atomic(
-            self.path / INDEX,
-            json.dumps({"fingerprint": self.fingerprint, "shards": self.shards}),
-        )
-
-    # -- reading -----------------------------------------------------------------------
-    def _load_shard(self, shard: dict) -> dict[str, torch.Tensor]:
         path = self.path / shard["file"]
         if not path.is_file():
             raise CorruptCacheError(
@@ -189,54 +149,109 @@ class LatentCache:
                 f"{self.REBUILD} after deleting it) to rebuild"
             )
         try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as error:
+            table = Dataset.from_file(str(path))
+        except Exception as error:  # pyarrow raises several types for a damaged file
             raise CorruptCacheError(
                 f"{self.KIND} shard {path} is corrupt ({error}); delete {self.path} to rebuild"
             ) from error
-        if set(tensors) != set(self.FIELDS) or any(
-            len(t) != shard["count"] for t in tensors.values()
-        ):
+        if len(table) != shard["count"] or not set(self.FIELDS) <= set(table.column_names):
             raise CorruptCacheError(
                 f"{self.KIND} shard {path} does not hold {shard['count']} rows of "
                 f"{self.FIELDS}; delete {self.path} to rebuild"
             )
-        return tensors
+        return table
+
+    def _shard_ids(self, shard: dict) -> list[str]:
+        return self._open(shard).data.column("image_id").to_pylist()
+
+    # -- writing -----------------------------------------------------------------------
+    def reset(self, fingerprint: dict) -> None:
+        """Start afresh for latents made by ``fingerprint``; old shards are removed."""
+        old = [p for p in self.path.glob("shard-*") if p.is_file()] if self.path.is_dir() else []
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.fingerprint, self.shards, self._ids, self.outdated = fingerprint, [], None, False
+        self._write_index()
+        for path in old:
+            path.unlink(missing_ok=True)
+
+    def add(self, image_ids: list[str], *tensors: torch.Tensor) -> None:
+        """Write one shard (atomically) of ``FIELDS`` tensors and record it in the index."""
+        from datasets.arrow_writer import ArrowWriter
+
+        if self.fingerprint is None:
+            raise DatasetError(f"call reset(fingerprint) before adding to a new {self.KIND}")
+        if len(tensors) != len(self.FIELDS) or any(len(t) != len(image_ids) for t in tensors):
+            raise ValueError(
+                f"give image_ids and one tensor per field {self.FIELDS}, all the same length"
+            )
+        name = f"shard-{uuid.uuid4().hex[:12]}.arrow"
+        tmp = self.path / f".{name}.tmp"
+        arrays = [t.detach().float().cpu().numpy() for t in tensors]
+        writer = None
+        try:
+            writer = ArrowWriter(path=str(tmp), features=_features(self.FIELDS, tensors))
+            writer.write_batch(
+                {
+                    "image_id": list(image_ids),
+                    **{f: list(a) for f, a in zip(self.FIELDS, arrays, strict=True)},
+                }
+            )
+            writer.finalize()
+            writer.close()
+            os.replace(tmp, self.path / name)
+        except OSError as error:  # disk full, permissions: the index still lists only whole shards
+            from vlv_pipeline.datasets.model_directory import unwritable
+
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+            raise DatasetError(unwritable(self.path / name, error)) from error
+        self.shards.append({"file": name, "count": len(image_ids)})
+        self._ids = None
+        self._write_index()
+
+    def _write_index(self) -> None:
+        _write_atomic(
+            self.path / INDEX,
+            json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "shards": self.shards}),
+        )
+
+    # -- reading -----------------------------------------------------------------------
+    def _check_current(self) -> None:
+        if self.outdated:
+            raise CorruptCacheError(
+                f"{self.KIND} {self.path} was written by an older version of this project; "
+                f"run {self.REBUILD} to rebuild it"
+            )
 
     def load(self, image_ids: Iterable[str]) -> tuple[torch.Tensor, ...]:
-        """The ``FIELDS`` tensors of the given images, in the given order."""
-        image_ids = list(image_ids)
-        where = self._locations()
-        missing = [i for i in image_ids if i not in where]
-        if missing:
-            raise KeyError(
-                f"{len(missing)} image(s) are not in the {self.KIND} {self.path} (e.g. "
-                f"{missing[0][:12]}...): run {self.REBUILD}"
-            )
-        needed = sorted({where[i][0] for i in image_ids})
-        loaded = {i: self._load_shard(self.shards[i]) for i in needed}
-        return tuple(
-            torch.stack([loaded[where[i][0]][field][where[i][1]] for i in image_ids])
-            for field in self.FIELDS
-        )
+        """The ``FIELDS`` tensors of the given images, in the given order (for small sets:
+        training reads per row through ``rows``)."""
+        rows = self.rows(image_ids)
+        items = [rows[i] for i in range(len(rows))]
+        if not items:
+            return tuple(torch.empty(0) for _ in self.FIELDS)
+        return tuple(torch.stack([item[k] for item in items]) for k in range(len(self.FIELDS)))
 
     def rows(self, image_ids: Iterable[str], fields: tuple[str, ...] | None = None) -> CacheRows:
         """Per-image reads of the given images' ``fields`` (default: all ``FIELDS``), for a
         DataLoader: nothing is loaded yet."""
+        self._check_current()
         return CacheRows(self, list(image_ids), fields)
 
     def verify(self) -> None:
-        """Read every shard once (raises ``CorruptCacheError`` naming a bad one)."""
+        """Open every shard once (raises ``CorruptCacheError`` naming a bad one)."""
+        self._check_current()
         for shard in self.shards:
-            self._load_shard(shard)
+            self._open(shard)
 
 
 class CacheRows:
-    """The ``FIELDS`` tensors of a fixed list of images, one image at a time.
+    """The ``fields`` tensors of a fixed list of images, one image (or one batch) at a time.
 
-    Shards are opened lazily (memory-mapped by safetensors) in each process that reads, at
-    most ``MAX_OPEN_SHARDS`` at once, so a DataLoader worker holds the rows it reads and not
-    the split. Per image it keeps 8 bytes (shard number and row). Picklable.
+    Shards are opened lazily (memory-mapped) in each process that reads, at most
+    ``MAX_OPEN_SHARDS`` at once, so a DataLoader worker holds the rows it reads and not the
+    split. Per image it keeps 8 bytes (shard number and row). Picklable.
     """
 
     MAX_OPEN_SHARDS = 64
@@ -254,51 +269,61 @@ class CacheRows:
                 f"{len(missing)} image(s) are not in the {cache.KIND} {cache.path} (e.g. "
                 f"{missing[0][:12]}...): run {cache.REBUILD}"
             )
-        self.kind, self.root, self.rebuild = cache.KIND, cache.path, cache.REBUILD
+        self.cache = LatentCache.__new__(type(cache))  # a light copy: path and shard list
+        self.cache.__dict__.update(path=cache.path, shards=cache.shards, _ids=None)
         self.fields = tuple(fields or cache.FIELDS)
-        self.files = [cache.path / s["file"] for s in cache.shards]
-        self.counts = [s["count"] for s in cache.shards]
-        for path in {self.files[where[i][0]] for i in image_ids}:
-            if not path.is_file():
-                raise CorruptCacheError(
-                    f"{self.kind} shard {path} is missing; delete {self.root} to rebuild"
-                )
         self.shard = np.array([where[i][0] for i in image_ids], dtype=np.int32)
-        self.row = np.array([where[i][1] for i in image_ids], dtype=np.int32)
+        self.row = np.array([where[i][1] for i in image_ids], dtype=np.int64)
+
+    @property
+    def root(self) -> Path:
+        return self.cache.path
 
     def __len__(self) -> int:
         return len(self.shard)
 
-    def _handle(self, number: int):
-        handles = self.__dict__.setdefault("_handles", OrderedDict())
-        handle = handles.pop(number, None)
-        if handle is None:
-            path = self.files[number]
-            try:
-                handle = safe_open(str(path), framework="pt")
-                shapes = {f: handle.get_slice(f).get_shape() for f in self.fields}
-            except (SafetensorError, OSError, ValueError) as error:
-                raise CorruptCacheError(
-                    f"{self.kind} shard {path} is corrupt or missing ({error}); delete "
-                    f"{self.root} to rebuild"
-                ) from error
-            if any(shape[0] != self.counts[number] for shape in shapes.values()):
-                raise CorruptCacheError(
-                    f"{self.kind} shard {path} does not hold {self.counts[number]} rows of "
-                    f"{self.fields}; delete {self.root} to rebuild"
-                )
-            while len(handles) >= self.MAX_OPEN_SHARDS:
-                handles.popitem(last=False)
-        handles[number] = handle
-        return handle
+    def _table(self, number: int):
+        tables = self.__dict__.setdefault("_tables", OrderedDict())
+        table = tables.pop(number, None)
+        if table is None:
+            table = self.cache._open(self.cache.shards[number]).with_format(
+                "numpy", columns=list(self.fields)
+            )
+            while len(tables) >= self.MAX_OPEN_SHARDS:
+                tables.popitem(last=False)
+        tables[number] = table
+        return table
+
+    def _read(self, number: int, rows: list[int]) -> dict[str, np.ndarray]:
+        try:
+            return self._table(number)[rows]
+        except CorruptCacheError:
+            raise
+        except Exception as error:  # a file damaged after it was opened
+            path = self.cache.path / self.cache.shards[number]["file"]
+            raise CorruptCacheError(
+                f"{self.cache.KIND} shard {path} is corrupt or missing ({error}); delete "
+                f"{self.cache.path} to rebuild"
+            ) from error
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        handle, row = self._handle(int(self.shard[i])), int(self.row[i])
-        return tuple(handle.get_slice(f)[row : row + 1][0] for f in self.fields)
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        """Items ``indices``, read with one Arrow take per shard they fall in."""
+        by_shard: dict[int, list[int]] = {}
+        for k, i in enumerate(indices):
+            by_shard.setdefault(int(self.shard[i]), []).append(k)
+        out: list = [None] * len(indices)
+        for number, ks in by_shard.items():
+            batch = self._read(number, [int(self.row[indices[k]]) for k in ks])
+            for j, k in enumerate(ks):
+                out[k] = tuple(torch.from_numpy(np.array(batch[f][j])) for f in self.fields)
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_handles", None)
+        state.pop("_tables", None)
         return state
 
 

@@ -74,14 +74,26 @@ class Zipped(Dataset):
         return self.size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        out: list[torch.Tensor] = []
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        """A batch's items; parts that read a batch at once (the caches) do so."""
+        out: list[list[torch.Tensor]] = [[] for _ in indices]
         for part in self.parts:
             if part is None:
-                out.append(torch.empty(0, dtype=torch.uint8))
+                for item in out:
+                    item.append(torch.empty(0, dtype=torch.uint8))
                 continue
-            item = part[i]
-            out.extend(item if isinstance(item, tuple) else (item,))
-        return tuple(out)
+            items = _items(part, indices)
+            for item, got in zip(out, items, strict=True):
+                item.extend(got if isinstance(got, tuple) else (got,))
+        return [tuple(item) for item in out]
+
+
+def _items(dataset: Dataset, indices: list[int]) -> list:
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(indices)
+    return [dataset[i] for i in indices]
 
 
 def _nbytes(item) -> int:
@@ -108,18 +120,30 @@ class BoundedCache(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        item = self._items.get(i)
-        if item is not None:
-            self._items.move_to_end(i)
-            return item
-        item = self.dataset[i]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        found = [self._items.get(i) for i in indices]
+        missing = [i for i, item in zip(indices, found, strict=True) if item is None]
+        read = iter(_items(self.dataset, missing) if missing else ())
+        out = []
+        for i, item in zip(indices, found, strict=True):
+            if item is None:
+                item = next(read)
+                self._keep(i, item)
+            else:
+                self._items.move_to_end(i)
+            out.append(item)
+        return out
+
+    def _keep(self, i: int, item) -> None:
         size = _nbytes(item)
-        if size <= self.max_bytes:
-            while self.held + size > self.max_bytes:
-                self.held -= _nbytes(self._items.popitem(last=False)[1])
-            self._items[i] = item
-            self.held += size
-        return item
+        if size > self.max_bytes or i in self._items:
+            return
+        while self.held + size > self.max_bytes:
+            self.held -= _nbytes(self._items.popitem(last=False)[1])
+        self._items[i] = item
+        self.held += size
 
     def __getstate__(self) -> dict:  # a worker starts with an empty cache of its own
         state = dict(self.__dict__)

@@ -142,3 +142,35 @@ def test_cache_preview_lists_fingerprint_and_shards(tmp_path, vae_dir):
     items = [row[0] for row in preview["data"]]
     assert "fingerprint.weights_sha256" in items and ["images", "5"] in preview["data"]
     assert sum(i.startswith("shard-") for i in items) == 2  # 5 images: a shard of 4, then 1
+
+
+def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir):
+    import json
+
+    from datasets import Dataset
+
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _write_images(images, [f"{i}.png" for i in range(4)])
+    source, manifest = _manifest(images)
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    index = json.loads((cache_dir / "index.json").read_text())
+    assert index["format"] == "arrow"
+    assert all(set(s) == {"file", "count"} for s in index["shards"])  # no per-image ids
+    shard = Dataset.from_file(str(cache_dir / index["shards"][0]["file"]))  # plain `datasets`
+    assert shard.column_names == ["image_id", "mean", "std"]
+    assert len(shard) == index["shards"][0]["count"]
+    # the project's earlier layout (safetensors shards, an index without "format")
+    (cache_dir / "shard-old.safetensors").write_bytes(b"old")
+    (cache_dir / "index.json").write_text(
+        json.dumps(
+            {
+                "fingerprint": cache.fingerprint,
+                "shards": [{"file": "shard-old.safetensors", "count": 4}],
+            }
+        )
+    )
+    old = LatentCache(cache_dir)
+    with pytest.raises(CorruptCacheError, match="older version of this project.*pipeline cache"):
+        old.rows(manifest["image_id"])
+    rebuilt = encode_latents(source, manifest, old, _params(vae_dir))
+    assert len(rebuilt) == 4 and not (cache_dir / "shard-old.safetensors").exists()
