@@ -109,3 +109,35 @@ def test_read_only_source_refuses_to_save_and_says_why(tmp_path):
         dataset.save({"a.png": Image.new("RGB", (8, 8))})
     with pytest.raises(ValueError, match="kind: folder"):
         ImageSourceDataset(kind="parquet", path=str(tmp_path / "x.parquet"), writable=True)
+
+
+def test_writable_webdataset_writes_img2dataset_shards(tmp_path):
+    """What the rehearsal environment's world renders: shards ingest and training read."""
+    import io
+    import json
+    import tarfile
+
+    from vlv_pipeline.params.world import WorldParams
+    from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
+
+    world = WorldParams(image_size=24, counts={"train": 5, "val": 0, "test": 2})
+    labels = generate_labels(world)
+    dataset = ImageSourceDataset(
+        kind="webdataset", path=str(tmp_path / "shards"), writable=True, samples_per_shard=3
+    )
+    dataset.save(render_images(labels, world))
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "00000.tar",
+        "00001.tar",
+        "00002.tar",
+    ]
+    with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
+        assert tar.getnames()[:3] == ["000000000.jpg", "000000000.txt", "000000000.json"]
+        meta = json.loads(tar.extractfile("000000000.json").read())
+    assert meta["key"] == "000000000" and meta["caption"] == labels["caption"][0]
+    records = list(dataset.load().iter_records())
+    assert len(records) == 7 and all(r.data for r in records)
+    assert [r.caption for r in records] == labels["caption"].tolist()
+    assert Image.open(io.BytesIO(records[0].data)).size == (24, 24)
+    with pytest.raises(ValueError, match="writable: true needs kind: folder or webdataset"):
+        ImageSourceDataset(kind="parquet", path=str(tmp_path / "x.parquet"), writable=True)

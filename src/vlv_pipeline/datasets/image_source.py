@@ -17,17 +17,22 @@ Options by kind: folder ``captions``; parquet ``image_column``, ``caption_column
 ``split_column``, ``batch_size``; webdataset none. ``load()`` reads nothing: the returned
 source streams its records when iterated.
 
-A source is read-only unless the catalog says ``writable: true`` (folder kind only). The
-shapes world's `world` pipeline writes its images through such an entry, so the folder it
-renders IS the raw source that `ingest` reads; a user's own data stays read-only.
+A source is read-only unless the catalog says ``writable: true`` (folder or webdataset).
+The shapes world's `world` pipeline writes its images through such an entry, so what it
+renders IS the raw source that `ingest` reads; a user's own data stays read-only. A
+writable webdataset entry writes shards as img2dataset does (``{key}.jpg``, ``{key}.txt``,
+``{key}.json``; ``samples_per_shard`` per tar): the rehearsal environment's input.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
+import tarfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,26 +51,34 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
         kind: str,
         path: str,
         writable: bool = False,
+        samples_per_shard: int = 10000,
         metadata: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         """Check ``kind`` and its options at once (raises ``ValueError`` naming a bad one)."""
-        if writable and kind != "folder":
-            raise ValueError(f"writable: true needs kind: folder, not {kind!r}")
+        if writable and kind not in ("folder", "webdataset"):
+            raise ValueError(f"writable: true needs kind: folder or webdataset, not {kind!r}")
+        if samples_per_shard < 1:
+            raise ValueError("samples_per_shard must be >= 1")
         self._source = open_source(kind, path, **options)
+        self._kind = kind
         self._path = Path(path)
         self._writable = writable
+        self._per_shard = samples_per_shard
         self.metadata = metadata
 
     def load(self) -> ImageSource:
         return self._source
 
-    def save(self, data: Mapping[str, Image.Image | Callable[[], Image.Image]]) -> None:
-        """Write ``{relative/path.png: image or callable returning one}`` as the whole folder.
+    def save(self, data: Mapping[str, Any]) -> None:
+        """Write ``{relative/path.png: image}`` as the whole folder (or set of shards).
 
-        Images are written one at a time (callables are called lazily) into a hidden
-        sibling folder that then replaces the old folder, so a crash leaves the previous
-        folder intact and no stale images survive a smaller rewrite.
+        A value is an image or a callable returning one (with an optional ``caption``
+        attribute, as the world's ``LazyImage`` has). Images are
+        written one at a time (callables are called lazily) into a hidden sibling folder
+        that then replaces the old one, so a crash leaves the previous folder intact and no
+        stale images survive a smaller rewrite. A folder ignores captions (the world keeps
+        them in its labels table); shards carry them as ``{key}.txt``.
         """
         if not self._writable:
             raise DatasetError(
@@ -76,15 +89,18 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.parent / f".{self._path.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            for relative, image in data.items():
-                rel = PurePosixPath(relative)
-                if rel.is_absolute() or ".." in rel.parts or not rel.suffix:
-                    raise DatasetError(
-                        f"bad image path {relative!r}: need a relative file name with a suffix"
-                    )
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                (image() if callable(image) else image).save(target)
+            if self._kind == "webdataset":
+                self._write_shards(tmp, data)
+            else:
+                for relative, value in data.items():
+                    rel = PurePosixPath(relative)
+                    if rel.is_absolute() or ".." in rel.parts or not rel.suffix:
+                        raise DatasetError(
+                            f"bad image path {relative!r}: need a relative file name with a suffix"
+                        )
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _image(value).save(target)
             old = None
             if self._path.exists():
                 old = self._path.parent / f".{self._path.name}.old-{uuid.uuid4().hex[:8]}"
@@ -96,8 +112,43 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def _write_shards(self, folder: Path, data: Mapping[str, Any]) -> None:
+        """img2dataset's layout: ``00000.tar`` holding ``000000000.jpg/.txt/.json``, ..."""
+        folder.mkdir(parents=True)
+        items = list(data.items())
+        for start in range(0, len(items), self._per_shard):
+            shard = start // self._per_shard
+            with tarfile.open(folder / f"{shard:05d}.tar", "w") as tar:
+                for offset, (relative, value) in enumerate(items[start : start + self._per_shard]):
+                    key = f"{shard:05d}{offset:04d}"
+                    caption = getattr(value, "caption", None)
+                    image = _image(value).convert("RGB")
+                    buffer = io.BytesIO()
+                    image.save(buffer, "JPEG", quality=95)
+                    meta = {
+                        "key": key,
+                        "status": "success",
+                        "caption": caption,
+                        "width": image.width,
+                        "height": image.height,
+                        "original_file": relative,
+                    }
+                    members = [(f"{key}.jpg", buffer.getvalue())]
+                    if caption is not None:
+                        members.append((f"{key}.txt", caption.encode("utf-8")))
+                    members.append((f"{key}.json", json.dumps(meta).encode("utf-8")))
+                    for name, payload in members:
+                        info = tarfile.TarInfo(name)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+
     def _describe(self) -> dict[str, Any]:
         return self._source.describe()
 
     def _exists(self) -> bool:
         return self._source.exists()
+
+
+def _image(value: Any) -> Image.Image:
+    """A saved value: an image, or a callable returning one."""
+    return value() if callable(value) else value

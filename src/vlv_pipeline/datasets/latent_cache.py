@@ -228,7 +228,7 @@ class LatentCache:
         """The ``FIELDS`` tensors of the given images, in the given order (for small sets:
         training reads per row through ``rows``)."""
         rows = self.rows(image_ids)
-        items = [rows[i] for i in range(len(rows))]
+        items = rows.__getitems__(list(range(len(rows))))  # one Arrow take per shard
         if not items:
             return tuple(torch.empty(0) for _ in self.FIELDS)
         return tuple(torch.stack([item[k] for item in items]) for k in range(len(self.FIELDS)))
@@ -283,20 +283,43 @@ class CacheRows:
         return len(self.shard)
 
     def _table(self, number: int):
+        """(the shard's memory-mapped pyarrow table, {field: per-image shape})."""
         tables = self.__dict__.setdefault("_tables", OrderedDict())
         table = tables.pop(number, None)
         if table is None:
-            table = self.cache._open(self.cache.shards[number]).with_format(
-                "numpy", columns=list(self.fields)
-            )
+            shard = self.cache._open(self.cache.shards[number])
+            shapes = {f: tuple(shard.features[f].shape) for f in self.fields}
+            table = (shard.data.table, shapes)
             while len(tables) >= self.MAX_OPEN_SHARDS:
                 tables.popitem(last=False)
         tables[number] = table
         return table
 
     def _read(self, number: int, rows: list[int]) -> dict[str, np.ndarray]:
+        """One Arrow ``take`` of ``rows``; the fixed-shape arrays unnested into numpy (what
+        ``datasets``' numpy formatting gives, without its per-call overhead)."""
+        import pyarrow as pa
+
+        def nested(kind) -> bool:
+            return (
+                pa.types.is_list(kind)
+                or pa.types.is_large_list(kind)
+                or (pa.types.is_fixed_size_list(kind))
+            )
+
         try:
-            return self._table(number)[rows]
+            table, shapes = self._table(number)
+            taken = table.select(list(self.fields)).take(rows)
+            out = {}
+            for field in self.fields:
+                values = taken.column(field).combine_chunks()
+                values = getattr(values, "storage", values)  # the ArrayND extension's lists
+                while nested(values.type):
+                    values = values.flatten()
+                out[field] = values.to_numpy(zero_copy_only=False).reshape(
+                    len(rows), *shapes[field]
+                )
+            return out
         except CorruptCacheError:
             raise
         except Exception as error:  # a file damaged after it was opened

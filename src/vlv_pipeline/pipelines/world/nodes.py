@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -112,17 +111,27 @@ def _render_objects(objects: list[SceneObject], params: WorldParams) -> Image.Im
     )
 
 
-def render_images(
-    labels: pd.DataFrame, params: WorldParams
-) -> dict[str, Callable[[], Image.Image]]:
+@dataclass(frozen=True)
+class LazyImage:
+    """An image rendered when called; ``caption`` travels with it (shards store it)."""
+
+    objects: object
+    params: WorldParams
+    caption: str
+
+    def __call__(self) -> Image.Image:
+        return _render(self.objects, self.params)
+
+
+def render_images(labels: pd.DataFrame, params: WorldParams) -> dict[str, LazyImage]:
     """One lazily rendered image per labels row, keyed by its relative file path.
 
     The values are callables, so the dataset writes images one at a time and memory
     stays bounded however many images the world has.
     """
     return {
-        row.file: partial(_render, row.objects, params)
-        for row in labels[["file", "objects"]].itertuples(index=False)
+        row.file: LazyImage(row.objects, params, row.caption)
+        for row in labels[["file", "objects", "caption"]].itertuples(index=False)
     }
 
 
