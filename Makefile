@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: run test lint bench viz clean-venv
+.PHONY: run test lint bench viz rehearsal clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_stage1_cache.py
 	$(BIN)/python bench/bench_stage2.py
 	$(BIN)/python bench/gpu_smoke.py $$($(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--tiny')")
+
+# The paper's path (Florence-2, SD-2.1-shaped T2I, Qwen2; 384 px webdataset shards) at toy
+# size, offline on CPU: run it before renting GPUs. Writes under data/rehearsal/.
+rehearsal: $(VENV)/.installed
+	$(BIN)/kedro run --env rehearsal --pipelines world,rehearsal $(ARGS)
+	$(BIN)/kedro run --env rehearsal --pipeline vlv $(ARGS)
 
 viz: $(VENV)/.installed
 	$(BIN)/kedro viz build

@@ -128,3 +128,50 @@ def test_stage1_under_accelerate_launch_saves_each_output_once(tiny_run):
         (version,) = new
         assert [p.name for p in version.iterdir()] == [name]  # one model, written once
     assert run.stdout.count("Completed 4 out of 4 tasks") == 1  # rank 1 logs warnings only
+
+
+@pytest.mark.slow
+def test_the_rehearsal_environment_runs_the_paper_path_offline(tmp_path):
+    """`make rehearsal`'s two commands in a copy of the project: the world as img2dataset
+    shards at 384 px, the paper's model classes built tiny, every stage of `vlv`, nothing
+    downloaded, everything under data/rehearsal/."""
+    import json
+
+    import pandas as pd
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", project)
+    shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    for args in (["--pipelines", "world,rehearsal"], ["--pipeline", "vlv"]):
+        run = subprocess.run(
+            [KEDRO, "run", "--env", "rehearsal", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    data = project / "data"
+    assert [p.name for p in data.iterdir()] == ["rehearsal"]  # the default run's data untouched
+    shards = sorted((data / "rehearsal/01_raw/shards").glob("*.tar"))
+    assert [s.name for s in shards] == ["00000.tar", "00001.tar", "00002.tar"]
+    manifest = pd.read_parquet(data / "rehearsal/02_intermediate/image_manifest.parquet")
+    assert len(manifest) == 120 and manifest["source"].str.match(r"0000\d\.tar/\d{9}\.jpg").all()
+    encoder = json.loads(
+        next((data / "rehearsal/06_models/vlv_encoder").glob("*/*/config.json")).read_text()
+    )
+    assert encoder["_class_name"] == "Florence2VLVEncoder" and encoder["num_queries"] == 77
+    metrics = json.loads(
+        next((data / "rehearsal/08_reporting/eval_metrics.json").glob("*/*.json")).read_text()
+    )
+    assert metrics["judge"] == "pixels" and metrics["images"] >= 2
+    assert "psnr" in metrics["reconstruction"]["from_caption"]

@@ -41,6 +41,19 @@ def test_pipelines_are_registered(pipelines):
     assert not {n.name for n in pipelines["world"].nodes} & {n.name for n in pipelines["vlv"].nodes}
 
 
+def test_composed_pipelines_load_when_the_command_line_names_them():
+    """`kedro run --pipeline vlv` asks Kedro's lazy registry for `vlv` only; it is made of
+    several packages, so the registry must still find them all."""
+    from kedro.framework.project import pipelines as registry
+
+    configure_project("vlv_pipeline")
+    registry.set_requested(["vlv"])
+    try:
+        assert {n.name for n in registry["vlv"].nodes} >= {"train_stage1", "train_stage2"}
+    finally:
+        registry.set_requested(None)
+
+
 def test_default_runs_the_world_before_ingest(pipelines):
     order = [n.name for n in pipelines["__default__"].nodes]
     assert order.index("render_world_images") < order.index("screen_images")
@@ -85,6 +98,31 @@ def test_paper_env_overrides_only_the_keys_it_names():
     catalog = _loader("paper")["catalog"]
     assert catalog["raw_images"]["kind"] == "webdataset"
     assert "writable" not in catalog["raw_images"]
+
+
+def test_rehearsal_env_validates_and_writes_apart_from_the_default_run():
+    from vlv_pipeline.params.evaluate import EvaluateParams
+    from vlv_pipeline.params.rehearsal import RehearsalParams
+
+    params = _loader("rehearsal")["parameters"]
+    for model, key in (
+        (WorldParams, "world"),
+        (IngestParams, "ingest"),
+        (CacheParams, "cache"),
+        (Stage1Params, "stage1"),
+        (SynthesizeParams, "synthesize"),
+        (Stage2Params, "stage2"),
+        (EvaluateParams, "evaluate"),
+        (RehearsalParams, "rehearsal"),
+    ):
+        model(**params[key])
+    assert params["stage1"]["checkpoint_dir"].startswith("data/rehearsal/")
+    assert params["stage1"]["t2i"] == "data/rehearsal/06_models/t2i"
+    catalog = _loader("rehearsal")["catalog"]
+    paths = [v.get("filepath") or v.get("path") for v in catalog.values() if isinstance(v, dict)]
+    assert all(p.startswith("data/rehearsal/") for p in paths if p)
+    assert catalog["raw_images"]["kind"] == "webdataset" and catalog["raw_images"]["writable"]
+    assert _loader("base")["catalog"]["latent_cache"]["path"] == "data/04_feature/latent_cache"
 
 
 def test_a_bad_parameter_fails_before_any_work_naming_the_key(tmp_path, monkeypatch):

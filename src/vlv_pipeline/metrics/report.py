@@ -24,6 +24,8 @@ RECONSTRUCTION_COLUMNS = [
     ("frechet_probe", "Frechet (probe)"),
     ("fid", "FID"),
     ("clip_score", "CLIP score"),
+    ("psnr", "PSNR (dB)"),
+    ("mse", "pixel MSE"),
 ]
 CAPTIONER_LABELS = {
     "vlv": "VLV captioner",

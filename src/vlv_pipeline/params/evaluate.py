@@ -28,7 +28,9 @@ class EvaluateParams(StrictModel):
     images: int = Field(256, ge=2)
     resolution: int | None = Field(None, gt=0, description="encoder input side, as in stage 1")
     sampling: RenderParams = RenderParams()
-    judge: Literal["probe", "fid_clip"] = "probe"
+    # probe: the shapes world's attribute probe; fid_clip: the paper's FID and CLIP score
+    # (weights needed); pixels: pixel error against the originals (offline, any images)
+    judge: Literal["probe", "fid_clip", "pixels"] = "probe"
     probe: str | None = None  # the shapes world's attribute probe
     clip_model: str = "openai/clip-vit-large-patch14"
     grid_images: int = Field(8, ge=1)

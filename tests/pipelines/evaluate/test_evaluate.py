@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from stage2_factory import stage2_inputs
 
 from vlv_pipeline.models.probe import AttributeProbe
@@ -92,6 +93,22 @@ def test_fid_clip_judge_offline_says_what_to_download(tiny_world, tiny_sd, train
     renders = {"from_embeddings": data.pixels.clone()}
     with pytest.raises(RuntimeError, match="torch-fidelity.*download"):
         nodes.score_evaluation(data, captions, renders, params)
+
+
+def test_pixels_judge_needs_no_weights_and_ranks_closer_images_higher(tiny_world, tiny_sd, trained):
+    encoder, captioner, baseline, *_, tmp = trained
+    source, manifest = tiny_world
+    params = _params(tiny_sd, tmp, judge="pixels", probe=None)
+    data = nodes.load_eval_data(source, manifest, params)
+    captions = nodes.caption_eval_images(captioner, baseline, data, params)
+    renders = {
+        "from_embeddings": data.pixels.clone(),  # perfect
+        "from_caption": (data.pixels + 0.2 * torch.randn_like(data.pixels)).clamp(-1, 1),
+    }
+    metrics, _ = nodes.score_evaluation(data, captions, renders, params)
+    exact, noisy = (metrics["reconstruction"][k] for k in ("from_embeddings", "from_caption"))
+    assert exact["mse"] == 0 and noisy["mse"] > 0.01 and exact["psnr"] > noisy["psnr"]
+    assert "bleu4" in metrics["captions"]["vlv"]  # text metrics need no judge
 
 
 def test_chance_order_never_keeps_an_images_own_caption():

@@ -171,6 +171,13 @@ def _fid_clip(metrics, originals, images, captions, first: bool) -> dict:
     return result
 
 
+def pixel_scores(originals: torch.Tensor, images: torch.Tensor) -> dict:
+    """Mean squared error (images in [-1, 1]) and PSNR against the originals: a judge that
+    needs no weights (the rehearsal environment's), not a measure of caption quality."""
+    mse = float(((images.clamp(-1, 1) - originals) ** 2).mean())
+    return {"mse": mse, "psnr": float(10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))))}
+
+
 @torch.no_grad()
 def score_evaluation(
     data: EvalData, captions: pd.DataFrame, renders: dict[str, torch.Tensor], params: EvaluateParams
@@ -201,13 +208,15 @@ def score_evaluation(
         samples[f"{name}_bleu4"] = each["bleu4"]
         samples[f"{name}_cider"] = each["cider"]
     metrics["reconstruction"] = {}
-    fid_clip = _fid_clip_metrics(params) if probe is None else None
+    fid_clip = _fid_clip_metrics(params) if params.judge == "fid_clip" else None
     for index, (name, images) in enumerate(renders.items()):
         entry: dict = {"what": RECONSTRUCTIONS[name]}
         if probe is not None:
             scores, exact = _probe_scores(probe, data.pixels, images, targets)
             entry.update(scores)
             samples[f"{name}_exact"] = exact
+        elif params.judge == "pixels":
+            entry.update(pixel_scores(data.pixels, images))
         else:  # FID against the originals; CLIP score against the reference captions
             entry.update(_fid_clip(fid_clip, data.pixels, images, data.references, index == 0))
         metrics["reconstruction"][name] = entry
