@@ -103,15 +103,18 @@ def render(
     negative: torch.Tensor | None = None,
     steps: int,
     guidance: float,
-    seed: int,
+    seed: int | None = None,
     batch_size: int = 64,
     scheduler: str = "DDIMScheduler",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Render with a Stable Diffusion pipeline; images in [-1, 1], (B, 3, H, W).
 
     Either ``captions`` (text) or ``conditions`` (text-encoder outputs, (B, N, d)); with
     conditions, ``negative`` (1, N, d) is what classifier-free guidance (guidance > 1)
-    steers away from. One generator seeded once, batches in order: reproducible.
+    steers away from. One generator seeded once, batches in order: reproducible. Pass a
+    ``generator`` instead of ``seed`` to continue its draws across calls (rendering a split
+    batch by batch then gives the images one call over the whole split gives).
     """
     import diffusers
 
@@ -120,7 +123,10 @@ def render(
     if scheduler and type(pipeline.scheduler).__name__ != scheduler:
         pipeline.scheduler = getattr(diffusers, scheduler).from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
-    generator = torch.Generator().manual_seed(seed)
+    if (seed is None) == (generator is None):
+        raise ValueError("render needs exactly one of seed or generator")
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
     total = len(captions) if captions is not None else len(conditions)
     out = []
     for start in range(0, total, batch_size):

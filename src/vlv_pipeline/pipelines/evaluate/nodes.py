@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,8 @@ from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.params.evaluate import EvaluateParams
-from vlv_pipeline.pipelines.stage1.nodes import load_image_pixels
-from vlv_pipeline.world.data import tensor_to_uint8
+from vlv_pipeline.training.data import ImagePixels
+from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,17 @@ RECONSTRUCTIONS = {
 
 @dataclass
 class EvalData:
+    """The evaluation split's ids and reference captions (in memory) and a per-item reader
+    of its images (uint8): no stage of evaluate holds the split's pixels."""
+
     image_ids: list[str]
-    pixels: torch.Tensor
+    pixels: ImagePixels
     references: list[str | None]
+
+    def images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Images ``start:stop`` in [-1, 1]."""
+        stop = len(self.image_ids) if stop is None else min(stop, len(self.image_ids))
+        return torch.stack([to_unit_range(self.pixels[i]) for i in range(start, stop)])
 
 
 def load_eval_data(raw_images, image_manifest: pd.DataFrame, params: EvaluateParams) -> EvalData:
@@ -49,11 +58,10 @@ def load_eval_data(raw_images, image_manifest: pd.DataFrame, params: EvaluatePar
             f"evaluate.split {params.split!r} has {len(rows)} images in the manifest; need >= 2"
         )
     rows = rows.head(params.images)
-    pixels = load_image_pixels(raw_images, rows, params.resolution)
-    ids = rows["image_id"].tolist()
+    ids = rows["image_id"].astype(str).tolist()
     return EvalData(
         ids,
-        torch.stack([pixels[i] for i in ids]),
+        ImagePixels(raw_images, rows["source"].astype(str).tolist(), ids, params.resolution),
         [None if pd.isna(c) else str(c) for c in rows["caption"]],
     )
 
@@ -67,72 +75,130 @@ def _chance_order(n: int, seed: int) -> list[int]:
 def caption_eval_images(
     vlv_captioner, baseline_captioner, data: EvalData, params: EvaluateParams
 ) -> pd.DataFrame:
-    """The test images captioned by the VLV captioner and the "without stage 1" baseline;
-    ``chance`` is another test image's reference caption."""
+    """The test images captioned by the VLV captioner and the "without stage 1" baseline,
+    one batch of images at a time; ``chance`` is another test image's reference caption."""
     batch = params.sampling.batch_size
     vlv_captioner, baseline_captioner = (
         vlv_captioner.to(inference_device()),
         baseline_captioner.to(inference_device()),
     )
     table = pd.DataFrame({"image_id": data.image_ids, "reference": data.references})
-    table["vlv"] = vlv_captioner.caption(data.pixels, batch_size=batch)
-    table["without_stage1"] = baseline_captioner.caption(data.pixels, batch_size=batch)
+    vlv, baseline = [], []
+    for start in range(0, len(data.image_ids), batch):
+        pixels = data.images(start, start + batch)
+        vlv += vlv_captioner.caption(pixels, batch_size=batch)
+        baseline += baseline_captioner.caption(pixels, batch_size=batch)
+    table["vlv"], table["without_stage1"] = vlv, baseline
     if all(r is not None for r in data.references):
         order = _chance_order(len(table), params.chance_seed)
         table["chance"] = [data.references[i] for i in order]
     return table
 
 
-@torch.no_grad()
+class EvalRenders:
+    """The reconstructions, rendered when iterated, one batch at a time: iterating yields
+    ``(name, start, originals, renders)`` for each reconstruction (see ``RECONSTRUCTIONS``)
+    and each batch of ``sampling.batch_size`` images, name by name. Each reconstruction
+    draws from one generator seeded with ``sampling.seed``, batches in order: exactly the
+    images that rendering the whole split in one ``render`` call (with the same batch size)
+    gives."""
+
+    def __init__(self, vlv_encoder, data: EvalData, captions: pd.DataFrame, params):
+        self.vlv_encoder, self.data, self.captions, self.params = (
+            vlv_encoder,
+            data,
+            captions,
+            params,
+        )
+
+    def names(self) -> list[str]:
+        texts = self._texts()
+        return ["from_embeddings", *(n for n, column in texts.items() if column is not None)]
+
+    def _texts(self) -> dict[str, pd.Series | None]:
+        captions = self.captions
+        texts = {
+            "from_caption": captions["vlv"],
+            "without_stage1": captions["without_stage1"],
+            "ground_truth_caption": captions["reference"],
+            "chance": captions.get("chance"),
+        }
+        return {n: (c if c is not None and not c.isna().any() else None) for n, c in texts.items()}
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
+        from diffusers import DiffusionPipeline
+
+        s, params, data = self.params.sampling, self.params, self.data
+        kwargs = dict(steps=s.steps, guidance=s.guidance, batch_size=s.batch_size)
+        device = inference_device()
+        t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
+        total = len(data.image_ids)
+        generator = torch.Generator().manual_seed(s.seed)
+        for start in range(0, total, s.batch_size):
+            originals = data.images(start, start + s.batch_size)
+            conditions = t2i.condition_images(self.vlv_encoder, originals, s.batch_size)
+            images = t2i.render(conditions, scheduler=s.scheduler, generator=generator, **kwargs)
+            yield "from_embeddings", start, originals, images
+        scheduler = s.scheduler
+        if params.render_t2i == params.stage1_t2i:
+            pipeline = t2i.pipeline()
+        else:  # another model (e.g. SD 3.5 Medium) samples with its own scheduler
+            dtype = getattr(torch, params.t2i_dtype)
+            pipeline = DiffusionPipeline.from_pretrained(params.render_t2i, torch_dtype=dtype)
+            pipeline.to(device)
+            scheduler = None
+        for name, column in self._texts().items():
+            if column is None:
+                continue
+            generator = torch.Generator().manual_seed(s.seed)
+            for start in range(0, total, s.batch_size):
+                texts = column.iloc[start : start + s.batch_size].tolist()
+                images = render(
+                    pipeline, captions=texts, scheduler=scheduler, generator=generator, **kwargs
+                )
+                yield name, start, data.images(start, start + len(texts)), images
+
+
+class HeldRenders:
+    """Reconstructions already in memory (``{name: images}``), iterated like ``EvalRenders``
+    (for tests and notebooks)."""
+
+    def __init__(self, data: EvalData, renders: dict[str, torch.Tensor], batch_size: int):
+        self.data, self.renders, self.batch_size = data, renders, batch_size
+
+    def __iter__(self):
+        for name, images in self.renders.items():
+            for start in range(0, len(images), self.batch_size):
+                stop = start + self.batch_size
+                yield name, start, self.data.images(start, stop), images[start:stop]
+
+
 def reconstruct(
     vlv_encoder, data: EvalData, captions: pd.DataFrame, params: EvaluateParams
-) -> dict[str, torch.Tensor]:
-    """Images in [-1, 1] per reconstruction (see ``RECONSTRUCTIONS``)."""
-    from diffusers import DiffusionPipeline
-
-    s = params.sampling
-    kwargs = dict(steps=s.steps, guidance=s.guidance, seed=s.seed, batch_size=s.batch_size)
-    device = inference_device()
-    t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
-    conditions = t2i.condition_images(vlv_encoder, data.pixels, s.batch_size)
-    out = {"from_embeddings": t2i.render(conditions, scheduler=s.scheduler, **kwargs)}
-    scheduler = s.scheduler
-    if params.render_t2i == params.stage1_t2i:
-        pipeline = t2i.pipeline()
-    else:  # another model (e.g. SD 3.5 Medium) samples with its own scheduler
-        dtype = getattr(torch, params.t2i_dtype)
-        pipeline = DiffusionPipeline.from_pretrained(params.render_t2i, torch_dtype=dtype)
-        pipeline.to(device)
-        scheduler = None
-    texts = {
-        "from_caption": captions["vlv"],
-        "without_stage1": captions["without_stage1"],
-        "ground_truth_caption": captions["reference"],
-        "chance": captions.get("chance"),
-    }
-    for name, column in texts.items():
-        if column is None or column.isna().any():
-            continue
-        out[name] = render(pipeline, captions=column.tolist(), scheduler=scheduler, **kwargs)
-    return out
+) -> EvalRenders:
+    """The reconstructions (see ``RECONSTRUCTIONS``), rendered batch by batch when scored."""
+    return EvalRenders(vlv_encoder, data, captions, params)
 
 
 def _probe_scores(probe, originals, images, targets) -> tuple[dict, np.ndarray]:
-    size = probe.config.image_size
-    resize = (
-        (lambda x: x)
-        if images.shape[-1] == size
-        else (lambda x: F.interpolate(x, size=(size, size), mode="bilinear", antialias=True))
-    )
-    predicted = probe.predict(resize(images))
+    predicted = torch.cat([p for p, _ in images])
     scores = scene_agreement(predicted, targets)
     scores["frechet_probe"] = frechet_distance(
-        probe.embedding(resize(originals)), probe.embedding(resize(images))
+        torch.cat(originals), torch.cat([e for _, e in images])
     )
     exact = predicted == targets
     occupied = targets[..., 0] > 0
     cell_ok = exact[..., 0] & (~occupied | (exact[..., 1] & exact[..., 2]))
     return scores, cell_ok.all(-1).numpy()
+
+
+def _probe_reading(probe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's scene reading and penultimate features of a batch (resized to its side)."""
+    size = probe.config.image_size
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return probe.predict(images), probe.embedding(images)
 
 
 def _fid_clip_metrics(params: EvaluateParams):
@@ -156,33 +222,59 @@ def _fid_clip_metrics(params: EvaluateParams):
     return fid.to(device), clip.to(device)
 
 
-def _fid_clip(metrics, originals, images, captions, first: bool) -> dict:
-    fid, clip = metrics
-    device = fid.device
-    if first:  # the originals' Inception statistics are kept across reconstructions
-        fid.update(((originals + 1) / 2).to(device), real=True)
-    fid.reset()  # clears the fake features only (reset_real_features=False)
-    fid.update(((images + 1) / 2).to(device), real=False)
-    result = {"fid": float(fid.compute())}
-    if all(c is not None for c in captions):
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).to(device)
-        clip.reset()
-        result["clip_score"] = float(clip(pixels, list(captions)))
-    return result
+class _Scores:
+    """One reconstruction's running scores under the judge, fed one batch at a time."""
+
+    def __init__(self, judge: str, probe, fid_clip, has_refs: bool):
+        self.judge, self.probe, self.fid_clip, self.has_refs = judge, probe, fid_clip, has_refs
+        self.readings: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.squared, self.values = 0.0, 0
+        if fid_clip is not None:
+            fid, clip = fid_clip
+            fid.reset()  # clears the fake features only (reset_real_features=False)
+            clip.reset()
+
+    def add(self, originals: torch.Tensor, images: torch.Tensor, references: list) -> None:
+        if self.judge == "probe":
+            self.readings.append(_probe_reading(self.probe, images))
+        elif self.judge == "pixels":
+            self.squared += float(((images.clamp(-1, 1) - originals) ** 2).sum())
+            self.values += images.numel()
+        else:  # FID against the originals; CLIP score against the reference captions
+            fid, clip = self.fid_clip
+            fid.update(((images + 1) / 2).to(fid.device), real=False)
+            if self.has_refs:
+                pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                clip.update(pixels.to(clip.device), list(references))
+
+    def result(self, original_features: list[torch.Tensor], targets) -> tuple[dict, np.ndarray]:
+        if self.judge == "probe":
+            return _probe_scores(self.probe, original_features, self.readings, targets)
+        if self.judge == "pixels":
+            return pixel_scores(self.squared / self.values), None
+        fid, clip = self.fid_clip
+        out = {"fid": float(fid.compute())}
+        if self.has_refs:
+            out["clip_score"] = float(clip.compute())
+        return out, None
 
 
-def pixel_scores(originals: torch.Tensor, images: torch.Tensor) -> dict:
+def pixel_scores(mse: float) -> dict:
     """Mean squared error (images in [-1, 1]) and PSNR against the originals: a judge that
     needs no weights (the rehearsal environment's), not a measure of caption quality."""
-    mse = float(((images.clamp(-1, 1) - originals) ** 2).mean())
     return {"mse": mse, "psnr": float(10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))))}
 
 
 @torch.no_grad()
 def score_evaluation(
-    data: EvalData, captions: pd.DataFrame, renders: dict[str, torch.Tensor], params: EvaluateParams
-) -> tuple[dict, pd.DataFrame]:
-    """Metrics (json) and sample-level results (parquet) for the model and every baseline."""
+    data: EvalData,
+    captions: pd.DataFrame,
+    renders: EvalRenders | dict[str, torch.Tensor],
+    params: EvaluateParams,
+) -> tuple[dict, pd.DataFrame, dict[str, torch.Tensor]]:
+    """Metrics (json), sample-level results (parquet) and the grid's images, for the model
+    and every baseline. Renders arrive one batch at a time; only the scores' running state
+    (probe readings, Inception statistics, error sums) and the grid's few images are kept."""
     samples = captions.copy()
     metrics: dict = {"images": len(data.image_ids), "judge": params.judge, "captions": {}}
     have_refs = all(r is not None for r in data.references)
@@ -207,39 +299,61 @@ def score_evaluation(
         metrics["captions"][name] = corpus
         samples[f"{name}_bleu4"] = each["bleu4"]
         samples[f"{name}_cider"] = each["cider"]
-    metrics["reconstruction"] = {}
+    if isinstance(renders, dict):
+        renders = HeldRenders(data, renders, params.sampling.batch_size)
     fid_clip = _fid_clip_metrics(params) if params.judge == "fid_clip" else None
-    for index, (name, images) in enumerate(renders.items()):
-        entry: dict = {"what": RECONSTRUCTIONS[name]}
-        if probe is not None:
-            scores, exact = _probe_scores(probe, data.pixels, images, targets)
-            entry.update(scores)
-            samples[f"{name}_exact"] = exact
-        elif params.judge == "pixels":
-            entry.update(pixel_scores(data.pixels, images))
-        else:  # FID against the originals; CLIP score against the reference captions
-            entry.update(_fid_clip(fid_clip, data.pixels, images, data.references, index == 0))
-        metrics["reconstruction"][name] = entry
+    grid_size = min(params.grid_images, len(data.image_ids))
+    grid: dict[str, torch.Tensor] = {}
+    original_features: list[torch.Tensor] = []
+    scores: dict[str, _Scores] = {}
+    first = None
+    for name, start, originals, images in renders:
+        first = first or name
+        if name not in scores:
+            if scores:  # the previous reconstruction is complete
+                _finish(metrics, samples, scores, original_features, targets)
+            scores[name] = _Scores(params.judge, probe, fid_clip, have_refs)
+        if name == first:  # the originals' statistics, once
+            if probe is not None:
+                original_features.append(_probe_reading(probe, originals)[1])
+            if fid_clip is not None:
+                fid_clip[0].update(((originals + 1) / 2).to(fid_clip[0].device), real=True)
+        references = data.references[start : start + len(images)]
+        scores[name].add(originals, images, references)
+        if start == 0:
+            grid.setdefault("original", originals[:grid_size])
+            if name in ("from_embeddings", "from_caption"):
+                grid[name] = images[:grid_size]
+    if scores:
+        _finish(metrics, samples, scores, original_features, targets)
     for name, entry in metrics["captions"].items():
         logger.info(
             "evaluate: %s captions %s",
             name,
             {k: round(v, 4) for k, v in entry.items() if isinstance(v, float)},
         )
-    return metrics, samples
+    return metrics, samples, grid
 
 
-def plot_eval_grid(data: EvalData, captions: pd.DataFrame, renders: dict, params: EvaluateParams):
+def _finish(metrics, samples, scores: dict[str, _Scores], original_features, targets) -> None:
+    """Score the last reconstruction in ``scores`` into ``metrics`` (and ``samples``)."""
+    name = next(reversed(scores))
+    result, exact = scores[name].result(original_features, targets)
+    metrics.setdefault("reconstruction", {})[name] = {"what": RECONSTRUCTIONS[name], **result}
+    if exact is not None:
+        samples[f"{name}_exact"] = exact
+
+
+def plot_eval_grid(grid: dict[str, torch.Tensor], captions: pd.DataFrame, params: EvaluateParams):
     """original | reconstruction from embeddings | reconstruction from the caption.
 
     Returned twice: once for the versioned PNG, once in memory for the report (a saved
     matplotlib figure cannot be loaded back).
     """
-    n = min(params.grid_images, len(data.image_ids))
-    items = {"original": tensor_to_uint8(data.pixels[:n])}
-    for name, label in (("from_embeddings", "from embeddings"), ("from_caption", "from caption")):
-        if name in renders:
-            items[label] = tensor_to_uint8(renders[name][:n])
+    labels = {"original": "original", "from_embeddings": "from embeddings"}
+    labels["from_caption"] = "from caption"
+    items = {labels[k]: tensor_to_uint8(v) for k, v in grid.items() if k in labels}
+    n = len(grid["original"])
     texts = [f"{c}" for c in captions["vlv"].head(n)]
     figure = image_grid(items, captions=texts, title="evaluation: original | reconstructions")
     return figure, figure

@@ -29,12 +29,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 nodes.score_evaluation,
                 ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
-                ["eval_metrics", "eval_samples"],
+                ["eval_metrics", "eval_samples", "eval_grid_items"],
                 name="score_evaluation",
             ),
             Node(
                 nodes.plot_eval_grid,
-                ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
+                ["eval_grid_items", "eval_captions", "params:evaluate"],
                 ["eval_grid", "eval_grid_figure"],
                 name="plot_eval_grid",
             ),
