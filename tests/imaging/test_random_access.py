@@ -83,3 +83,42 @@ def test_parquet_rows_across_row_groups(tmp_path):
     check_any_order(source, refs)
     with pytest.raises(ValueError, match="has 10 rows"):
         byte_reader(source, ["12"])
+
+
+def test_ingest_records_where_tar_members_lie_so_training_need_not_scan(tmp_path, monkeypatch):
+    from vlv_pipeline.imaging.random_access import TarReader, manifest_locations
+    from vlv_pipeline.params.ingest import IngestParams
+    from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
+
+    members = [(f"{k:04d}.png", png((k, 0, 0), (32 + k, 32))) for k in range(6)]
+    write_tar(tmp_path / "shards" / "00000.tar", members)
+    source = WebDatasetSource(tmp_path / "shards")
+    params = IngestParams(min_side=8)
+    manifest = build_manifest(screen_images(source, params), params)
+    assert manifest["offset"].notna().all() and (manifest["length"] > 0).all()
+    blob = (tmp_path / "shards" / "00000.tar").read_bytes()
+    expected = streamed(source, list(manifest["source"]))
+    for ref, offset, length in manifest[["source", "offset", "length"]].itertuples(index=False):
+        assert blob[offset : offset + length] == expected[ref]  # the member's bytes, in place
+
+    def no_scan(*args):
+        raise AssertionError("the manifest's locations should spare the scan")
+
+    monkeypatch.setattr(TarReader, "_scan", no_scan)
+    reader = byte_reader(source, list(manifest["source"]), manifest_locations(manifest))
+    assert [reader.read(i) for i in range(len(reader))] == [expected[r] for r in manifest["source"]]
+    # an older manifest (no offsets) and a folder's manifest (null offsets) still work
+    assert manifest_locations(manifest.drop(columns=["offset", "length"])) is None
+    folder = FolderSource(write_tree(tmp_path / "f", {"a.png": png(RED)}))
+    kept = build_manifest(screen_images(folder, params), params)
+    assert kept["offset"].isna().all() and manifest_locations(kept) == [None]
+
+
+def test_a_compressed_shard_records_no_location(tmp_path):
+    shard = img2dataset_shard(tmp_path / "00000.tar")
+    packed = tmp_path / "gz" / "00000.tar"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(shard.read_bytes()))
+    records = list(WebDatasetSource(packed).iter_records())
+    assert records[0].data and all(r.location is None for r in records)
+    assert list(WebDatasetSource(shard).iter_records())[0].location is not None

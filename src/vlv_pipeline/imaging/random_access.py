@@ -5,8 +5,9 @@ needs the opposite: the bytes of item ``i`` of a manifest, in whatever order a s
 sampler asks, from any DataLoader worker. ``byte_reader(source, refs)`` gives that:
 
 - folder: the file ``<folder>/<ref>``;
-- webdataset: img2dataset's tar shards read **in place**. Each shard's headers are scanned
-  once (only the shards the refs name) into compact arrays of (shard, offset, size), and an
+- webdataset: img2dataset's tar shards read **in place**. Ingest records where each image's
+  bytes lie (the manifest's ``offset``/``length``); items without that are found by scanning
+  their shards' headers once. The index is compact arrays of (shard, offset, size), and an
   item is one ``seek`` + ``read`` in the uncompressed tar. Nothing is copied or re-sharded;
 - parquet: the row's value, reading (and keeping) one row group at a time.
 
@@ -104,28 +105,46 @@ def _shard_of(ref: str, names: set[str]) -> str:
 
 
 class TarReader(ByteReader):
-    """img2dataset tar shards, read in place through an index of member offsets."""
+    """img2dataset tar shards, read in place through an index of member offsets.
 
-    def __init__(self, source: WebDatasetSource, refs: Sequence[str]) -> None:
+    ``locations`` (from the manifest: ingest records where each image's bytes lie while it
+    streams the shards) make the index free; refs without one are found by scanning their
+    shards' headers once.
+    """
+
+    def __init__(
+        self,
+        source: WebDatasetSource,
+        refs: Sequence[str],
+        locations: Sequence[tuple[int, int] | None] | None = None,
+    ) -> None:
         super().__init__(source, refs)
         paths = dict(source.shards())
         names = set(paths)
-        wanted: dict[str, dict[str, int]] = {}  # shard -> member -> position in refs
-        for position, ref in enumerate(refs):
+        shard_of: list[str] = []
+        for ref in refs:
             try:
-                shard = _shard_of(ref, names)
+                shard_of.append(_shard_of(ref, names))
             except KeyError:
                 raise ValueError(
                     f"{source!r}: {ref!r} is in none of its shards; re-run ingest if the "
                     "shards moved"
                 ) from None
-            wanted.setdefault(shard, {})[ref[len(shard) + 1 :]] = position
-        self.paths = [os.fspath(paths[name]) for name in sorted(wanted)]
-        self.shard = np.zeros(len(refs), dtype=np.int32)
+        used = sorted(set(shard_of))
+        numbers = {name: number for number, name in enumerate(used)}
+        self.paths = [os.fspath(paths[name]) for name in used]
+        self.shard = np.array([numbers[name] for name in shard_of], dtype=np.int32)
         self.offset = np.full(len(refs), -1, dtype=np.int64)
         self.length = np.zeros(len(refs), dtype=np.int64)
-        for number, name in enumerate(sorted(wanted)):
-            self._scan(number, self.paths[number], wanted[name])
+        wanted: dict[str, dict[str, int]] = {}  # shard -> member -> position, to scan for
+        for position, (ref, shard) in enumerate(zip(refs, shard_of, strict=True)):
+            location = locations[position] if locations is not None else None
+            if location is None:
+                wanted.setdefault(shard, {})[ref[len(shard) + 1 :]] = position
+            else:
+                self.offset[position], self.length[position] = location
+        for name, members in sorted(wanted.items()):
+            self._scan(numbers[name], self.paths[numbers[name]], members)
         missing = [ref for ref, offset in zip(refs, self.offset, strict=True) if offset < 0]
         if missing:
             raise ValueError(
@@ -207,9 +226,29 @@ _READERS: dict[type[ImageSource], type[ByteReader]] = {
 }
 
 
-def byte_reader(source: ImageSource, refs: Sequence[str]) -> ByteReader:
-    """A random-access reader of ``refs`` (a manifest's ``source`` column) in ``source``."""
+def byte_reader(
+    source: ImageSource,
+    refs: Sequence[str],
+    locations: Sequence[tuple[int, int] | None] | None = None,
+) -> ByteReader:
+    """A random-access reader of ``refs`` (a manifest's ``source`` column) in ``source``;
+    ``locations`` (the manifest's ``offset``/``length``) spare tar shards a scan."""
+    if isinstance(source, WebDatasetSource):
+        return TarReader(source, refs, locations)
     for kind, reader in _READERS.items():
         if isinstance(source, kind):
             return reader(source, refs)
     raise TypeError(f"no random access for {type(source).__name__}")
+
+
+def manifest_locations(rows) -> list[tuple[int, int] | None] | None:
+    """The manifest rows' ``(offset, length)`` where ingest recorded one (None elsewhere);
+    None for a manifest written before ingest recorded them."""
+    if "offset" not in rows.columns or "length" not in rows.columns:
+        return None
+    import pandas as pd
+
+    return [
+        None if pd.isna(offset) else (int(offset), int(length))
+        for offset, length in zip(rows["offset"].tolist(), rows["length"].tolist(), strict=True)
+    ]

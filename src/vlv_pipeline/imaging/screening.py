@@ -23,6 +23,7 @@ class Screened:
     info: ImageInfo | None = None
     caption: str | None = None
     split: str | None = None
+    location: tuple[int, int] | None = None  # see Record.location
 
     @property
     def kept(self) -> bool:
@@ -70,7 +71,7 @@ class Screener:
         if verdict.reason is not None:
             return Screened(ref, verdict.reason, verdict.detail, image_id, None, caption, split)
         self._first_ref[image_id] = ref
-        return Screened(ref, None, "", image_id, verdict.info, caption, split)
+        return Screened(ref, None, "", image_id, verdict.info, caption, split, record.location)
 
     def summary(self) -> str:
         """``kept N, rejected M (reason=n, ...)``."""

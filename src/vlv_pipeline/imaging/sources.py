@@ -56,6 +56,9 @@ class Record:
     caption: str | None = None
     split: str | None = None
     rejected: tuple[Reason, str] | None = None
+    # (offset, length) of the bytes in the file, where a seek reaches them (plain tar shards):
+    # ingest keeps it in the manifest, so training reads the item without scanning the shard
+    location: tuple[int, int] | None = None
 
 
 def _is_image_name(name: str) -> bool:
@@ -380,9 +383,12 @@ class WebDatasetSource(ImageSource):
     def _iter_shard(self, shard: str, path: Path, only: Container[str] | None) -> Iterator[Record]:
         current: str | None = None
         members: dict[str, bytes | None] = {}
+        where: dict[str, tuple[int, int]] = {}
         seen = 0
         try:
             with tarfile.open(path, mode="r|*") as tar:
+                # offsets in a compressed stream are not file offsets: no location then
+                plain = getattr(tar.fileobj, "comptype", None) == "tar"
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -392,8 +398,8 @@ class WebDatasetSource(ImageSource):
                     key, ext = _wds_key_ext(member.name)
                     if key != current:
                         if current is not None:
-                            yield from self._flush(shard, current, members, only)
-                        current, members = key, {}
+                            yield from self._flush(shard, current, members, only, where)
+                        current, members, where = key, {}, {}
                     seen += 1
                     if only is None:  # images and their caption/metadata
                         needed = _is_image_name(member.name) or ext in _WDS_META_EXTENSIONS
@@ -401,9 +407,11 @@ class WebDatasetSource(ImageSource):
                         needed = f"{shard}/{member.name}" in only and _is_image_name(member.name)
                     fileobj = tar.extractfile(member) if needed else None
                     members[ext] = fileobj.read() if fileobj is not None else None
+                    if plain:
+                        where[ext] = (member.offset_data, member.size)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             if current is not None:
-                yield from self._flush(shard, current, members, only)
+                yield from self._flush(shard, current, members, only, where)
             yield Record(
                 shard,
                 None,
@@ -411,7 +419,7 @@ class WebDatasetSource(ImageSource):
             )
             return
         if current is not None:
-            yield from self._flush(shard, current, members, only)
+            yield from self._flush(shard, current, members, only, where)
 
     def _flush(
         self,
@@ -419,6 +427,7 @@ class WebDatasetSource(ImageSource):
         key: str,
         members: dict[str, bytes | None],
         only: Container[str] | None = None,
+        where: dict[str, tuple[int, int]] | None = None,
     ) -> Iterator[Record]:
         caption = None
         if members.get("txt") is not None:
@@ -435,7 +444,7 @@ class WebDatasetSource(ImageSource):
             ref = f"{shard}/{key}.{ext}"
             if only is not None and ref not in only:
                 continue
-            yield Record(ref, members[ext], caption)
+            yield Record(ref, members[ext], caption, location=(where or {}).get(ext))
         if images or only is not None:
             return
         others = [ext for ext in members if ext not in _WDS_META_EXTENSIONS]

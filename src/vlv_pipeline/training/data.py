@@ -23,12 +23,26 @@ import torch
 from torch.utils.data import Dataset
 
 from vlv_pipeline.imaging.checks import ImageRejected, decode_normalised
-from vlv_pipeline.imaging.random_access import byte_reader
+from vlv_pipeline.imaging.random_access import byte_reader, manifest_locations
 from vlv_pipeline.imaging.sources import ImageSource
 
 
 class ImagePixels(Dataset):
-    """Item ``i``: the image of ``refs[i]`` as uint8 ``(3, S, S)``, verified against ``image_ids[i]``."""
+    """Item ``i``: the image of ``refs[i]`` as uint8 ``(3, S, S)``, verified against ``image_ids[i]``.
+
+    ``locations``: where ingest found each image's bytes in a tar shard (see
+    ``imaging.random_access.manifest_locations``)."""
+
+    @classmethod
+    def of_manifest(cls, source: ImageSource, rows, resolution: int | None) -> ImagePixels:
+        """The images of manifest ``rows``, in their order."""
+        return cls(
+            source,
+            rows["source"].astype(str).tolist(),
+            rows["image_id"].astype(str).tolist(),
+            resolution,
+            manifest_locations(rows),
+        )
 
     def __init__(
         self,
@@ -36,10 +50,11 @@ class ImagePixels(Dataset):
         refs: Sequence[str],
         image_ids: Sequence[str],
         resolution: int | None,
+        locations: Sequence[tuple[int, int] | None] | None = None,
     ) -> None:
         if len(refs) != len(image_ids):
             raise ValueError("give one image_id per ref")
-        self.reader = byte_reader(source, refs)
+        self.reader = byte_reader(source, refs, locations)
         self.image_ids = np.array([i.encode("ascii") for i in image_ids], dtype=np.bytes_)
         self.resolution = resolution
 

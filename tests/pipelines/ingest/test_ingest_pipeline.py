@@ -49,8 +49,8 @@ def test_catalog_file_reads_the_shapes_world_and_versions_outputs(shapes_like, t
     assert config["raw_images"] == {
         "type": "vlv_pipeline.datasets.image_source.ImageSourceDataset",
         "kind": "folder",
-        "path": "data/01_raw/shapes/images",
-        "captions": "data/01_raw/shapes/labels.parquet",
+        "path": "${globals:data}/01_raw/shapes/images",  # conf/base/globals.yml: data
+        "captions": "${globals:data}/01_raw/shapes/labels.parquet",
         "writable": True,
     }
     assert config["image_manifest"]["versioned"] is config["ingest_rejects"]["versioned"] is True

@@ -58,10 +58,9 @@ def load_eval_data(raw_images, image_manifest: pd.DataFrame, params: EvaluatePar
             f"evaluate.split {params.split!r} has {len(rows)} images in the manifest; need >= 2"
         )
     rows = rows.head(params.images)
-    ids = rows["image_id"].astype(str).tolist()
     return EvalData(
-        ids,
-        ImagePixels(raw_images, rows["source"].astype(str).tolist(), ids, params.resolution),
+        rows["image_id"].astype(str).tolist(),
+        ImagePixels.of_manifest(raw_images, rows, params.resolution),
         [None if pd.isna(c) else str(c) for c in rows["caption"]],
     )
 

@@ -17,7 +17,18 @@ from vlv_pipeline.params.ingest import IngestParams
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("image_id", "source", "width", "height", "mode", "format", "caption", "split")
+MANIFEST_COLUMNS = (
+    "image_id",
+    "source",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "caption",
+    "split",
+    "offset",  # where the image's bytes lie in a plain tar shard (null elsewhere), so
+    "length",  # training reads it with one seek instead of scanning the shard
+)
 REJECT_COLUMNS = ("source", "reason", "detail")
 SCREENED_DTYPES = {
     "source": "string",
@@ -30,6 +41,8 @@ SCREENED_DTYPES = {
     "format": "string",
     "caption": "string",
     "split": "string",
+    "offset": "Int64",
+    "length": "Int64",
 }
 
 
@@ -55,6 +68,8 @@ def _row(s: Screened) -> tuple:
         info.format if info else None,
         s.caption,
         s.split,
+        s.location[0] if s.location else None,
+        s.location[1] if s.location else None,
     )
 
 

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import Dataset
 
 from vlv_pipeline.datasets.latent_cache import CacheRows, LatentCache, vae_fingerprint
-from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.device import inference_device
@@ -21,7 +20,7 @@ from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder
 from vlv_pipeline.params.stage1 import EncoderParams, Stage1Params
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import run_directory, train
-from vlv_pipeline.world.data import pil_to_tensor, tensor_to_uint8, to_unit_range
+from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +58,6 @@ class Stage1Split:
         return torch.stack([m for m, _ in rows]), torch.stack([s for _, s in rows])
 
 
-def load_image_pixels(
-    raw_images, image_manifest: pd.DataFrame, resolution: int | None
-) -> dict[str, torch.Tensor]:
-    """image_id -> pixels in [-1, 1] (3, S, S) of the manifest's images."""
-    return {
-        image_id: pil_to_tensor(image)
-        for image_id, image in iter_images(raw_images, image_manifest, resolution)
-    }
-
-
 def split_references(
     raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, resolution: int | None
 ) -> dict[str, Stage1Split]:
@@ -79,7 +68,7 @@ def split_references(
         splits[str(split)] = Stage1Split(
             ids,
             [None if pd.isna(c) else str(c) for c in rows["caption"]],
-            ImagePixels(raw_images, rows["source"].astype(str).tolist(), ids, resolution),
+            ImagePixels.of_manifest(raw_images, rows, resolution),
             latent_cache.rows(ids),
         )
     return splits

@@ -54,17 +54,13 @@ def load_stage2_data(
     split = next(s for s in ("test", "val", "train") if (image_manifest["split"] == s).any())
     evaluation = image_manifest[image_manifest["split"] == split].sort_values("image_id")
     evaluation = evaluation.head(params.validation_images)
-    refs = image_manifest.drop_duplicates("image_id").set_index("image_id")["source"]
+    by_id = image_manifest.drop_duplicates("image_id").set_index("image_id", drop=False)
     pair_ids = caption_pairs["image_id"].astype(str).tolist()
     eval_ids = evaluation["image_id"].astype(str).tolist()
-    eval_pixels = ImagePixels(
-        raw_images, evaluation["source"].astype(str).tolist(), eval_ids, params.resolution
-    )
+    eval_pixels = ImagePixels.of_manifest(raw_images, evaluation, params.resolution)
     return Stage2Data(
         pair_ids,
-        ImagePixels(
-            raw_images, refs.loc[pair_ids].astype(str).tolist(), pair_ids, params.resolution
-        ),
+        ImagePixels.of_manifest(raw_images, by_id.loc[pair_ids], params.resolution),
         caption_pairs["caption"].astype(str).tolist(),
         eval_ids,
         torch.stack([to_unit_range(eval_pixels[i]) for i in range(len(eval_pixels))]),
