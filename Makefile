@@ -36,6 +36,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_stage1_cache.py
+	$(BIN)/python bench/bench_stage1_data.py
 	$(BIN)/python bench/bench_stage2.py
 	$(BIN)/python bench/gpu_smoke.py $$($(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--tiny')")
 

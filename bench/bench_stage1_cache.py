@@ -1,6 +1,7 @@
 """Benchmark: a stage-1 training step on cached latents vs encoding images every step.
 
     python bench/bench_stage1_cache.py [--steps 20] [--batch 64] [--t2i DIR]
+    python bench/bench_stage1_cache.py --paper-shapes --batch 1 --steps 3
 
 Same frozen T2I model (the shipped shapes-world teacher by default), same VLV encoder (the
 default: the teacher VAE's encoder as its frozen vision tower), same batch, same optimiser.
@@ -9,6 +10,8 @@ cache; the encoder's frozen tower is skipped because its output IS the cached me
 "reference" encodes the pixels with the VAE inside every step for the loss and runs the
 encoder's vision tower on the pixels (the official code's way: VAE encode and the full
 encoder forward every step). Prints seconds per step for both and the speed-up ratio.
+``--paper-shapes`` swaps the teacher for SD 2.1 base's VAE, UNet and text encoder at their
+real sizes (random weights from configs) at 384 px, where the VAE is a larger share.
 """
 
 from __future__ import annotations
@@ -44,14 +47,46 @@ class EncodeEveryStep(Stage1Objective):
         return super().forward((pixels, dist.mean, dist.std))
 
 
+def paper_shaped_t2i():
+    """SD 2.1 base's VAE, UNet, OpenCLIP-H text encoder and scheduler at their real sizes
+    (``gpu_smoke.PAPER``), randomly initialised from configs (nothing downloaded), for
+    384 px (48 x 48 latents)."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from gpu_smoke import PAPER
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = AutoencoderKL(**{**PAPER["vae"], "sample_size": PAPER["resolution"]})
+    unet = UNet2DConditionModel(**PAPER["unet"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**PAPER["text"]))
+    for part in (vae, unet, text_encoder):
+        part.requires_grad_(False).eval()
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return SimpleNamespace(
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        scheduler=scheduler,
+        scaling_factor=0.18215,
+        width=PAPER["text"]["hidden_size"],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--t2i", default=str(ROOT / "src/vlv_pipeline/assets/teacher"))
+    parser.add_argument(
+        "--paper-shapes",
+        action="store_true",
+        help="SD-2.1-base-sized VAE/UNet/text encoder (random weights) at 384 px; "
+        "use with --batch 1 --steps 3",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
-    t2i = FrozenT2I.load(args.t2i)
+    t2i = paper_shaped_t2i() if args.paper_shapes else FrozenT2I.load(args.t2i)
     size = t2i.vae.config.sample_size
     pixels = torch.rand(4, args.batch, 3, size, size) * 2 - 1
     with torch.no_grad():
