@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -78,20 +78,29 @@ class FolderReader(ByteReader):
 
 
 class _OpenFiles:
-    """A small per-process LRU of open binary files."""
+    """A small per-process LRU of open file descriptors, read with ``os.pread``.
+
+    ``pread`` reads at an offset without moving a shared file position: a DataLoader worker
+    forked from a process that already had the shard open shares that descriptor's
+    position with its siblings, and seek-then-read would then race (it did, before this).
+    Descriptors opened by another process (the parent, before a fork) are not reused.
+    """
 
     def __init__(self, limit: int = MAX_OPEN_FILES) -> None:
         self.limit = limit
-        self.files: OrderedDict[str, BinaryIO] = OrderedDict()
+        self.pid = os.getpid()
+        self.files: OrderedDict[str, int] = OrderedDict()
 
-    def get(self, path: str) -> BinaryIO:
-        handle = self.files.pop(path, None)
-        if handle is None:
-            handle = open(path, "rb")  # noqa: SIM115 - closed when evicted
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        if self.pid != os.getpid():  # inherited across a fork: the parent's descriptors
+            self.pid, self.files = os.getpid(), OrderedDict()
+        fd = self.files.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
             while len(self.files) >= self.limit:
-                self.files.popitem(last=False)[1].close()
-        self.files[path] = handle
-        return handle
+                os.close(self.files.popitem(last=False)[1])
+        self.files[path] = fd
+        return os.pread(fd, length, offset)
 
 
 def _shard_of(ref: str, names: set[str]) -> str:
@@ -171,9 +180,10 @@ class TarReader(ByteReader):
     def read(self, i: int) -> bytes:
         files = self.__dict__.setdefault("_files", _OpenFiles())
         path = self.paths[self.shard[i]]
-        handle = files.get(path)
-        handle.seek(int(self.offset[i]))
-        data = handle.read(int(self.length[i]))
+        try:
+            data = files.read(path, int(self.offset[i]), int(self.length[i]))
+        except OSError as error:
+            raise ValueError(f"{self.source!r}: cannot read shard {path}: {error}") from error
         if len(data) != self.length[i]:
             raise ValueError(f"webdataset shard {path} is shorter than its index: re-run ingest")
         return data
