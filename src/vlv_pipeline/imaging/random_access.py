@@ -8,7 +8,7 @@ sampler asks, from any DataLoader worker. ``byte_reader(source, refs)`` gives th
 - webdataset: img2dataset's tar shards read **in place**. Ingest records where each image's
   bytes lie (the manifest's ``offset``/``length``); items without that are found by scanning
   their shards' headers once. The index is compact arrays of (shard, offset, size), and an
-  item is one ``seek`` + ``read`` in the uncompressed tar. Nothing is copied or re-sharded;
+  item is one ``os.pread`` in the uncompressed tar. Nothing is copied or re-sharded;
 - parquet: the row's value, reading (and keeping) one row group at a time.
 
 Readers hold their index in numpy arrays (no Python object per image, so forked workers do
