@@ -102,6 +102,10 @@ def test_bounded_cache_keeps_at_most_its_budget():
     assert Counting.reads == 3 and cached.held == 300  # the second pass came from memory
     cached[7]
     assert cached.held == 300 and 0 not in cached._items  # least recently used went first
+    # a batch of cached and new items, where keeping the new ones evicts cached ones of it
+    assert list(cached._items) == [1, 2, 7]  # 1 is the least recently used
+    batch = cached.__getitems__([3, 1, 2, 7])  # keeping 3 first would evict 1
+    assert [int(item[0][0]) for item in batch] == [3, 1, 2, 7] and cached.held == 300
     fresh = pickle.loads(pickle.dumps(cached))
     assert fresh.held == 0 and not fresh._items  # a worker starts empty
     nothing = BoundedCache(Counting(), max_bytes=0)

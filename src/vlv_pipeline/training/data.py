@@ -139,6 +139,9 @@ class BoundedCache(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list:
         found = [self._items.get(i) for i in indices]
+        for i, item in zip(indices, found, strict=True):
+            if item is not None:  # used now: evicted last (keeping a new item may still
+                self._items.move_to_end(i)  # evict it; this batch holds it anyway)
         missing = [i for i, item in zip(indices, found, strict=True) if item is None]
         read = iter(_items(self.dataset, missing) if missing else ())
         out = []
@@ -146,8 +149,6 @@ class BoundedCache(Dataset):
             if item is None:
                 item = next(read)
                 self._keep(i, item)
-            else:
-                self._items.move_to_end(i)
             out.append(item)
         return out
 
