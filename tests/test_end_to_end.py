@@ -34,15 +34,21 @@ evaluate:
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    project = tmp_path_factory.mktemp("project")
+def copy_project(project: Path) -> Path:
+    """pyproject, conf (without local/) and src/ (conf names the shipped teacher under src/;
+    kedro wants the source inside the project) copied into ``project``."""
+    project.mkdir(exist_ok=True)
     shutil.copy(ROOT / "pyproject.toml", project)
     shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    return project
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("project"))
     (project / "conf/local").mkdir()
     (project / "conf/local/parameters.yml").write_text(TINY)
-    # conf names the shipped teacher under src/; kedro wants the source inside the project
-    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (project / "notebooks").mkdir()
     shutil.copy(ROOT / "notebooks/vlv_results.ipynb", project / "notebooks")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
@@ -139,11 +145,7 @@ def test_the_rehearsal_environment_runs_the_paper_path_offline(tmp_path):
 
     import pandas as pd
 
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", project)
-    shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    project = copy_project(tmp_path / "project")
     env = {
         **os.environ,
         "KEDRO_DISABLE_TELEMETRY": "true",

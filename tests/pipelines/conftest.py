@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+from world_factory import render_and_ingest
 
 from vlv_pipeline.models.teacher import assemble_pipeline
 from vlv_pipeline.params.world import WorldParams
@@ -63,22 +64,5 @@ def tiny_sd(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A rendered 16 px shapes world on disk (folder + captions), ingested: (source, manifest)."""
-    from vlv_pipeline.datasets.image_source import ImageSourceDataset
-    from vlv_pipeline.params.ingest import IngestParams
-    from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
-    from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
-
-    root = tmp_path_factory.mktemp("world")
     world = WorldParams(image_size=16, counts={"train": 16, "val": 0, "test": 6})
-    labels = generate_labels(world)
-    labels.to_parquet(root / "labels.parquet")
-    dataset = ImageSourceDataset(
-        kind="folder",
-        path=str(root / "images"),
-        captions=str(root / "labels.parquet"),
-        writable=True,
-    )
-    dataset.save(render_images(labels, world))
-    source = dataset.load()
-    params = IngestParams(min_side=8)
-    return source, build_manifest(screen_images(source, params), params)
+    return render_and_ingest(tmp_path_factory.mktemp("world"), world)

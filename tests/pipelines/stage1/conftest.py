@@ -1,17 +1,14 @@
 """The tiny stage-1 data shared by the stage-1 tests, made the way a run makes it."""
 
 import pytest
+from world_factory import render_and_ingest
 
-from vlv_pipeline.datasets.image_source import ImageSourceDataset
 from vlv_pipeline.datasets.latent_cache import LatentCache
 from vlv_pipeline.params.cache import CacheParams
-from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.cache.nodes import encode_latents
-from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
 from vlv_pipeline.pipelines.stage1.nodes import load_stage1_data
-from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +17,7 @@ def data(tiny_sd, tmp_path_factory):
     latents cached under the tiny SD's VAE, then read per item by ``load_stage1_data``."""
     root = tmp_path_factory.mktemp("stage1-world")
     world = WorldParams(image_size=16, counts={"train": 8, "val": 0, "test": 4})
-    labels = generate_labels(world)
-    labels.to_parquet(root / "labels.parquet")
-    images = ImageSourceDataset(
-        kind="folder",
-        path=str(root / "images"),
-        captions=str(root / "labels.parquet"),
-        writable=True,
-    )
-    images.save(render_images(labels, world))
-    source = images.load()
-    ingest = IngestParams(min_side=8)
-    manifest = build_manifest(screen_images(source, ingest), ingest)
+    source, manifest = render_and_ingest(root, world)
     cache = encode_latents(
         source,
         manifest,
