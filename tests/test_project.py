@@ -86,6 +86,7 @@ def test_paper_env_overrides_only_the_keys_it_names():
         384,
     )
     assert stage1.training.betas == (0.9, 0.99) and stage1.training.weight_decay == 0.01
+    assert stage1.training.num_workers == 8  # GPU nodes decode shards in worker processes
     assert stage1.training.batch_size * stage1.training.gradient_accumulation == 512
     assert stage1.timestep_range is None and stage1.diversity_weight == 0.0  # the paper's loss
     stage2 = Stage2Params(**paper["stage2"])
