@@ -43,3 +43,46 @@ def test_a_failing_tracker_or_no_mlflow_never_breaks_the_run(monkeypatch):
     tracking.MlflowMetricsHook().after_dataset_saved("stage1_metrics", {"a": 1.0}, None)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed: import fails
     tracking.MlflowMetricsHook().after_dataset_saved("stage1_metrics", {"a": 1.0}, None)
+
+
+def test_training_curves_go_into_the_open_mlflow_run(monkeypatch, tmp_path):
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from vlv_pipeline.params.training import TrainParams
+    from vlv_pipeline.training.loop import train
+
+    logged, started = [], []
+    fake = types.SimpleNamespace(
+        active_run=lambda: object(),  # kedro-mlflow's run, already open
+        start_run=lambda *a, **k: started.append(a),
+        log_metrics=lambda metrics, step=None: logged.append((step, metrics)),
+    )
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.setenv("VLV_MLFLOW", "1")
+
+    class Squares(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 1)
+
+        def forward(self, batch):
+            return (self.linear(batch[0]) ** 2).mean()
+
+    train(
+        Squares(),
+        TensorDataset(torch.randn(32, 4)),
+        TrainParams(steps=4, batch_size=8, learning_rate=0.1, log_every=2, trackers=[]),
+        checkpoint_dir=tmp_path,
+        desc="stage 1",
+    )
+    assert not started  # no second run
+    assert [step for step, _ in logged] == [2, 4]
+    assert set(logged[0][1]) == {
+        "stage1/step",
+        "stage1/loss",
+        "stage1/lr",
+        "stage1/grad_norm",
+        "stage1/images_per_s",
+    }

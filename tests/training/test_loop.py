@@ -244,3 +244,32 @@ def test_how_batches_are_read_is_not_part_of_the_run_folder(tmp_path):
     )
     with pytest.raises(ValueError, match="prefetch_factor needs num_workers"):
         _params(prefetch_factor=2)
+
+
+def test_validation_sees_the_ema_weights_and_leaves_training_as_it_was(tmp_path):
+    from vlv_pipeline.training.loop import Validation
+
+    params = _params(ema_decay=0.9)
+    plain = _model()
+    plain_result = train(plain, _data(), params)
+    seen = {}
+    watched = _model()
+
+    def run(step):
+        seen[step] = watched.linear.weight.detach().clone()
+        torch.rand(100)  # validation may draw: training's random state must not notice
+        return {"score": float(step)}, {}
+
+    result = train(watched, _data(), params, validation=Validation(every=6, run=run))
+    assert sorted(seen) == [6, 12]
+    assert torch.equal(watched.linear.weight, plain.linear.weight)  # live weights restored
+    assert torch.equal(seen[12], result.ema.shadow_params[0])  # validated with EMA weights
+    assert not torch.equal(seen[12], watched.linear.weight)
+    assert plain_result.history == result.history
+
+
+def test_objective_naming_its_models_must_cover_every_trainable_weight(tmp_path):
+    model = _model()
+    model.trained_models = lambda: {"frozen": model.frozen}  # leaves out `linear`
+    with pytest.raises(ValueError, match="leaves out trainable parameters"):
+        train(model, _data(), _params(), checkpoint_dir=tmp_path)

@@ -105,3 +105,6 @@ class ProbeObjective(nn.Module):
         if self.noise_std:
             images = images + self.noise_std * torch.randn_like(images)
         return self.probe.loss(images, targets)
+
+    def trained_models(self) -> dict[str, nn.Module]:
+        return {"probe": self.probe}

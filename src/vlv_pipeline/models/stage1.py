@@ -93,6 +93,11 @@ class Stage1Objective(nn.Module):
             loss = loss + self.diversity_weight * collapse_penalty(embeddings)
         return loss
 
+    def trained_models(self) -> dict[str, nn.Module]:
+        """What a checkpoint stores: the encoder (``checkpoint-N/vlv_encoder`` loads with
+        ``VLVEncoder.from_pretrained``); the UNet and text encoder are frozen."""
+        return {"vlv_encoder": self.encoder}
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.text_encoder.eval()  # frozen parts never switch to training behaviour

@@ -34,6 +34,20 @@ class Stage2Objective(nn.Module):
             inputs = encode_embeddings(self.text_encoder, self.encoder(to_unit_range(inputs)))
         return self.decoder(inputs, input_ids, attention_mask)
 
+    def trained_models(self) -> dict[str, nn.Module]:
+        """What a checkpoint stores: psi alone, psi and the LoRA adapter, or the whole caption
+        decoder when the LLM trains; the VLV encoder when it trains too."""
+        llm = self.decoder.llm
+        if not any(p.requires_grad for p in llm.parameters()):
+            parts: dict[str, nn.Module] = {"psi": self.decoder.psi}
+        elif hasattr(llm, "peft_config"):  # LoRA: the adapter, not the frozen LLM under it
+            parts = {"psi": self.decoder.psi, "lora": llm}
+        else:
+            parts = {"caption_decoder": self.decoder}
+        if self.encoder is not None and any(p.requires_grad for p in self.encoder.parameters()):
+            parts["vlv_encoder"] = self.encoder
+        return parts
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.text_encoder is not None:

@@ -72,6 +72,9 @@ class ValidationParams(StrictModel):
     grid_images: int = Field(12, ge=1)
     sampling: SamplingParams = SamplingParams()
     probe: str | None = None  # the shapes world's attribute probe (a model dir); null elsewhere
+    # also validate during training, every `every` steps (metric and grid to the trackers,
+    # with EMA weights when EMA is on); null: only once, after training
+    every: int | None = Field(None, ge=1)
 
 
 class Stage1Params(StrictModel):

@@ -33,6 +33,12 @@ class TrainParams(StrictModel):
     resume: bool = True
     seed: int = 0
     log_every: int = Field(10, ge=1)
+    # where loss, lr, grad norm, images/s (and validation) go while training: Accelerate
+    # trackers, written under <run folder>/logs ([] for none; MLflow joins when tracking is on)
+    trackers: list[Literal["tensorboard"]] = ["tensorboard"]
+    # recompute activations in the backward pass (less memory, ~30% more compute), in every
+    # model of the objective that supports it: the frozen UNet and the trainable models
+    gradient_checkpointing: bool = False
     # how batches are read; none of these changes which batches a run sees (so they are
     # not part of a run's checkpoint folder name: see training.loop.run_directory)
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: read in the loop)

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,13 +40,26 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vlv_pipeline.params.training import TrainParams
+from vlv_pipeline.tracking import flatten
+from vlv_pipeline.training import checkpoint
+from vlv_pipeline.training.trackers import figure_array, log_images, make_trackers, plain_config
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 _HISTORY = "history.json"
 # TrainParams keys that change how batches are read, not which: left out of run folders' names
-READING_KEYS = frozenset({"num_workers", "prefetch_factor", "pin_memory", "cache_mb"})
+# (nor do where progress is logged, or recomputing activations to save memory)
+READING_KEYS = frozenset(
+    {
+        "num_workers",
+        "prefetch_factor",
+        "pin_memory",
+        "cache_mb",
+        "trackers",
+        "gradient_checkpointing",
+    }
+)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -56,7 +70,7 @@ class TrainingDivergedError(FloatingPointError):
 class TrainResult:
     """What a finished run returns besides the trained objective (updated in place)."""
 
-    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr"} per log
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr", "grad_norm"} per log
     steps: int = 0
     resumed_from: int | None = None
     seconds: float = 0.0  # training time, summed over every resumed run
@@ -109,7 +123,7 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _make_accelerator(params: TrainParams) -> Accelerator:
+def _make_accelerator(params: TrainParams, logging_dir: Path | None, name: str) -> Accelerator:
     # Accelerate keeps one process-wide state; a later stage with another precision in the
     # same `kedro run` (stage 1 fp32, then stage 2 bf16) would be refused. Drop the old
     # precision choice but keep the distributed state (the process group) as it is.
@@ -119,6 +133,7 @@ def _make_accelerator(params: TrainParams) -> Accelerator:
         and str(state.get("_mixed_precision", params.mixed_precision)) != params.mixed_precision
     ):
         AcceleratorState._reset_state(reset_partial_state=False)
+    trackers = make_trackers(params.trackers, name) if logging_dir is not None else []
     return Accelerator(
         gradient_accumulation_steps=params.gradient_accumulation,
         mixed_precision=params.mixed_precision,
@@ -126,6 +141,8 @@ def _make_accelerator(params: TrainParams) -> Accelerator:
         # only for noise draws
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=params.seed),
         cpu=not torch.cuda.is_available(),
+        log_with=trackers or None,
+        project_dir=str(logging_dir) if trackers else None,
     )
 
 
@@ -146,7 +163,8 @@ def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
 def _save_checkpoint(
     accelerator: Accelerator, directory: Path, step: int, history, keep: int, seconds: float
 ):
-    """Save the training state to ``checkpoint-<step>`` atomically; prune old ones."""
+    """Save the training state to ``checkpoint-<step>`` atomically; prune old ones. What
+    goes in (the trained models only, optimizer, RNG...): ``training/checkpoint.py``."""
     final = directory / f"{CHECKPOINT_PREFIX}{step}"
     tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
@@ -172,6 +190,107 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
 
 
+def enable_gradient_checkpointing(objective: nn.Module) -> list[str]:
+    """Turn on activation recomputation in every outermost submodule that supports it (a
+    diffusers model, a transformers model); returns their names."""
+    enabled: list[str] = []
+    for name, module in objective.named_modules():
+        if any(name.startswith(f"{done}.") for done in enabled if done):
+            continue
+        if getattr(module, "_supports_gradient_checkpointing", False) and hasattr(
+            module, "enable_gradient_checkpointing"
+        ):  # diffusers
+            module.enable_gradient_checkpointing()
+        elif getattr(module, "supports_gradient_checkpointing", False) and hasattr(
+            module, "gradient_checkpointing_enable"
+        ):  # transformers; the non-reentrant form works with frozen inputs
+            module.gradient_checkpointing_enable({"use_reentrant": False})
+        else:
+            continue
+        enabled.append(name)
+    return enabled
+
+
+def _optimizer(trainable: list[nn.Parameter], params: TrainParams, device: torch.device):
+    """AdamW; the fused CUDA kernel when the trainable weights are on a GPU."""
+    fused = device.type == "cuda" and all(p.is_floating_point() for p in trainable)
+    return torch.optim.AdamW(
+        parameter_groups(trainable, params),
+        lr=params.learning_rate,
+        betas=params.betas,
+        weight_decay=params.weight_decay,
+        **({"fused": True} if fused else {}),
+    )
+
+
+@dataclass
+class Validation:
+    """Run during training every ``every`` steps, on the main process: ``run(step)`` returns
+    (scalar metrics, {name: matplotlib figure}), logged to the trackers. With EMA on it sees
+    the EMA weights. It draws from its own RNG: training's random state is left as it was."""
+
+    every: int
+    run: Callable[[int], tuple[dict, dict]]
+
+
+def _validate(accelerator, validation: Validation, step: int, trainable, ema) -> None:
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                metrics, figures = validation.run(step)
+        finally:
+            if ema is not None:
+                ema.restore(trainable)
+        accelerator.log({f"validation/{k}": v for k, v in flatten(metrics).items()}, step=step)
+        log_images(
+            accelerator, {f"validation/{k}": figure_array(f) for k, f in figures.items()}, step
+        )
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator, directory: Path | None, params: TrainParams, desc: str):
+    """(start step, history, seconds so far, resumed-from step) from the latest checkpoint."""
+    if directory is None or not params.resume:
+        return 0, [], 0.0, None
+    checkpoints = list_checkpoints(directory)
+    if not checkpoints:
+        return 0, [], 0.0, None
+    start, path = checkpoints[-1]
+    accelerator.load_state(str(path))
+    record = json.loads((path / _HISTORY).read_text())
+    logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
+    return start, record["history"], record.get("seconds", 0.0), start
+
+
+class _Window:
+    """Running sums between two log lines: mean loss and grad norm, images per second."""
+
+    def __init__(self, images_per_step: int):
+        self.images_per_step = images_per_step
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.norm, self.steps, self.started = 0.0, 0.0, 0, time.perf_counter()
+
+    def add(self, loss: float, norm: float) -> None:
+        self.loss, self.norm, self.steps = self.loss + loss, self.norm + norm, self.steps + 1
+
+    def entry(self, step: int, lr: float) -> tuple[dict, float]:
+        """The history entry (deterministic) and the throughput (not part of the history)."""
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        entry = {
+            "step": step,
+            "loss": self.loss / self.steps,
+            "lr": lr,
+            "grad_norm": self.norm / self.steps,
+        }
+        return entry, self.images_per_step * self.steps / seconds
+
+
 def train(
     objective: nn.Module,
     dataset: Dataset,
@@ -180,27 +299,32 @@ def train(
     checkpoint_dir: str | Path | None = None,
     desc: str = "train",
     collate_fn=None,
+    validation: Validation | None = None,
 ) -> TrainResult:
     """Train ``objective`` on ``dataset`` for ``params.steps`` optimiser steps.
 
-    ``checkpoint_dir`` holds ``checkpoint-N`` folders; with ``params.resume`` a rerun
-    continues from the latest one (a finished run returns at once). After training, the
-    objective's weights are the trained ones (the EMA weights, if EMA is on, are in
-    ``result.ema``; call ``result.ema.copy_to(params)`` to use them).
+    ``checkpoint_dir`` holds ``checkpoint-N`` folders and the tracker logs (``logs/``); with
+    ``params.resume`` a rerun continues from the latest checkpoint (a finished run returns
+    at once). After training, the objective's weights are the trained ones (the EMA
+    weights, if EMA is on, are in ``result.ema``; call ``result.ema.copy_to(params)`` to
+    use them). ``validation`` runs every ``validation.every`` steps.
     """
     from diffusers.training_utils import EMAModel  # heavy import, only when training
 
-    accelerator = _make_accelerator(params)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    name = desc.replace(" ", "")
+    accelerator = _make_accelerator(params, directory / "logs" if directory else None, name)
     set_seed(params.seed, device_specific=True)
+    if params.gradient_checkpointing:
+        logger.info(
+            "%s: gradient checkpointing in %s", desc, enable_gradient_checkpointing(objective)
+        )
     trainable = [p for p in objective.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"{desc}: the objective has no trainable parameters")
-    optimizer = torch.optim.AdamW(
-        parameter_groups(trainable, params),
-        lr=params.learning_rate,
-        betas=params.betas,
-        weight_decay=params.weight_decay,
-    )
+    checkpoint.trained_models(objective)  # names every trainable weight, or fails here
+    objective.to(accelerator.device)
+    optimizer = _optimizer(trainable, params, accelerator.device)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, params)
     )
@@ -214,26 +338,15 @@ def train(
         **loader_options(params),
     )
     model, optimizer, loader, schedule = accelerator.prepare(objective, optimizer, loader, schedule)
+    checkpoint.register(accelerator, objective)
     ema = None
     if params.ema_decay is not None:
         ema = EMAModel(trainable, decay=params.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-
-    history: list[dict] = []
-    start = 0
-    resumed_from = None
-    earlier_seconds = 0.0
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if directory is not None and params.resume:
-        checkpoints = list_checkpoints(directory)
-        if checkpoints:
-            start, path = checkpoints[-1]
-            accelerator.load_state(str(path))
-            record = json.loads((path / _HISTORY).read_text())
-            history, earlier_seconds = record["history"], record.get("seconds", 0.0)
-            resumed_from = start
-            logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
+    start, history, earlier_seconds, resumed_from = _resume(accelerator, directory, params, desc)
+    if accelerator.log_with:
+        accelerator.init_trackers(name, config=plain_config(params.model_dump(mode="json")))
 
     started = time.perf_counter()
     batches = _batches(accelerator, loader, start * params.gradient_accumulation)
@@ -245,38 +358,31 @@ def train(
         dynamic_ncols=True,
     )
     model.train()
-    running, count = 0.0, 0
+    window = _Window(params.batch_size * params.gradient_accumulation * accelerator.num_processes)
     for step in range(start, params.steps):
-        for _ in range(params.gradient_accumulation):
-            batch = next(batches)
-            with accelerator.accumulate(model):
-                loss = model(batch)
-                if not torch.isfinite(loss.detach()):
-                    last = list_checkpoints(directory)[-1][1] if directory else None
-                    raise TrainingDivergedError(
-                        f"{desc}: the loss became {loss.item()} at step {step}; stopped before "
-                        f"saving anything. Last good checkpoint: {last or 'none'}. "
-                        "Lower learning_rate, raise warmup_steps or set max_grad_norm."
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and params.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(trainable, params.max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += (
-                accelerator.gather(loss.detach()).mean().item() / params.gradient_accumulation
+        loss, norm = _step(accelerator, model, optimizer, schedule, batches, trainable, params)
+        if not math.isfinite(loss):
+            saved = list_checkpoints(directory) if directory is not None else []
+            last = saved[-1][1] if saved else None
+            raise TrainingDivergedError(
+                f"{desc}: the loss became {loss} at step {step}; stopped before "
+                f"saving anything. Last good checkpoint: {last or 'none'}. "
+                "Lower learning_rate, raise warmup_steps or set max_grad_norm."
             )
-        count += 1
+        window.add(loss, norm)
         if ema is not None:
             ema.step(trainable)
         done = step + 1
         if done % params.log_every == 0 or done == params.steps:
-            entry = {"step": done, "loss": running / count, "lr": schedule.get_last_lr()[0]}
+            entry, images_per_s = window.entry(done, schedule.get_last_lr()[0])
             history.append(entry)
+            accelerator.log({**entry, "images_per_s": images_per_s}, step=done)
             bar.set_postfix(loss=f"{entry['loss']:.4g}")
-            running, count = 0.0, 0
+            window.reset()
         bar.update(1)
+        if validation is not None and done % validation.every == 0:
+            _validate(accelerator, validation, done, trainable, ema)
+            model.train()
         if directory is not None and (done % params.checkpoint_every == 0 or done == params.steps):
             elapsed = earlier_seconds + time.perf_counter() - started
             _save_checkpoint(
@@ -294,6 +400,7 @@ def train(
             history[-1]["loss"] if history else float("nan"),
         )
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return TrainResult(
         history=history,
         steps=params.steps,
@@ -301,6 +408,31 @@ def train(
         seconds=earlier_seconds + seconds,
         ema=ema,
     )
+
+
+def _step(
+    accelerator, model, optimizer, schedule, batches, trainable, params
+) -> tuple[float, float]:
+    """One optimiser step over ``gradient_accumulation`` micro-batches: (loss averaged over
+    the micro-batches and ranks, gradient norm before clipping; nan for a non-finite loss,
+    in which case nothing was stepped)."""
+    total, norm = 0.0, 0.0
+    for _ in range(params.gradient_accumulation):
+        batch = next(batches)
+        with accelerator.accumulate(model):
+            loss = model(batch)
+            if not torch.isfinite(loss.detach()):
+                return float(loss.item()), 0.0
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                # the norm is measured either way; an infinite bound clips nothing
+                limit = params.max_grad_norm if params.max_grad_norm is not None else math.inf
+                norm = float(accelerator.clip_grad_norm_(trainable, limit))
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += accelerator.gather(loss.detach()).mean().item() / params.gradient_accumulation
+    return total, norm
 
 
 def run_directory(root: str | Path, name: str, *configs) -> Path:

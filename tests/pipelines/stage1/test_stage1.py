@@ -8,6 +8,7 @@ from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.stage1 import Stage1Objective
+from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.vlv_encoder import (
     Florence2VLVEncoder,
     SmallVLVEncoder,
@@ -17,6 +18,7 @@ from vlv_pipeline.models.vlv_encoder import (
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.stage1.nodes import (
+    build_encoder,
     plot_stage1_loss,
     train_stage1,
     validate_stage1,
@@ -357,3 +359,118 @@ def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
         trained(split.training_set(with_pixels=True, cache_bytes=2**20), num_workers=2),
     ):
         assert all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+def _scalars(logs):
+    """{tag: [(step, value)]} of every TensorBoard event file under ``logs``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for events in sorted(logs.rglob("events.out.tfevents.*")):
+        reader = EventAccumulator(str(events.parent), size_guidance={"images": 0})
+        reader.Reload()
+        for tag in reader.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in reader.Scalars(tag))
+        for tag in reader.Tags()["images"]:
+            out.setdefault(tag, []).extend((e.step, e.width) for e in reader.Images(tag))
+    return out
+
+
+def test_a_mid_run_checkpoint_holds_only_the_encoder_and_loads_as_one(tiny_sd, data, tmp_path):
+    from vlv_pipeline.models.vlv_encoder import VLVEncoder
+
+    params = _params(tiny_sd, tmp_path)
+    encoder, _ = train_stage1(data, params)  # 2 steps, checkpoints after each
+    run = next((tmp_path / "ckpt").iterdir())
+    (_, first), (_, last) = list_checkpoints(run)
+    # the frozen UNet and text encoder are not in it; the optimizer and RNG are
+    assert sorted(p.name for p in first.iterdir()) == [
+        "history.json",
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "scheduler.bin",
+        "vlv_encoder",
+    ]
+    final = VLVEncoder.from_pretrained(last / "vlv_encoder")
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(final.state_dict()[name], tensor), name
+    # checkpoint-1 is the encoder after one step: a one-step run ends with the same weights
+    mid = VLVEncoder.from_pretrained(first / "vlv_encoder").eval()
+    one = Stage1Params(
+        **{
+            **params.model_dump(),
+            "training": {**params.training.model_dump(), "steps": 1},
+            "checkpoint_dir": str(tmp_path / "one"),
+        }
+    )
+    after_one, _ = train_stage1(data, one)
+    pixels = data["test"].images(2)
+    assert torch.equal(mid(pixels), after_one(pixels))
+    assert not torch.equal(mid(pixels), encoder(pixels))
+
+
+def test_training_logs_loss_lr_grad_norm_and_throughput_to_tensorboard(tiny_sd, data, tmp_path):
+    params = _params(tiny_sd, tmp_path)
+    params = Stage1Params(
+        **{
+            **params.model_dump(),
+            "validation": {**params.validation.model_dump(), "every": 1, "probe": None},
+        }
+    )
+    _, log = train_stage1(data, params)
+    logs = next((tmp_path / "ckpt").iterdir()) / "logs"
+    scalars = _scalars(logs)
+    for tag in ("loss", "lr", "grad_norm", "images_per_s"):
+        assert [step for step, _ in scalars[tag]] == [1, 2], tag
+    assert [v for _, v in scalars["loss"]] == pytest.approx([e["loss"] for e in log["history"]])
+    assert all(v > 0 for _, v in scalars["grad_norm"] + scalars["images_per_s"])
+    # validation.every: the reconstruction grid at steps 1 and 2
+    assert [step for step, _ in scalars["validation/reconstructions"]] == [1, 2]
+
+
+def test_validation_during_training_logs_the_probe_metric(tiny_sd, data, tmp_path):
+    AttributeProbe(image_size=16, width=4, hidden=8).save_pretrained(tmp_path / "probe")
+    params = _params(tiny_sd, tmp_path)
+    params = Stage1Params(
+        **{
+            **params.model_dump(),
+            "training": {**params.training.model_dump(), "steps": 1},
+            "validation": {
+                **params.validation.model_dump(),
+                "every": 1,
+                "probe": str(tmp_path / "probe"),
+            },
+        }
+    )
+    encoder, _ = train_stage1(data, params)
+    scalars = _scalars(next((tmp_path / "ckpt").iterdir()) / "logs")
+    metrics, _ = validate_stage1(encoder, data, params)
+    logged = dict(scalars["validation/exact_scene"])[1]
+    assert logged == pytest.approx(metrics["reconstruction"]["exact_scene"])
+
+
+def test_gradient_checkpointing_changes_memory_not_the_numbers(tiny_sd, data, tmp_path):
+    from vlv_pipeline.training.loop import enable_gradient_checkpointing
+
+    def loss_and_grads(checkpointing: bool):
+        t2i = FrozenT2I.load(str(tiny_sd), "float32")
+        torch.manual_seed(0)
+        encoder = build_encoder(_params(tiny_sd, tmp_path).encoder, t2i.width, t2i.vae, None)
+        objective = Stage1Objective(
+            encoder, t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor
+        ).train()
+        if checkpointing:
+            assert "unet" in enable_gradient_checkpointing(objective)
+            assert objective.unet.is_gradient_checkpointing
+        batch = data["train"].training_set(True, 0).__getitems__([0, 1, 2, 3])
+        batch = tuple(torch.stack(column) for column in zip(*batch, strict=True))
+        torch.manual_seed(1)
+        loss = objective(batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+
+    plain, checkpointed = loss_and_grads(False), loss_and_grads(True)
+    assert torch.equal(plain[0], checkpointed[0])
+    assert all(
+        torch.allclose(a, b, atol=1e-6) for a, b in zip(plain[1], checkpointed[1], strict=True)
+    )

@@ -266,3 +266,34 @@ def test_stage2_refuses_an_embedding_cache_of_another_encoder(tiny_world, tiny_s
         encoder.queries.add_(1.0)  # a retrained stage 1
     with pytest.raises(ValueError, match="not made by this VLV encoder.*--pipeline synthesize"):
         nodes.train_stage2(data, encoder, cache, params)
+
+
+@pytest.mark.parametrize(
+    ("trainable", "stored"),
+    [
+        ("projector", ["psi.safetensors"]),
+        ("projector+lora", ["lora", "psi.safetensors"]),
+        ("projector+llm", ["caption_decoder"]),
+    ],
+)
+def test_checkpoints_hold_only_what_trains_and_resume_exactly(
+    tiny_world, tiny_sd, tmp_path, trainable, stored
+):
+    import shutil
+
+    from vlv_pipeline.training.loop import list_checkpoints
+
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable)
+    whole, _ = nodes.train_stage2(data, encoder, cache, params)
+    run = next((tmp_path / "ckpt2").iterdir())
+    (_, first), (_, last) = list_checkpoints(run)
+    models = sorted(p.name for p in first.iterdir() if p.suffix not in {".bin", ".pkl", ".json"})
+    assert models == stored  # no frozen LLM in a projector or LoRA checkpoint
+    if trainable == "projector+lora":
+        assert not list((first / "lora").glob("model*.safetensors"))  # the adapter only
+    shutil.rmtree(last)  # as if killed after step 1: the rerun resumes from checkpoint-1
+    resumed, log = nodes.train_stage2(data, encoder, cache, params)
+    assert [e["step"] for e in log["history"]] == [1, 2]
+    expected = whole.decoder.state_dict()
+    for name, tensor in resumed.decoder.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name

@@ -19,7 +19,7 @@ from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage1 import EncoderParams, Stage1Params
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
-from vlv_pipeline.training.loop import run_directory, train
+from vlv_pipeline.training.loop import Validation, run_directory, train
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
             params.model_dump(mode="json", exclude={"validation", "checkpoint_dir"}),
         ),
         desc="stage 1",
+        validation=_during_training(encoder, data, params),
     )
     if result.ema is not None:
         result.ema.copy_to([p for p in encoder.parameters() if p.requires_grad])
@@ -241,6 +242,19 @@ def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params)
         title="stage 1: reconstruction from caption embeddings",
     )
     return metrics, grid
+
+
+def _during_training(encoder, data: dict[str, Stage1Split], params: Stage1Params):
+    """``validation.every``: the validation metric and grid, logged while training."""
+    if params.validation.every is None:
+        return None
+
+    def run(step: int) -> tuple[dict, dict]:
+        encoder.eval()
+        metrics, grid = validate_stage1(encoder, data, params)
+        return metrics.get("reconstruction", {}), {"reconstructions": grid}
+
+    return Validation(params.validation.every, run)
 
 
 def plot_stage1_loss(log: dict):
