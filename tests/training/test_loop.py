@@ -273,3 +273,28 @@ def test_objective_naming_its_models_must_cover_every_trainable_weight(tmp_path)
     model.trained_models = lambda: {"frozen": model.frozen}  # leaves out `linear`
     with pytest.raises(ValueError, match="leaves out trainable parameters"):
         train(model, _data(), _params(), checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_of_the_whole_objective_from_before_still_resumes(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vlv_pipeline.training.checkpoint import TRAINABLE_FILE
+
+    whole = _model()
+    train(whole, _data(), _params(), checkpoint_dir=tmp_path / "a")
+    resumed_dir = tmp_path / "b"
+    first = _model(crash_at=9)  # killed in step 9: checkpoints 4 and 8 are on disk
+    with pytest.raises(KeyboardInterrupt):
+        train(first, _data(), _params(), checkpoint_dir=resumed_dir)
+    # rewrite checkpoint-8 as the old format: Accelerate's model.safetensors, all weights
+    old = resumed_dir / "checkpoint-8"
+    state = first.state_dict()
+    state.update(load_file(str(old / TRAINABLE_FILE)))
+    (old / TRAINABLE_FILE).unlink()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(old / "model.safetensors"))
+    again = _model(seed=1)
+    train(again, _data(), _params(), checkpoint_dir=resumed_dir)
+    assert torch.equal(again.linear.weight, whole.linear.weight)
+    (resumed_dir / "checkpoint-12" / TRAINABLE_FILE).unlink()  # neither format: a clear error
+    with pytest.raises(FileNotFoundError, match="checkpoint-12 has none of"):
+        train(_model(), _data(), _params(), checkpoint_dir=resumed_dir)

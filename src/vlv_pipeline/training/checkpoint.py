@@ -90,10 +90,35 @@ def _copy_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) 
         )
 
 
+LEGACY_FILE = "model.safetensors"  # Accelerate's own: the whole objective, frozen parts too
+
+
+def _saved(directory: Path, name: str) -> bool:
+    return (directory / f"{name}.safetensors").is_file() or (directory / name).is_dir()
+
+
 def load_trained(objective: nn.Module, directory: str | Path) -> None:
-    """Copy the trained models saved by ``save_trained`` back into ``objective`` in place."""
+    """Copy the trained models saved by ``save_trained`` back into ``objective`` in place.
+
+    A checkpoint written before checkpoints held only what trains (Accelerate's
+    ``model.safetensors`` of the whole objective) still loads."""
     directory = Path(directory)
     parts = trained_models(objective)
+    expected = [f"{n}/" for n in parts] if parts else [TRAINABLE_FILE]
+    present = (
+        all(_saved(directory, n) for n in parts)
+        if parts
+        else (directory / TRAINABLE_FILE).is_file()
+    )
+    if not present:
+        if (directory / LEGACY_FILE).is_file():
+            _copy_into(objective, load_file(str(directory / LEGACY_FILE)), directory)
+            return
+        raise FileNotFoundError(
+            f"checkpoint {directory} has none of {expected}: it is incomplete or was written "
+            "for another setup; delete it (the run resumes from the one before) or set "
+            "training.resume: false"
+        )
     if not parts:
         state = load_file(str(directory / TRAINABLE_FILE))
         expected = _loose_tensors(objective)
