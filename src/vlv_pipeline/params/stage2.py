@@ -47,6 +47,9 @@ class Stage2Params(StrictModel):
     generation: GenerationParams = GenerationParams()
     baseline: BaselineParams = BaselineParams()
     validation_images: int = Field(256, ge=1)
+    # also caption the validation images while training, every this many steps (BLEU-4,
+    # ROUGE-L, CIDEr and a captioned grid to the trackers); null: only after training
+    validation_every: int | None = Field(None, ge=1)
     checkpoint_dir: str = "data/06_models/checkpoints/stage2"
 
     @model_validator(mode="after")

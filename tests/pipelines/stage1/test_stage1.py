@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 from stage2_factory import TINY_FLORENCE
+from tb_events import read_events
 from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from vlv_pipeline.models.probe import AttributeProbe
@@ -361,21 +362,6 @@ def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
         assert all(torch.equal(got[k], v) for k, v in expected.items())
 
 
-def _scalars(logs):
-    """{tag: [(step, value)]} of every TensorBoard event file under ``logs``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = {}
-    for events in sorted(logs.rglob("events.out.tfevents.*")):
-        reader = EventAccumulator(str(events.parent), size_guidance={"images": 0})
-        reader.Reload()
-        for tag in reader.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in reader.Scalars(tag))
-        for tag in reader.Tags()["images"]:
-            out.setdefault(tag, []).extend((e.step, e.width) for e in reader.Images(tag))
-    return out
-
-
 def test_a_mid_run_checkpoint_holds_only_the_encoder_and_loads_as_one(tiny_sd, data, tmp_path):
     from vlv_pipeline.models.vlv_encoder import VLVEncoder
 
@@ -419,7 +405,7 @@ def test_training_logs_loss_lr_grad_norm_and_throughput_to_tensorboard(tiny_sd, 
     )
     _, log = train_stage1(data, params)
     logs = next((tmp_path / "ckpt").iterdir()) / "logs"
-    scalars = _scalars(logs)
+    scalars = read_events(logs)
     for tag in ("loss", "lr", "grad_norm", "images_per_s"):
         assert [step for step, _ in scalars[tag]] == [1, 2], tag
     assert [v for _, v in scalars["loss"]] == pytest.approx([e["loss"] for e in log["history"]])
@@ -443,7 +429,7 @@ def test_validation_during_training_logs_the_probe_metric(tiny_sd, data, tmp_pat
         }
     )
     encoder, _ = train_stage1(data, params)
-    scalars = _scalars(next((tmp_path / "ckpt").iterdir()) / "logs")
+    scalars = read_events(next((tmp_path / "ckpt").iterdir()) / "logs")
     metrics, _ = validate_stage1(encoder, data, params)
     logged = dict(scalars["validation/exact_scene"])[1]
     assert logged == pytest.approx(metrics["reconstruction"]["exact_scene"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 from stage2_factory import TINY_QWEN2, stage2_inputs, stage2_params
+from tb_events import read_events
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
@@ -297,3 +298,19 @@ def test_checkpoints_hold_only_what_trains_and_resume_exactly(
     expected = whole.decoder.state_dict()
     for name, tensor in resumed.decoder.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_validation_every_k_steps_captions_and_logs_while_training(tiny_world, tiny_sd, tmp_path):
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    params = params.model_copy(update={"validation_every": 1})
+    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    events = read_events(tmp_path / "ckpt2")
+    for tag in ("validation/bleu4", "validation/cider", "validation/captions", "loss"):
+        assert [step for step, _ in events[tag]] == [1, 2], tag
+    # validating did not disturb training: the same run without it ends with the same weights
+    quiet = params.model_copy(
+        update={"validation_every": None, "checkpoint_dir": str(tmp_path / "q")}
+    )
+    again, _ = nodes.train_stage2(data, encoder, cache, quiet)
+    for name, tensor in again.decoder.state_dict().items():
+        assert torch.equal(tensor, captioner.decoder.state_dict()[name]), name

@@ -12,7 +12,8 @@ import torch
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.metrics.captions import caption_scene_metrics
-from vlv_pipeline.metrics.plots import loss_curves
+from vlv_pipeline.metrics.plots import image_grid, loss_curves
+from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, CaptionTokens
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.device import inference_device
@@ -23,8 +24,8 @@ from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.pipelines.stage1.nodes import build_encoder
 from vlv_pipeline.pipelines.synthesize.nodes import embedding_fingerprint
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
-from vlv_pipeline.training.loop import run_directory, train
-from vlv_pipeline.world.data import to_unit_range
+from vlv_pipeline.training.loop import Validation, run_directory, train
+from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,18 @@ def _train_captioner(
         conditions = embedding_cache.rows(data.pair_ids, fields=("conditions",))
         objective = Stage2Objective(decoder)
         dataset = BoundedCache(Zipped(conditions, tokens), cache_bytes)
-    config = params.model_dump(mode="json", exclude={"checkpoint_dir", "generation", "baseline"})
+    # the captioner shares its modules with the objective: what trains is what it captions with
+    captioner = VLVCaptioner(
+        encoder,
+        text_encoder,
+        decoder,
+        tokenizer,
+        max_new_tokens=params.generation.max_new_tokens,
+        num_beams=params.generation.num_beams,
+    )
+    config = params.model_dump(
+        mode="json", exclude={"checkpoint_dir", "generation", "baseline", "validation_every"}
+    )
     result = train(
         objective,
         dataset,
@@ -153,18 +165,11 @@ def _train_captioner(
             pairs_hash,
         ),
         desc=name.replace("_", " "),
+        validation=_during_training(captioner, data, params, name),
     )
     if result.ema is not None:
         result.ema.copy_to([p for p in objective.parameters() if p.requires_grad])
     encoder.eval(), decoder.eval()
-    captioner = VLVCaptioner(
-        encoder,
-        text_encoder,
-        decoder,
-        tokenizer,
-        max_new_tokens=params.generation.max_new_tokens,
-        num_beams=params.generation.num_beams,
-    )
     trainable_count = sum(p.numel() for p in objective.parameters() if p.requires_grad)
     return captioner, {
         "history": result.history,
@@ -173,6 +178,30 @@ def _train_captioner(
         "trainable_parameters": trainable_count,
         "pairs": len(data.pair_ids),
     }
+
+
+def _during_training(captioner: VLVCaptioner, data: Stage2Data, params: Stage2Params, name: str):
+    """``validation_every``: the validation images captioned while training, scored against
+    their references (BLEU-4, ROUGE-L, CIDEr), with a captioned grid."""
+    if params.validation_every is None or not data.eval_ids:
+        return None
+
+    def run(step: int) -> tuple[dict, dict]:
+        captioner.eval()
+        captioner.to(next(captioner.decoder.parameters()).device)
+        captions = captioner.caption(data.eval_pixels, batch_size=params.generation.batch_size)
+        metrics = {}
+        if all(r is not None for r in data.eval_captions):
+            metrics, _ = caption_text_metrics(captions, data.eval_captions)
+        n = min(8, len(captions))
+        grid = image_grid(
+            {"image": tensor_to_uint8(data.eval_pixels[:n])},
+            captions=captions[:n],
+            title=f"{name.replace('_', ' ')}: captions at step {step}",
+        )
+        return metrics, {"captions": grid}
+
+    return Validation(params.validation_every, run)
 
 
 def train_stage2(
