@@ -295,3 +295,13 @@ def test_offline_missing_hub_id(kind: str, monkeypatch: pytest.MonkeyPatch, tmp_
         load_component(kind, {"pretrained": "vlv-test/does-not-exist"})
     assert "vlv-test/does-not-exist" in str(info.value)
     assert isinstance(info.value.__cause__, OSError)
+
+
+def test_a_model_saved_in_bf16_loads_in_fp32_unless_told(tmp_path: Path) -> None:
+    # transformers 5 would keep the saved dtype: training would have no fp32 master weights
+    lm = load_component("causal_lm", {"init": TINY_INIT["causal_lm"], "dtype": "bfloat16"})
+    lm.save_pretrained(tmp_path / "lm")
+    loaded = load_component("causal_lm", {"pretrained": str(tmp_path / "lm")})
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    kept = load_component("causal_lm", {"pretrained": str(tmp_path / "lm"), "dtype": "bfloat16"})
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}

@@ -60,6 +60,9 @@ class ComponentSpec(BaseModel):
 
     pretrained: str | None = None
     subfolder: str | None = None
+    # None: float32 weights. transformers 5 would otherwise keep the dtype a checkpoint was
+    # saved in (bf16 for Qwen2.5), and a model trained from it would have no fp32 master
+    # weights under mixed precision
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     init: dict[str, Any] | None = None
 
@@ -232,8 +235,8 @@ def _transformers_model(
             if hasattr(model_cls, "from_config"):  # Auto classes
                 return _cast(model_cls.from_config(config), spec)
             return _cast(model_cls(config), spec)
-        kwargs = {"dtype": spec.torch_dtype} if spec.torch_dtype is not None else {}
-        return _pretrained(kind, spec, model_cls.from_pretrained, **kwargs)
+        dtype = spec.torch_dtype if spec.torch_dtype is not None else torch.float32
+        return _pretrained(kind, spec, model_cls.from_pretrained, dtype=dtype)
 
     return load
 
