@@ -63,7 +63,8 @@ class TransformersCaptioner:
         max_new_tokens: the most tokens generated per caption.
         num_beams: beam-search width (1 = greedy).
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for the weights and pixels.
-        device: torch device; default ``"cuda"`` when available, else ``"cpu"``.
+        device: torch device; default ``inference_device()``: the GPU when there is one (this
+            rank's, ``cuda:<LOCAL_RANK>``, under ``accelerate launch``), else ``"cpu"``.
 
     Raises:
         ValueError: an argument is invalid (the message names it).
@@ -94,7 +95,9 @@ class TransformersCaptioner:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
         self.dtype = _DTYPES[dtype]
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            from vlv_pipeline.models.device import inference_device
+
+            device = inference_device()
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
