@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,28 +14,53 @@ class CaptionJournal:
 
     Each line is flushed and fsynced before ``append`` returns, so a killed run keeps every
     caption it reported. A torn last line (a kill mid-write) is ignored on reading.
+
+    ``rank``: one of several writers (the ranks of ``accelerate launch``) appends to its own
+    file beside the journal, ``<stem>.rank<r>.jsonl``, so no two processes append to one
+    file. ``read`` always reads the journal and every rank's file (in rank order), whoever
+    wrote them, so a rerun with any number of processes skips every caption already made.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, rank: int | None = None):
         self.path = Path(path)
+        self.rank = rank
+
+    @property
+    def writes_to(self) -> Path:
+        """The file ``append`` writes to."""
+        if self.rank is None:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.rank{self.rank}{self.path.suffix}")
+
+    def files(self) -> list[Path]:
+        """The journal, then every rank's file, in rank order (those that exist)."""
+        if not self.path.parent.is_dir():
+            return []
+        pattern = re.compile(
+            re.escape(self.path.stem) + r"\.rank(\d+)" + re.escape(self.path.suffix)
+        )
+        ranks = [(pattern.fullmatch(p.name), p) for p in self.path.parent.iterdir()]
+        parts = [p for _, p in sorted((int(m.group(1)), p) for m, p in ranks if m)]
+        return ([self.path] if self.path.is_file() else []) + parts
 
     def read(self) -> dict[str, dict]:
-        """image_id -> its record, for every complete line."""
+        """image_id -> its record, for every complete line (of the journal and every rank's
+        file; a later line wins)."""
         records: dict[str, dict] = {}
-        if not self.path.exists():
-            return records
-        with self.path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn line from an interrupted write
-                if isinstance(record, dict) and "image_id" in record and "caption" in record:
-                    records[str(record["image_id"])] = record
+        for path in self.files():
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a torn line from an interrupted write
+                    if isinstance(record, dict) and "image_id" in record and "caption" in record:
+                        records[str(record["image_id"])] = record
         return records
 
     def append(self, image_id: str, caption: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.writes_to
+        path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "image_id": image_id,
             "caption": caption,
@@ -43,11 +69,11 @@ class CaptionJournal:
         line = json.dumps(record, ensure_ascii=False) + "\n"
         # a previous torn line has no newline: start on a fresh line so both stay parseable
         needs_newline = False
-        if self.path.exists() and self.path.stat().st_size > 0:
-            with self.path.open("rb") as f:
+        if path.exists() and path.stat().st_size > 0:
+            with path.open("rb") as f:
                 f.seek(-1, os.SEEK_END)
                 needs_newline = f.read(1) != b"\n"
-        with self.path.open("a", encoding="utf-8") as f:
+        with path.open("a", encoding="utf-8") as f:
             f.write(("\n" if needs_newline else "") + line)
             f.flush()
             os.fsync(f.fileno())

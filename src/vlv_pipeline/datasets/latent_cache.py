@@ -31,19 +31,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
 
+from vlv_pipeline.distributed import barrier, rank, together, world_size
+
+logger = logging.getLogger(__name__)
+
 INDEX = "index.json"
+PART_INDEX = re.compile(r"index\.rank(\d+)\.json")  # one writer's shards, not yet merged
 FORMAT = "arrow"
 
 
@@ -97,14 +104,19 @@ class LatentCache:
 
     Subclasses cache other per-image tensors by naming their ``FIELDS`` (see
     ``EmbeddingCache``); ``add`` and ``load`` take and return them in that order.
+
+    ``part``: this handle is one of several writers (a rank): ``add`` records its shards in
+    ``index.rank<part>.json`` and leaves ``index.json`` alone until ``merge_parts``. Reading
+    sees ``index.json`` and this writer's own shards.
     """
 
     FIELDS: tuple[str, ...] = ("mean", "std")
     KIND = "latent cache"
     REBUILD = "`kedro run --pipeline cache`"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, part: int | None = None):
         self.path = Path(path)
+        self.part = part
         index_path = self.path / INDEX
         if index_path.is_file():
             try:
@@ -122,6 +134,13 @@ class LatentCache:
         self.fingerprint: dict | None = None if self.outdated else index["fingerprint"]
         self.shards: list[dict] = [] if self.outdated else index["shards"]
         self._ids: dict[str, tuple[int, int]] | None = None
+        self._part_shards: list[dict] = []
+        if part is not None and self.fingerprint is not None:
+            own = self._read_part(self.path / f"index.rank{part}.json")
+            if own is not None:  # a part this writer left unmerged: continue it
+                self._part_shards = list(own)
+                listed = {s["file"] for s in self.shards}
+                self.shards = self.shards + [s for s in own if s["file"] not in listed]
 
     # -- what is there ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -166,10 +185,12 @@ class LatentCache:
 
     # -- writing -----------------------------------------------------------------------
     def reset(self, fingerprint: dict) -> None:
-        """Start afresh for latents made by ``fingerprint``; old shards are removed."""
+        """Start afresh for latents made by ``fingerprint``; old shards and parts are removed."""
         old = [p for p in self.path.glob("shard-*") if p.is_file()] if self.path.is_dir() else []
+        old += self.part_files()
         self.path.mkdir(parents=True, exist_ok=True)
         self.fingerprint, self.shards, self._ids, self.outdated = fingerprint, [], None, False
+        self._part_shards = []
         self._write_index()
         for path in old:
             path.unlink(missing_ok=True)
@@ -206,15 +227,77 @@ class LatentCache:
                 writer.close()
             tmp.unlink(missing_ok=True)
             raise DatasetError(unwritable(self.path / name, error)) from error
-        self.shards.append({"file": name, "count": len(image_ids)})
+        shard = {"file": name, "count": len(image_ids)}
+        self.shards.append(shard)
         self._ids = None
-        self._write_index()
+        if self.part is None:
+            self._write_index()
+        else:
+            self._part_shards.append(shard)
+            self._write_index(f"index.rank{self.part}.json", self._part_shards)
 
-    def _write_index(self) -> None:
+    def _write_index(self, name: str = INDEX, shards: list[dict] | None = None) -> None:
+        shards = self.shards if shards is None else shards
         _write_atomic(
-            self.path / INDEX,
-            json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "shards": self.shards}),
+            self.path / name,
+            json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "shards": shards}),
         )
+
+    # -- several writers -----------------------------------------------------------------
+    def part_files(self) -> list[Path]:
+        """The writers' part indexes not yet merged, in rank order."""
+        if not self.path.is_dir():
+            return []
+        found = [(PART_INDEX.fullmatch(p.name), p) for p in self.path.iterdir()]
+        return [p for _, p in sorted((int(m.group(1)), p) for m, p in found if m)]
+
+    def _read_part(self, path: Path) -> list[dict] | None:
+        """The shards a part index lists, when it was made by this cache's fingerprint."""
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if (
+            isinstance(index, dict)
+            and index.get("format") == FORMAT
+            and index.get("fingerprint") == self.fingerprint
+        ):
+            return list(index.get("shards", []))
+        return None
+
+    def merge_parts(self) -> int:
+        """Fold every part index made by this cache's fingerprint into ``index.json`` (rank
+        order, written atomically), then delete the parts; a part made by another fingerprint is
+        dropped with its shards. Returns how many shards were merged."""
+        if self.part is not None:
+            raise DatasetError("merge the parts through a handle without a part")
+        parts = self.part_files()
+        if not parts:
+            return 0
+        listed = {s["file"] for s in self.shards}
+        merged, dropped = 0, []
+        for path in parts:
+            shards = self._read_part(path) if self.fingerprint is not None else None
+            if shards is None:
+                try:
+                    dropped += [s["file"] for s in json.loads(path.read_text())["shards"]]
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+                continue
+            for shard in shards:
+                if shard["file"] not in listed:  # already merged before a crash: once only
+                    self.shards.append(shard)
+                    listed.add(shard["file"])
+                    merged += 1
+        self._ids = None
+        if self.fingerprint is not None:
+            self._write_index()
+        for path in parts:
+            path.unlink(missing_ok=True)
+        for name in dropped:
+            if name not in listed:
+                (self.path / name).unlink(missing_ok=True)
+        return merged
 
     # -- reading -----------------------------------------------------------------------
     def _check_current(self) -> None:
@@ -409,3 +492,99 @@ class EmbeddingCacheDataset(LatentCacheDataset):
     """Kedro dataset whose ``load()`` is an :class:`EmbeddingCache` handle on a directory."""
 
     cache_class = EmbeddingCache
+
+
+# -- extending a cache, from one process or from every rank of `accelerate launch` -----------
+
+C = TypeVar("C", bound=LatentCache)
+
+
+def begin_extension(cache: C, fingerprint: dict) -> C:
+    """Ready ``cache`` to be extended with tensors made by ``fingerprint``; returns the handle
+    this process adds shards through.
+
+    Rank 0 (or the only process) first merges the parts an interrupted run left, when they
+    were made by the same fingerprint, and empties a cache made by another fingerprint (or an
+    older format). Then every rank reopens the cache; under several processes each rank
+    writes its own part, which ``end_extension`` merges. Call it on every rank.
+    """
+
+    def prepare() -> None:
+        if rank() != 0:
+            return
+        current = type(cache)(cache.path)
+        if current.fingerprint == fingerprint:
+            merged = current.merge_parts()
+            if merged:
+                logger.info(
+                    "%s %s: kept %d shards an interrupted run wrote", cache.KIND, cache.path, merged
+                )
+            return
+        if len(current) or current.part_files():
+            logger.warning(
+                "%s %s was made by other weights or settings than this run's: rebuilding it",
+                cache.KIND,
+                cache.path,
+            )
+        current.reset(fingerprint)
+
+    together(prepare)
+    return type(cache)(cache.path, part=rank() if world_size() > 1 else None)
+
+
+def end_extension(cache: C) -> C:
+    """Once every rank has added its shards: rank 0 merges the parts into the index; every
+    rank gets a handle on the merged cache. Call it on every rank."""
+    barrier()
+
+    def merge() -> None:
+        if rank() == 0:
+            type(cache)(cache.path).merge_parts()
+
+    together(merge)
+    return type(cache)(cache.path)
+
+
+def write_shards(
+    cache: LatentCache,
+    items: Iterable[tuple[str, torch.Tensor]],
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    batch_size: int,
+    shard_size: int,
+) -> int:
+    """Encode ``(image_id, pixels)`` items ``batch_size`` at a time with ``encode(pixels) ->
+    one tensor per FIELD`` and add them to ``cache`` in shards of at least ``shard_size``
+    images (a shard is cut after the batch that fills it; the last one holds the rest), so
+    memory holds one shard. Returns the number of images written."""
+    ids: list[str] = []
+    parts: list[tuple[torch.Tensor, ...]] = []
+    batch_ids: list[str] = []
+    batch: list[torch.Tensor] = []
+    written = 0
+
+    def encode_batch() -> None:
+        tensors = encode(torch.stack(batch))
+        parts.append(tuple(t.detach().float().cpu() for t in tensors))
+        ids.extend(batch_ids)
+        batch_ids.clear()
+        batch.clear()
+
+    def flush() -> None:
+        nonlocal written
+        cache.add(list(ids), *(torch.cat(column) for column in zip(*parts, strict=True)))
+        written += len(ids)
+        ids.clear()
+        parts.clear()
+
+    for image_id, pixels in items:
+        batch_ids.append(image_id)
+        batch.append(pixels)
+        if len(batch) == batch_size:
+            encode_batch()
+            if len(ids) >= shard_size:
+                flush()
+    if batch:
+        encode_batch()
+    if ids:
+        flush()
+    return written

@@ -174,3 +174,22 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
         old.rows(manifest["image_id"])
     rebuilt = encode_latents(source, manifest, old, _params(vae_dir))
     assert len(rebuilt) == 4 and not (cache_dir / "shard-old.safetensors").exists()
+
+
+def test_a_rerun_after_a_killed_multi_process_run_encodes_only_the_rest(tmp_path, vae_dir):
+    from vlv_pipeline.datasets.latent_cache import vae_fingerprint
+
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _write_images(images, [f"{i}.png" for i in range(5)])
+    source, manifest = _manifest(images)
+    # a 2-rank run killed midway: rank 0 had reset the cache, rank 1 had finished one shard
+    fingerprint = vae_fingerprint(AutoencoderKL.from_pretrained(vae_dir), None)
+    LatentCache(cache_dir).reset(fingerprint)
+    finished = manifest["image_id"].tolist()[3:]
+    part = LatentCache(cache_dir, part=1)
+    part.add(finished, torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8))
+    kept = part.shards[0]["file"]
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    assert len(cache) == 5 and not cache.part_files()
+    assert [s["file"] for s in cache.shards][0] == kept and len(cache.shards) == 2
+    assert cache.load(finished)[0].abs().sum() == 0  # kept as written, not encoded again

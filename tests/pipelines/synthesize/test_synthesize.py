@@ -82,6 +82,33 @@ def test_an_interrupted_synthesis_resumes_from_its_journal(tiny_world, tmp_path,
     assert set(pairs["caption"]) == {"16 px image"} and set(pairs["captioner"]) == {"fake-1"}
 
 
+def test_a_rerun_skips_the_captions_any_rank_journaled(tiny_world, tmp_path, monkeypatch):
+    """Ranks journal to their own files beside the journal; any later run reads them all."""
+    source, manifest = tiny_world
+    params = SynthesizeParams(
+        fraction=0.5,
+        journal_dir=str(tmp_path / "journal"),
+        captioner={"backend": "openai", "openai": {"base_url": "http://x", "model": "m"}},
+    )
+    selection = nodes.select_images(manifest, params)
+    ids = selection["image_id"].tolist()
+    journal = nodes._journal(params, params.captioner.model_dump(mode="json"))
+    assert journal.rank is None and journal.writes_to == journal.path  # one process
+    CaptionJournal(journal.path, rank=1).append(ids[0], "by rank 1")
+    CaptionJournal(journal.path, rank=0).append(ids[1], "by rank 0")
+    with CaptionJournal(journal.path, rank=0).writes_to.open("a") as f:
+        f.write('{"image_id": "torn')  # rank 0 was killed mid-line
+    assert CaptionJournal(journal.path, rank=0).writes_to.name.endswith(".rank0.jsonl")
+    fake = FakeCaptioner()
+    monkeypatch.setattr(nodes, "make_captioner", lambda p, c: fake)
+    pairs = nodes.synthesize_captions(source, selection, params, {}).set_index("image_id")
+    assert sorted(fake.seen) == sorted(ids[2:])
+    assert (
+        pairs.loc[ids[0], "caption"] == "by rank 1" and pairs.loc[ids[1], "caption"] == "by rank 0"
+    )
+    assert sorted(journal.read()) == sorted(ids)
+
+
 def test_embedding_cache_holds_the_frozen_encoders_outputs(tiny_world, tiny_sd, tmp_path):
     source, manifest = tiny_world
     selection = nodes.select_images(manifest, SynthesizeParams(fraction=0.5))

@@ -14,7 +14,14 @@ import torch
 from tqdm.auto import tqdm
 
 from vlv_pipeline.captioners.journal import CaptionJournal
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache, weights_sha256
+from vlv_pipeline.datasets.latent_cache import (
+    EmbeddingCache,
+    begin_extension,
+    end_extension,
+    weights_sha256,
+    write_shards,
+)
+from vlv_pipeline.distributed import rank, share, together, world_size
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
@@ -67,15 +74,25 @@ def make_captioner(params: SynthesizeParams, credentials: dict):
 
 def _journal(params: SynthesizeParams, setting: dict) -> CaptionJournal:
     """One journal per captioner setting (backend, model, prompt, generation): any change
-    starts a new journal, so old captions are never reused for a different setting."""
+    starts a new journal, so old captions are never reused for a different setting. Under
+    ``accelerate launch`` each rank appends to its own file beside it."""
     key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
-    return CaptionJournal(Path(params.journal_dir) / f"{setting['backend']}-{key}.jsonl")
+    return CaptionJournal(
+        Path(params.journal_dir) / f"{setting['backend']}-{key}.jsonl",
+        rank=rank() if world_size() > 1 else None,
+    )
 
 
 def synthesize_captions(
     raw_images, selection: pd.DataFrame, params: SynthesizeParams, credentials: dict
 ) -> pd.DataFrame:
-    """Caption pairs (image_id, caption, captioner, prompt, created_at) for the selection."""
+    """Caption pairs (image_id, caption, captioner, prompt, created_at) for the selection.
+
+    Captions are journaled as they arrive; images already in the journal are not captioned
+    again. Under ``accelerate launch`` each rank captions its own contiguous block of the
+    images still to do (each image once, across ranks) into its own journal file, and every
+    rank then reads all of them: every rank returns the whole table.
+    """
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if params.captioner.backend == "manifest":
         missing = selection["caption"].isna()
@@ -95,23 +112,29 @@ def synthesize_captions(
             }
         )
         return pairs[PAIR_COLUMNS]
-    captioner = make_captioner(params, credentials)
-    described = captioner.describe()
     journal = _journal(params, params.captioner.model_dump(mode="json"))
-    done = journal.read()
+    # every rank has its captioner and has read the journal before any rank appends to it
+    captioner, done = together(lambda: (make_captioner(params, credentials), journal.read()))
+    described = captioner.describe()
     pending = selection[~selection["image_id"].isin(done)]
+    mine = pending.iloc[share(len(pending))]
     logger.info(
         "synthesize: %d captions already in %s, %d to go",
         len(selection) - len(pending),
         journal.path,
         len(pending),
     )
+
+    def caption_mine() -> None:
+        if len(mine):
+            items = iter_images(raw_images, mine, None)
+            for image_id, caption in tqdm(
+                captioner.caption_stream(items), total=len(mine), desc="captions", unit="img"
+            ):
+                journal.append(image_id, caption)
+
+    together(caption_mine)
     if len(pending):
-        items = iter_images(raw_images, pending, None)
-        for image_id, caption in tqdm(
-            captioner.caption_stream(items), total=len(pending), desc="captions", unit="img"
-        ):
-            journal.append(image_id, caption)
         done = journal.read()
     records = [done[i] for i in selection["image_id"]]
     return pd.DataFrame(
@@ -147,54 +170,46 @@ def cache_pair_embeddings(
 
     Keyed by image_id under a fingerprint of the encoder's weights, so a retrained stage 1
     rebuilds it; images already cached are skipped. When stage 2 trains the encoder the
-    cache cannot serve it, and nothing is computed.
+    cache cannot serve it, and nothing is computed. Under ``accelerate launch`` each rank
+    encodes its own contiguous block of the images still to do, on its own device, into its
+    own shards, merged into one index at the end (as the `cache` pipeline does).
     """
     cache = embedding_cache_previous
     if "encoder" in params.trainable:
         logger.info("stage 2 trains the VLV encoder: the embedding cache is bypassed")
-        if cache.fingerprint is None:
-            cache.reset({"bypassed": True})  # an empty cache, so the catalog has one to save
+        if cache.fingerprint is None:  # an empty cache, so the catalog has one to save
+            together(lambda: cache.reset({"bypassed": True}) if rank() == 0 else None)
+            cache = type(cache)(cache.path)
         return cache
     text_encoder = load_component(
         "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
     ).eval()
     device = inference_device()
     vlv_encoder, text_encoder = vlv_encoder.eval().to(device), text_encoder.to(device)
-    fingerprint = embedding_fingerprint(vlv_encoder, text_encoder, params.resolution)
-    if cache.fingerprint != fingerprint:
-        if len(cache):
-            logger.info("embedding cache %s is for another encoder: rebuilding it", cache.path)
-        cache.reset(fingerprint)
     paired = image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])]
     if len(paired) != caption_pairs["image_id"].nunique():
         raise ValueError(
             "some caption pairs name images that are not in the manifest; rerun "
             "`kedro run --pipeline synthesize` after `ingest`"
         )
+    fingerprint = embedding_fingerprint(vlv_encoder, text_encoder, params.resolution)
+    cache = begin_extension(cache, fingerprint)
     todo = paired[~paired["image_id"].isin(cache.image_ids())]
-    ids, embeddings, conditions, batch = [], [], [], []
+    mine = todo.iloc[share(len(todo))]
 
-    def encode():
-        pixels = torch.stack([b[1] for b in batch]).to(device)
-        emb = vlv_encoder(pixels)
-        ids.extend(b[0] for b in batch)
-        embeddings.append(emb.float().cpu())
-        conditions.append(encode_embeddings(text_encoder, emb).float().cpu())
-        batch.clear()
+    def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = vlv_encoder(pixels.to(device))
+        return embeddings, encode_embeddings(text_encoder, embeddings)
 
-    def flush():
-        cache.add(list(ids), torch.cat(embeddings), torch.cat(conditions))
-        ids.clear(), embeddings.clear(), conditions.clear()
+    def encode_mine() -> int:
+        images = iter_images(raw_images, mine, params.resolution) if len(mine) else iter(())
+        items = (
+            (image_id, pil_to_tensor(image))
+            for image_id, image in tqdm(images, total=len(mine), desc="embedding cache", unit="img")
+        )
+        return write_shards(
+            cache, items, encode, synth.embedding_batch_size, synth.embedding_shard_size
+        )
 
-    images = iter_images(raw_images, todo, params.resolution) if len(todo) else iter(())
-    for image_id, image in tqdm(images, total=len(todo), desc="embedding cache", unit="img"):
-        batch.append((image_id, pil_to_tensor(image)))
-        if len(batch) == synth.embedding_batch_size:
-            encode()
-            if len(ids) >= synth.embedding_shard_size:
-                flush()
-    if batch:
-        encode()
-    if ids:
-        flush()
-    return cache
+    together(encode_mine)
+    return end_extension(cache)
