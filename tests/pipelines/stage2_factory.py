@@ -6,6 +6,7 @@ from tiny_configs import tiny_florence
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
+from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.pipelines.stage2 import nodes
@@ -77,3 +78,21 @@ def tiny_captioner(tiny_world, tiny_sd, tmp_path):
     """A VLV captioner (tiny VAE-tower encoder + tiny Qwen2) trained 2 steps: (captioner, log)."""
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
     return nodes.train_stage2(data, encoder, cache, params)
+
+
+def trained_captioners(tiny_world, tiny_sd, tmp_path):
+    """The VLV captioner and the "without stage 1" baseline, each trained a step or two, and
+    the encoder: (encoder, captioner, baseline, log, baseline_log)."""
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    stage1 = Stage1Params(
+        t2i=str(tiny_sd),
+        encoder={
+            "backbone": "small",
+            "num_queries": 4,
+            "small": {"width": 16, "heads": 2, "image_size": 16, "vision_tower": "t2i_vae"},
+        },
+        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
+    )
+    baseline, baseline_log = nodes.train_baseline(data, params, stage1)
+    return encoder, captioner, baseline, log, baseline_log

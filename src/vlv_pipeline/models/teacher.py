@@ -106,7 +106,7 @@ def render(
     seed: int | None = None,
     batch_size: int = 64,
     scheduler: str = "DDIMScheduler",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Render with a Stable Diffusion pipeline; images in [-1, 1], (B, 3, H, W).
 
@@ -114,7 +114,9 @@ def render(
     conditions, ``negative`` (1, N, d) is what classifier-free guidance (guidance > 1)
     steers away from. One generator seeded once, batches in order: reproducible. Pass a
     ``generator`` instead of ``seed`` to continue its draws across calls (rendering a split
-    batch by batch then gives the images one call over the whole split gives).
+    batch by batch then gives the images one call over the whole split gives), or a list of
+    generators, one per image: each image then draws only from its own, so its render does
+    not depend on which other images share its batch or call.
     """
     import diffusers
 
@@ -128,6 +130,8 @@ def render(
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     total = len(captions) if captions is not None else len(conditions)
+    if isinstance(generator, list) and len(generator) != total:
+        raise ValueError(f"render got {len(generator)} generators for {total} images")
     out = []
     for start in range(0, total, batch_size):
         if captions is not None:
@@ -141,7 +145,9 @@ def render(
             **inputs,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            generator=generator,
+            generator=(
+                generator[start : start + batch_size] if isinstance(generator, list) else generator
+            ),
             output_type="pt",
         ).images
         out.append(images * 2 - 1)

@@ -4,30 +4,17 @@ import json
 
 import pytest
 import torch
-from stage2_factory import stage2_inputs
+from stage2_factory import trained_captioners
 
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.params.evaluate import EvaluateParams
-from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.pipelines.evaluate import nodes
-from vlv_pipeline.pipelines.stage2 import nodes as stage2
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_world, tiny_sd, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
-    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp)
-    captioner, log = stage2.train_stage2(data, encoder, cache, params)
-    stage1 = Stage1Params(
-        t2i=str(tiny_sd),
-        encoder={
-            "backbone": "small",
-            "num_queries": 4,
-            "small": {"width": 16, "heads": 2, "image_size": 16, "vision_tower": "t2i_vae"},
-        },
-        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
-    )
-    baseline, baseline_log = stage2.train_baseline(data, params, stage1)
+    encoder, captioner, baseline, log, baseline_log = trained_captioners(tiny_world, tiny_sd, tmp)
     probe = AttributeProbe(image_size=16, width=4, hidden=8)
     probe.save_pretrained(tmp / "probe")
     return encoder, captioner, baseline, log, baseline_log, tmp
@@ -113,9 +100,10 @@ def test_pixels_judge_needs_no_weights_and_ranks_closer_images_higher(tiny_world
     assert "bleu4" in metrics["captions"]["vlv"]  # text metrics need no judge
 
 
-def test_batch_by_batch_renders_equal_one_render_of_the_whole_split(tiny_world, tiny_sd, trained):
-    """Evaluate renders and scores one batch at a time; the images are those the whole split
-    rendered in one call gives (so the default run's numbers did not move)."""
+def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd, trained):
+    """Evaluate renders one batch at a time, each image from its own generator (seeded from
+    sampling.seed and the image's index): the images are those one render call over the whole
+    split gives, and do not depend on the batch size (nor, so, on how ranks share the split)."""
     from vlv_pipeline.models.t2i import FrozenT2I
     from vlv_pipeline.models.teacher import render
 
@@ -124,18 +112,48 @@ def test_batch_by_batch_renders_equal_one_render_of_the_whole_split(tiny_world, 
     params = _params(tiny_sd, tmp, sampling={"steps": 2, "batch_size": 3})
     data = nodes.load_eval_data(source, manifest, params)
     captions = nodes.caption_eval_images(captioner, baseline, data, params)
-    chunks: dict[str, list] = {}
-    for name, start, originals, images in nodes.reconstruct(encoder, data, captions, params):
-        assert torch.equal(originals, data.images(start, start + len(images)))
-        chunks.setdefault(name, []).append(images)
-    assert [len(c) for c in chunks.values()] == [2] * len(chunks)  # 4 images, batches of 3
+
+    def rendered(params) -> dict[str, torch.Tensor]:
+        chunks: dict[str, list] = {}
+        for name, start, originals, images in nodes.reconstruct(encoder, data, captions, params):
+            assert torch.equal(originals, data.images(start, start + len(images)))
+            chunks.setdefault(name, []).append(images)
+        assert [len(c) for c in chunks.values()] == [-(-4 // params.sampling.batch_size)] * 5
+        return {name: torch.cat(c) for name, c in chunks.items()}
+
+    in_threes = rendered(params)
     t2i = FrozenT2I.load(str(tiny_sd))
     s = params.sampling
-    kwargs = dict(steps=s.steps, guidance=s.guidance, seed=s.seed, batch_size=3)
-    whole = t2i.render(t2i.condition_images(encoder, data.images(), 3), **kwargs)
-    assert torch.equal(torch.cat(chunks["from_embeddings"]), whole)
-    whole = render(t2i.pipeline(), captions=captions["vlv"].tolist(), **kwargs)
-    assert torch.equal(torch.cat(chunks["from_caption"]), whole)
+    kwargs = dict(steps=s.steps, guidance=s.guidance, batch_size=3)
+    whole = t2i.render(
+        t2i.condition_images(encoder, data.images(), 3),
+        generator=nodes.image_generators(s.seed, range(4)),
+        **kwargs,
+    )
+    assert torch.equal(in_threes["from_embeddings"], whole)
+    whole = render(
+        t2i.pipeline(),
+        captions=captions["vlv"].tolist(),
+        generator=nodes.image_generators(s.seed, range(4)),
+        **kwargs,
+    )
+    assert torch.equal(in_threes["from_caption"], whole)
+    in_pairs = rendered(_params(tiny_sd, tmp, sampling={"steps": 2, "batch_size": 2}))
+    for name, images in in_threes.items():
+        torch.testing.assert_close(in_pairs[name], images, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="3 generators for 4 images"):
+        render(
+            t2i.pipeline(),
+            captions=captions["vlv"].tolist(),
+            generator=nodes.image_generators(s.seed, range(3)),
+            **kwargs,
+        )
+
+
+def test_image_seeds_differ_by_image_and_by_seed():
+    seeds = {nodes.image_seed(seed, i) for seed in (0, 1) for i in range(100)}
+    assert len(seeds) == 200 and all(0 <= x < 2**63 for x in seeds)
+    assert nodes.image_seed(0, 1) != nodes.image_seed(1, 0)
 
 
 def test_chance_order_never_keeps_an_images_own_caption():

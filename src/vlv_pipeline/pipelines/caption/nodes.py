@@ -10,6 +10,7 @@ import logging
 import pandas as pd
 import torch
 
+from vlv_pipeline.distributed import each_rank, share
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.params.evaluate import CaptionParams
@@ -43,8 +44,11 @@ def _input_side(captioner, params: CaptionParams) -> int:
 def caption_user_images(
     vlv_captioner, source: ImageSource, screened: pd.DataFrame, params: CaptionParams
 ) -> pd.DataFrame:
-    """One row per input file: its caption, or ingest's verdict when it was rejected."""
+    """One row per input file: its caption, or ingest's verdict when it was rejected. Under
+    ``accelerate launch`` each rank captions its own contiguous block of the kept images on
+    its own device; every rank returns the whole table."""
     kept = screened[screened["reason"].isna()]
+    mine = kept.iloc[share(len(kept))]
     vlv_captioner = vlv_captioner.to(inference_device())
     side = _input_side(vlv_captioner, params)
     generation = {
@@ -52,23 +56,29 @@ def caption_user_images(
         for k, v in (("max_new_tokens", params.max_new_tokens), ("num_beams", params.num_beams))
         if v is not None
     }
-    captions: dict[str, str] = {}
-    ids, pixels = [], []
 
-    def flush():
-        texts = vlv_captioner.caption(
-            torch.stack(pixels), batch_size=params.batch_size, **generation
-        )
-        captions.update(zip(ids, texts, strict=True))
-        ids.clear(), pixels.clear()
+    def caption_mine() -> list[tuple[str, str]]:
+        captions: list[tuple[str, str]] = []
+        ids, pixels = [], []
 
-    for image_id, image in iter_images(source, kept, side):
-        ids.append(image_id)
-        pixels.append(pil_to_tensor(image))
-        if len(ids) == params.batch_size:
+        def flush():
+            texts = vlv_captioner.caption(
+                torch.stack(pixels), batch_size=params.batch_size, **generation
+            )
+            captions.extend(zip(ids, texts, strict=True))
+            ids.clear(), pixels.clear()
+
+        images = iter_images(source, mine, side) if len(mine) else iter(())
+        for image_id, image in images:
+            ids.append(image_id)
+            pixels.append(pil_to_tensor(image))
+            if len(ids) == params.batch_size:
+                flush()
+        if ids:
             flush()
-    if ids:
-        flush()
+        return captions
+
+    captions = dict(pair for part in each_rank(caption_mine) for pair in part)
     table = pd.DataFrame(
         {
             "file": screened["source"].astype(str),

@@ -1,7 +1,14 @@
-"""Nodes of the `evaluate` pipeline: the test split captioned, re-rendered and scored."""
+"""Nodes of the `evaluate` pipeline: the test split captioned, re-rendered and scored.
+
+Under ``accelerate launch`` each rank captions, renders and reads its own contiguous block of
+the split (``distributed.share``); the captions, the per-image readings (or error sums) and the
+grid's images are gathered to every rank in rank order, so every rank returns the same
+tables, metrics and grid as a single process would.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from vlv_pipeline.distributed import each_rank, gather_lists, share
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.frechet import frechet_distance
 from vlv_pipeline.metrics.plots import image_grid
@@ -75,32 +83,56 @@ def caption_eval_images(
     vlv_captioner, baseline_captioner, data: EvalData, params: EvaluateParams
 ) -> pd.DataFrame:
     """The test images captioned by the VLV captioner and the "without stage 1" baseline,
-    one batch of images at a time; ``chance`` is another test image's reference caption."""
+    one batch of images at a time; ``chance`` is another test image's reference caption.
+    Under ``accelerate launch`` each rank captions its own block; every rank gets the table."""
     batch = params.sampling.batch_size
     vlv_captioner, baseline_captioner = (
         vlv_captioner.to(inference_device()),
         baseline_captioner.to(inference_device()),
     )
     table = pd.DataFrame({"image_id": data.image_ids, "reference": data.references})
-    vlv, baseline = [], []
-    for start in range(0, len(data.image_ids), batch):
-        pixels = data.images(start, start + batch)
-        vlv += vlv_captioner.caption(pixels, batch_size=batch)
-        baseline += baseline_captioner.caption(pixels, batch_size=batch)
-    table["vlv"], table["without_stage1"] = vlv, baseline
+    mine = share(len(data.image_ids))
+
+    def caption_mine() -> list[tuple[str, str]]:
+        vlv, baseline = [], []
+        for start in range(mine.start, mine.stop, batch):
+            pixels = data.images(start, min(start + batch, mine.stop))
+            vlv += vlv_captioner.caption(pixels, batch_size=batch)
+            baseline += baseline_captioner.caption(pixels, batch_size=batch)
+        return list(zip(vlv, baseline, strict=True))
+
+    captions = [pair for part in each_rank(caption_mine) for pair in part]
+    table["vlv"] = [v for v, _ in captions]
+    table["without_stage1"] = [b for _, b in captions]
     if all(r is not None for r in data.references):
         order = _chance_order(len(table), params.chance_seed)
         table["chance"] = [data.references[i] for i in order]
     return table
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The noise seed of image ``index`` of the evaluated split under ``sampling.seed``: the
+    first 8 bytes of sha256("<seed>:<index>") (little-endian), less the sign bit."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def image_generators(seed: int, indices: range) -> list[torch.Generator]:
+    """One CPU generator per image, seeded with ``image_seed(seed, index)``."""
+    return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+
+
 class EvalRenders:
     """The reconstructions, rendered when iterated, one batch at a time: iterating yields
     ``(name, start, originals, renders)`` for each reconstruction (see ``RECONSTRUCTIONS``)
-    and each batch of ``sampling.batch_size`` images, name by name. Each reconstruction
-    draws from one generator seeded with ``sampling.seed``, batches in order: exactly the
-    images that rendering the whole split in one ``render`` call (with the same batch size)
-    gives."""
+    and each batch of ``sampling.batch_size`` images, name by name, ``start`` being the
+    batch's first index in the split. Under ``accelerate launch`` a rank renders only its
+    own contiguous block of the split (``distributed.share``), in batches from its start.
+
+    Every image draws its noise from its own generator, seeded from ``sampling.seed`` and
+    its index in the split (``image_seed``), the same for every reconstruction: an image's
+    render does not depend on the batch size, on the other images in its batch, nor on how
+    the split is shared among ranks (up to floating-point differences of batched kernels)."""
 
     def __init__(self, vlv_encoder, data: EvalData, captions: pd.DataFrame, params):
         self.vlv_encoder, self.data, self.captions, self.params = (
@@ -111,6 +143,7 @@ class EvalRenders:
         )
 
     def names(self) -> list[str]:
+        """The reconstructions, in the order iterating yields them (the same on every rank)."""
         texts = self._texts()
         return ["from_embeddings", *(n for n, column in texts.items() if column is not None)]
 
@@ -130,14 +163,18 @@ class EvalRenders:
 
         s, params, data = self.params.sampling, self.params, self.data
         kwargs = dict(steps=s.steps, guidance=s.guidance, batch_size=s.batch_size)
+        mine = share(len(data.image_ids))
+        starts = range(mine.start, mine.stop, s.batch_size)
+        batches = [(start, min(start + s.batch_size, mine.stop)) for start in starts]
+        if not batches:
+            return
         device = inference_device()
         t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
-        total = len(data.image_ids)
-        generator = torch.Generator().manual_seed(s.seed)
-        for start in range(0, total, s.batch_size):
-            originals = data.images(start, start + s.batch_size)
+        for start, stop in batches:
+            originals = data.images(start, stop)
             conditions = t2i.condition_images(self.vlv_encoder, originals, s.batch_size)
-            images = t2i.render(conditions, scheduler=s.scheduler, generator=generator, **kwargs)
+            generators = image_generators(s.seed, range(start, stop))
+            images = t2i.render(conditions, scheduler=s.scheduler, generator=generators, **kwargs)
             yield "from_embeddings", start, originals, images
         scheduler = s.scheduler
         if params.render_t2i == params.stage1_t2i:
@@ -150,26 +187,30 @@ class EvalRenders:
         for name, column in self._texts().items():
             if column is None:
                 continue
-            generator = torch.Generator().manual_seed(s.seed)
-            for start in range(0, total, s.batch_size):
-                texts = column.iloc[start : start + s.batch_size].tolist()
+            for start, stop in batches:
+                texts = column.iloc[start:stop].tolist()
+                generators = image_generators(s.seed, range(start, stop))
                 images = render(
-                    pipeline, captions=texts, scheduler=scheduler, generator=generator, **kwargs
+                    pipeline, captions=texts, scheduler=scheduler, generator=generators, **kwargs
                 )
-                yield name, start, data.images(start, start + len(texts)), images
+                yield name, start, data.images(start, stop), images
 
 
 class HeldRenders:
-    """Reconstructions already in memory (``{name: images}``), iterated like ``EvalRenders``
-    (for tests and notebooks)."""
+    """Reconstructions already in memory (``{name: images}`` of the whole split), iterated
+    like ``EvalRenders``, this rank's block only (for tests and notebooks)."""
 
     def __init__(self, data: EvalData, renders: dict[str, torch.Tensor], batch_size: int):
         self.data, self.renders, self.batch_size = data, renders, batch_size
 
+    def names(self) -> list[str]:
+        return list(self.renders)
+
     def __iter__(self):
         for name, images in self.renders.items():
-            for start in range(0, len(images), self.batch_size):
-                stop = start + self.batch_size
+            mine = share(len(images))
+            for start in range(mine.start, mine.stop, self.batch_size):
+                stop = min(start + self.batch_size, mine.stop)
                 yield name, start, self.data.images(start, stop), images[start:stop]
 
 
@@ -247,10 +288,15 @@ class _Scores:
                 clip.update(pixels.to(clip.device), list(references))
 
     def result(self, original_features: list[torch.Tensor], targets) -> tuple[dict, np.ndarray]:
+        """The scores over every rank's images: the probe's readings are gathered in rank order
+        (the split's order), error sums are added; torchmetrics syncs FID and CLIP itself.
+        ``original_features``: the originals' probe features, already gathered."""
         if self.judge == "probe":
-            return _probe_scores(self.probe, original_features, self.readings, targets)
+            readings = gather_lists([(p.cpu(), e.cpu()) for p, e in self.readings])
+            return _probe_scores(self.probe, original_features, readings, targets)
         if self.judge == "pixels":
-            return pixel_scores(self.squared / self.values), None
+            sums = each_rank(lambda: (self.squared, self.values))
+            return pixel_scores(sum(q for q, _ in sums) / sum(v for _, v in sums)), None
         fid, clip = self.fid_clip
         out = {"fid": float(fid.compute())}
         if self.has_refs:
@@ -273,7 +319,9 @@ def score_evaluation(
 ) -> tuple[dict, pd.DataFrame, dict[str, torch.Tensor]]:
     """Metrics (json), sample-level results (parquet) and the grid's images, for the model
     and every baseline. Renders arrive one batch at a time; only the scores' running state
-    (probe readings, Inception statistics, error sums) and the grid's few images are kept."""
+    (probe readings, Inception statistics, error sums) and the grid's few images are kept.
+    Under ``accelerate launch`` each rank reads its own renders; the readings are gathered
+    (``_Scores.result``) and the grid's images too, so every rank returns the same results."""
     samples = captions.copy()
     metrics: dict = {"images": len(data.image_ids), "judge": params.judge, "captions": {}}
     have_refs = all(r is not None for r in data.references)
@@ -300,31 +348,51 @@ def score_evaluation(
         samples[f"{name}_cider"] = each["cider"]
     if isinstance(renders, dict):
         renders = HeldRenders(data, renders, params.sampling.batch_size)
+    names = renders.names()
     fid_clip = _fid_clip_metrics(params) if params.judge == "fid_clip" else None
     grid_size = min(params.grid_images, len(data.image_ids))
-    grid: dict[str, torch.Tensor] = {}
+    grid_parts: list[tuple[str, int, torch.Tensor]] = []
     original_features: list[torch.Tensor] = []
     scores: dict[str, _Scores] = {}
-    first = None
+    finished: list[str] = []
+
+    def finish_before(name: str | None) -> None:
+        """Score the reconstructions before ``name`` in ``names`` (all of them: None) not yet
+        scored, in that order on every rank (scoring gathers across ranks), also those of
+        which this rank rendered nothing."""
+        nonlocal original_features
+        for earlier in names[: len(names) if name is None else names.index(name)]:
+            if earlier in finished:
+                continue
+            if not finished and probe is not None:
+                original_features = gather_lists([f.cpu() for f in original_features])
+            if earlier not in scores:
+                scores[earlier] = _Scores(params.judge, probe, fid_clip, have_refs)
+            result, exact = scores.pop(earlier).result(original_features, targets)
+            entry = {"what": RECONSTRUCTIONS[earlier], **result}
+            metrics.setdefault("reconstruction", {})[earlier] = entry
+            if exact is not None:
+                samples[f"{earlier}_exact"] = exact
+            finished.append(earlier)
+
     for name, start, originals, images in renders:
-        first = first or name
         if name not in scores:
-            if scores:  # the previous reconstruction is complete
-                _finish(metrics, samples, scores, original_features, targets)
+            finish_before(name)  # the reconstructions before it are complete
             scores[name] = _Scores(params.judge, probe, fid_clip, have_refs)
-        if name == first:  # the originals' statistics, once
+        if name == names[0]:  # the originals' statistics, once
             if probe is not None:
                 original_features.append(_probe_reading(probe, originals)[1])
             if fid_clip is not None:
                 fid_clip[0].update(((originals + 1) / 2).to(fid_clip[0].device), real=True)
         references = data.references[start : start + len(images)]
         scores[name].add(originals, images, references)
-        if start == 0:
-            grid.setdefault("original", originals[:grid_size])
+        if start < grid_size:
+            if name == names[0]:
+                grid_parts.append(("original", start, originals[: grid_size - start]))
             if name in ("from_embeddings", "from_caption"):
-                grid[name] = images[:grid_size]
-    if scores:
-        _finish(metrics, samples, scores, original_features, targets)
+                grid_parts.append((name, start, images[: grid_size - start]))
+    finish_before(None)
+    grid = _grid(gather_lists(grid_parts))
     for name, entry in metrics["captions"].items():
         logger.info(
             "evaluate: %s captions %s",
@@ -334,13 +402,14 @@ def score_evaluation(
     return metrics, samples, grid
 
 
-def _finish(metrics, samples, scores: dict[str, _Scores], original_features, targets) -> None:
-    """Score the last reconstruction in ``scores`` into ``metrics`` (and ``samples``)."""
-    name = next(reversed(scores))
-    result, exact = scores[name].result(original_features, targets)
-    metrics.setdefault("reconstruction", {})[name] = {"what": RECONSTRUCTIONS[name], **result}
-    if exact is not None:
-        samples[f"{name}_exact"] = exact
+def _grid(parts: list[tuple[str, int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The grid's images from ``(row, start, images)`` pieces: each row in the split's order."""
+    grid = {}
+    for row in ("original", "from_embeddings", "from_caption"):
+        pieces = sorted((p for p in parts if p[0] == row), key=lambda p: p[1])
+        if pieces:
+            grid[row] = torch.cat([images for _, _, images in pieces])
+    return grid
 
 
 def plot_eval_grid(grid: dict[str, torch.Tensor], captions: pd.DataFrame, params: EvaluateParams):
