@@ -32,6 +32,11 @@ def test_two_ranks_train_their_shards_and_end_identical(tmp_path):
     assert ranks[0]["history"] == pytest.approx(mean, rel=1e-5)  # logged loss: mean over ranks
     assert ranks[1]["history"] == ranks[0]["history"]
     checkpoints = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert checkpoints == ["checkpoint-3", "checkpoint-6"]  # written once, nothing half-done
+    assert checkpoints == ["checkpoint-3", "checkpoint-6", "logs"]  # nothing half-done
+    # the trainable weights only (the worker's objective names no models), one file
+    assert (tmp_path / "ckpt/checkpoint-6/trainable.safetensors").is_file()
+    assert not (tmp_path / "ckpt/checkpoint-6/model.safetensors").exists()
+    events = list((tmp_path / "ckpt/logs").rglob("events.out.tfevents.*"))
+    assert events and len({e.name.split(".")[-2] for e in events}) == 1  # one process logs
     for rank in (0, 1):  # each rank's RNG state made it into the checkpoint before the rename
         assert (tmp_path / "ckpt/checkpoint-6" / f"random_states_{rank}.pkl").is_file()

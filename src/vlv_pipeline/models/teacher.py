@@ -30,6 +30,9 @@ class VAEObjective(nn.Module):
         reconstruction = self.vae.decode(posterior.sample()).sample
         return F.mse_loss(reconstruction, pixels) + self.kl_weight * posterior.kl().mean()
 
+    def trained_models(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae}
+
 
 class TextToImageObjective(nn.Module):
     """Caption-conditioned denoising on cached VAE posteriors, with caption dropout.
@@ -63,6 +66,11 @@ class TextToImageObjective(nn.Module):
         hidden = self.text_encoder(input_ids).last_hidden_state
         latents = sample_latents(mean, std, self.scaling_factor)
         return diffusion_loss(self.unet, self.scheduler, latents, hidden)
+
+    def trained_models(self) -> dict[str, nn.Module]:
+        """The UNet, and the text encoder when it trains too."""
+        parts = {"unet": self.unet, "text_encoder": self.text_encoder}
+        return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
 
 
 @torch.no_grad()

@@ -359,36 +359,44 @@ def train(
     )
     model.train()
     window = _Window(params.batch_size * params.gradient_accumulation * accelerator.num_processes)
-    for step in range(start, params.steps):
-        loss, norm = _step(accelerator, model, optimizer, schedule, batches, trainable, params)
-        if not math.isfinite(loss):
-            saved = list_checkpoints(directory) if directory is not None else []
-            last = saved[-1][1] if saved else None
-            raise TrainingDivergedError(
-                f"{desc}: the loss became {loss} at step {step}; stopped before "
-                f"saving anything. Last good checkpoint: {last or 'none'}. "
-                "Lower learning_rate, raise warmup_steps or set max_grad_norm."
-            )
-        window.add(loss, norm)
-        if ema is not None:
-            ema.step(trainable)
-        done = step + 1
-        if done % params.log_every == 0 or done == params.steps:
-            entry, images_per_s = window.entry(done, schedule.get_last_lr()[0])
-            history.append(entry)
-            accelerator.log({**entry, "images_per_s": images_per_s}, step=done)
-            bar.set_postfix(loss=f"{entry['loss']:.4g}")
-            window.reset()
-        bar.update(1)
-        if validation is not None and done % validation.every == 0:
-            _validate(accelerator, validation, done, trainable, ema)
-            model.train()
-        if directory is not None and (done % params.checkpoint_every == 0 or done == params.steps):
-            elapsed = earlier_seconds + time.perf_counter() - started
-            _save_checkpoint(
-                accelerator, directory, done, history, params.keep_checkpoints, elapsed
-            )
-    bar.close()
+    try:
+        for step in range(start, params.steps):
+            loss, norm = _step(accelerator, model, optimizer, schedule, batches, trainable, params)
+            if not math.isfinite(loss):
+                saved = list_checkpoints(directory) if directory is not None else []
+                last = saved[-1][1] if saved else None
+                raise TrainingDivergedError(
+                    f"{desc}: the loss became {loss} at step {step}; stopped before "
+                    f"saving anything. Last good checkpoint: {last or 'none'}. "
+                    "Lower learning_rate, raise warmup_steps or set max_grad_norm."
+                )
+            window.add(loss, norm)
+            if ema is not None:
+                ema.step(trainable)
+            done = step + 1
+            if done % params.log_every == 0 or done == params.steps:
+                entry, images_per_s = window.entry(done, schedule.get_last_lr()[0])
+                history.append(entry)
+                accelerator.log({**entry, "images_per_s": images_per_s}, step=done)
+                bar.set_postfix(loss=f"{entry['loss']:.4g}")
+                window.reset()
+            bar.update(1)
+            if validation is not None and done % validation.every == 0:
+                _validate(accelerator, validation, done, trainable, ema)
+                model.train()
+            if directory is not None and (
+                done % params.checkpoint_every == 0 or done == params.steps
+            ):
+                elapsed = earlier_seconds + time.perf_counter() - started
+                _save_checkpoint(
+                    accelerator, directory, done, history, params.keep_checkpoints, elapsed
+                )
+    finally:  # a failed run still leaves readable curves up to where it stopped
+        bar.close()
+        # not accelerator.end_training(): it also destroys the process group, which the
+        # nodes after training (rank-0 saves, gathers) still need in the same launch
+        for tracker in accelerator.trackers:
+            tracker.finish()
     seconds = time.perf_counter() - started if params.steps > start else 0.0
     if params.steps > start:
         logger.info(
@@ -400,7 +408,6 @@ def train(
             history[-1]["loss"] if history else float("nan"),
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
     return TrainResult(
         history=history,
         steps=params.steps,
