@@ -51,10 +51,9 @@ T = TypeVar("T")
 def share(n: int) -> range:
     """This rank's contiguous block of ``n`` items: blocks in rank order cover ``range(n)``,
     their sizes differ by at most one (the first ``n % world_size()`` ranks take one more)."""
-    size, extra = divmod(n, world_size())
-    r = rank()
-    start = r * size + min(r, extra)
-    return range(start, start + size + (r < extra))
+    from vlv_pipeline.imaging.sources import block
+
+    return block(n, (rank(), world_size()))
 
 
 def _process_group():

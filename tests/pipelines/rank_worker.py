@@ -58,7 +58,7 @@ def stage_params(config: dict) -> dict:
         "evaluate": EvaluateParams(**evaluate, probe=config["probe"]),
         "evaluate_pixels": EvaluateParams(**evaluate, judge="pixels"),
         "caption": CaptionParams(source=config["user_images"], batch_size=2),
-        "ingest": IngestParams(min_side=8),
+        "ingest": IngestParams(min_side=8, parts_dir=str(out / "parts")),
     }
 
 
@@ -111,6 +111,7 @@ def run_stages(config: dict) -> dict:
 
     user_images = caption.open_user_images(params["caption"])
     screened = screen_images(user_images, params["ingest"])
+    results["user_screened"] = screened
     results["user_captions"] = caption.caption_user_images(
         models["captioner"], user_images, screened, params["caption"]
     )

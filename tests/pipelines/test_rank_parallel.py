@@ -90,6 +90,10 @@ def _user_images(folder: Path) -> str:
         pixels = (torch.rand(20 + i, 24, 3, generator=g) * 255).byte().numpy()
         Image.fromarray(pixels).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"not a png")
+    # copies of 1.png (rank 0's block) in rank 1's block: rank 1 keeps 4b.png on its own
+    # and finds 4c.png a copy of it; merged, both are duplicates of 1.png
+    for copy in ("4b.png", "4c.png"):
+        (folder / copy).write_bytes((folder / "1.png").read_bytes())
     return str(folder)
 
 
@@ -252,6 +256,12 @@ def test_evaluate_ranks_score_their_renders_into_the_same_metrics(runs):
 def test_caption_ranks_caption_their_shares_into_one_table(runs):
     ranks, single, *_ = runs
     table = single["user_captions"]
-    assert table["caption"].notna().sum() == 5 and table["rejected"].notna().sum() == 1
-    for rank in ranks:
+    # the copies carry the caption of the image they copy; the broken file has none
+    assert table["caption"].notna().sum() == 7 and table["rejected"].notna().sum() == 3
+    copies = table.set_index("file").loc[["4b.png", "4c.png"]]
+    assert (copies["rejected"] == "duplicate").all()
+    assert (copies["detail"] == "same bytes as 1.png").all()
+    for rank in ranks:  # ingest's screening, split among ranks, gives the same verdicts
         pd.testing.assert_frame_equal(rank["user_captions"], table)
+        pd.testing.assert_frame_equal(rank["user_screened"], single["user_screened"])
+    assert not any((Path(runs[2]["ranks"]["out"]) / "parts").glob("*"))  # parts removed

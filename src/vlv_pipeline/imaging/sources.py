@@ -12,6 +12,10 @@ input gets a verdict.
 - parquet: the row index (``"17"``);
 - webdataset: ``<shard>/<member>`` (``00000.tar/000000042.jpg``), the shard named relative
   to the directory (or common parent of the glob) it was found in.
+
+``iter_records(part=(k, n))`` streams only the k-th of n contiguous blocks of the source's
+units (files of a folder, row groups of a parquet file, tar shards), so that n processes can
+screen one source together: the blocks in order are the whole stream, in its order.
 """
 
 from __future__ import annotations
@@ -61,6 +65,19 @@ class Record:
     location: tuple[int, int] | None = None
 
 
+def block(units: int, part: tuple[int, int] | None) -> range:
+    """The ``part`` ``(k, n)`` of ``range(units)``: the k-th of n contiguous blocks whose
+    sizes differ by at most one (all of it when ``part`` is None)."""
+    if part is None:
+        return range(units)
+    k, n = part
+    if not 0 <= k < n:
+        raise ValueError(f"part {part}: need 0 <= k < n")
+    size, extra = divmod(units, n)
+    start = k * size + min(k, extra)
+    return range(start, start + size + (k < extra))
+
+
 def _is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
@@ -81,12 +98,15 @@ class ImageSource(ABC):
         self.path = os.fspath(path)
 
     @abstractmethod
-    def iter_records(self, only: Container[str] | None = None) -> Iterator[Record]:
+    def iter_records(
+        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+    ) -> Iterator[Record]:
         """Stream records in a stable order.
 
         Args:
             only: if given, records whose ``ref`` is not in it may be skipped without
                 reading their bytes (used by ``iter_images``).
+            part: ``(k, n)``: only the k-th of n contiguous blocks of the source's units.
         """
 
     @abstractmethod
@@ -216,14 +236,21 @@ class FolderSource(ImageSource):
                     continue  # the captions table itself
                 yield rel, Path(entry.path)
 
-    def iter_records(self, only: Container[str] | None = None) -> Iterator[Record]:
+    def iter_records(
+        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+    ) -> Iterator[Record]:
         root = Path(self.path)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {self.path!r} does not exist")
         captions = self.captions_path()
         labels = self._load_labels(captions)
         skip = captions.resolve() if captions is not None else None
-        for ref, file in self._walk(root, "", skip):
+        files: Iterator[tuple[str, Path]] | list[tuple[str, Path]] = self._walk(root, "", skip)
+        if part is not None:  # the file list (names only), then this part's block of it
+            files = list(files)
+            chosen = block(len(files), part)
+            files = files[chosen.start : chosen.stop]
+        for ref, file in files:
             if only is not None and ref not in only:
                 continue
             caption, split = labels.get(ref, (None, None))
@@ -299,7 +326,9 @@ class ParquetSource(ImageSource):
         except OSError as exc:
             return None, (Reason.UNREADABLE, str(exc))
 
-    def iter_records(self, only: Container[str] | None = None) -> Iterator[Record]:
+    def iter_records(
+        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+    ) -> Iterator[Record]:
         import pyarrow.parquet as pq
 
         if not Path(self.path).is_file():
@@ -311,8 +340,13 @@ class ParquetSource(ImageSource):
             missing = [c for c in wanted if c not in names]
             if missing:
                 raise ValueError(f"parquet source {self.path}: no column(s) {missing}; has {names}")
-            index = 0
-            for batch in parquet.iter_batches(batch_size=self.batch_size, columns=wanted):
+            groups = block(parquet.num_row_groups, part)
+            # refs are row numbers in the whole file: count the rows of the groups before
+            index = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
+            batches = parquet.iter_batches(
+                batch_size=self.batch_size, columns=wanted, row_groups=list(groups)
+            )
+            for batch in batches:
                 images = batch.column(self.image_column).to_pylist()
                 captions = (
                     batch.column(self.caption_column).to_pylist()
@@ -373,11 +407,14 @@ class WebDatasetSource(ImageSource):
     def exists(self) -> bool:
         return bool(self.shards())
 
-    def iter_records(self, only: Container[str] | None = None) -> Iterator[Record]:
+    def iter_records(
+        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+    ) -> Iterator[Record]:
         shards = self.shards()
         if not shards:
             raise FileNotFoundError(f"webdataset source {self.path!r}: no tar shards found")
-        for name, path in shards:
+        chosen = block(len(shards), part)
+        for name, path in shards[chosen.start : chosen.stop]:
             yield from self._iter_shard(name, path, only)
 
     def _iter_shard(self, shard: str, path: Path, only: Container[str] | None) -> Iterator[Record]:

@@ -53,6 +53,11 @@ class IngestParams(StrictModel):
     seed: Annotated[int, Field(strict=True)] = Field(
         0, description="salt of the deterministic split draw"
     )
+    parts_dir: str = Field(
+        "data/02_intermediate/ingest_parts",
+        description="under accelerate launch, where each rank leaves its screened rows for "
+        "the others (a folder every machine sees; emptied after use)",
+    )
 
     @field_validator("max_pixels")
     @classmethod

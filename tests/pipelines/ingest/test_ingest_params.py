@@ -14,7 +14,9 @@ CONF = Path(__file__).resolve().parents[3] / "conf" / "base"
 
 
 def test_parameters_file_validates_and_matches_the_defaults():
-    raw = yaml.safe_load((CONF / "parameters_ingest.yml").read_text())["ingest"]
+    text = (CONF / "parameters_ingest.yml").read_text()
+    # conf/base/globals.yml: data: data
+    raw = yaml.safe_load(text.replace("${globals:data}", "data"))["ingest"]
     params = IngestParams.model_validate(raw)
     assert params == IngestParams()
     assert params.resolution is None and params.background == (255, 255, 255)
