@@ -15,7 +15,8 @@ store them. It stores
   state, the EMA weights (when on). The data position is the step in ``history.json``.
 
 ``register(accelerator, objective)`` installs the save and load hooks that make
-``accelerator.save_state``/``load_state`` do this instead of pickling the whole objective.
+``accelerator.save_state``/``load_state`` do this instead of pickling the whole objective
+(single process and DDP; DeepSpeed and FSDP keep their engines' own checkpoint format).
 """
 
 from __future__ import annotations
@@ -147,8 +148,16 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
             del saved
 
 
-def register(accelerator, objective: nn.Module) -> None:
-    """Make ``accelerator.save_state``/``load_state`` store only what trains (see above)."""
+def register(accelerator, objective: nn.Module) -> bool:
+    """Make ``accelerator.save_state``/``load_state`` store only what trains (see above).
+
+    Under DeepSpeed, FSDP or Megatron the engine shards the weights and saves them itself,
+    in its own format: the checkpoint is then Accelerate's (returns False)."""
+    from accelerate.utils import DistributedType
+
+    sharding = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
+    if accelerator.distributed_type in sharding:
+        return False
 
     def save_hook(models, weights, output_dir):
         if weights:
@@ -163,3 +172,4 @@ def register(accelerator, objective: nn.Module) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+    return True
