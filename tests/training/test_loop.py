@@ -298,3 +298,27 @@ def test_a_checkpoint_of_the_whole_objective_from_before_still_resumes(tmp_path)
     (resumed_dir / "checkpoint-12" / TRAINABLE_FILE).unlink()  # neither format: a clear error
     with pytest.raises(FileNotFoundError, match="checkpoint-12 has none of"):
         train(_model(), _data(), _params(), checkpoint_dir=resumed_dir)
+
+
+def test_an_old_checkpoint_that_stored_tied_weights_once_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlv_pipeline.training.checkpoint import load_trained
+
+    class Tied(nn.Module):  # an LLM's lm_head shares its embeddings' tensor
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(4, 3)
+            self.head = nn.Linear(3, 4, bias=False)
+            self.head.weight = self.embed.weight
+
+    saved = Tied()
+    state = {k: v.clone() for k, v in saved.state_dict().items() if k != "head.weight"}
+    save_file(state, str(tmp_path / "model.safetensors"))  # safetensors keeps one name
+    loaded = Tied()
+    load_trained(loaded, tmp_path)
+    assert torch.equal(loaded.head.weight, saved.embed.weight)
+    del state["embed.weight"]  # a really missing weight is still refused
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="missing"):
+        load_trained(Tied(), tmp_path)

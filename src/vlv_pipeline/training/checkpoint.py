@@ -81,8 +81,23 @@ def save_trained(objective: nn.Module, directory: str | Path) -> list[str]:
     return written
 
 
+def _tied(module: nn.Module) -> set[str]:
+    """Names of weights that share their tensor with an earlier name (an LLM's lm_head tied
+    to its embeddings): safetensors files store such a tensor once."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        key = id(tensor)
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
 def _copy_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in _tied(module)] if missing else missing
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {source} does not match the model being trained (missing "
