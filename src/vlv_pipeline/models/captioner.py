@@ -42,12 +42,14 @@ class VLVCaptioner(nn.Module):
         settings = {**self.generation, **generation}
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        extra = {k: v for k, v in settings.items() if k not in ("max_new_tokens", "num_beams")}
         ids = self.decoder.generate(
             conditions,
             max_new_tokens=settings["max_new_tokens"],
             num_beams=settings["num_beams"],
             eos_token_id=eos,
             pad_token_id=pad,
+            **extra,  # e.g. early_stopping, as the published model generates
         )
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -156,10 +157,14 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         prompt_ids: tuple[int, ...] = (),
         image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         image_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        input_size: int | None = None,
     ):
         super().__init__()
         from transformers import Florence2Config, Florence2ForConditionalGeneration
 
+        # the side Florence-2 reads: images are resized to it (bicubic) before normalising,
+        # as its processor does (768 for the published captioner); None: as given
+        self.input_size = input_size
         self.florence = Florence2ForConditionalGeneration(
             Florence2Config(**(florence_config or {}))
         )
@@ -185,7 +190,12 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_florence(
-        cls, florence, num_queries: int, out_dim: int, prompt_ids: list[int]
+        cls,
+        florence,
+        num_queries: int,
+        out_dim: int,
+        prompt_ids: list[int],
+        input_size: int | None = None,
     ) -> Florence2VLVEncoder:
         """Wrap a loaded Florence-2 (e.g. from the registry's ``florence2`` kind), keeping its weights."""
         config = florence.config.to_dict()
@@ -194,6 +204,7 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
             num_queries=num_queries,
             out_dim=out_dim,
             prompt_ids=tuple(prompt_ids),
+            input_size=input_size,
         )
         encoder.florence.load_state_dict(florence.state_dict())
         encoder.freeze_unused()
@@ -225,7 +236,11 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         config = cls.load_config(path)
         florence = Florence2ForConditionalGeneration.from_pretrained(path / "florence")
         encoder = cls.from_florence(
-            florence, config["num_queries"], config["out_dim"], config["prompt_ids"]
+            florence,
+            config["num_queries"],
+            config["out_dim"],
+            config["prompt_ids"],
+            config.get("input_size"),
         )
         missing, unexpected = encoder.load_state_dict(
             load_file(str(path / "head.safetensors")), strict=False
@@ -240,7 +255,12 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         """(B, 3, S, S) images in [-1, 1] (normalised here as Florence-2's processor does)."""
         model = self.florence.model
         batch = pixel_values.shape[0]
+        if self.input_size is not None and pixel_values.shape[-1] != self.input_size:
+            side = (self.input_size, self.input_size)
+            pixel_values = F.interpolate(pixel_values.float(), size=side, mode="bicubic")
+            pixel_values = pixel_values.clamp(-1, 1).to(self.pixel_mean.dtype)
         pixel_values = ((pixel_values + 1) / 2 - self.pixel_mean) / self.pixel_std
+        pixel_values = pixel_values.to(next(model.vision_tower.parameters()).dtype)
         image_tokens = model.get_image_features(pixel_values).pooler_output
         embed = model.get_input_embeddings()
         prompt = (

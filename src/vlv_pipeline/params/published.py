@@ -1,0 +1,35 @@
+"""Parameters of the `import_published` pipeline (``params:import_published``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from vlv_pipeline.models.registry import ComponentSpec
+from vlv_pipeline.params import StrictModel
+
+
+class PublishedGeneration(StrictModel):
+    """The official inference's generation: 4 beams, 300 new tokens, stop early."""
+
+    max_new_tokens: int = Field(300, ge=1)
+    num_beams: int = Field(4, ge=1)
+    early_stopping: bool = True
+
+
+class ImportParams(StrictModel):
+    """Where the published checkpoint is, and the configs and tokenizers of its components
+    (only their config.json and tokenizer files are read: the weights are the checkpoint's)."""
+
+    checkpoint: str | None = Field(
+        None, description="the published .pt/.bin/.safetensors file, or a folder of shards"
+    )
+    florence2: ComponentSpec = Field(description="Florence-2-large's config (native transformers)")
+    florence2_tokenizer: ComponentSpec = Field(description="Florence-2's tokenizer, for the prompt")
+    # the task prompt the official inference gives Florence-2 (<MORE_DETAILED_CAPTION>)
+    prompt: str = "Describe with a paragraph what is shown in the image."
+    text_encoder: ComponentSpec = Field(description="SD 2.1's CLIP text encoder config")
+    llm: ComponentSpec = Field(description="Qwen2.5-3B's config")
+    tokenizer: ComponentSpec = Field(description="Qwen2.5-3B's tokenizer")
+    # Florence-2's processor resizes the 384 px centre crop to 768 px before normalising
+    input_size: int | None = Field(768, gt=0)
+    generation: PublishedGeneration = PublishedGeneration()
