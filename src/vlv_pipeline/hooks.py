@@ -10,7 +10,7 @@ from kedro.framework.hooks import hook_impl
 logger = logging.getLogger(__name__)
 
 # outputs whose location a user wants to see at the end of a run
-ANNOUNCED = ("eval_report", "user_captions")
+ANNOUNCED = ("eval_report", "user_captions", "user_captions_json")
 
 
 class AnnounceOutputsHook:

@@ -107,6 +107,19 @@ def _takes_use_safetensors(cls: type) -> bool:
     return "use_safetensors" in inspect.signature(cls.from_pretrained).parameters
 
 
+class LazyModel:
+    """A model not loaded yet: ``lazy()`` loads it (the latest version, checked as usual)."""
+
+    def __init__(self, load, where: str) -> None:
+        self._load, self.where = load, where
+
+    def __call__(self) -> Any:
+        return self._load()
+
+    def __repr__(self) -> str:
+        return f"LazyModel({self.where})"
+
+
 class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
     """A ``save_pretrained`` directory, loaded with ``<load_class>.from_pretrained``.
 
@@ -133,6 +146,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         save_args: dict[str, Any] | None = None,
         version: Version | None = None,
         metadata: dict[str, Any] | None = None,
+        lazy: bool = False,
     ) -> None:
         """Creates a new ``ModelDirectoryDataset`` for a local directory.
 
@@ -147,6 +161,9 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             version: A ``kedro.io.core.Version``; ``load=None`` loads the latest
                 version, ``save=None`` generates a timestamp.
             metadata: Any arbitrary metadata; ignored by Kedro.
+            lazy: ``load()`` returns a ``LazyModel``: calling it loads the model. For a node
+                that chooses one of several models by a parameter (``caption.model``), so
+                the one not chosen is never read and need not exist.
         """
         protocol, path = get_protocol_and_path(filepath, version)
         if protocol != "file":
@@ -162,6 +179,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         self.metadata = metadata
+        self._lazy = lazy
         super().__init__(filepath=PurePosixPath(path), version=version)
 
     def _describe(self) -> dict[str, Any]:
@@ -171,6 +189,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             "load_args": self._load_args,
             "save_args": self._save_args,
             "version": self._version,
+            "lazy": self._lazy,
         }
 
     # ------------------------------------------------------------------ load
@@ -193,6 +212,11 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         return path
 
     def load(self) -> Any:
+        if self._lazy:
+            return LazyModel(self._load_now, str(self._filepath))
+        return self._load_now()
+
+    def _load_now(self) -> Any:
         path = self._checked_load_path()
         pickles = _pickle_files(path)
         if pickles:

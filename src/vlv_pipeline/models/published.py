@@ -302,6 +302,7 @@ def build_captioner(
     prompt_ids: list[int],
     input_size: int | None,
     generation: dict,
+    crop_size: int | None = None,
 ):
     """A ``VLVCaptioner`` holding the published weights: architectures from the component
     configs, sizes (vocabularies, queries, widths) from the checkpoint's own tensors."""
@@ -335,6 +336,7 @@ def build_captioner(
             out_dim=int(enc["phi.2.weight"].shape[0]),
             prompt_ids=tuple(prompt_ids),
             input_size=input_size,
+            image_size=crop_size,
         )
         clip = CLIPTextModel(clip_config)
         decoder = CaptionDecoder(

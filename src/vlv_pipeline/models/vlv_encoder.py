@@ -158,9 +158,13 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         image_std: tuple[float, float, float] = (0.229, 0.224, 0.225),
         input_size: int | None = None,
+        image_size: int | None = None,
     ):
         super().__init__()
         from transformers import Florence2Config, Florence2ForConditionalGeneration
+
+        # image_size: the side of the square crops it is fed (the caption pipeline's default;
+        # 384 for the published captioner), recorded only
 
         # the side Florence-2 reads: images are resized to it (bicubic) before normalising,
         # as its processor does (768 for the published captioner); None: as given
@@ -196,6 +200,7 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         out_dim: int,
         prompt_ids: list[int],
         input_size: int | None = None,
+        image_size: int | None = None,
     ) -> Florence2VLVEncoder:
         """Wrap a loaded Florence-2 (e.g. from the registry's ``florence2`` kind), keeping its weights."""
         config = florence.config.to_dict()
@@ -205,6 +210,7 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
             out_dim=out_dim,
             prompt_ids=tuple(prompt_ids),
             input_size=input_size,
+            image_size=image_size,
         )
         encoder.florence.load_state_dict(florence.state_dict())
         encoder.freeze_unused()
@@ -241,6 +247,7 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
             config["out_dim"],
             config["prompt_ids"],
             config.get("input_size"),
+            config.get("image_size"),
         )
         missing, unexpected = encoder.load_state_dict(
             load_file(str(path / "head.safetensors")), strict=False

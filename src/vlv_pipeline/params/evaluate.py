@@ -46,3 +46,11 @@ class CaptionParams(StrictModel):
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)
     num_beams: int | None = Field(None, ge=1)
+    # trained: this project's vlv_captioner (stage 2); published: the authors' captioner
+    # (`kedro run --pipeline import_published` first)
+    model: Literal["trained", "published"] = "trained"
+    # auto: bfloat16 on a GPU that supports it (as the official inference), float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # the official inference's clean-up: cut after the last full stop, drop repeated
+    # sentences. Off by default: it hides a model that never learned to stop
+    postprocess: bool = False

@@ -30,6 +30,8 @@ class ImportParams(StrictModel):
     text_encoder: ComponentSpec = Field(description="SD 2.1's CLIP text encoder config")
     llm: ComponentSpec = Field(description="Qwen2.5-3B's config")
     tokenizer: ComponentSpec = Field(description="Qwen2.5-3B's tokenizer")
-    # Florence-2's processor resizes the 384 px centre crop to 768 px before normalising
+    # the official inference centre-crops images to 384 px, then Florence-2's processor
+    # resizes the crop to 768 px before normalising
+    crop_size: int = Field(384, gt=0)
     input_size: int | None = Field(768, gt=0)
     generation: PublishedGeneration = PublishedGeneration()

@@ -1,16 +1,21 @@
 """The `caption` pipeline on a user's folder: any size and format, ingest's verdicts for bad files."""
 
+import json
+
 import numpy as np
 import pytest
-from kedro.io import DataCatalog, MemoryDataset
+from kedro.io import DataCatalog, MemoryDataset, Version
 from kedro.runner import SequentialRunner
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.pandas import ParquetDataset
 from PIL import Image
 from stage2_factory import tiny_captioner
 
+from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.pipelines.caption import create_pipeline
-from vlv_pipeline.pipelines.caption.nodes import open_user_images
+from vlv_pipeline.pipelines.caption.nodes import official_postprocess, open_user_images
 
 
 def _user_folder(root):
@@ -25,18 +30,39 @@ def _user_folder(root):
     return root
 
 
-def test_caption_pipeline_captions_good_files_and_reports_bad_ones(tiny_world, tiny_sd, tmp_path):
-    captioner, _ = tiny_captioner(tiny_world, tiny_sd, tmp_path)
-    folder = _user_folder(tmp_path / "mine")
-    catalog = DataCatalog(
+def _models(tmp_path, lazy=True):
+    """The two captioner datasets as the catalog declares them (lazy, versioned)."""
+    return {
+        f"caption_{name}_captioner": ModelDirectoryDataset(
+            filepath=str(tmp_path / f"{name}_captioner"),
+            load_class="vlv_pipeline.models.captioner.VLVCaptioner",
+            version=Version(None, None),
+            lazy=lazy,
+        )
+        for name in ("trained", "published")
+    }
+
+
+def _catalog(tmp_path, params: CaptionParams) -> DataCatalog:
+    return DataCatalog(
         {
-            "vlv_captioner": MemoryDataset(captioner, copy_mode="assign"),
-            "params:caption": MemoryDataset(CaptionParams(source=str(folder), batch_size=2)),
+            **_models(tmp_path),
+            "params:caption": MemoryDataset(params),
             "params:ingest": MemoryDataset(IngestParams(min_side=8)),
             "user_images": MemoryDataset(copy_mode="assign"),
-            "user_captions": MemoryDataset(),
+            "user_captioner": MemoryDataset(copy_mode="assign"),
+            "user_captions": ParquetDataset(filepath=str(tmp_path / "captions.parquet")),
+            "user_captions_json": JSONDataset(filepath=str(tmp_path / "captions.json")),
         }
     )
+
+
+def test_caption_pipeline_captions_good_files_and_reports_bad_ones(tiny_world, tiny_sd, tmp_path):
+    captioner, _ = tiny_captioner(tiny_world, tiny_sd, tmp_path)
+    _models(tmp_path, lazy=False)["caption_trained_captioner"].save(captioner)
+    folder = _user_folder(tmp_path / "mine")
+    catalog = _catalog(tmp_path, CaptionParams(source=str(folder), batch_size=2))
+    # no published captioner exists: it is never read when caption.model is trained
     SequentialRunner().run(create_pipeline(), catalog)
     table = catalog["user_captions"].load().set_index("file")
     assert list(table.columns) == ["image_id", "caption", "rejected", "detail"]
@@ -49,6 +75,32 @@ def test_caption_pipeline_captions_good_files_and_reports_bad_ones(tiny_world, t
         "not_an_image",
     }
     assert table.loc[table["rejected"].notna(), "caption"].isna().all()
+    # the official inference's format: {relative/path: caption}, rejects under their own key
+    written = json.loads((tmp_path / "captions.json").read_text())
+    rejected = written.pop("rejected")
+    assert written == kept["caption"].to_dict()
+    assert rejected["empty.png"] == "empty_file: zero bytes"
+    assert set(rejected) == {"empty.png", "broken.jpg", "notes.txt"}
+
+
+def test_a_captioner_not_made_yet_says_which_pipeline_makes_it(tmp_path):
+    folder = _user_folder(tmp_path / "mine")
+    catalog = _catalog(tmp_path, CaptionParams(source=str(folder), model="published"))
+    with pytest.raises(ValueError, match="run `kedro run --pipeline import_published` first"):
+        SequentialRunner().run(create_pipeline(), catalog)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("A cat. A cat. A dog on a mat. A cat", "A cat. A dog on a mat."),
+        ("A red circle.", "A red circle."),
+        ("no full stop at all", "no full stop at all"),
+        ("One. Two. One. Two. Thr", "One. Two."),
+    ],
+)
+def test_the_official_clean_up_cuts_and_drops_repeats(raw, clean):
+    assert official_postprocess(raw) == clean
 
 
 def test_no_source_says_how_to_give_one():

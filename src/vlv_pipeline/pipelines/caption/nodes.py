@@ -19,6 +19,56 @@ from vlv_pipeline.world.data import pil_to_tensor
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["file", "image_id", "caption", "rejected", "detail"]
+REJECTED_KEY = "rejected"  # in the JSON: {file: "reason: detail"} of files not captioned
+
+
+def choose_captioner(trained, published, params: CaptionParams):
+    """The captioner ``caption.model`` names, loaded (the other is never read); its weights
+    in bfloat16 on a GPU that supports it when ``caption.dtype`` is auto."""
+    lazy = trained if params.model == "trained" else published
+    try:
+        captioner = lazy()
+    except Exception as error:  # no version yet: say which pipeline makes one
+        make = "stage2" if params.model == "trained" else "import_published"
+        raise ValueError(
+            f"caption.model is {params.model!r} but {lazy.where} has no usable captioner "
+            f"({error}); run `kedro run --pipeline {make}` first"
+        ) from error
+    dtype = params.dtype
+    if dtype == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        dtype = "bfloat16" if bf16 else "float32"
+    return captioner.to(getattr(torch, dtype))
+
+
+def official_postprocess(caption: str) -> str:
+    """The official inference's clean-up of a caption: keep the text up to its last full
+    stop (when it does not end with one), then drop sentences that repeat an earlier one."""
+    text = caption.strip()
+    if "." not in text:
+        return text
+    if not text.endswith("."):
+        text = text[: text.rindex(".") + 1]
+    kept: list[str] = []
+    for sentence in (s.strip() for s in text.split(".")):
+        if sentence and sentence not in kept:
+            kept.append(sentence)
+    return " ".join(f"{s}." for s in kept)
+
+
+def captions_json(user_captions: pd.DataFrame) -> dict:
+    """``{relative/path: caption}``, the official inference's output, plus ``rejected``:
+    ``{relative/path: "reason: detail"}`` for the files that got no caption."""
+    out: dict = {}
+    rejected: dict[str, str] = {}
+    for row in user_captions.itertuples(index=False):
+        if isinstance(row.caption, str):
+            out[row.file] = row.caption
+        else:
+            detail = f": {row.detail}" if isinstance(row.detail, str) and row.detail else ""
+            rejected[row.file] = f"{row.rejected}{detail}"
+    out[REJECTED_KEY] = rejected
+    return out
 
 
 def open_user_images(params: CaptionParams) -> ImageSource:
@@ -50,6 +100,7 @@ def caption_user_images(
     kept = screened[screened["reason"].isna()]
     mine = kept.iloc[share(len(kept))]
     vlv_captioner = vlv_captioner.to(inference_device())
+    clean = official_postprocess if params.postprocess else str
     side = _input_side(vlv_captioner, params)
     generation = {
         k: v
@@ -65,7 +116,7 @@ def caption_user_images(
             texts = vlv_captioner.caption(
                 torch.stack(pixels), batch_size=params.batch_size, **generation
             )
-            captions.extend(zip(ids, texts, strict=True))
+            captions.extend(zip(ids, map(clean, texts), strict=True))
             ids.clear(), pixels.clear()
 
         images = iter_images(source, mine, side) if len(mine) else iter(())

@@ -1,4 +1,4 @@
-"""The `caption` pipeline: a user's folder of images -> versioned captions file."""
+"""The `caption` pipeline: a user's folder of images -> versioned captions (parquet, JSON)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -17,10 +17,17 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="screen_user_images",
             ),
             Node(
+                nodes.choose_captioner,
+                ["caption_trained_captioner", "caption_published_captioner", "params:caption"],
+                "user_captioner",
+                name="choose_captioner",
+            ),
+            Node(
                 nodes.caption_user_images,
-                ["vlv_captioner", "user_images", "user_images_screened", "params:caption"],
+                ["user_captioner", "user_images", "user_images_screened", "params:caption"],
                 "user_captions",
                 name="caption_user_images",
             ),
+            Node(nodes.captions_json, "user_captions", "user_captions_json", name="captions_json"),
         ]
     )

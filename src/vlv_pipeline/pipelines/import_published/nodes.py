@@ -32,6 +32,7 @@ def import_published_captioner(params: ImportParams):
         prompt_ids=florence_tokenizer(params.prompt).input_ids,
         input_size=params.input_size,
         generation=params.generation.model_dump(),
+        crop_size=params.crop_size,
     )
     count = sum(p.numel() for p in captioner.parameters())
     logger.info(
