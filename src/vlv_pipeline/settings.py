@@ -17,9 +17,11 @@ CONFIG_LOADER_ARGS = {
 
 from vlv_pipeline.distributed import QuietRanksHook, RankAwareDataCatalog  # noqa: E402
 from vlv_pipeline.hooks import AnnounceOutputsHook  # noqa: E402
+from vlv_pipeline.preflight import PreflightHook  # noqa: E402
 from vlv_pipeline.tracking import MlflowMetricsHook, enabled  # noqa: E402
 
-HOOKS = (AnnounceOutputsHook(), QuietRanksHook(), MlflowMetricsHook())
+# PreflightHook: before any node runs, every missing component in one message (README).
+HOOKS = (AnnounceOutputsHook(), QuietRanksHook(), MlflowMetricsHook(), PreflightHook())
 
 # MLflow tracking (the optional `mlflow` extra) only when switched on with VLV_MLFLOW=1:
 # kedro-mlflow registers its hooks on install, so they are disabled unless asked for.

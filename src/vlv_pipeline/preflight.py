@@ -1,0 +1,696 @@
+"""Before any node runs: is every component the chosen pipelines need there?
+
+``PreflightHook`` (settings.py's ``HOOKS``) looks, in ``before_pipeline_run``, at what the run
+will need and cannot make itself:
+
+- **datasets**: every free input of the pipeline (a trained model, the image manifest, the
+  latent cache, your images...) must exist; a versioned one needs a saved version. The fix
+  named is the registered pipeline that writes it (``kedro run --pipeline stage2``), or, for
+  a read-only image source, where to put the images.
+- **models by parameter**: every ``pretrained:`` of a component and every model key
+  (``t2i``, ``stage1_t2i``, ``render_t2i``, ``tokenizer``, ``probe``) of the ``params:``
+  blocks the nodes take. An existing local directory passes; a hub id (``owner/name``) must
+  be in the local Hugging Face cache (looked up on disk, never on the network); a local-looking
+  path that does not exist is missing.
+- **credentials**: the ``openai`` caption backend needs ``captioner.api_key``.
+- **the fid_clip judge**: torchmetrics with torch-fidelity, its Inception weights in the torch
+  hub cache, and the CLIP model.
+- **caption.source** for the ``caption`` pipeline.
+
+Offline (``HF_HUB_OFFLINE=1``) every gap stops the run; online, what a download provides is
+logged ("will download: ...") and the run goes on, while the rest (trained models, data,
+credentials, packages) still stops it. The stop is one :class:`MissingComponentsError`,
+listing each missing piece with what provides it; the ``kedro`` command line prints it as
+one message, without a traceback. Under ``accelerate launch`` every rank checks, the ranks
+agree, every rank stops, and only rank 0 prints.
+
+``VLV_SKIP_PREFLIGHT=1`` turns the check off. Nothing here downloads, imports a model, or
+reads more than a few file names; a run whose components are local directories that exist
+(the shapes world) is checked in milliseconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from kedro.framework.hooks import hook_impl
+
+from vlv_pipeline.distributed import rank, world_size
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Finding",
+    "MissingComponentsError",
+    "PreflightHook",
+    "Producers",
+    "Reference",
+    "check",
+    "check_datasets",
+    "check_parameters",
+    "check_references",
+    "references",
+]
+
+# Parameter keys whose string value names a model (a hub id or a local directory), besides
+# `pretrained` of a component spec. A key in WHEN counts only if its sibling says so.
+MODEL_KEYS = frozenset({"t2i", "stage1_t2i", "render_t2i", "tokenizer", "probe"})
+WHEN = {"probe": ("judge", "probe")}
+# A block with one of these keys uses only the sub-block it names (encoder.backbone: small
+# leaves encoder.florence2 unused; captioner.backend: openai leaves captioner.transformers).
+CHOICE_KEYS = ("backbone", "backend")
+# A node that takes params:<block> reads the one model dataset <block>.<key> names, and none
+# of the others (lazy datasets): {block: (key, {value: dataset}, default value)}.
+DATASET_CHOICES = {
+    "caption": (
+        "model",
+        {"trained": "caption_trained_captioner", "published": "caption_published_captioner"},
+        "trained",
+    ),
+}
+# The published captioner's weights, for `import_published.checkpoint`.
+PUBLISHED_REPO = "lambertxiao/Vision-Language-Vision-Captioner-Qwen2.5-3B"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+NOT_CACHED = "not a local directory and not in the Hugging Face cache"
+NO_WEIGHTS = "in the Hugging Face cache without its weights (configs only)"
+# Blocks that read only the configs and tokenizers of the models they name (import_published:
+# the weights are the published checkpoint's).
+CONFIG_ONLY_BLOCKS = ("import_published",)
+# torch-fidelity's Inception weights, as torch.hub stores them (<hub dir>/checkpoints/).
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+# --------------------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One missing piece: what, why, and what provides it. ``download``: a download does."""
+
+    what: str
+    problem: str
+    fix: str
+    download: bool = False
+
+    def line(self) -> str:
+        return f"{self.what}: {self.problem} -> {self.fix}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parameter naming a model: ``key`` (dotted), its value, the spec's subfolder, and
+    whether the run loads its weights (not for a tokenizer, nor a config-only block)."""
+
+    key: str
+    ref: str
+    subfolder: str | None = None
+    weights: bool = True
+
+
+class MissingComponentsError(click.ClickException, RuntimeError):
+    """The run cannot start: its message lists each missing piece and what provides it.
+
+    A ``click.ClickException``, so ``kedro run`` prints ``Error: <message>`` and exits 1 with
+    no traceback; in a ``KedroSession`` it is an ordinary exception. Ranks other than 0 stop
+    silently (rank 0 says why)."""
+
+    def __init__(self, message: str, findings: Iterable[Finding] = ()) -> None:
+        super().__init__(message)
+        self.findings = list(findings)
+        self.shown = False
+
+    def show(self, file=None) -> None:
+        if rank() == 0 and not self.shown:
+            super().show(file)
+            self.shown = True
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def hub_offline() -> bool:
+    """The hub is off limits: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is truthy."""
+    from vlv_pipeline.models.registry import _hub_offline
+
+    return _hub_offline()
+
+
+def _looks_local(ref: str) -> bool:
+    from vlv_pipeline.models.registry import _looks_local as looks_local
+
+    return looks_local(ref)
+
+
+def hub_cache_problem(repo: str, subfolder: str | None = None, weights: bool = True) -> str | None:
+    """What the local Hugging Face cache lacks of ``repo`` (its ``subfolder``), or None: one
+    of the files a ``save_pretrained`` directory starts with, and with ``weights`` a
+    ``*.safetensors``/``*.bin`` file beside or below it (a download of the configs only, e.g.
+    ``--include "*.json"``, is not enough to load the model). Reads the disk only."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from vlv_pipeline.datasets.model_directory import MARKER_FILES
+
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    for name in (*MARKER_FILES, "preprocessor_config.json"):
+        try:
+            found = try_to_load_from_cache(repo, prefix + name, cache_dir=constants.HF_HUB_CACHE)
+        except Exception:  # noqa: BLE001 - not a valid repo id: not in the cache either
+            break
+        if isinstance(found, str):
+            folder = Path(found).parent
+            if not weights or any(
+                p.suffix in WEIGHT_SUFFIXES for p in folder.rglob("*") if p.is_file()
+            ):
+                return None
+            return NO_WEIGHTS
+    return NOT_CACHED
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when it lies under it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _location(dataset: Any) -> Path | None:
+    """The file or folder a dataset reads (None for in-memory ones)."""
+    for attr in ("_filepath", "_path"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            return Path(str(value))
+    try:
+        described = dataset._describe()
+    except Exception:  # noqa: BLE001 - a dataset that cannot describe itself has no location
+        return None
+    value = described.get("filepath") or described.get("path")
+    return Path(str(value)) if value else None
+
+
+def _under(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def run_command(env: str | None, pipeline: str | None = None, extra: str = "") -> str:
+    """``kedro run [--env ENV] [--pipeline NAME]``; the default env (local) goes unsaid."""
+    words = ["kedro run"]
+    if env and env not in ("local", "base"):
+        words.append(f"--env {env}")
+    if pipeline:
+        words.append(f"--pipeline {pipeline}")
+    if extra:
+        words.append(extra)
+    return " ".join(words)
+
+
+def _plain(value: Any) -> Any:
+    """Parameters as plain dicts (Kedro may hand over validated pydantic models)."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return value
+
+
+class Producers:
+    """Which registered pipelines write a dataset (or the folder a path lies in).
+
+    Composite pipelines (``__default__``, ``vlv``) are left out when a smaller registered
+    pipeline writes the same thing. Built lazily: only a run with a gap asks."""
+
+    def __init__(self, registry: Mapping[str, Any], catalog: Any) -> None:
+        self._registry = registry
+        self._catalog = catalog
+
+    def of(self, dataset: str) -> list[str]:
+        """The pipelines writing ``dataset``, or else another dataset at its location (a
+        second catalog entry for the same directory, e.g. a lazy one)."""
+        found = self._writers(dataset)
+        if not found:
+            entry = _dataset(self._catalog, dataset)
+            where = None if entry is None else _location(entry)
+            if where is not None:
+                found = self.of_path(where)
+        return found
+
+    def _writers(self, dataset: str) -> list[str]:
+        writers = {
+            name: {n.name for n in pipe.nodes}
+            for name, pipe in self._registry.items()
+            if dataset in pipe.all_outputs()
+        }
+        return sorted(
+            name
+            for name, nodes in writers.items()
+            if not any(other != name and set(o) < nodes for other, o in writers.items())
+        )
+
+    def of_path(self, path: Path) -> list[str]:
+        """The pipelines writing a dataset whose location holds ``path``."""
+        found: set[str] = set()
+        for pipe in self._registry.values():
+            for name in pipe.all_outputs():
+                dataset = _dataset(self._catalog, name)
+                where = None if dataset is None else _location(dataset)
+                if where is not None and _under(path, where):
+                    found.update(self._writers(name))
+        return sorted(found)
+
+
+def _dataset(catalog: Any, name: str) -> Any:
+    try:
+        return catalog.get(name)
+    except Exception:  # noqa: BLE001 - a broken entry: the run reports it itself
+        return None
+
+
+def _commands(env: str | None, pipelines: list[str]) -> str:
+    return " or ".join(f"`{run_command(env, p)}`" for p in pipelines)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def written_locations(pipeline: Any, catalog: Any) -> list[Path]:
+    """Where the outputs of ``pipeline`` go."""
+    return [
+        where
+        for name in sorted(pipeline.all_outputs())
+        if (ds := _dataset(catalog, name)) is not None and (where := _location(ds)) is not None
+    ]
+
+
+def check_datasets(
+    pipeline: Any,
+    catalog: Any,
+    producers: Producers,
+    env: str | None,
+    blocks: Mapping[str, Any] | None = None,
+) -> list[Finding]:
+    """Every free input of ``pipeline`` that is a persisted dataset, and that some node
+    reads (``DATASET_CHOICES``, with the parameter ``blocks``), must exist."""
+    from kedro.io import MemoryDataset
+
+    from vlv_pipeline.datasets.credentials import CredentialsDataset
+
+    blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
+    written = written_locations(pipeline, catalog)
+    findings = []
+    for name in sorted(pipeline.inputs()):
+        if name == "parameters" or name.startswith("params:"):
+            continue
+        readers = [n for n in pipeline.nodes if name in n.inputs]
+        if readers and all(_unread(name, n, blocks) for n in readers):
+            continue  # every node given it was told by its parameters not to read it
+        dataset = _dataset(catalog, name)
+        if dataset is None or isinstance(dataset, MemoryDataset | CredentialsDataset):
+            continue  # not in the catalog: Kedro's runner says so itself
+        where = _location(dataset)
+        if where is not None and any(where == w for w in written):
+            continue  # the previous state of an output (an incremental cache): may be empty
+        try:
+            if dataset.exists():
+                continue
+            problem = "no saved version" if getattr(dataset, "_version", None) else "not found"
+        except Exception as error:  # noqa: BLE001 - a dataset that cannot tell: say why
+            problem = f"cannot be read ({type(error).__name__}: {error})"
+        what = f"{name} ({_shown(where)})" if where is not None else name
+        fix = _dataset_fix(name, dataset, producers, env)
+        fix += _alternative(name, readers, producers, env)
+        findings.append(Finding(what, problem, fix))
+    return findings
+
+
+def _choice(block: str, blocks: Mapping[str, Any]) -> str:
+    """The value of ``DATASET_CHOICES[block]``'s key in the parameters (its default)."""
+    key, _, default = DATASET_CHOICES[block]
+    value = blocks.get(block)
+    choice = value.get(key) if isinstance(value, Mapping) else None
+    return choice if isinstance(choice, str) else default
+
+
+def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
+    """``node`` takes ``name`` but its parameters say it will not read it."""
+    if name == "embedding_cache" and "params:stage2" in node.inputs:
+        # stage2.trainable with `encoder` trains on pixels: the embedding cache is bypassed
+        stage2 = blocks.get("stage2")
+        return isinstance(stage2, Mapping) and "encoder" in str(stage2.get("trainable", ""))
+    for block, (_, named, _) in DATASET_CHOICES.items():
+        if f"params:{block}" in node.inputs and name in named.values():
+            return named.get(_choice(block, blocks)) != name
+    return False
+
+
+def _alternative(name: str, readers: list, producers: Producers, env: str | None) -> str:
+    """`` (or `--params caption.model=published`, after ...)``: the other models a choosing
+    node could read, and what writes them."""
+    for block, (key, named, _) in DATASET_CHOICES.items():
+        if name not in named.values() or not any(f"params:{block}" in n.inputs for n in readers):
+            continue
+        others = []
+        for choice, other in named.items():
+            makers = producers.of(other) if other != name else []
+            if makers:
+                others.append(f"`--params {block}.{key}={choice}`, after {_commands(env, makers)}")
+        return f" (or {'; or '.join(others)})" if others else ""
+    return ""
+
+
+def _dataset_fix(name: str, dataset: Any, producers: Producers, env: str | None) -> str:
+    if type(dataset).__name__ == "ImageSourceDataset" and not getattr(dataset, "_writable", True):
+        kind = getattr(dataset, "_kind", "")
+        what = {
+            "webdataset": "img2dataset / webdataset .tar shards",
+            "parquet": "a parquet file of images",
+            "folder": "a folder of images",
+        }.get(kind, "your images")
+        return (
+            f"put {what} at {_shown(_location(dataset) or name)}, or point `{name}` in "
+            f"the catalog at them"
+        )
+    writers = producers.of(name)
+    return _commands(env, writers) if writers else f"create it, or point `{name}` elsewhere"
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def references(key: str, value: Any) -> Iterator[Reference]:
+    """The models a parameter block names, with their dotted keys (see ``MODEL_KEYS``)."""
+    if not isinstance(value, Mapping):
+        return
+    chosen = next((value[k] for k in CHOICE_KEYS if isinstance(value.get(k), str)), None)
+    for name, item in value.items():
+        path = f"{key}.{name}"
+        if isinstance(item, Mapping):
+            if chosen is None or name == chosen:
+                yield from references(path, item)
+            continue
+        if not isinstance(item, str) or not (name == "pretrained" or name in MODEL_KEYS):
+            continue
+        condition = WHEN.get(name)
+        if condition and condition[0] in value and value[condition[0]] != condition[1]:
+            continue
+        subfolder = value.get("subfolder") if name == "pretrained" else None
+        weights = "tokenizer" not in path and path.split(".")[0] not in CONFIG_ONLY_BLOCKS
+        yield Reference(path, item, subfolder if isinstance(subfolder, str) else None, weights)
+
+
+def judge_references(block: str, value: Any) -> list[Reference]:
+    """The CLIP model of the ``fid_clip`` judge (its default when the block names none)."""
+    if not isinstance(value, Mapping) or value.get("judge") != "fid_clip":
+        return []
+    clip = value.get("clip_model")
+    if clip is None:
+        from vlv_pipeline.params.evaluate import EvaluateParams
+
+        clip = EvaluateParams.model_fields["clip_model"].default
+    return [Reference(f"{block}.clip_model", str(clip))]
+
+
+def check_references(
+    refs: Iterable[Reference], producers: Producers | None, env: str | None, written: list[Path]
+) -> list[Finding]:
+    """Local directories must exist; hub ids must be in the local Hugging Face cache
+    (``download=True`` findings: a download provides them). One finding per value, naming
+    every key that gives it."""
+    findings: list[Finding] = []
+    local: dict[str, list[str]] = {}
+    hub: dict[str, list[Reference]] = {}
+    for ref in refs:
+        path = Path(ref.ref).expanduser()
+        if path.exists():
+            if ref.subfolder and not (path / ref.subfolder).is_dir():
+                findings.append(
+                    Finding(
+                        f"{ref.key} = {ref.ref}",
+                        f"has no subfolder '{ref.subfolder}'",
+                        f"point `{ref.key}` at a save_pretrained directory that has it",
+                    )
+                )
+        elif _looks_local(ref.ref):
+            if not any(_under(path, w) for w in written):  # else this run writes it first
+                local.setdefault(ref.ref, []).append(ref.key)
+        else:
+            hub.setdefault(ref.ref, []).append(ref)
+    for value, keys in local.items():
+        path = Path(value).expanduser()
+        makers = producers.of_path(path) if producers is not None else []
+        fix = (
+            _commands(env, makers)
+            if makers
+            else f"create it, or point `{keys[0]}` at a local directory or a hub id"
+        )
+        findings.append(Finding(f"{_keys(keys)} = {value}", "no such directory", fix))
+    for repo, named in hub.items():
+        needs = dict.fromkeys((r.subfolder, r.weights) for r in named)
+        problems = [p for sub, w in needs if (p := hub_cache_problem(repo, sub, w))]
+        if problems:
+            findings.append(
+                Finding(
+                    f"{_keys([r.key for r in named])} = {repo}",
+                    NOT_CACHED if NOT_CACHED in problems else problems[0],
+                    f"`hf download {repo}`",
+                    download=True,
+                )
+            )
+    return findings
+
+
+def _keys(keys: list[str]) -> str:
+    return ", ".join(dict.fromkeys(keys))
+
+
+def check_parameters(
+    blocks: Mapping[str, Any],
+    producers: Producers | None = None,
+    env: str | None = None,
+    written: list[Path] | None = None,
+    credentials: Iterable[Mapping[str, Any]] | None = None,
+) -> list[Finding]:
+    """What the ``params:`` blocks a run uses name: models, credentials, the judge, sources.
+
+    ``blocks`` maps a block's name (``stage1``) to its value; ``credentials`` are the values
+    of the run's credentials datasets (None: the run takes none)."""
+    blocks = {name: _plain(value) for name, value in blocks.items()}
+    refs: list[Reference] = []
+    for name, value in blocks.items():
+        refs.extend(references(name, value))
+        refs.extend(judge_references(name, value))
+    findings = check_references(refs, producers, env, written or [])
+    for name, value in blocks.items():
+        findings += _check_captioner_key(name, value, credentials)
+        findings += _check_judge(name, value)
+        findings += _check_caption_source(name, value, env)
+        findings += _check_published_checkpoint(name, value, env)
+    return findings
+
+
+def _check_captioner_key(
+    block: str, value: Any, credentials: Iterable[Mapping[str, Any]] | None
+) -> list[Finding]:
+    """The ``openai`` backend needs ``captioner.api_key`` (a local, loopback server may not)."""
+    captioner = value.get("captioner") if isinstance(value, Mapping) else None
+    if credentials is None or not isinstance(captioner, Mapping):
+        return []
+    if captioner.get("backend") != "openai":
+        return []
+    base_url = str((captioner.get("openai") or {}).get("base_url") or "")
+    from urllib.parse import urlparse
+
+    if (urlparse(base_url).hostname or "") in LOOPBACK_HOSTS:
+        return []
+    if any((c or {}).get("api_key") for c in credentials):
+        return []
+    return [
+        Finding(
+            f"{block}.captioner.backend = openai ({base_url})",
+            "no api_key in the credentials",
+            "add `captioner: {api_key: ...}` to conf/local/credentials.yml",
+        )
+    ]
+
+
+def _check_judge(block: str, value: Any) -> list[Finding]:
+    """judge fid_clip: torchmetrics + torch-fidelity installed, Inception weights cached."""
+    if not isinstance(value, Mapping) or value.get("judge") != "fid_clip":
+        return []
+    what = f"{block}.judge = fid_clip"
+    absent = [m for m in ("torchmetrics", "torch_fidelity") if importlib.util.find_spec(m) is None]
+    if absent:
+        return [
+            Finding(
+                what,
+                f"{' and '.join(absent)} not installed",
+                "`pip install 'torchmetrics[image]' torch-fidelity`",
+            )
+        ]
+    import torch.hub
+
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    if weights.is_file():
+        return []
+    return [
+        Finding(
+            f"{what} (Inception weights)",
+            f"{_shown(weights)} not in the torch hub cache",
+            '`python -c "from torchmetrics.image.fid import FrechetInceptionDistance as F; F()"`',
+            download=True,
+        )
+    ]
+
+
+def _check_caption_source(block: str, value: Any, env: str | None) -> list[Finding]:
+    """The ``caption`` pipeline's images: ``source`` set and there."""
+    if block != "caption" or not isinstance(value, Mapping) or "source" not in value:
+        return []
+    source, kind = value.get("source"), value.get("kind") or "folder"
+    fix = f"`{run_command(env, 'caption', '--params caption.source=PATH')}`"
+    if not source:
+        return [Finding("caption.source", "not set", fix + f" (a {kind} of images)")]
+    try:
+        from vlv_pipeline.imaging.sources import open_source
+
+        there = open_source(kind, str(source)).exists()
+    except Exception:  # noqa: BLE001 - a bad kind/path: the node says exactly what
+        there = Path(str(source)).exists()
+    if there:
+        return []
+    return [Finding(f"caption.source = {source}", f"no {kind} of images there", fix)]
+
+
+def _check_published_checkpoint(block: str, value: Any, env: str | None) -> list[Finding]:
+    """``import_published`` reads the published captioner's weights from a local file."""
+    if block != "import_published" or not isinstance(value, Mapping) or "checkpoint" not in value:
+        return []
+    checkpoint = value.get("checkpoint")
+    if checkpoint and Path(str(checkpoint)).expanduser().exists():
+        return []
+    fix = (
+        f"`hf download {PUBLISHED_REPO} --local-dir data/01_raw/published`, then "
+        f"`{run_command(env, 'import_published', '--params import_published.checkpoint=FILE')}`"
+        " with its weights file"
+    )
+    if not checkpoint:
+        return [Finding("import_published.checkpoint", "not set", fix)]
+    return [Finding(f"import_published.checkpoint = {checkpoint}", "no such file", fix)]
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def check(
+    pipeline: Any, catalog: Any, registry: Mapping[str, Any], env: str | None
+) -> list[Finding]:
+    """Every finding for running ``pipeline`` with ``catalog`` (nothing found: [])."""
+    from vlv_pipeline.datasets.credentials import CredentialsDataset
+
+    producers = Producers(registry, catalog)
+    inputs = pipeline.inputs()
+    blocks = {}
+    for name in sorted(i for i in inputs if i.startswith("params:")):
+        dataset = _dataset(catalog, name)
+        if dataset is not None:
+            blocks[name.removeprefix("params:")] = dataset.load()
+    findings = check_datasets(pipeline, catalog, producers, env, blocks)
+    credentials = [
+        ds.load()
+        for name in sorted(inputs)
+        if isinstance(ds := _dataset(catalog, name), CredentialsDataset)
+    ]
+    written = written_locations(pipeline, catalog)
+    findings += check_parameters(blocks, producers, env, written, credentials or None)
+    return findings
+
+
+def message(findings: list[Finding], command: str, offline: bool) -> str:
+    """The one message: the command, each missing piece with what provides it."""
+    noun = "piece is" if len(findings) == 1 else "pieces are"
+    lines = [f"`{command}` cannot start: {len(findings)} {noun} missing (nothing was run)."]
+    lines += [f"  - {f.line()}" for f in findings]
+    if offline and any(f.download for f in findings):
+        lines.append(
+            "The hub is offline (HF_HUB_OFFLINE=1): download where the network is reachable, "
+            "or unset HF_HUB_OFFLINE to let the run download."
+        )
+    return "\n".join(lines)
+
+
+def _every_rank(findings: list[Finding]) -> list[Finding]:
+    """Under ``accelerate launch``: every rank's findings (rank 0's first, then what only
+    some ranks lack, e.g. in a node-local cache, naming them), so every rank stops together."""
+    if world_size() == 1:
+        return findings
+    from vlv_pipeline.distributed import each_rank
+
+    where: dict[Finding, list[int]] = {}
+    for number, found in enumerate(each_rank(lambda: findings)):
+        for finding in found:
+            where.setdefault(finding, []).append(number)
+    return [
+        f if 0 in ranks else Finding(f"{f.what} ({_ranks(ranks)})", f.problem, f.fix, f.download)
+        for f, ranks in where.items()
+    ]
+
+
+def _ranks(numbers: list[int]) -> str:
+    """``rank 3`` or ``ranks 8-15, 24``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+    return f"rank {text}" if len(numbers) == 1 else f"ranks {text}"
+
+
+class PreflightHook:
+    """Checks, before any node runs, every component the run needs (module docstring)."""
+
+    def __init__(self, registry: Mapping[str, Any] | None = None) -> None:
+        self._registry = registry
+
+    @hook_impl(tryfirst=True)  # before plugins' hooks start anything (an MLflow run)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
+            return
+        registry = self._registry
+        if registry is None:
+            from kedro.framework.project import pipelines
+
+            registry = pipelines
+        env = run_params.get("env")
+        names = run_params.get("pipeline_names") or []
+        command = run_command(env, ",".join(names) if names else None)
+        if len(names) > 1:
+            command = command.replace("--pipeline ", "--pipelines ")
+        findings = _every_rank(check(pipeline, catalog, registry, env))
+        offline = hub_offline()
+        stopping = [f for f in findings if offline or not f.download]
+        if rank() == 0:
+            for finding in findings:
+                if finding not in stopping:
+                    logger.info("will download: %s (%s)", finding.what, finding.fix.strip("`"))
+        if stopping:
+            error = MissingComponentsError(message(stopping, command, offline), stopping)
+            if world_size() > 1:
+                # rank 0 says it before any rank exits: a launcher stops the others at the
+                # first exit, maybe before rank 0 could print
+                error.show()
+                from vlv_pipeline.distributed import barrier
+
+                barrier()
+            raise error

@@ -1,0 +1,572 @@
+"""The check before any node runs: every missing component in one message, no traceback."""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import pytest
+from kedro.io import DataCatalog, MemoryDataset, Version
+from kedro.pipeline import Node, Pipeline
+from test_end_to_end import copy_project
+
+from vlv_pipeline import preflight
+from vlv_pipeline.datasets.credentials import CredentialsDataset
+from vlv_pipeline.datasets.image_source import ImageSourceDataset
+from vlv_pipeline.datasets.latent_cache import EmbeddingCacheDataset
+from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+from vlv_pipeline.preflight import (
+    Finding,
+    MissingComponentsError,
+    PreflightHook,
+    Producers,
+    Reference,
+    check,
+    check_datasets,
+    check_parameters,
+    check_references,
+    references,
+)
+
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+
+
+def _f(*args):  # a node function; never called
+    return None
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache (and torch hub dir); ``add(repo, file)`` caches a file."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def add(repo: str, file: str = "config.json") -> None:
+        root = cache / f"models--{repo.replace('/', '--')}"
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs/main").write_text("0123abcd")
+        target = root / "snapshots/0123abcd" / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}")
+
+    return add
+
+
+# --------------------------------------------------------------------------- references
+
+
+def test_references_follow_the_chosen_backbone_and_backend_only():
+    stage1 = {
+        "t2i": "stabilityai/stable-diffusion-2-1-base",
+        "encoder": {
+            "backbone": "small",
+            "small": {"width": 8},
+            "florence2": {"pretrained": "microsoft/Florence-2-large", "tokenizer": "x/y"},
+        },
+        "validation": {"probe": "src/vlv_pipeline/assets/attribute_probe"},
+        "training": {"steps": 3},
+    }
+    assert [r.key for r in references("stage1", stage1)] == [
+        "stage1.t2i",
+        "stage1.validation.probe",
+    ]
+    stage1["encoder"]["backbone"] = "florence2"
+    assert {r.key for r in references("stage1", stage1)} == {
+        "stage1.t2i",
+        "stage1.encoder.florence2.pretrained",
+        "stage1.encoder.florence2.tokenizer",
+        "stage1.validation.probe",
+    }
+    synthesize = {
+        "captioner": {
+            "backend": "openai",
+            "transformers": {"pretrained": "microsoft/Florence-2-large"},
+            "openai": {"base_url": "https://x", "model": "m"},
+        }
+    }
+    assert list(references("synthesize", synthesize)) == []
+
+
+def test_references_keep_subfolders_and_respect_the_judge():
+    stage2 = {
+        "tokenizer": {"pretrained": "Qwen/Qwen2.5-3B", "subfolder": "tok"},
+        "llm": {"init": {}},
+    }
+    assert list(references("stage2", stage2)) == [
+        Reference("stage2.tokenizer.pretrained", "Qwen/Qwen2.5-3B", "tok", weights=False)
+    ]
+    imported = {"llm": {"pretrained": "Qwen/Qwen2.5-3B"}, "checkpoint": "w.safetensors"}
+    assert list(references("import_published", imported)) == [
+        Reference("import_published.llm.pretrained", "Qwen/Qwen2.5-3B", weights=False)
+    ]  # its weights are the published checkpoint's
+    evaluate = {"stage1_t2i": "a/b", "render_t2i": "c/d", "judge": "fid_clip", "probe": "p/q"}
+    assert [r.key for r in references("evaluate", evaluate)] == [
+        "evaluate.stage1_t2i",
+        "evaluate.render_t2i",
+    ]  # the probe judges only under judge: probe
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_local_directories_pass_and_missing_ones_name_their_key_and_maker(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/sd/vae").mkdir(parents=True)
+    registry = {"rehearsal": Pipeline([Node(_f, None, "t2i_dir", name="make")])}
+    catalog = DataCatalog(
+        datasets={
+            "t2i_dir": ModelDirectoryDataset(
+                filepath=str(tmp_path / "data/t2i"), load_class="diffusers.StableDiffusionPipeline"
+            )
+        }
+    )
+    refs = [
+        Reference("cache.vae.pretrained", str(tmp_path / "models/sd"), "vae"),
+        Reference("stage1.t2i", str(tmp_path / "models/sd")),
+        Reference("stage2.t2i", str(tmp_path / "models/sd"), "unet"),
+        Reference("evaluate.stage1_t2i", "data/t2i"),
+        Reference("evaluate.render_t2i", "data/t2i"),
+        Reference("stage1.validation.probe", "./nowhere/probe"),
+    ]
+    found = check_references(refs, Producers(registry, catalog), "rehearsal", [])
+    assert [f.line() for f in found] == [
+        f"stage2.t2i = {tmp_path / 'models/sd'}: has no subfolder 'unet' -> point `stage2.t2i` "
+        "at a save_pretrained directory that has it",
+        "evaluate.stage1_t2i, evaluate.render_t2i = data/t2i: no such directory -> "
+        "`kedro run --env rehearsal --pipeline rehearsal`",
+        "stage1.validation.probe = ./nowhere/probe: no such directory -> create it, or point "
+        "`stage1.validation.probe` at a local directory or a hub id",
+    ]
+    assert not any(f.download for f in found)
+    # a directory this run writes before reading it is no gap
+    assert check_references(refs[3:4], None, None, [tmp_path / "data/t2i"]) == []
+
+
+def test_hub_ids_are_looked_up_in_the_local_cache_only(hub_cache, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the check must never reach the network")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    refs = [
+        Reference("stage1.t2i", "stabilityai/stable-diffusion-2-1-base"),
+        Reference("cache.vae.pretrained", "stabilityai/stable-diffusion-2-1-base", "vae"),
+        Reference("stage2.llm.pretrained", "Qwen/Qwen2.5-3B"),
+    ]
+    found = check_references(refs, None, "paper", [])
+    assert [f.line() for f in found] == [
+        "stage1.t2i, cache.vae.pretrained = stabilityai/stable-diffusion-2-1-base: not a local "
+        "directory and not in the Hugging Face cache -> `hf download "
+        "stabilityai/stable-diffusion-2-1-base`",
+        "stage2.llm.pretrained = Qwen/Qwen2.5-3B: not a local directory and not in the Hugging "
+        "Face cache -> `hf download Qwen/Qwen2.5-3B`",
+    ]
+    assert all(f.download for f in found)
+    sd = "stabilityai/stable-diffusion-2-1-base"
+    for file in (
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    ):
+        hub_cache(sd, file)
+    hub_cache("Qwen/Qwen2.5-3B")  # its configs only, as `hf download ... --include "*.json"`
+    found = check_references(refs, None, "paper", [])
+    assert [f.line() for f in found] == [
+        f"stage1.t2i, cache.vae.pretrained = {sd}: not a local directory and not in the Hugging "
+        f"Face cache -> `hf download {sd}`",  # the vae subfolder is not there yet
+        "stage2.llm.pretrained = Qwen/Qwen2.5-3B: in the Hugging Face cache without its weights "
+        "(configs only) -> `hf download Qwen/Qwen2.5-3B`",
+    ]
+    # a tokenizer, or a block reading configs only, needs no weights
+    configs_only = [
+        Reference("stage2.tokenizer.pretrained", "Qwen/Qwen2.5-3B", weights=False),
+        Reference("import_published.llm.pretrained", "Qwen/Qwen2.5-3B", weights=False),
+    ]
+    assert check_references(configs_only, None, "paper", []) == []
+    hub_cache(sd, "vae/config.json")
+    hub_cache(sd, "vae/diffusion_pytorch_model.safetensors")
+    hub_cache("Qwen/Qwen2.5-3B", "model-00001-of-00002.safetensors")
+    assert check_references(refs, None, "paper", []) == []
+
+
+# --------------------------------------------------------------------------- other pieces
+
+
+def test_the_openai_captioner_needs_an_api_key():
+    block = {
+        "captioner": {"backend": "openai", "openai": {"base_url": "https://api.example.com/v1"}}
+    }
+    (finding,) = check_parameters({"synthesize": block}, credentials=[{"api_key": None}])
+    assert finding.line() == (
+        "synthesize.captioner.backend = openai (https://api.example.com/v1): no api_key in the "
+        "credentials -> add `captioner: {api_key: ...}` to conf/local/credentials.yml"
+    )
+    assert not finding.download
+    assert check_parameters({"synthesize": block}, credentials=[{"api_key": "k"}]) == []
+    local = {"captioner": {"backend": "openai", "openai": {"base_url": "http://localhost:8000"}}}
+    assert check_parameters({"synthesize": local}, credentials=[{}]) == []  # a keyless server
+    manifest = {"captioner": {"backend": "manifest"}}
+    assert check_parameters({"synthesize": manifest}, credentials=[{}]) == []
+
+
+def test_the_fid_clip_judge_needs_its_packages_weights_and_clip(hub_cache, monkeypatch):
+    import importlib.util
+
+    evaluate = {"stage1_t2i": ".", "render_t2i": ".", "judge": "fid_clip"}
+    monkeypatch.setattr(  # torchmetrics there, torch-fidelity not
+        importlib.util, "find_spec", lambda n, *a: None if n == "torch_fidelity" else object()
+    )
+    lines = [f.line() for f in check_parameters({"evaluate": evaluate})]
+    assert lines == [
+        "evaluate.clip_model = openai/clip-vit-large-patch14: not a local directory and not in "
+        "the Hugging Face cache -> `hf download openai/clip-vit-large-patch14`",
+        "evaluate.judge = fid_clip: torch_fidelity not installed -> "
+        "`pip install 'torchmetrics[image]' torch-fidelity`",
+    ]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object())
+    (weights,) = [f for f in check_parameters({"evaluate": evaluate}) if "Inception" in f.what]
+    assert weights.download and "FrechetInceptionDistance" in weights.fix
+    import torch.hub
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / preflight.INCEPTION_WEIGHTS
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    hub_cache("openai/clip-vit-large-patch14")
+    hub_cache("openai/clip-vit-large-patch14", "model.safetensors")
+    assert check_parameters({"evaluate": evaluate}) == []
+    assert check_parameters({"evaluate": {**evaluate, "judge": "pixels"}}) == []
+
+
+def test_caption_source_and_the_published_checkpoint(tmp_path):
+    (finding,) = check_parameters({"caption": {"source": None, "kind": "folder"}}, env="paper")
+    assert finding.line() == (
+        "caption.source: not set -> `kedro run --env paper --pipeline caption --params "
+        "caption.source=PATH` (a folder of images)"
+    )
+    (finding,) = check_parameters({"caption": {"source": str(tmp_path / "no"), "kind": "folder"}})
+    assert finding.problem == "no folder of images there"
+    assert check_parameters({"caption": {"source": str(tmp_path), "kind": "folder"}}) == []
+    (finding,) = check_parameters({"import_published": {"checkpoint": None}}, env="paper")
+    assert finding.what == "import_published.checkpoint" and finding.problem == "not set"
+    assert f"hf download {preflight.PUBLISHED_REPO}" in finding.fix
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    assert check_parameters({"import_published": {"checkpoint": str(weights)}}) == []
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _catalog(tmp_path):
+    def model(name):
+        return ModelDirectoryDataset(
+            filepath=str(tmp_path / "data" / name),
+            load_class="transformers.AutoTokenizer",
+            version=Version(None, None),
+        )
+
+    return DataCatalog(
+        datasets={
+            "vlv_captioner": model("vlv_captioner"),
+            "published_captioner": model("published_captioner"),
+            # caption.model chooses one of these two (second entries for the same folders)
+            "caption_trained_captioner": model("vlv_captioner"),
+            "caption_published_captioner": model("published_captioner"),
+            "embedding_cache": EmbeddingCacheDataset(path=str(tmp_path / "data/emb")),
+            "embedding_cache_previous": EmbeddingCacheDataset(path=str(tmp_path / "data/emb")),
+            "raw_images": ImageSourceDataset(kind="webdataset", path=str(tmp_path / "laion")),
+            "captioner_credentials": CredentialsDataset(credentials={}),
+            "handed_over": MemoryDataset(),
+        }
+    )
+
+
+def _registry():
+    stage2 = Pipeline([Node(_f, "raw_images", "vlv_captioner", name="train")])
+    imported = Pipeline([Node(_f, "params:import_published", "published_captioner", name="imp")])
+    synthesize = Pipeline(
+        [Node(_f, ["raw_images", "embedding_cache_previous"], "embedding_cache", name="emb")]
+    )
+    return {
+        "stage2": stage2,
+        "import_published": imported,
+        "synthesize": synthesize,
+        "__default__": synthesize + stage2,  # composite pipelines are never named
+    }
+
+
+def test_missing_datasets_name_the_pipeline_that_writes_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    catalog = _catalog(tmp_path)
+    producers = Producers(_registry(), catalog)
+    choose = ["caption_trained_captioner", "caption_published_captioner", "params:caption"]
+    pipeline = Pipeline(
+        [
+            Node(_f, [*choose, "handed_over"], "out", name="a"),
+            Node(_f, ["raw_images", "captioner_credentials"], "pairs", name="b"),
+            # the previous state of an output it extends: may well be empty
+            Node(_f, ["pairs", "embedding_cache_previous"], "embedding_cache", name="c"),
+        ]
+    )
+    blocks = {"caption": {"source": "x", "model": "trained"}}
+    found = check_datasets(pipeline, catalog, producers, "paper", blocks)
+    assert [f.line() for f in found] == [
+        "caption_trained_captioner (data/vlv_captioner): no saved version -> "
+        "`kedro run --env paper --pipeline stage2` (or `--params caption.model=published`, "
+        "after `kedro run --env paper --pipeline import_published`)",
+        "raw_images (laion): not found -> put img2dataset / webdataset .tar shards at laion, or "
+        "point `raw_images` in the catalog at them",
+    ]
+    # the node reads only the model caption.model names
+    blocks["caption"]["model"] = "published"
+    found = check_datasets(pipeline, catalog, producers, "paper", blocks)
+    assert found[0].line() == (
+        "caption_published_captioner (data/published_captioner): no saved version -> "
+        "`kedro run --env paper --pipeline import_published` (or `--params "
+        "caption.model=trained`, after `kedro run --env paper --pipeline stage2`)"
+    )
+    assert len(found) == 2
+    # a saved version is enough
+    version = tmp_path / "data/published_captioner/2026-01-01T00.00.00.000Z/published_captioner"
+    version.mkdir(parents=True)
+    (version / "config.json").touch()
+    assert [f.what for f in check_datasets(pipeline, catalog, producers, "paper", blocks)] == [
+        "raw_images (laion)"
+    ]
+
+
+def test_the_embedding_cache_is_needed_unless_stage2_trains_on_pixels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    catalog = _catalog(tmp_path)
+    producers = Producers(_registry(), catalog)
+    pipeline = Pipeline([Node(_f, ["embedding_cache", "params:stage2"], "x", name="train")])
+    blocks = {"stage2": {"trainable": "projector+llm"}}
+    (found,) = check_datasets(pipeline, catalog, producers, None, blocks)
+    assert found.line() == (
+        "embedding_cache (data/emb): not found -> `kedro run --pipeline synthesize`"
+    )
+    blocks = {"stage2": {"trainable": "projector+llm+encoder"}}
+    assert check_datasets(pipeline, catalog, producers, None, blocks) == []
+
+
+def test_producers_leave_out_composite_pipelines(tmp_path):
+    producers = Producers(_registry(), _catalog(tmp_path))
+    assert producers.of("vlv_captioner") == ["stage2"]
+    assert producers.of("caption_trained_captioner") == ["stage2"]  # its folder
+    assert producers.of("embedding_cache") == ["synthesize"]
+    assert producers.of("nothing") == []
+
+
+# --------------------------------------------------------------------------- the hook
+
+
+def _run_params(env="paper", names=("caption",)):
+    return {"env": env, "pipeline_names": list(names)}
+
+
+def test_offline_every_gap_stops_the_run_in_one_message(tmp_path, monkeypatch, hub_cache):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    catalog = _catalog(tmp_path)
+    catalog["params:stage1"] = MemoryDataset({"t2i": "stabilityai/stable-diffusion-2-1-base"})
+    pipeline = Pipeline([Node(_f, ["vlv_captioner", "params:stage1"], "out", name="a")])
+    with pytest.raises(MissingComponentsError) as error:
+        PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
+    assert str(error.value) == (
+        "`kedro run --env paper --pipeline caption` cannot start: 2 pieces are missing "
+        "(nothing was run).\n"
+        "  - vlv_captioner (data/vlv_captioner): no saved version -> "
+        "`kedro run --env paper --pipeline stage2`\n"
+        "  - stage1.t2i = stabilityai/stable-diffusion-2-1-base: not a local directory and not "
+        "in the Hugging Face cache -> `hf download stabilityai/stable-diffusion-2-1-base`\n"
+        "The hub is offline (HF_HUB_OFFLINE=1): download where the network is reachable, or "
+        "unset HF_HUB_OFFLINE to let the run download."
+    )
+    assert isinstance(error.value, RuntimeError) and isinstance(error.value, click.ClickException)
+    assert len(error.value.findings) == 2
+
+
+def test_online_downloads_are_announced_and_the_run_goes_on(
+    tmp_path, monkeypatch, hub_cache, caplog
+):
+    from huggingface_hub import constants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    catalog = _catalog(tmp_path)
+    catalog["params:stage1"] = MemoryDataset({"t2i": "stabilityai/stable-diffusion-2-1-base"})
+    pipeline = Pipeline([Node(_f, "params:stage1", "out", name="a")])
+    with caplog.at_level(logging.INFO, logger="vlv_pipeline.preflight"):
+        PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
+    assert "will download: stage1.t2i = stabilityai/stable-diffusion-2-1-base" in caplog.text
+    # what no download provides still stops it, online too
+    pipeline = Pipeline([Node(_f, ["vlv_captioner", "params:stage1"], "out", name="a")])
+    with pytest.raises(MissingComponentsError) as error:
+        PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
+    assert [f.what for f in error.value.findings] == ["vlv_captioner (data/vlv_captioner)"]
+
+
+def test_the_check_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VLV_SKIP_PREFLIGHT", "1")
+    pipeline = Pipeline([Node(_f, "vlv_captioner", "out", name="a")])
+    PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, _catalog(tmp_path))
+
+
+def test_only_rank_0_prints_and_the_ranks_agree(monkeypatch, capsys):
+    error = MissingComponentsError("x: missing")
+    monkeypatch.setenv("RANK", "3")
+    error.show()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    error.show()
+    assert "Error: x: missing" in capsys.readouterr().err
+
+    a, b = Finding("a", "gone", "make a"), Finding("b", "gone", "make b", download=True)
+    every = {0: [a], 1: [a, b], 2: [a, b], 3: [a]}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(
+        "vlv_pipeline.distributed.each_rank", lambda work: [every[r] for r in range(4)]
+    )
+    assert preflight._every_rank([a]) == [a, Finding("b (ranks 1-2)", "gone", "make b", True)]
+
+
+# --------------------------------------------------------------------------- the project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the project with no data, an empty Hugging Face cache and torch hub."""
+    root = copy_project(tmp_path_factory.mktemp("preflight") / "project")
+    (root / "conf/local").mkdir()
+    caches = tmp_path_factory.mktemp("caches")
+    env = {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_CACHE": str(caches / "hf"),
+        "HF_HOME": str(caches / "hf_home"),
+        "TORCH_HOME": str(caches / "torch"),
+    }
+    env.pop("VLV_SKIP_PREFLIGHT", None)
+    return root, env
+
+
+def _kedro_run(project, *args):
+    root, env = project
+    start = time.perf_counter()
+    run = subprocess.run(
+        [KEDRO, "run", "--env", "paper", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return run, run.stdout + run.stderr, time.perf_counter() - start
+
+
+def test_a_paper_caption_run_without_a_captioner_says_what_is_missing(project):
+    run, out, seconds = _kedro_run(project, "--pipeline", "caption")
+    assert run.returncode == 1, out[-3000:]
+    assert "Traceback" not in out and "Did not find any versions" not in out, out[-3000:]
+    message = out[out.index("Error: ") :]
+    assert message.startswith(
+        "Error: `kedro run --env paper --pipeline caption` cannot start: 2 pieces are missing"
+    )
+    assert (
+        "captioner (data/06_models/vlv_captioner): no saved version -> "
+        "`kedro run --env paper --pipeline stage2`" in message
+    )
+    if "caption_trained_captioner" in message:  # caption.model chooses the captioner
+        assert (
+            "(or `--params caption.model=published`, after `kedro run --env paper --pipeline "
+            "import_published`)" in message
+        )
+    assert "caption.source: not set" in message
+    assert not (project[0] / "data").exists()  # nothing ran, nothing was written
+    print(f"\n{message}\n(kedro run took {seconds:.1f} s)")
+
+
+def test_a_paper_run_with_nothing_downloaded_lists_everything(project):
+    run, out, seconds = _kedro_run(project, "--pipelines", "vlv,import_published")
+    assert run.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    message = out[out.index("Error: ") :]
+    for piece in (
+        "raw_images (data/01_raw/laion): not found -> put img2dataset",
+        "= stabilityai/stable-diffusion-2-1-base: not a local directory and not in the Hugging "
+        "Face cache -> `hf download stabilityai/stable-diffusion-2-1-base`",
+        "stage1.t2i",
+        "cache.vae.pretrained",
+        "stage2.llm.pretrained",
+        "`hf download microsoft/Florence-2-large`",
+        "`hf download Qwen/Qwen2.5-3B`",
+        "evaluate.render_t2i = stabilityai/stable-diffusion-3.5-medium",
+        "evaluate.clip_model = openai/clip-vit-large-patch14",
+        "evaluate.judge = fid_clip",
+        "no api_key in the credentials -> add `captioner: {api_key: ...}`",
+        "import_published.checkpoint: not set",
+        "The hub is offline (HF_HUB_OFFLINE=1)",
+    ):
+        assert piece in message, message
+    assert message.count("hf download stabilityai/stable-diffusion-2-1-base") == 1  # one line
+    assert seconds < 120
+    print(f"\n{message}\n(kedro run took {seconds:.1f} s)")
+
+
+def test_in_a_session_the_default_run_passes_quickly_and_the_paper_run_stops(project):
+    from kedro.framework.project import pipelines
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    root, _ = project
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        bootstrap_project(root)
+        with KedroSession.create(project_path=root) as session:
+            catalog = session.load_context().catalog
+            start = time.perf_counter()
+            findings = check(pipelines["__default__"], catalog, pipelines, "local")
+            seconds = time.perf_counter() - start
+        assert findings == []
+        assert seconds < 0.5, seconds
+        with KedroSession.create(project_path=root, env="paper") as session:
+            with pytest.raises(MissingComponentsError, match="data/06_models/vlv_captioner"):
+                session.run(pipeline_names=["caption"])
+    finally:
+        os.chdir(cwd)
+    assert not (root / "data").exists()
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_rank_0_says_it_once_and_every_rank_stops(project):
+    root, env = project
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    config = Path(__file__).resolve().parents[1] / "conf/accelerate/cpu_2proc.yaml"
+    run = subprocess.run(
+        [accelerate, "launch", "--config_file", str(config), "-m", "kedro", "run"]
+        + ["--env", "paper", "--pipeline", "caption"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert out.count("cannot start: 2 pieces are missing") == 1, out[-3000:]
+    assert "captioner (data/06_models/vlv_captioner): no saved version" in out
