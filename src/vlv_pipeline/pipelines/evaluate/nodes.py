@@ -254,7 +254,7 @@ def _fid_clip_metrics(params: EvaluateParams):
         raise RuntimeError(
             "judge fid_clip needs torchmetrics with torch-fidelity (pip install "
             "'torchmetrics[image]' torch-fidelity), the Inception weights torch-fidelity "
-            "downloads (pt_inception-2015-12-05-6726825d.pth into the torch hub cache) and the "
+            "downloads (weights-inception-2015-12-05-6726825d.pth into the torch hub cache) and the "
             f"CLIP model {params.clip_model!r} (a hub id or local dir). Offline, download them on "
             f"a connected machine first. Cause: {type(error).__name__}: {error}"
         ) from error
