@@ -52,6 +52,8 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
     assert metrics["captions"]["chance"]["parsed"] == 1.0
     for row in metrics["reconstruction"].values():
         assert {"exact_scene", "attributes", "frechet_probe", "what"} <= set(row)
+        shares = row["spatial_exact_cell"] + row["spatial_elsewhere"] + row["spatial_not_found"]
+        assert shares == pytest.approx(1.0)  # every true object: in place, elsewhere or missing
     assert {"vlv_bleu4", "from_embeddings_exact", "chance_exact"} <= set(samples.columns)
     json.dumps(metrics)  # the versioned json must accept it
     assert list(grid_items) == ["original", "from_embeddings", "from_caption"]

@@ -23,6 +23,7 @@ from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.frechet import frechet_distance
 from vlv_pipeline.metrics.plots import image_grid
 from vlv_pipeline.metrics.scenes import scene_agreement
+from vlv_pipeline.metrics.spatial import spatial_fidelity
 from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.t2i import FrozenT2I
@@ -227,6 +228,17 @@ def _probe_scores(probe, originals, images, targets) -> tuple[dict, np.ndarray]:
     scores["frechet_probe"] = frechet_distance(
         torch.cat(originals), torch.cat([e for _, e in images])
     )
+    # where the objects land (the paper's spatial claim, in 2D): each true object found in
+    # its cell, only elsewhere (nearest such cell, in king moves), or not at all
+    if (targets[..., 0] > 0).any():
+        spatial = spatial_fidelity(predicted, targets)
+        distance = spatial["mean_distance_elsewhere"]
+        scores.update(
+            spatial_exact_cell=spatial["exact_cell"],
+            spatial_elsewhere=spatial["elsewhere"],
+            spatial_not_found=spatial["not_found"],
+            spatial_distance=None if distance != distance else distance,  # NaN: none elsewhere
+        )
     exact = predicted == targets
     occupied = targets[..., 0] > 0
     cell_ok = exact[..., 0] & (~occupied | (exact[..., 1] & exact[..., 2]))
