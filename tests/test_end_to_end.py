@@ -90,17 +90,25 @@ def test_the_results_notebook_runs_on_the_run(tiny_run):
     assert len(images) >= 2  # the grid and the loss curves
 
 
+OUTPUTS = (
+    ("data/02_intermediate", "image_manifest.parquet"),
+    ("data/06_models", "vlv_encoder"),
+    ("data/08_reporting", "stage1_metrics.json"),
+    ("data/03_primary", "caption_pairs.parquet"),
+    ("data/06_models", "vlv_captioner"),
+    ("data/08_reporting", "eval_metrics.json"),
+)
+
+
 @pytest.mark.slow
-def test_stage1_under_accelerate_launch_saves_each_output_once(tiny_run):
-    """2 processes (gloo on CPU): both train, rank 0 alone writes one new version of each output."""
+def test_the_whole_recipe_under_accelerate_launch_saves_each_output_once(tiny_run):
+    """`kedro run --pipeline vlv` (ingest to evaluate) under 2 processes (gloo on CPU): the
+    ranks share ingest, cache, synthesize, the trainings and evaluate; rank 0 alone writes one
+    new version of each output, and the manifest equals the single-process run's."""
+    import pandas as pd
+
     project, _ = tiny_run
-    before = {
-        name: set((project / folder / name).iterdir())
-        for folder, name in (
-            ("data/06_models", "vlv_encoder"),
-            ("data/08_reporting", "stage1_metrics.json"),
-        )
-    }
+    before = {name: set((project / folder / name).iterdir()) for folder, name in OUTPUTS}
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
@@ -113,9 +121,9 @@ def test_stage1_under_accelerate_launch_saves_each_output_once(tiny_run):
             "kedro",
             "run",
             "--pipeline",
-            "stage1",
+            "vlv",
             "--params",
-            "stage1.training.steps=3",
+            "stage1.training.steps=3",  # a new stage-1 run: both ranks train it
         ],
         cwd=project,
         env=env,
@@ -124,16 +132,22 @@ def test_stage1_under_accelerate_launch_saves_each_output_once(tiny_run):
         timeout=900,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    for (folder, name), old in zip(
-        (("data/06_models", "vlv_encoder"), ("data/08_reporting", "stage1_metrics.json")),
-        before.values(),
-        strict=True,
-    ):
+    new_versions = {}
+    for (folder, name), old in zip(OUTPUTS, before.values(), strict=True):
         new = set((project / folder / name).iterdir()) - old
         assert len(new) == 1, f"{name}: {len(new)} new versions"
         (version,) = new
-        assert [p.name for p in version.iterdir()] == [name]  # one model, written once
-    assert run.stdout.count("Completed 4 out of 4 tasks") == 1  # rank 1 logs warnings only
+        assert [p.name for p in version.iterdir()] == [name]  # written once
+        new_versions[name] = version
+    manifests = [
+        pd.read_parquet(v / "image_manifest.parquet")
+        for v in (min(before["image_manifest.parquet"]), new_versions["image_manifest.parquet"])
+    ]
+    pd.testing.assert_frame_equal(manifests[1], manifests[0])  # ingest split among ranks
+    assert not any((project / "data/02_intermediate/ingest_parts").glob("*/*"))
+    stage1 = next((project / "data/06_models/checkpoints/stage1").glob("*/checkpoint-3"))
+    assert (stage1 / "vlv_encoder").is_dir() and (stage1 / "random_states_1.pkl").is_file()
+    assert run.stdout.count("eval report:") == 1  # rank 1 logs warnings only
 
 
 @pytest.mark.slow
