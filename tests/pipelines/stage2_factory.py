@@ -80,12 +80,9 @@ def tiny_captioner(tiny_world, tiny_sd, tmp_path):
     return nodes.train_stage2(data, encoder, cache, params)
 
 
-def trained_captioners(tiny_world, tiny_sd, tmp_path):
-    """The VLV captioner and the "without stage 1" baseline, each trained a step or two, and
-    the encoder: (encoder, captioner, baseline, log, baseline_log)."""
-    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
-    captioner, log = nodes.train_stage2(data, encoder, cache, params)
-    stage1 = Stage1Params(
+def stage1_params(tiny_sd) -> Stage1Params:
+    """Stage 1's settings the "without stage 1" baseline builds its encoder from."""
+    return Stage1Params(
         t2i=str(tiny_sd),
         encoder={
             "backbone": "small",
@@ -94,5 +91,12 @@ def trained_captioners(tiny_world, tiny_sd, tmp_path):
         },
         training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
     )
-    baseline, baseline_log = nodes.train_baseline(data, params, stage1)
+
+
+def trained_captioners(tiny_world, tiny_sd, tmp_path):
+    """The VLV captioner and the "without stage 1" baseline, each trained a step or two, and
+    the encoder: (encoder, captioner, baseline, log, baseline_log)."""
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    baseline, baseline_log = nodes.train_baseline(data, params, stage1_params(tiny_sd))
     return encoder, captioner, baseline, log, baseline_log

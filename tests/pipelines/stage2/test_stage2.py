@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from stage2_factory import TINY_QWEN2, stage2_inputs, stage2_params
+from stage2_factory import TINY_QWEN2, stage1_params, stage2_inputs, stage2_params
 from tb_events import read_events
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -12,7 +12,6 @@ from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_caption
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
-from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.pipelines.stage2 import nodes
 from vlv_pipeline.pipelines.synthesize import nodes as synth
@@ -140,15 +139,7 @@ def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path)
     captioner.save_pretrained(tmp_path / "captioner")
     again = VLVCaptioner.from_pretrained(tmp_path / "captioner")
     assert again.caption(data.eval_pixels) == captions
-    stage1 = Stage1Params(
-        t2i=str(tiny_sd),
-        encoder={
-            "backbone": "small",
-            "num_queries": 4,
-            "small": {"width": 16, "heads": 2, "image_size": 16, "vision_tower": "t2i_vae"},
-        },
-        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
-    )
+    stage1 = stage1_params(tiny_sd)
     baseline, baseline_log = nodes.train_baseline(data, params, stage1)
     assert baseline_log["trainable"] == "projector+llm+encoder"
     assert baseline_log["trainable_parameters"] > log["trainable_parameters"]
