@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlv_pipeline.models.weights import tied_names
+
 logger = logging.getLogger(__name__)
 
 # (official key prefix, component here, prefix there): the first match wins
@@ -210,17 +212,6 @@ def map_keys(state: dict[str, torch.Tensor]) -> Mapped:
     return Mapped(components, dict(skipped), unknown)
 
 
-def _aliases(module: nn.Module) -> set[str]:
-    """State-dict names that share a tensor with an earlier name (tied weights)."""
-    seen: set[int] = set()
-    tied = set()
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
-            tied.add(name)
-        seen.add(id(tensor))
-    return tied
-
-
 def fill(modules: dict[str, nn.Module], mapped: Mapped) -> None:
     """Assign the mapped tensors into ``modules`` (built on the meta device), after checking
     that they fill every weight and nothing else; one error lists every problem."""
@@ -228,7 +219,7 @@ def fill(modules: dict[str, nn.Module], mapped: Mapped) -> None:
     if mapped.unknown:
         problems.append(_listed("keys no rule maps", mapped.unknown))
     for component, module in modules.items():
-        expected = set(module.state_dict()) - _aliases(module)
+        expected = set(module.state_dict()) - tied_names(module)
         given = mapped.components[component]
         missing = sorted(expected - set(given))
         extra = sorted(set(given) - set(module.state_dict()))

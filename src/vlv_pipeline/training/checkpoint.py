@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlv_pipeline.models.weights import tied_names
+
 TRAINABLE_FILE = "trainable.safetensors"
 
 
@@ -81,23 +83,9 @@ def save_trained(objective: nn.Module, directory: str | Path) -> list[str]:
     return written
 
 
-def _tied(module: nn.Module) -> set[str]:
-    """Names of weights that share their tensor with an earlier name (an LLM's lm_head tied
-    to its embeddings): safetensors files store such a tensor once."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        key = id(tensor)
-        if key in seen:
-            tied.add(name)
-        else:
-            seen[key] = name
-    return tied
-
-
 def _copy_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in _tied(module)] if missing else missing
+    missing = [k for k in missing if k not in tied_names(module)] if missing else missing
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {source} does not match the model being trained (missing "

@@ -60,13 +60,18 @@ class FakeCaptioner:
             yield image_id, f"{image.size[0]} px image"
 
 
-def test_an_interrupted_synthesis_resumes_from_its_journal(tiny_world, tmp_path, monkeypatch):
-    source, manifest = tiny_world
-    params = SynthesizeParams(
+def _journaled(tmp_path) -> SynthesizeParams:
+    """An API captioner (never called: tests patch make_captioner) journaling to tmp_path."""
+    return SynthesizeParams(
         fraction=0.5,
         journal_dir=str(tmp_path / "journal"),
         captioner={"backend": "openai", "openai": {"base_url": "http://x", "model": "m"}},
     )
+
+
+def test_an_interrupted_synthesis_resumes_from_its_journal(tiny_world, tmp_path, monkeypatch):
+    source, manifest = tiny_world
+    params = _journaled(tmp_path)
     selection = nodes.select_images(manifest, params)
     first = FakeCaptioner(die_after=3)
     monkeypatch.setattr(nodes, "make_captioner", lambda p, c: first)
@@ -85,11 +90,7 @@ def test_an_interrupted_synthesis_resumes_from_its_journal(tiny_world, tmp_path,
 def test_a_rerun_skips_the_captions_any_rank_journaled(tiny_world, tmp_path, monkeypatch):
     """Ranks journal to their own files beside the journal; any later run reads them all."""
     source, manifest = tiny_world
-    params = SynthesizeParams(
-        fraction=0.5,
-        journal_dir=str(tmp_path / "journal"),
-        captioner={"backend": "openai", "openai": {"base_url": "http://x", "model": "m"}},
-    )
+    params = _journaled(tmp_path)
     selection = nodes.select_images(manifest, params)
     ids = selection["image_id"].tolist()
     journal = nodes._journal(params, params.captioner.model_dump(mode="json"))
