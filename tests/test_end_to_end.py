@@ -151,6 +151,42 @@ def test_the_whole_recipe_under_accelerate_launch_saves_each_output_once(tiny_ru
 
 
 @pytest.mark.slow
+def test_the_study_runs_at_a_token_size_after_the_default_run(tiny_run):
+    """`kedro run --pipeline study` with `study.size=small` on the tiny run's outputs: every
+    point of the five studies runs (2 steps, 8 images) and the report and preview are written
+    once, marked as not a result. This keeps the study from rotting; its numbers mean nothing."""
+    import json
+
+    from vlv_pipeline.params.study import POINTS
+
+    project, _ = tiny_run
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [KEDRO, "run", "--pipeline", "study", "--params", "study.size=small"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    study = project / "data/08_reporting/study"
+    (report,) = study.glob("study_report.html/*/study_report.html")
+    html = report.read_text()
+    for title in ("Data efficiency", "Query count", "stage 2", "Spatial", "Composition"):
+        assert title in html
+    assert "not results" in html
+    assert len(list(study.glob("study_report_preview.png/*/*.png"))) == 1
+    for point in POINTS:  # every point's metrics, in its own folder
+        assert len(list(study.glob(f"{point}/*_metrics.json/*/*.json"))) == 1, point
+    (rows,) = study.glob("data_efficiency.json/*/*.json")
+    rows = json.loads(rows.read_text())["rows"]
+    assert len(rows) == 8
+    pairs = {r["percent"]: r["pairs"] for r in rows}
+    assert pairs[1] <= pairs[3] <= pairs[10] <= pairs[30]
+
+
+@pytest.mark.slow
 def test_the_rehearsal_environment_runs_the_paper_path_offline(tmp_path):
     """`make rehearsal`'s two commands in a copy of the project: the world as img2dataset
     shards at 384 px, the paper's model classes built tiny, every stage of `vlv`, nothing

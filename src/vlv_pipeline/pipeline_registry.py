@@ -8,6 +8,9 @@ from kedro.pipeline import Pipeline
 # The full chain, in the order `__default__` runs it. Pipelines not listed here
 # (e.g. `teacher`, `caption`) are registered but run only when named.
 DEFAULT_CHAIN = ("world", "ingest", "cache", "stage1", "synthesize", "stage2", "evaluate")
+# Pipelines composed from the others (their create_pipeline takes the registered pipelines),
+# so that their package imports no other pipeline: the study reruns slices of the chain.
+COMPOSED = ("study",)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -35,12 +38,13 @@ def _every_pipeline() -> dict[str, Pipeline]:
     ``kedro run --pipeline vlv`` needs every package.
     """
     package = importlib.import_module("vlv_pipeline.pipelines")
-    found = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.ispkg:
-            module = importlib.import_module(f"{package.__name__}.{info.name}")
-            pipeline = module.create_pipeline()
-            if not isinstance(pipeline, Pipeline):
-                raise TypeError(f"{module.__name__}.create_pipeline() did not return a Pipeline")
-            found[info.name] = pipeline
+    found: dict[str, Pipeline] = {}
+    names = sorted(i.name for i in pkgutil.iter_modules(package.__path__) if i.ispkg)
+    for name in [n for n in names if n not in COMPOSED] + [n for n in names if n in COMPOSED]:
+        module = importlib.import_module(f"{package.__name__}.{name}")
+        kwargs = {"pipelines": dict(found)} if name in COMPOSED else {}
+        pipeline = module.create_pipeline(**kwargs)
+        if not isinstance(pipeline, Pipeline):
+            raise TypeError(f"{module.__name__}.create_pipeline() did not return a Pipeline")
+        found[name] = pipeline
     return found

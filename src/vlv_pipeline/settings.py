@@ -2,12 +2,13 @@
 
 import os
 
-from kedro.config import OmegaConfigLoader
-
 # Nothing in the default environment may reach a model hub or phone home.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+from vlv_pipeline.config import StudyConfigLoader  # noqa: E402
+
+# Kedro's OmegaConfigLoader; `parameters` also get the study's derived points (params/study.py)
+CONFIG_LOADER_CLASS = StudyConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

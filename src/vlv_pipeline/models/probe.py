@@ -108,3 +108,12 @@ class ProbeObjective(nn.Module):
 
     def trained_models(self) -> dict[str, nn.Module]:
         return {"probe": self.probe}
+
+
+def caption_targets(captions: list[str | None], probe: AttributeProbe) -> torch.Tensor:
+    """The scenes that the (exact) shapes-world captions describe, in the probe's layout."""
+    from vlv_pipeline.world.scene import CaptionParser, Vocabulary
+
+    cfg = probe.config
+    parser = CaptionParser(Vocabulary(tuple(cfg.shapes), tuple(cfg.colours), tuple(cfg.sizes)))
+    return torch.stack([probe.encode_scene(parser.parse(c or "").objects) for c in captions])

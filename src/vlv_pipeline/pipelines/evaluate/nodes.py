@@ -238,6 +238,7 @@ def _probe_scores(probe, originals, images, targets) -> tuple[dict, np.ndarray]:
             spatial_elsewhere=spatial["elsewhere"],
             spatial_not_found=spatial["not_found"],
             spatial_distance=None if distance != distance else distance,  # NaN: none elsewhere
+            spatial_objects=spatial["objects"],
         )
     exact = predicted == targets
     occupied = targets[..., 0] > 0
@@ -339,8 +340,7 @@ def score_evaluation(
     have_refs = all(r is not None for r in data.references)
     vocab = probe = targets = None
     if params.judge == "probe":
-        from vlv_pipeline.models.probe import AttributeProbe
-        from vlv_pipeline.pipelines.stage1.nodes import caption_targets
+        from vlv_pipeline.models.probe import AttributeProbe, caption_targets
         from vlv_pipeline.world.scene import Vocabulary
 
         if not params.probe:

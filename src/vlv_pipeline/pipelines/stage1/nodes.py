@@ -176,15 +176,6 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
     }
 
 
-def caption_targets(captions: list[str | None], probe) -> torch.Tensor:
-    """The scenes that the (exact) shapes-world captions describe, in the probe's layout."""
-    from vlv_pipeline.world.scene import CaptionParser, Vocabulary
-
-    cfg = probe.config
-    parser = CaptionParser(Vocabulary(tuple(cfg.shapes), tuple(cfg.colours), tuple(cfg.sizes)))
-    return torch.stack([probe.encode_scene(parser.parse(c or "").objects) for c in captions])
-
-
 def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Split:
     """The split that validation reconstructs (``None``: first non-empty of test, val, train)."""
     if name is None:
@@ -200,7 +191,7 @@ def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Sp
 @torch.no_grad()
 def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params):
     """Reconstruct test images from their caption embeddings; judge them with the probe."""
-    from vlv_pipeline.models.probe import AttributeProbe
+    from vlv_pipeline.models.probe import AttributeProbe, caption_targets
 
     cfg = params.validation
     split = validation_split(data, cfg.split)

@@ -1,0 +1,172 @@
+"""The `study` pipeline: the project's own pipelines rerun per point, then five figures.
+
+Each point (``params/study.py``) is a namespaced slice of a project pipeline, built from the
+registered pipelines (this package imports none of them): ``study.<point>.<dataset>``, with
+``params:<section>`` mapped to ``params:study_points.<point>.<section>``.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from vlv_pipeline.params.study import (
+    DERIVED_KEY,
+    PAIR_PERCENTS,
+    QUERY_COUNTS,
+    SEEDS,
+    TRAINABLE_PARTS,
+    pairs_point,
+    queries_point,
+    trainable_point,
+)
+from vlv_pipeline.pipelines.study import nodes
+
+# the slices of the project's pipelines that a point reruns, and what they read from outside
+PAIRS = {
+    "synthesize": ("select_images", "synthesize_captions", "cache_pair_embeddings"),
+    "stage2": ("load_stage2_data", "train_stage2", "train_baseline", "validate_stage2"),
+}
+QUERIES = {"stage1": ("load_stage1_data", "train_stage1", "validate_stage1")}
+TRAINABLE = {
+    "synthesize": ("cache_pair_embeddings",),
+    "stage2": ("load_stage2_data", "train_stage2", "validate_stage2"),
+}
+SHARED = {  # the default run's datasets that every point reads as they are
+    "raw_images",
+    "image_manifest",
+    "captioner_credentials",
+    "latent_cache",
+    "vlv_encoder",
+    "embedding_cache_previous",
+    "caption_pairs",
+    "baseline_captioner",
+}
+
+
+def point(pipelines: dict[str, Pipeline], slices: dict[str, tuple], name: str) -> Pipeline:
+    """The nodes ``slices`` names, namespaced ``study.<name>``, on the point's parameters."""
+    nodes = Pipeline([pipelines[p].only_nodes(*names) for p, names in slices.items()])
+    free = nodes.inputs()
+    return Pipeline(
+        nodes,
+        namespace=f"study.{name}",
+        inputs={d for d in free if d in SHARED},
+        parameters={
+            p: f"params:{DERIVED_KEY}.{name}.{p.removeprefix('params:')}"
+            for p in free
+            if p.startswith("params:")
+        },
+    )
+
+
+def _node(func, inputs, outputs, name: str) -> Node:
+    """A node of the study itself (namespace ``study``, where its points' datasets live)."""
+    return Node(func, inputs, outputs, name=name, namespace="study")
+
+
+def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> Pipeline:
+    if pipelines is None:
+        raise TypeError("the study is composed from the registered pipelines: pass `pipelines`")
+    pairs = {
+        f"{percent}:{seed}": f"study.{pairs_point(percent, seed)}"
+        for percent in PAIR_PERCENTS
+        for seed in SEEDS
+    }
+    queries = {str(n): f"study.{queries_point(n)}" for n in QUERY_COUNTS}
+    parts = {t: f"study.{trainable_point(t)}" for t in TRAINABLE_PARTS}
+    study = Pipeline(
+        [
+            *(point(pipelines, PAIRS, name.removeprefix("study.")) for name in pairs.values()),
+            *(point(pipelines, QUERIES, name.removeprefix("study.")) for name in queries.values()),
+            *(point(pipelines, TRAINABLE, name.removeprefix("study.")) for name in parts.values()),
+            Pipeline(
+                pipelines["evaluate"].only_nodes("load_eval_data"),
+                namespace="study.composition",
+                inputs={"raw_images", "image_manifest"},
+                parameters={"params:evaluate": f"params:{DERIVED_KEY}.shared.evaluate"},
+            ),
+            _node(
+                nodes.data_efficiency,
+                {
+                    "params": "params:study",
+                    **{f"metrics:{k}": f"{v}.stage2_metrics" for k, v in pairs.items()},
+                    **{f"log:{k}": f"{v}.stage2_log" for k, v in pairs.items()},
+                    **{f"baseline_log:{k}": f"{v}.stage2_baseline_log" for k, v in pairs.items()},
+                },
+                ["study_data_efficiency_result", "study_data_efficiency_figure"],
+                name="study_data_efficiency",
+            ),
+            _node(
+                nodes.query_count,
+                {
+                    "params": "params:study",
+                    **{f"metrics:{k}": f"{v}.stage1_metrics" for k, v in queries.items()},
+                    **{f"log:{k}": f"{v}.stage1_log" for k, v in queries.items()},
+                },
+                ["study_queries_result", "study_queries_figure"],
+                name="study_queries",
+            ),
+            _node(
+                nodes.trainable_parts,
+                {
+                    "params": "params:study",
+                    **{f"metrics:{k}": f"{v}.stage2_metrics" for k, v in parts.items()},
+                    **{f"log:{k}": f"{v}.stage2_log" for k, v in parts.items()},
+                },
+                ["study_trainable_result", "study_trainable_figure"],
+                name="study_trainable",
+            ),
+            _node(
+                nodes.spatial_fidelity_study,
+                ["eval_metrics", "params:study"],
+                ["study_spatial_result", "study_spatial_figure"],
+                name="study_spatial",
+            ),
+            _node(
+                nodes.composition_study,
+                [
+                    "vlv_encoder",
+                    "study.composition.eval_data",
+                    f"params:{DERIVED_KEY}.shared.evaluate",
+                    "params:study",
+                ],
+                [
+                    "study_composition_result",
+                    "study_composition_figure",
+                    "study_composition_grid",
+                ],
+                name="study_composition",
+            ),
+            _node(
+                nodes.write_study_report,
+                [
+                    "study_data_efficiency_result",
+                    "study_queries_result",
+                    "study_trainable_result",
+                    "study_spatial_result",
+                    "study_composition_result",
+                    "study_data_efficiency_figure",
+                    "study_queries_figure",
+                    "study_trainable_figure",
+                    "study_spatial_figure",
+                    "study_composition_figure",
+                    "params:study",
+                ],
+                "study_report",
+                name="write_study_report",
+            ),
+            _node(
+                nodes.plot_study_preview,
+                [
+                    "study_data_efficiency_figure",
+                    "study_queries_figure",
+                    "study_trainable_figure",
+                    "study_spatial_figure",
+                    "study_composition_figure",
+                ],
+                "study_report_preview",
+                name="plot_study_preview",
+            ),
+        ]
+    )
+    return study
