@@ -24,17 +24,28 @@ from vlv_pipeline.world.data import tensor_to_uint8
 
 logger = logging.getLogger(__name__)
 
-# The paper's claims, beside which each figure is read (docs/STUDY.md has the sources).
+# The paper's claims (arXiv 2507.07104 v2), beside which each figure is read.
 PAPER = {
     "data_efficiency": (
-        "Stage 1 learns from images alone, so the captioner needs far fewer image-text pairs "
-        "than a captioner without it."
+        "The paper never varies the number of stage-2 pairs. It trains stage 1 on 40M unpaired "
+        "images and stage 2 on 6M captioned pairs, and argues that images alone are the cheap "
+        "part; without stage 1 (its appendix C) captions collapse: FID 45.6-54.4 against 7.55."
     ),
-    "queries": "More queries (77 in the paper) carry more of the image into the embeddings.",
-    "trainable": "Training the LLM with psi beats psi alone; adding the VLV encoder helps.",
-    "spatial": "The caption embeddings keep where objects are (the paper shows it in 3D).",
+    "queries": (
+        "Table 4: reconstruction FID 5.72 at 16 queries, 5.60 at 32, 5.30 at 77; 77 is the "
+        "default (the CLIP text encoder's limit)."
+    ),
+    "trainable": (
+        "Table 4: caption FID (guidance 2) 9.71 with the MLP alone, 7.55 with the LLM, 6.64 "
+        "with the LLM and the VLV encoder: the more is trained, the better. No LoRA row."
+    ),
+    "spatial": (
+        "Section 4.4.1: the embeddings keep object pose and layout (in 3D); box errors of "
+        "reconstructions shrink as stage 1 sees more images."
+    ),
     "composition": (
-        "Concatenating the first halves of two images' embeddings renders a mix of both."
+        "Section 4.4.2, figure 6: truncated embeddings of two images, joined, render one's "
+        "object in place with the other's style or background; pictures only, no numbers."
     ),
 }
 
