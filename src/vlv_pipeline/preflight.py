@@ -52,11 +52,14 @@ __all__ = [
     "PreflightHook",
     "Producers",
     "Reference",
+    "T2IMismatchError",
     "check",
+    "check_t2i",
     "check_datasets",
     "check_parameters",
     "check_references",
     "references",
+    "t2i_disagreement",
 ]
 
 # Parameter keys whose string value names a model (a hub id or a local directory), besides
@@ -657,6 +660,71 @@ def _ranks(numbers: list[int]) -> str:
     return f"rank {text}" if len(numbers) == 1 else f"ranks {text}"
 
 
+# Every key that names the frozen T2I model the caption embeddings live in: (block, path).
+# conf names it once (globals.yml `t2i`); a run whose blocks disagree is stopped before any
+# work. evaluate.render_t2i may be another model (the paper renders captions with SD 3.5).
+T2I_KEYS = (
+    ("cache", ("vae", "pretrained")),
+    ("stage1", ("t2i",)),
+    ("stage2", ("t2i",)),
+    ("evaluate", ("stage1_t2i",)),
+)
+
+
+class T2IMismatchError(click.ClickException, RuntimeError):
+    """The run's stages name different T2I models (one message naming every key)."""
+
+
+def _field(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else getattr(value, key, None)
+    return value
+
+
+def _same_model(ref: str) -> str:
+    """A local directory by its real path (``a/b`` and ``./a/b`` agree); a hub id as it is."""
+    return os.path.realpath(ref) if os.path.isdir(ref) else ref
+
+
+def t2i_disagreement(blocks: Mapping[str, Any]) -> str | None:
+    """The message when the parameter blocks (``{"stage1": ..., "study_points.p.stage2":
+    ...}``) name more than one T2I model in ``T2I_KEYS``; None when they agree."""
+    named: dict[str, str] = {}
+    for name, block in blocks.items():
+        section = name.rsplit(".", 1)[-1]
+        for wanted, path in T2I_KEYS:
+            value = _field(block, path) if section == wanted else None
+            if isinstance(value, str):
+                named[".".join((name, *path))] = value
+    if len({_same_model(v) for v in named.values()}) <= 1:
+        return None
+    lines = [f"  {key}: {value}" for key, value in sorted(named.items())]
+    return "\n".join(
+        [
+            "the run's stages name different T2I models (nothing was run):",
+            *lines,
+            "Stage 1 distils one frozen T2I model and every later stage must read the same: "
+            "name it once, as `t2i` in conf/<env>/globals.yml (or --params t2i=<model>), "
+            "and drop the per-stage keys that override it.",
+        ]
+    )
+
+
+def check_t2i(pipeline: Any, catalog: Any) -> None:
+    """Raise ``T2IMismatchError`` when conf's blocks, or the blocks the pipeline reads (a
+    study point's), disagree: `kedro run --pipeline evaluate` checks stage 1's key too."""
+    everything = _dataset(catalog, "parameters")
+    conf = everything.load() if everything is not None else {}
+    blocks = {name: conf[name] for name, _ in T2I_KEYS if name in conf}
+    for name in sorted(i for i in pipeline.inputs() if i.startswith("params:")):
+        dataset = _dataset(catalog, name)
+        if dataset is not None:
+            blocks[name.removeprefix("params:")] = dataset.load()
+    problem = t2i_disagreement(blocks)
+    if problem:
+        raise T2IMismatchError(problem)
+
+
 class PreflightHook:
     """Checks, before any node runs, every component the run needs (module docstring)."""
 
@@ -665,6 +733,7 @@ class PreflightHook:
 
     @hook_impl(tryfirst=True)  # before plugins' hooks start anything (an MLflow run)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        check_t2i(pipeline, catalog)  # parameters only: always, even with the check off
         if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
             return
         registry = self._registry
