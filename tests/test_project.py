@@ -151,3 +151,26 @@ def test_example_accelerate_configs_parse():
         "deepspeed_zero2": "DEEPSPEED",
         "fsdp": "FSDP",
     }
+
+
+def test_each_pipeline_package_imports_only_its_own_modules():
+    """Code that several pipelines use lives in the library packages (models/, datasets/,
+    imaging/, world/): a pipeline's files import no other pipeline's package."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "src/vlv_pipeline/pipelines"
+    crossing = []
+    for path in sorted(root.glob("*/*.py")):
+        own = f"vlv_pipeline.pipelines.{path.parent.name}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                if name.startswith("vlv_pipeline.pipelines.") and not (
+                    name == own or name.startswith(own + ".")
+                ):
+                    crossing.append(f"{path.relative_to(root)}: {name}")
+    assert not crossing, crossing

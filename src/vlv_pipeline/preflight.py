@@ -146,12 +146,6 @@ def hub_offline() -> bool:
     return _hub_offline()
 
 
-def _looks_local(ref: str) -> bool:
-    from vlv_pipeline.models.registry import _looks_local as looks_local
-
-    return looks_local(ref)
-
-
 def hub_cache_problem(repo: str, subfolder: str | None = None, weights: bool = True) -> str | None:
     """What the local Hugging Face cache lacks of ``repo`` (its ``subfolder``), or None: one
     of the files a ``save_pretrained`` directory starts with, and with ``weights`` a
@@ -349,7 +343,10 @@ def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
     if name == "embedding_cache" and "params:stage2" in node.inputs:
         # stage2.trainable with `encoder` trains on pixels: the embedding cache is bypassed
         stage2 = blocks.get("stage2")
-        return isinstance(stage2, Mapping) and "encoder" in str(stage2.get("trainable", ""))
+        from vlv_pipeline.params.stage2 import trainable_parts
+
+        trainable = stage2.get("trainable") if isinstance(stage2, Mapping) else None
+        return isinstance(trainable, str) and "encoder" in trainable_parts(trainable)
     for block, (_, named, _) in DATASET_CHOICES.items():
         if f"params:{block}" in node.inputs and name in named.values():
             return named.get(_choice(block, blocks)) != name
@@ -429,6 +426,8 @@ def check_references(
     """Local directories must exist; hub ids must be in the local Hugging Face cache
     (``download=True`` findings: a download provides them). One finding per value, naming
     every key that gives it."""
+    from vlv_pipeline.models.registry import looks_local  # torch: imported when needed
+
     findings: list[Finding] = []
     local: dict[str, list[str]] = {}
     hub: dict[str, list[Reference]] = {}
@@ -443,7 +442,7 @@ def check_references(
                         f"point `{ref.key}` at a save_pretrained directory that has it",
                     )
                 )
-        elif _looks_local(ref.ref):
+        elif looks_local(ref.ref):
             if not any(_under(path, w) for w in written):  # else this run writes it first
                 local.setdefault(ref.ref, []).append(ref.key)
         else:

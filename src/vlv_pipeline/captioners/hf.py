@@ -24,14 +24,12 @@ import torch
 from PIL import Image
 
 from vlv_pipeline.captioners import CaptionerError
+from vlv_pipeline.models.registry import DTYPES, looks_local
 
 __all__ = ["TransformersCaptioner"]
 
 Kind = Literal["florence2", "image-text-to-text"]
 _KINDS = ("florence2", "image-text-to-text")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# References that can only be a local path, never a hub id ("name" or "org/name").
-_LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "data/", "file:")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -44,10 +42,6 @@ def _non_empty_str(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     return value
-
-
-def _looks_local(ref: str) -> bool:
-    return ref.startswith(_LOCAL_PREFIXES) or ref in {".", ".."} or ref.count("/") > 1
 
 
 class TransformersCaptioner:
@@ -91,9 +85,9 @@ class TransformersCaptioner:
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.num_beams = _positive_int("num_beams", num_beams)
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
-        self.dtype = _DTYPES[dtype]
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+        self.dtype = DTYPES[dtype]
         if device is None:
             from vlv_pipeline.models.device import inference_device
 
@@ -117,7 +111,7 @@ class TransformersCaptioner:
 
         ref = self.pretrained
         path = Path(ref).expanduser()
-        if not path.exists() and _looks_local(ref):
+        if not path.exists() and looks_local(ref):
             raise CaptionerError(
                 f"transformers captioner: pretrained '{ref}' does not exist "
                 f"(resolved: {path.resolve()}); give a save_pretrained directory or a hub id. "

@@ -63,6 +63,15 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def embedding_fingerprint(encoder, text_encoder, resolution: int | None) -> dict:
+    """What the stage-2 embedding cache was made by: both encoders' weights, the resolution."""
+    return {
+        "encoder_sha256": weights_sha256(encoder),
+        "text_encoder_sha256": weights_sha256(text_encoder),
+        "resolution": resolution,
+    }
+
+
 def vae_fingerprint(vae, resolution: int | None) -> dict:
     """What makes the latents: a hash of the VAE's weights and config, and the resolution."""
     # private keys (_name_or_path, _use_default_values...) say where it was loaded from, not what it is
@@ -221,7 +230,7 @@ class LatentCache:
             writer.close()
             os.replace(tmp, self.path / name)
         except OSError as error:  # disk full, permissions: the index still lists only whole shards
-            from vlv_pipeline.datasets.model_directory import unwritable
+            from vlv_pipeline.files import unwritable
 
             if writer is not None:
                 writer.close()

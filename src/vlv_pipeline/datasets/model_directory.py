@@ -48,24 +48,12 @@ from kedro.io.core import (
 )
 from kedro_datasets._typing import TablePreview
 
+from vlv_pipeline.files import unwritable
+
 MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # from_pretrained of these (and their subclasses) takes `use_safetensors`.
 _SAFETENSORS_LOADERS = {"ModelMixin", "DiffusionPipeline", "PreTrainedModel", "_BaseAutoModelClass"}
-
-
-def unwritable(path: Path, error: OSError) -> str:
-    """A message for an OSError while writing under ``path`` (disk full, permissions...)."""
-    import errno
-
-    hint = {
-        errno.ENOSPC: "the disk is full: free space there or point the dataset elsewhere",
-        errno.EDQUOT: "the disk quota is exceeded: free space or point the dataset elsewhere",
-        errno.EACCES: "permission denied: make it writable or point the dataset elsewhere",
-        errno.EPERM: "operation not permitted: make it writable or point the dataset elsewhere",
-        errno.EROFS: "the file system is read-only: point the dataset elsewhere",
-    }.get(error.errno, "check the path and the disk")
-    return f"could not write {path}: {error.strerror or error} ({hint}); nothing was saved there"
 
 
 def _pickle_files(root: Path) -> list[str]:

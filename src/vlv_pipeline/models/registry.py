@@ -39,7 +39,11 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 __all__ = ["KINDS", "ComponentSpec", "load_component", "load_processor"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {  # the dtype names conf may give (`dtype:`), and what they mean
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 # Prefixes that can only be a local path, never a hub id ("org/name").
 _LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "data/", "file:")
 # Config kwargs accepted by every transformers config although not dataclass fields.
@@ -86,7 +90,7 @@ class ComponentSpec(BaseModel):
     @property
     def torch_dtype(self) -> torch.dtype | None:
         """The ``torch.dtype`` named by ``dtype`` (None when unset)."""
-        return _DTYPES[self.dtype] if self.dtype else None
+        return DTYPES[self.dtype] if self.dtype else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -100,7 +104,7 @@ def _hub_offline() -> bool:
     return env.upper() in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
 
 
-def _looks_local(ref: str) -> bool:
+def looks_local(ref: str) -> bool:
     """A reference that cannot be a hub id ``name`` or ``org/name``."""
     return ref.startswith(_LOCAL_PREFIXES) or ref in {".", ".."} or ref.count("/") > 1
 
@@ -111,7 +115,7 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
     assert ref is not None
     path = Path(ref).expanduser()
     hub = not path.exists()
-    if hub and _looks_local(ref):
+    if hub and looks_local(ref):
         raise FileNotFoundError(
             f"{kind}: pretrained path '{ref}' does not exist (resolved: {path.resolve()}). "
             f"Point 'pretrained' to a save_pretrained directory, or run the pipeline that "

@@ -57,10 +57,13 @@ class Stage2Objective(nn.Module):
 
 def set_trainable(decoder: CaptionDecoder, encoder: nn.Module, trainable: str, lora=None) -> None:
     """Freeze/unfreeze per ``trainable`` (projector | projector+llm | projector+lora |
-    projector+llm+encoder). The VLV encoder's own frozen parts (a VAE tower, Florence-2's
-    DaViT) stay frozen either way."""
+    projector+llm+encoder), read as a set of parts. The VLV encoder's own frozen parts (a VAE
+    tower, Florence-2's DaViT) stay frozen either way."""
+    from vlv_pipeline.params.stage2 import trainable_parts
+
+    parts = trainable_parts(trainable)
     decoder.psi.requires_grad_(True)
-    if trainable == "projector+lora":
+    if "lora" in parts:
         from peft import LoraConfig, get_peft_model
 
         decoder.llm.requires_grad_(False)
@@ -75,8 +78,8 @@ def set_trainable(decoder: CaptionDecoder, encoder: nn.Module, trainable: str, l
             ),
         )
     else:
-        decoder.llm.requires_grad_(trainable != "projector")
-    if trainable == "projector+llm+encoder":
+        decoder.llm.requires_grad_("llm" in parts)
+    if "encoder" in parts:
         encoder.requires_grad_(True).train()
         if getattr(encoder, "vae_tower", None) is not None:
             encoder.vae_tower.requires_grad_(False)

@@ -12,6 +12,18 @@ from vlv_pipeline.params.stage1 import EncoderParams
 from vlv_pipeline.params.training import TrainParams
 
 TRAINABLE = Literal["projector", "projector+llm", "projector+lora", "projector+llm+encoder"]
+PARTS = frozenset({"projector", "llm", "lora", "encoder"})
+
+
+def trainable_parts(trainable: str) -> frozenset[str]:
+    """The parts a `stage2.trainable` value names (``"projector+llm"`` -> {projector, llm}):
+    code asks ``"encoder" in parts``, never searches the string."""
+    parts = frozenset(trainable.split("+"))
+    if not parts <= PARTS:
+        raise ValueError(
+            f"stage2.trainable {trainable!r} names unknown parts {sorted(parts - PARTS)}"
+        )
+    return parts
 
 
 class LoraParams(StrictModel):
@@ -52,9 +64,14 @@ class Stage2Params(StrictModel):
     validation_every: int | None = Field(None, ge=1)
     checkpoint_dir: str = "data/06_models/checkpoints/stage2"
 
+    @property
+    def parts(self) -> frozenset[str]:
+        """What trains, as a set of parts (``trainable_parts``)."""
+        return trainable_parts(self.trainable)
+
     @model_validator(mode="after")
     def _lora_only_with_peft(self) -> Stage2Params:
-        if self.trainable == "projector+lora":
+        if "lora" in self.parts:
             try:
                 import peft  # noqa: F401
             except ImportError as error:

@@ -180,7 +180,7 @@ def _save_checkpoint(
                 shutil.rmtree(final)
             os.replace(tmp, final)
     except OSError as error:
-        from vlv_pipeline.datasets.model_directory import unwritable
+        from vlv_pipeline.files import unwritable
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise OSError(error.errno, unwritable(final, error)) from error

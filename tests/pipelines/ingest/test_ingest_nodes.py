@@ -52,9 +52,9 @@ def test_ingest_shapes_like_folder(shapes_like):
 
 def test_one_summary_log_line(shapes_like, caplog):
     source = FolderSource(shapes_like / "images")
-    with caplog.at_level(logging.INFO, logger="vlv_pipeline.pipelines.ingest.nodes"):
+    with caplog.at_level(logging.INFO, logger="vlv_pipeline.imaging.screen_table"):
         screen_images(source, PARAMS)
-    lines = [r.getMessage() for r in caplog.records if r.name.endswith("ingest.nodes")]
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("screen_table")]
     assert len(lines) == 1
     assert "kept 4, rejected 3 (duplicate=1, empty_file=1, too_small=1)" in lines[0]
     assert str(shapes_like / "images") in lines[0]

@@ -11,15 +11,22 @@ import pandas as pd
 import torch
 
 from vlv_pipeline.distributed import each_rank, share
+from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.params.evaluate import CaptionParams
+from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.world.data import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["file", "image_id", "caption", "rejected", "detail"]
 REJECTED_KEY = "rejected"  # in the JSON: {file: "reason: detail"} of files not captioned
+
+
+def screen_user_images(images: ImageSource, ingest: IngestParams) -> pd.DataFrame:
+    """Every user image's verdict, exactly as ingest screens a source (``params:ingest``)."""
+    return screen_images(images, ingest)
 
 
 def choose_captioner(trained, published, params: CaptionParams):

@@ -3,7 +3,6 @@
 from kedro.pipeline import Node, Pipeline
 
 from vlv_pipeline.pipelines.caption import nodes
-from vlv_pipeline.pipelines.ingest.nodes import screen_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -11,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(nodes.open_user_images, "params:caption", "user_images", name="open_user_images"),
             Node(
-                screen_images,
+                nodes.screen_user_images,
                 ["user_images", "params:ingest"],
                 "user_images_screened",
                 name="screen_user_images",

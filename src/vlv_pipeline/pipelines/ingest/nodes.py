@@ -5,23 +5,19 @@ Only metadata travels between nodes (one small row per input); pixels never do.
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import uuid
-from pathlib import Path
-
 import pandas as pd
-from tqdm.auto import tqdm
 
-from vlv_pipeline.distributed import barrier, broadcast, rank, together, world_size
-from vlv_pipeline.imaging.checks import Reason
-from vlv_pipeline.imaging.screening import Screened, Screener
+from vlv_pipeline.imaging.screen_table import (  # noqa: F401 - ingest's first node, re-exported
+    SCREENED_DTYPES,
+    NoImagesKeptError,
+    as_params,
+    mark_duplicates_across_parts,
+    screen_images,
+    summarise,
+)
 from vlv_pipeline.imaging.sources import ImageSource
 from vlv_pipeline.imaging.splits import assign_split
 from vlv_pipeline.params.ingest import IngestParams
-
-logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = (
     "image_id",
@@ -36,142 +32,11 @@ MANIFEST_COLUMNS = (
     "length",  # training reads it with one seek instead of scanning the shard
 )
 REJECT_COLUMNS = ("source", "reason", "detail")
-SCREENED_DTYPES = {
-    "source": "string",
-    "reason": "string",
-    "detail": "string",
-    "image_id": "string",
-    "width": "Int64",
-    "height": "Int64",
-    "mode": "string",
-    "format": "string",
-    "caption": "string",
-    "split": "string",
-    "offset": "Int64",
-    "length": "Int64",
-}
-
-
-class NoImagesKeptError(ValueError):
-    """Ingest found no usable image in its source."""
-
-
-def _as_params(params: IngestParams | dict) -> IngestParams:
-    # Kedro validates `params:ingest` in a session; a bare runner passes the raw dict.
-    return params if isinstance(params, IngestParams) else IngestParams.model_validate(params)
-
-
-def _row(s: Screened) -> tuple:
-    info = s.info
-    return (
-        s.source,
-        None if s.reason is None else str(s.reason),
-        s.detail,
-        s.image_id,
-        info.width if info else None,
-        info.height if info else None,
-        info.mode if info else None,
-        info.format if info else None,
-        s.caption,
-        s.split,
-        s.location[0] if s.location else None,
-        s.location[1] if s.location else None,
-    )
-
-
-def screen_images(source: ImageSource, params: IngestParams) -> pd.DataFrame:
-    """Give every input of ``source`` a verdict (one row each, ``reason`` null when kept).
-
-    Streams the source once; holds one file's bytes at a time plus one small row per
-    input and the hashes of kept images. Logs one summary line. Raises
-    ``NoImagesKeptError`` (naming the source) if nothing is kept.
-
-    Under ``accelerate launch`` each rank screens its own block of the source's files,
-    row groups or shards, and every rank returns the same table as one process would.
-    """
-    params = _as_params(params)
-    if world_size() > 1:
-        screened = _screen_on_every_rank(source, params)
-    else:
-        screened = _screen_part(source, params, None)
-    summary = summarise(screened)
-    if not (screened["reason"].isna()).any():
-        raise NoImagesKeptError(
-            f"ingest kept no images from {source.kind} source {source.path!r}: "
-            f"{len(screened)} input(s), {summary}"
-        )
-    logger.info("ingest %s %s: %s", source.kind, source.path, summary)
-    return screened
-
-
-def _screen_part(source: ImageSource, params: IngestParams, part) -> pd.DataFrame:
-    """The verdicts on ``part`` of the source (all of it when None), in stream order."""
-    screener = Screener(
-        min_side=params.min_side,
-        max_pixels=params.max_pixels,
-        max_aspect_ratio=params.max_aspect_ratio,
-    )
-    records = tqdm(
-        source.iter_records(part=part),
-        desc=f"ingest {source.kind}",
-        unit="file",
-        mininterval=1.0,
-        disable=rank() != 0,
-    )
-    rows = [_row(screener.screen(record)) for record in records]
-    return pd.DataFrame(rows, columns=list(SCREENED_DTYPES)).astype(SCREENED_DTYPES)
-
-
-def summarise(screened: pd.DataFrame) -> str:
-    """``kept N, rejected M (reason=n, ...)``."""
-    reasons = screened["reason"].dropna().value_counts()
-    by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "none"
-    return (
-        f"kept {int(screened['reason'].isna().sum())}, rejected {int(reasons.sum())} ({by_reason})"
-    )
-
-
-def _screen_on_every_rank(source: ImageSource, params: IngestParams) -> pd.DataFrame:
-    """Each rank screens its block and leaves its rows in ``parts_dir`` (a file per rank,
-    written atomically); every rank then reads all of them in rank order, and copies of an
-    image kept on an earlier rank become duplicates, as one process would have found."""
-    folder = Path(params.parts_dir) / broadcast(uuid.uuid4().hex)
-
-    def screen_mine() -> None:
-        part = _screen_part(source, params, (rank(), world_size()))
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".rank{rank()}.parquet.tmp"
-        part.to_parquet(tmp, index=False)
-        os.replace(tmp, folder / f"rank{rank()}.parquet")
-
-    together(screen_mine)
-    frames = [pd.read_parquet(folder / f"rank{r}.parquet") for r in range(world_size())]
-    barrier()  # every rank has read every part
-    if rank() == 0:
-        shutil.rmtree(folder, ignore_errors=True)
-    screened = pd.concat(frames, ignore_index=True).astype(SCREENED_DTYPES)
-    return mark_duplicates_across_parts(screened)
-
-
-def mark_duplicates_across_parts(screened: pd.DataFrame) -> pd.DataFrame:
-    """Parts screened apart each kept their own first copy of an image: keep the first in
-    stream order, make the later ones duplicates of it, and point every duplicate at it."""
-    kept = screened["reason"].isna()
-    firsts = screened[kept].drop_duplicates("image_id")
-    first = firsts.set_index("image_id")["source"]
-    later = kept & ~screened.index.isin(firsts.index)
-    screened.loc[later, "reason"] = str(Reason.DUPLICATE)
-    screened.loc[later, ["width", "height", "mode", "format", "offset", "length"]] = pd.NA
-    duplicate = screened["reason"] == str(Reason.DUPLICATE)
-    screened.loc[duplicate, "detail"] = (
-        "same bytes as " + first.loc[screened.loc[duplicate, "image_id"]].to_numpy()
-    )
-    return screened
 
 
 def build_manifest(screened: pd.DataFrame, params: IngestParams) -> pd.DataFrame:
     """The kept images, with a split: the source's, else drawn from the image id."""
-    params = _as_params(params)
+    params = as_params(params)
     kept = screened.loc[screened["reason"].isna(), list(MANIFEST_COLUMNS)].reset_index(drop=True)
     fractions = params.splits.model_dump()
     missing = kept["split"].isna()

@@ -13,11 +13,11 @@ from vlv_pipeline.datasets.latent_cache import CacheRows, LatentCache, vae_finge
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.device import inference_device
+from vlv_pipeline.models.encoders import build_encoder
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.t2i import FrozenT2I
-from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder, SmallVLVEncoder, vae_config_of
-from vlv_pipeline.params.stage1 import EncoderParams, Stage1Params
+from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, run_directory, train
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
@@ -94,36 +94,6 @@ def load_stage1_data(
     if "train" not in data:
         raise ValueError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
     return data
-
-
-def build_encoder(spec: EncoderParams, out_dim: int, t2i_vae=None, token_embeddings=None):
-    """A fresh VLV encoder for caption embeddings of width ``out_dim``.
-
-    ``t2i_vae`` (the frozen decoder's VAE) seeds the small encoder's vision tower when
-    ``small.vision_tower`` is ``t2i_vae``; ``token_embeddings`` (the frozen text encoder's
-    word-embedding table) is its output vocabulary when ``small.output`` is ``vocabulary``.
-    """
-    if spec.backbone == "small":
-        kwargs = spec.small.model_dump()
-        tower, output = kwargs.pop("vision_tower"), kwargs.pop("output")
-        if tower == "t2i_vae":
-            kwargs["vae_config"] = vae_config_of(t2i_vae)
-        if output == "vocabulary":
-            if token_embeddings is None:
-                raise ValueError("small.output: vocabulary needs the T2I text encoder's embeddings")
-            kwargs["vocab_size"] = token_embeddings.shape[0]
-        encoder = SmallVLVEncoder(num_queries=spec.num_queries, out_dim=out_dim, **kwargs)
-        if tower == "t2i_vae":
-            encoder.load_vae_tower(t2i_vae)
-        if output == "vocabulary":
-            encoder.load_vocabulary(token_embeddings)
-        return encoder
-    cfg = spec.florence2
-    source = {"pretrained": cfg.pretrained} if cfg.pretrained else {"init": cfg.init}
-    florence = load_component("florence2", source)
-    tokenizer = load_component("tokenizer", {"pretrained": cfg.tokenizer or cfg.pretrained})
-    prompt_ids = tokenizer(cfg.prompt).input_ids
-    return Florence2VLVEncoder.from_florence(florence, spec.num_queries, out_dim, prompt_ids)
 
 
 def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):

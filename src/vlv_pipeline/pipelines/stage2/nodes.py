@@ -10,19 +10,18 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, CaptionTokens
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.device import inference_device
+from vlv_pipeline.models.encoders import build_encoder
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.params.stage1 import Stage1Params
-from vlv_pipeline.params.stage2 import Stage2Params
-from vlv_pipeline.pipelines.stage1.nodes import build_encoder
-from vlv_pipeline.pipelines.synthesize.nodes import embedding_fingerprint
+from vlv_pipeline.params.stage2 import Stage2Params, trainable_parts
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, run_directory, train
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
@@ -126,7 +125,7 @@ def _train_captioner(
     fingerprint = embedding_fingerprint(encoder, text_encoder, params.resolution)  # hashed once
     pairs_hash = pairs_sha256(data.pair_ids, data.pair_captions)
     cache_bytes = training.cache_mb * 2**20
-    if "encoder" in trainable:
+    if "encoder" in trainable_parts(trainable):
         objective = Stage2Objective(decoder, encoder, text_encoder)
         dataset = BoundedCache(Zipped(data.pair_pixels, tokens), cache_bytes)
     else:

@@ -17,8 +17,8 @@ from vlv_pipeline.captioners.journal import CaptionJournal
 from vlv_pipeline.datasets.latent_cache import (
     EmbeddingCache,
     begin_extension,
+    embedding_fingerprint,
     end_extension,
-    weights_sha256,
     write_shards,
 )
 from vlv_pipeline.distributed import rank, share, together, world_size
@@ -148,14 +148,6 @@ def synthesize_captions(
     )[PAIR_COLUMNS]
 
 
-def embedding_fingerprint(encoder, text_encoder, resolution: int | None) -> dict:
-    return {
-        "encoder_sha256": weights_sha256(encoder),
-        "text_encoder_sha256": weights_sha256(text_encoder),
-        "resolution": resolution,
-    }
-
-
 @torch.no_grad()
 def cache_pair_embeddings(
     raw_images,
@@ -175,7 +167,7 @@ def cache_pair_embeddings(
     own shards, merged into one index at the end (as the `cache` pipeline does).
     """
     cache = embedding_cache_previous
-    if "encoder" in params.trainable:
+    if "encoder" in params.parts:
         logger.info("stage 2 trains the VLV encoder: the embedding cache is bypassed")
         if cache.fingerprint is None:  # an empty cache, so the catalog has one to save
             together(lambda: cache.reset({"bypassed": True}) if rank() == 0 else None)

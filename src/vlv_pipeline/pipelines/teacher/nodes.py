@@ -21,7 +21,6 @@ from vlv_pipeline.models.teacher import (
 )
 from vlv_pipeline.params.teacher import TeacherParams
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
 from vlv_pipeline.training.loop import run_directory, train
 from vlv_pipeline.world.data import (
     SplitTensors,
@@ -30,6 +29,7 @@ from vlv_pipeline.world.data import (
     scene_targets,
     tensor_to_uint8,
 )
+from vlv_pipeline.world.generate import generate_labels, render_images
 
 logger = logging.getLogger(__name__)
 
