@@ -597,3 +597,44 @@ def write_shards(
     if ids:
         flush()
     return written
+
+
+def extend_cache(
+    cache: C,
+    fingerprint: dict,
+    rows,
+    raw_images,
+    resolution: int | None,
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+    batch_size: int,
+    shard_size: int,
+    desc: str,
+) -> C:
+    """``cache`` extended with the images of ``rows`` (a manifest slice) that it lacks: each
+    read from ``raw_images`` at ``resolution``, encoded ``batch_size`` at a time, written in
+    shards of ``shard_size`` (``write_shards``). Under ``accelerate launch`` each rank encodes
+    its own contiguous block of the images still to do, and every rank returns the merged
+    cache. A cache made by another fingerprint is rebuilt (``begin_extension``)."""
+    from tqdm.auto import tqdm
+
+    from vlv_pipeline.distributed import share
+    from vlv_pipeline.imaging.sources import iter_images
+    from vlv_pipeline.world.data import pil_to_tensor
+
+    cache = begin_extension(cache, fingerprint)
+    todo = rows[~rows["image_id"].isin(cache.image_ids())]
+    mine = todo.iloc[share(len(todo))]
+    logger.info(
+        "%s: %d of %d images cached, encoding %d", desc, len(rows) - len(todo), len(rows), len(todo)
+    )
+
+    def encode_mine() -> int:
+        images = iter_images(raw_images, mine, resolution) if len(mine) else iter(())
+        items = (
+            (image_id, pil_to_tensor(image))
+            for image_id, image in tqdm(images, total=len(mine), desc=desc, unit="img")
+        )
+        return write_shards(cache, items, encode, batch_size, shard_size)
+
+    together(encode_mine)
+    return end_extension(cache)

@@ -6,21 +6,11 @@ import logging
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from vlv_pipeline.datasets.latent_cache import (
-    LatentCache,
-    begin_extension,
-    end_extension,
-    vae_fingerprint,
-    write_shards,
-)
-from vlv_pipeline.distributed import share, together
-from vlv_pipeline.imaging.sources import iter_images
+from vlv_pipeline.datasets.latent_cache import LatentCache, extend_cache, vae_fingerprint
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.cache import CacheParams
-from vlv_pipeline.world.data import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -38,32 +28,24 @@ def encode_latents(
     stream from the source in batches; every ``shard_size`` latents become one shard on disk.
     Under ``accelerate launch`` each rank encodes its own contiguous block of the images still
     to do, on its own device, into its own shards; the ranks' shards are merged into one
-    index at the end (``begin_extension`` / ``end_extension``).
+    index at the end (``datasets.latent_cache.extend_cache``).
     """
     device = inference_device()
     vae = load_component("vae", params.vae).eval().to(device)
     dtype = next(vae.parameters()).dtype
-    cache = begin_extension(latent_cache_previous, vae_fingerprint(vae, params.resolution))
-    todo = image_manifest[~image_manifest["image_id"].isin(cache.image_ids())]
-    mine = todo.iloc[share(len(todo))]
-    logger.info(
-        "latent cache: %d of %d images cached, encoding %d",
-        len(image_manifest) - len(todo),
-        len(image_manifest),
-        len(todo),
-    )
 
     def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         posterior = vae.encode(pixels.to(device, dtype)).latent_dist
         return posterior.mean, posterior.std
 
-    def encode_mine() -> int:
-        images = iter_images(raw_images, mine, params.resolution) if len(mine) else iter(())
-        items = (
-            (image_id, pil_to_tensor(image))
-            for image_id, image in tqdm(images, total=len(mine), desc="cache latents", unit="img")
-        )
-        return write_shards(cache, items, encode, params.batch_size, params.shard_size)
-
-    together(encode_mine)
-    return end_extension(cache)
+    return extend_cache(
+        latent_cache_previous,
+        vae_fingerprint(vae, params.resolution),
+        image_manifest,
+        raw_images,
+        params.resolution,
+        encode,
+        params.batch_size,
+        params.shard_size,
+        "latent cache",
+    )

@@ -14,13 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vlv_pipeline.captioners.journal import CaptionJournal
-from vlv_pipeline.datasets.latent_cache import (
-    EmbeddingCache,
-    begin_extension,
-    embedding_fingerprint,
-    end_extension,
-    write_shards,
-)
+from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
 from vlv_pipeline.distributed import rank, share, together, world_size
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.device import inference_device
@@ -28,7 +22,6 @@ from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.text_encoder import encode_embeddings
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
-from vlv_pipeline.world.data import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -184,24 +177,19 @@ def cache_pair_embeddings(
             "some caption pairs name images that are not in the manifest; rerun "
             "`kedro run --pipeline synthesize` after `ingest`"
         )
-    fingerprint = embedding_fingerprint(vlv_encoder, text_encoder, params.resolution)
-    cache = begin_extension(cache, fingerprint)
-    todo = paired[~paired["image_id"].isin(cache.image_ids())]
-    mine = todo.iloc[share(len(todo))]
 
     def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = vlv_encoder(pixels.to(device))
         return embeddings, encode_embeddings(text_encoder, embeddings)
 
-    def encode_mine() -> int:
-        images = iter_images(raw_images, mine, params.resolution) if len(mine) else iter(())
-        items = (
-            (image_id, pil_to_tensor(image))
-            for image_id, image in tqdm(images, total=len(mine), desc="embedding cache", unit="img")
-        )
-        return write_shards(
-            cache, items, encode, synth.embedding_batch_size, synth.embedding_shard_size
-        )
-
-    together(encode_mine)
-    return end_extension(cache)
+    return extend_cache(
+        cache,
+        embedding_fingerprint(vlv_encoder, text_encoder, params.resolution),
+        paired,
+        raw_images,
+        params.resolution,
+        encode,
+        synth.embedding_batch_size,
+        synth.embedding_shard_size,
+        "embedding cache",
+    )
