@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -291,6 +292,19 @@ class _Window:
         return entry, self.images_per_step * self.steps / seconds
 
 
+@dataclass
+class _Prepared:
+    """What one training run steps: the objective as Accelerate wrapped it, and its state."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    trainable: list[nn.Parameter]
+    ema: Any
+
+
 def train(
     objective: nn.Module,
     dataset: Dataset,
@@ -309,10 +323,49 @@ def train(
     weights, if EMA is on, are in ``result.ema``; call ``result.ema.copy_to(params)`` to
     use them). ``validation`` runs every ``validation.every`` steps.
     """
-    from diffusers.training_utils import EMAModel  # heavy import, only when training
-
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     name = desc.replace(" ", "")
+    run = _prepare(objective, dataset, params, directory, name, desc, collate_fn)
+    start, history, earlier_seconds, resumed_from = _resume(
+        run.accelerator, directory, params, desc
+    )
+    if run.accelerator.log_with:
+        run.accelerator.init_trackers(name, config=plain_config(params.model_dump(mode="json")))
+    started = time.perf_counter()
+    _run_steps(run, params, start, history, directory, desc, validation, earlier_seconds)
+    seconds = time.perf_counter() - started if params.steps > start else 0.0
+    if params.steps > start:
+        logger.info(
+            "%s: %d steps in %.1f s (%.3f s/step), final loss %.4g",
+            desc,
+            params.steps - start,
+            seconds,
+            seconds / (params.steps - start),
+            history[-1]["loss"] if history else float("nan"),
+        )
+    run.accelerator.wait_for_everyone()
+    return TrainResult(
+        history=history,
+        steps=params.steps,
+        resumed_from=resumed_from,
+        seconds=earlier_seconds + seconds,
+        ema=run.ema,
+    )
+
+
+def _prepare(
+    objective: nn.Module,
+    dataset: Dataset,
+    params: TrainParams,
+    directory: Path | None,
+    name: str,
+    desc: str,
+    collate_fn,
+) -> _Prepared:
+    """The accelerator, optimizer, schedule, shuffled loader and EMA of a run, prepared by
+    Accelerate, with the checkpoint hooks registered (nothing trained yet)."""
+    from diffusers.training_utils import EMAModel  # heavy import, only when training
+
     accelerator = _make_accelerator(params, directory / "logs" if directory else None, name)
     set_seed(params.seed, device_specific=True)
     if params.gradient_checkpointing:
@@ -344,12 +397,24 @@ def train(
         ema = EMAModel(trainable, decay=params.ema_decay)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    start, history, earlier_seconds, resumed_from = _resume(accelerator, directory, params, desc)
-    if accelerator.log_with:
-        accelerator.init_trackers(name, config=plain_config(params.model_dump(mode="json")))
+    return _Prepared(accelerator, model, optimizer, schedule, loader, trainable, ema)
 
+
+def _run_steps(
+    run: _Prepared,
+    params: TrainParams,
+    start: int,
+    history: list[dict],
+    directory: Path | None,
+    desc: str,
+    validation: Validation | None,
+    earlier_seconds: float,
+) -> None:
+    """Steps ``start`` to ``params.steps``: log, validate and checkpoint on schedule; the
+    trackers are finished even when a step fails."""
+    accelerator, model = run.accelerator, run.model
     started = time.perf_counter()
-    batches = _batches(accelerator, loader, start * params.gradient_accumulation)
+    batches = _batches(accelerator, run.loader, start * params.gradient_accumulation)
     bar = tqdm(
         total=params.steps,
         initial=start,
@@ -361,28 +426,24 @@ def train(
     window = _Window(params.batch_size * params.gradient_accumulation * accelerator.num_processes)
     try:
         for step in range(start, params.steps):
-            loss, norm = _step(accelerator, model, optimizer, schedule, batches, trainable, params)
+            loss, norm = _step(
+                accelerator, model, run.optimizer, run.schedule, batches, run.trainable, params
+            )
             if not math.isfinite(loss):
-                saved = list_checkpoints(directory) if directory is not None else []
-                last = saved[-1][1] if saved else None
-                raise TrainingDivergedError(
-                    f"{desc}: the loss became {loss} at step {step}; stopped before "
-                    f"saving anything. Last good checkpoint: {last or 'none'}. "
-                    "Lower learning_rate, raise warmup_steps or set max_grad_norm."
-                )
+                _diverged(loss, step, directory, desc)
             window.add(loss, norm)
-            if ema is not None:
-                ema.step(trainable)
+            if run.ema is not None:
+                run.ema.step(run.trainable)
             done = step + 1
             if done % params.log_every == 0 or done == params.steps:
-                entry, images_per_s = window.entry(done, schedule.get_last_lr()[0])
+                entry, images_per_s = window.entry(done, run.schedule.get_last_lr()[0])
                 history.append(entry)
                 accelerator.log({**entry, "images_per_s": images_per_s}, step=done)
                 bar.set_postfix(loss=f"{entry['loss']:.4g}")
                 window.reset()
             bar.update(1)
             if validation is not None and done % validation.every == 0:
-                _validate(accelerator, validation, done, trainable, ema)
+                _validate(accelerator, validation, done, run.trainable, run.ema)
                 model.train()
             if directory is not None and (
                 done % params.checkpoint_every == 0 or done == params.steps
@@ -397,23 +458,15 @@ def train(
         # nodes after training (rank-0 saves, gathers) still need in the same launch
         for tracker in accelerator.trackers:
             tracker.finish()
-    seconds = time.perf_counter() - started if params.steps > start else 0.0
-    if params.steps > start:
-        logger.info(
-            "%s: %d steps in %.1f s (%.3f s/step), final loss %.4g",
-            desc,
-            params.steps - start,
-            seconds,
-            seconds / (params.steps - start),
-            history[-1]["loss"] if history else float("nan"),
-        )
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        history=history,
-        steps=params.steps,
-        resumed_from=resumed_from,
-        seconds=earlier_seconds + seconds,
-        ema=ema,
+
+
+def _diverged(loss: float, step: int, directory: Path | None, desc: str) -> None:
+    saved = list_checkpoints(directory) if directory is not None else []
+    last = saved[-1][1] if saved else None
+    raise TrainingDivergedError(
+        f"{desc}: the loss became {loss} at step {step}; stopped before "
+        f"saving anything. Last good checkpoint: {last or 'none'}. "
+        "Lower learning_rate, raise warmup_steps or set max_grad_norm."
     )
 
 

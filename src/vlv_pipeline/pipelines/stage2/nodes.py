@@ -22,6 +22,7 @@ from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params, trainable_parts
+from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, run_directory, train
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
@@ -102,43 +103,86 @@ def _text_encoder(params: Stage2Params):
     return load_component("text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"})
 
 
+@dataclass(frozen=True)
+class CaptionerRun:
+    """Which captioner a stage-2 training makes: its run name (checkpoint folder and progress
+    bar), what trains, and the schedule."""
+
+    name: str
+    trainable: str
+    training: TrainParams
+
+
+def _training_set(
+    decoder: CaptionDecoder,
+    encoder,
+    text_encoder,
+    tokens: CaptionTokens,
+    data: Stage2Data,
+    embedding_cache: EmbeddingCache | None,
+    fingerprint: dict,
+    params: Stage2Params,
+    run: CaptionerRun,
+) -> tuple[Stage2Objective, BoundedCache]:
+    """The objective and its items. When the encoder trains: pixels through encoder and text
+    encoder every step. Otherwise: the frozen encoder's conditions from the embedding cache,
+    which must have been made by this encoder and text encoder."""
+    cache_bytes = run.training.cache_mb * 2**20
+    if "encoder" in trainable_parts(run.trainable):
+        objective = Stage2Objective(decoder, encoder, text_encoder)
+        return objective, BoundedCache(Zipped(data.pair_pixels, tokens), cache_bytes)
+    if embedding_cache is None or embedding_cache.fingerprint != fingerprint:
+        where = "no embedding cache" if embedding_cache is None else embedding_cache.path
+        raise ValueError(
+            f"embedding cache {where} was not made by this VLV encoder "
+            f"and text encoder at resolution {params.resolution}; rerun "
+            "`kedro run --pipeline synthesize` after stage 1"
+        )
+    conditions = embedding_cache.rows(data.pair_ids, fields=("conditions",))
+    return Stage2Objective(decoder), BoundedCache(Zipped(conditions, tokens), cache_bytes)
+
+
+def _run_directory(
+    params: Stage2Params, run: CaptionerRun, encoder_sha256: str, pairs_hash: str
+) -> str:
+    """The checkpoint folder: keyed by everything that makes the run (not how it captions
+    nor how it validates), the starting encoder's weights and the pairs, so a new stage 1
+    or new pairs start a fresh run instead of resuming a stale one."""
+    config = params.model_dump(
+        mode="json", exclude={"checkpoint_dir", "generation", "baseline", "validation_every"}
+    )
+    return run_directory(
+        params.checkpoint_dir,
+        run.name,
+        config,
+        run.trainable,
+        run.training.model_dump(mode="json"),
+        encoder_sha256,
+        pairs_hash,
+    )
+
+
 def _train_captioner(
     encoder,
+    text_encoder,
     data: Stage2Data,
     params: Stage2Params,
-    trainable: str,
-    name: str,
-    embedding_cache: EmbeddingCache | None,
-    training,
-    text_encoder=None,
-):
-    if text_encoder is None:
-        text_encoder = _text_encoder(params)
+    run: CaptionerRun,
+    *,
+    embedding_cache: EmbeddingCache | None = None,
+) -> tuple[VLVCaptioner, dict]:
+    """psi + the LLM (+ LoRA, + the encoder, per ``run.trainable``) trained on the pairs;
+    returns the captioner (sharing its modules with what trained) and the training log."""
     text_encoder.requires_grad_(False).eval()
     tokenizer = _tokenizer(params)
-    torch.manual_seed(training.seed)
+    torch.manual_seed(run.training.seed)
     decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
-    set_trainable(decoder, encoder, trainable, params.lora)
+    set_trainable(decoder, encoder, run.trainable, params.lora)
     tokens = CaptionTokens(tokenizer, data.pair_captions, params.max_caption_tokens)
-    # the starting encoder's weights and the pairs are part of what makes the run: a new
-    # stage 1 or new pairs start a fresh run instead of resuming a stale one
     fingerprint = embedding_fingerprint(encoder, text_encoder, params.resolution)  # hashed once
-    pairs_hash = pairs_sha256(data.pair_ids, data.pair_captions)
-    cache_bytes = training.cache_mb * 2**20
-    if "encoder" in trainable_parts(trainable):
-        objective = Stage2Objective(decoder, encoder, text_encoder)
-        dataset = BoundedCache(Zipped(data.pair_pixels, tokens), cache_bytes)
-    else:
-        if embedding_cache.fingerprint != fingerprint:
-            raise ValueError(
-                f"embedding cache {embedding_cache.path} was not made by this VLV encoder "
-                f"and text encoder at resolution {params.resolution}; rerun "
-                "`kedro run --pipeline synthesize` after stage 1"
-            )
-        conditions = embedding_cache.rows(data.pair_ids, fields=("conditions",))
-        objective = Stage2Objective(decoder)
-        dataset = BoundedCache(Zipped(conditions, tokens), cache_bytes)
-    # the captioner shares its modules with the objective: what trains is what it captions with
+    objective, dataset = _training_set(
+        decoder, encoder, text_encoder, tokens, data, embedding_cache, fingerprint, params, run
+    )
     captioner = VLVCaptioner(
         encoder,
         text_encoder,
@@ -147,24 +191,14 @@ def _train_captioner(
         max_new_tokens=params.generation.max_new_tokens,
         num_beams=params.generation.num_beams,
     )
-    config = params.model_dump(
-        mode="json", exclude={"checkpoint_dir", "generation", "baseline", "validation_every"}
-    )
+    pairs_hash = pairs_sha256(data.pair_ids, data.pair_captions)
     result = train(
         objective,
         dataset,
-        training,
-        checkpoint_dir=run_directory(
-            params.checkpoint_dir,
-            name,
-            config,
-            trainable,
-            training.model_dump(mode="json"),
-            fingerprint["encoder_sha256"],
-            pairs_hash,
-        ),
-        desc=name.replace("_", " "),
-        validation=_during_training(captioner, data, params, name),
+        run.training,
+        checkpoint_dir=_run_directory(params, run, fingerprint["encoder_sha256"], pairs_hash),
+        desc=run.name.replace("_", " "),
+        validation=_during_training(captioner, data, params, run.name),
     )
     if result.ema is not None:
         result.ema.copy_to([p for p in objective.parameters() if p.requires_grad])
@@ -173,7 +207,7 @@ def _train_captioner(
     return captioner, {
         "history": result.history,
         "seconds": result.seconds,
-        "trainable": trainable,
+        "trainable": run.trainable,
         "trainable_parameters": trainable_count,
         "pairs": len(data.pair_ids),
     }
@@ -208,7 +242,12 @@ def train_stage2(
 ):
     """psi + LLM (+ LoRA, + the VLV encoder) on the caption pairs, from stage 1's encoder."""
     return _train_captioner(
-        vlv_encoder, data, params, params.trainable, "stage2", embedding_cache, params.training
+        vlv_encoder,
+        _text_encoder(params),
+        data,
+        params,
+        CaptionerRun("stage2", params.trainable, params.training),
+        embedding_cache=embedding_cache,
     )
 
 
@@ -228,16 +267,10 @@ def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params)
         t2i_vae,
         text_encoder.get_input_embeddings().weight,
     )
-    return _train_captioner(
-        encoder,
-        data,
-        params,
-        "projector+llm+encoder",
-        "stage2_baseline",
-        None,
-        params.baseline.training or params.training,
-        text_encoder,
+    run = CaptionerRun(
+        "stage2_baseline", "projector+llm+encoder", params.baseline.training or params.training
     )
+    return _train_captioner(encoder, text_encoder, data, params, run)
 
 
 def validate_stage2(
