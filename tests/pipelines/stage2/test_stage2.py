@@ -181,8 +181,8 @@ def test_paper_path_florence2_qwen2_bf16_beams(tiny_world, tiny_sd, tmp_path, to
     from stage2_factory import TINY_FLORENCE
     from transformers import Florence2Config, Florence2ForConditionalGeneration
 
-    from vlv_pipeline.params.stage1 import EncoderParams
     from vlv_pipeline.models.encoders import build_encoder
+    from vlv_pipeline.params.stage1 import EncoderParams
 
     torch.manual_seed(0)
     Florence2ForConditionalGeneration(Florence2Config(**TINY_FLORENCE)).save_pretrained(
