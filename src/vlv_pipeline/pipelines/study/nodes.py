@@ -317,7 +317,7 @@ def padding_embeddings(t2i: FrozenT2I, length: int) -> torch.Tensor:
 @torch.no_grad()
 def composition_study(
     vlv_encoder, eval_data, evaluate: EvaluateParams, params: StudyParams
-) -> tuple[dict, object, object]:
+) -> tuple[dict, object, object, object]:
     """Study 5: [A's first half ; B's first half] of the caption embeddings, rendered, for
     pairs of test images whose objects occupy different cells; controls: A's first half
     padded as the T2I pads a short prompt, and A's full embeddings."""
@@ -390,7 +390,8 @@ def composition_study(
         "variants": results,
         "paper": PAPER["composition"],
     }
-    return result, _composition_figure(results), _composition_grid(images, a, b, renders)
+    grid = _composition_grid(images, a, b, renders)
+    return result, _composition_figure(results), grid, grid  # saved, and for the preview
 
 
 COMPOSITION_LABELS = {
@@ -519,6 +520,7 @@ def write_study_report(
     trainable_figure,
     spatial_figure,
     composition_figure,
+    composition_grid,
     params: StudyParams,
 ) -> str:
     """One self-contained HTML page: per study its figure, its table and the paper's claim."""
@@ -567,12 +569,16 @@ def write_study_report(
             f"<img src='{figure_png(figures[key])}' alt='{html.escape(title)}'>",
             f"<table><tr>{head}</tr>{body}</table>",
         ]
-    parts.append("</body></html>")
+    parts += [
+        "<h3>Study 5's renders: A, B, then each embedding</h3>",
+        f"<img src='{figure_png(composition_grid)}' alt='composition renders'>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 
 def plot_study_preview(*figures):
-    """The five figures on one PNG (for the README and kedro-viz)."""
+    """The five figures and study 5's renders on one PNG (for the README and kedro-viz)."""
     import io
 
     from PIL import Image
