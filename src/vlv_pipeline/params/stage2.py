@@ -59,6 +59,9 @@ class Stage2Params(StrictModel):
     generation: GenerationParams = GenerationParams()
     baseline: BaselineParams = BaselineParams()
     validation_images: int = Field(256, ge=1)
+    # fewer pairs than training.batch_size: true trains on all of them as one batch (each
+    # step sees every pair once; the log says which batch ran); false refuses such a run
+    batch_at_most_pairs: bool = False
     # also caption the validation images while training, every this many steps (BLEU-4,
     # ROUGE-L, CIDEr and a captioned grid to the trackers); null: only after training
     validation_every: int | None = Field(None, ge=1)

@@ -48,7 +48,9 @@ def _points() -> dict[str, dict[str, dict]]:
         for seed in SEEDS:
             points[pairs_point(percent, seed)] = {
                 "synthesize": {"fraction": percent / 100, "seed": seed, "max_images": None},
-                "stage2": {"training": {"seed": seed}},
+                # 1% of the train images is fewer pairs than one batch: train on all of
+                # them as one batch (the study's table says which batch each point ran)
+                "stage2": {"training": {"seed": seed}, "batch_at_most_pairs": True},
             }
     for n in QUERY_COUNTS:
         points[queries_point(n)] = {"stage1": {"encoder": {"num_queries": n}}}

@@ -149,6 +149,27 @@ def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path)
     assert nodes.plot_stage2_loss(log, baseline_log).axes
 
 
+def test_fewer_pairs_than_a_batch_are_refused_or_trained_as_one_batch(
+    tiny_world, tiny_sd, tmp_path
+):
+    params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    training = params.training.model_copy(update={"batch_size": 16})  # 8 pairs
+    strict = params.model_copy(update={"training": training})
+    with pytest.raises(ValueError, match="8 caption pairs.*batch_size 16.*batch_at_most_pairs"):
+        nodes.train_stage2(data, encoder, cache, strict)
+    fitted = strict.model_copy(update={"batch_at_most_pairs": True})
+    _, log = nodes.train_stage2(data, encoder, cache, fitted)
+    assert log["batch_size"] == 8 and [e["step"] for e in log["history"]] == [1, 2]
+    # where the pairs fill a batch the switch changes nothing: a run resumes its folder
+    ckpt = tmp_path / "ckpt2"
+    nodes.train_stage2(data, encoder, cache, params)
+    before = sorted(p.name for p in ckpt.iterdir())
+    nodes.train_stage2(
+        data, encoder, cache, params.model_copy(update={"batch_at_most_pairs": True})
+    )
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+
+
 def test_cached_and_recomputed_conditions_give_the_same_loss(
     tiny_world, tiny_sd, tmp_path, tokenizer
 ):

@@ -123,7 +123,7 @@ def test_data_efficiency_rows_follow_the_pairs_and_keep_both_seeds():
         for seed in (0, 1):
             key = f"{percent}:{seed}"
             inputs[f"metrics:{key}"] = _stage2_metrics(0.5 + percent / 100, 0.1)
-            inputs[f"log:{key}"] = {"pairs": pairs, "seconds": 40.0}
+            inputs[f"log:{key}"] = {"pairs": pairs, "batch_size": min(pairs, 64), "seconds": 40.0}
             inputs[f"baseline_log:{key}"] = {"pairs": pairs, "seconds": 250.0}
     result, figure = nodes.data_efficiency(StudyParams(), **inputs)
     assert [(r["pairs"], r["seed"]) for r in result["rows"]] == [
@@ -135,7 +135,8 @@ def test_data_efficiency_rows_follow_the_pairs_and_keep_both_seeds():
     assert result["rows"][-1]["vlv"]["rate"] == pytest.approx(0.8)
     assert len(figure.axes[0].containers) == 4  # VLV and the baseline, per seed
     tables = nodes.study_tables({"data_efficiency": result, **_other_results()})
-    assert tables["data_efficiency"][1][2][:4] == ["1200", "30", "0", "80.0 (74.7-84.4)"]
+    assert tables["data_efficiency"][1][0][3] == "40"  # all 40 pairs as one batch
+    assert tables["data_efficiency"][1][2][:5] == ["1200", "30", "0", "64", "80.0 (74.7-84.4)"]
 
 
 def _other_results():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -149,7 +149,14 @@ def _run_directory(
     nor how it validates), the starting encoder's weights and the pairs, so a new stage 1
     or new pairs start a fresh run instead of resuming a stale one."""
     config = params.model_dump(
-        mode="json", exclude={"checkpoint_dir", "generation", "baseline", "validation_every"}
+        mode="json",
+        exclude={
+            "checkpoint_dir",
+            "generation",
+            "baseline",
+            "validation_every",
+            "batch_at_most_pairs",  # what it changes is run.training's batch size, hashed
+        },
     )
     return run_directory(
         params.checkpoint_dir,
@@ -174,6 +181,7 @@ def _train_captioner(
     """psi + the LLM (+ LoRA, + the encoder, per ``run.trainable``) trained on the pairs;
     returns the captioner (sharing its modules with what trained) and the training log."""
     text_encoder.requires_grad_(False).eval()
+    run = _fit_batch(run, len(data.pair_ids), params.batch_at_most_pairs)
     tokenizer = _tokenizer(params)
     torch.manual_seed(run.training.seed)
     decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
@@ -210,7 +218,30 @@ def _train_captioner(
         "trainable": run.trainable,
         "trainable_parameters": trainable_count,
         "pairs": len(data.pair_ids),
+        "batch_size": run.training.batch_size,
     }
+
+
+def _fit_batch(run: CaptionerRun, pairs: int, at_most_pairs: bool) -> CaptionerRun:
+    """``run`` with one batch of all ``pairs`` when they are fewer than its batch size and
+    ``stage2.batch_at_most_pairs`` allows it; otherwise a refusal that says what to change."""
+    if pairs >= run.training.batch_size:
+        return run
+    if not at_most_pairs:
+        raise ValueError(
+            f"stage2: {pairs} caption pairs are fewer than one batch "
+            f"(training.batch_size {run.training.batch_size}) for {run.name}: caption more "
+            "images (synthesize.fraction), lower the batch size, or set "
+            "stage2.batch_at_most_pairs: true to train on all pairs as one batch"
+        )
+    logger.info(
+        "%s: %d pairs < batch %d, training on all of them as one batch",
+        run.name,
+        pairs,
+        run.training.batch_size,
+    )
+    training = run.training.model_copy(update={"batch_size": pairs})
+    return replace(run, training=training)
 
 
 def _during_training(captioner: VLVCaptioner, data: Stage2Data, params: Stage2Params, name: str):

@@ -105,6 +105,7 @@ def data_efficiency(params: StudyParams, **inputs) -> tuple[dict, object]:
                 "percent": percent,
                 "seed": seed,
                 "pairs": log["pairs"],
+                "batch_size": log["batch_size"],  # all pairs, where they are fewer than a batch
                 "vlv": rate(metrics["vlv"]["exact_scene"], n, params.confidence),
                 "without_stage1": rate(
                     metrics["without_stage1"]["exact_scene"], n, params.confidence
@@ -466,9 +467,9 @@ def study_tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[li
     tables = {}
     rows = results["data_efficiency"]["rows"]
     tables["data_efficiency"] = (
-        ["pairs", "% of train", "seed", "VLV exact (%)", "without stage 1 exact (%)"],
+        ["pairs", "% of train", "seed", "batch", "VLV exact (%)", "without stage 1 exact (%)"],
         [
-            [str(r["pairs"]), str(r["percent"]), str(r["seed"])]
+            [str(r["pairs"]), str(r["percent"]), str(r["seed"]), str(r["batch_size"])]
             + [_pct(r["vlv"]), _pct(r["without_stage1"])]
             for r in rows
         ],
