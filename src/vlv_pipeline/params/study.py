@@ -41,17 +41,22 @@ def trainable_point(trainable: str) -> str:
     return "trainable_" + trainable.replace("+", "_")
 
 
+def pairs_overrides(percent: int, seed: int) -> dict[str, dict]:
+    """Study 1's point: ``percent`` of the train images captioned, drawn and trained at ``seed``."""
+    return {
+        "synthesize": {"fraction": percent / 100, "seed": seed, "max_images": None},
+        # 1% of the train images is fewer pairs than one batch: train on all of them as
+        # one batch (the study's table says which batch each point ran)
+        "stage2": {"training": {"seed": seed}, "batch_at_most_pairs": True},
+    }
+
+
 def _points() -> dict[str, dict[str, dict]]:
     """Every point's overrides, per section of conf."""
     points: dict[str, dict[str, dict]] = {}
     for percent in PAIR_PERCENTS:
         for seed in SEEDS:
-            points[pairs_point(percent, seed)] = {
-                "synthesize": {"fraction": percent / 100, "seed": seed, "max_images": None},
-                # 1% of the train images is fewer pairs than one batch: train on all of
-                # them as one batch (the study's table says which batch each point ran)
-                "stage2": {"training": {"seed": seed}, "batch_at_most_pairs": True},
-            }
+            points[pairs_point(percent, seed)] = pairs_overrides(percent, seed)
     for n in QUERY_COUNTS:
         points[queries_point(n)] = {"stage1": {"encoder": {"num_queries": n}}}
     for trainable in TRAINABLE_PARTS:
