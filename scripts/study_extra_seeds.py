@@ -31,6 +31,8 @@ def main() -> None:
 
     from vlv_pipeline.params import study
 
+    if args.percent not in study.PAIR_PERCENTS:
+        parser.error(f"--percent must be one of the study's {study.PAIR_PERCENTS}")
     # before the pipelines are built and conf loads: both take their points from here
     study.SEEDS = tuple(dict.fromkeys([*study.SEEDS, *args.seeds]))
     for percent in study.PAIR_PERCENTS:
