@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 INDEX = "index.json"
 PART_INDEX = re.compile(r"index\.rank(\d+)\.json")  # one writer's shards, not yet merged
+SHARD_NAME = re.compile(r"shard-[0-9a-f]{1,64}\.arrow")  # the only names an index may hold
 FORMAT = "arrow"
 
 
@@ -141,7 +142,9 @@ class LatentCache:
         # the node that extends it rebuilds it, and readers say to
         self.outdated = index.get("format") != FORMAT
         self.fingerprint: dict | None = None if self.outdated else index["fingerprint"]
-        self.shards: list[dict] = [] if self.outdated else index["shards"]
+        self.shards: list[dict] = (
+            [] if self.outdated else self._checked_names(index.get("shards"), index_path)
+        )
         self._ids: dict[str, tuple[int, int]] | None = None
         self._part_shards: list[dict] = []
         if part is not None and self.fingerprint is not None:
@@ -150,6 +153,36 @@ class LatentCache:
                 self._part_shards = list(own)
                 listed = {s["file"] for s in self.shards}
                 self.shards = self.shards + [s for s in own if s["file"] not in listed]
+
+    def _checked_names(self, shards: Any, where: Path) -> list[dict]:
+        """``shards`` (an index's list), after checking that each names a shard file of this
+        cache: a plain ``shard-<hex>.arrow`` name, so nothing an index says can make the cache
+        read or delete a file outside its folder."""
+        if not isinstance(shards, list):
+            raise CorruptCacheError(
+                f"{self.KIND} index {where} has no list of shards; delete {self.path} and rerun "
+                f"{self.REBUILD} to rebuild it"
+            )
+        for shard in shards:
+            name = shard.get("file") if isinstance(shard, dict) else shard
+            if not (isinstance(name, str) and SHARD_NAME.fullmatch(name)):
+                raise CorruptCacheError(
+                    f"{self.KIND} index {where} names shard {name!r}, which is not a shard file "
+                    f"(shard-<hex>.arrow) inside {self.path}: refusing to read or delete it. The "
+                    f"index was edited or damaged: delete {where} (or all of {self.path}) and "
+                    f"rerun {self.REBUILD} to rebuild what it listed"
+                )
+        return shards
+
+    def _shard_path(self, shard: dict) -> Path:
+        """Where ``shard`` is, refused when it resolves outside the cache folder (a link)."""
+        path = self.path / shard["file"]
+        if path.is_symlink() and path.resolve().parent != self.path.resolve():
+            raise CorruptCacheError(
+                f"{self.KIND} shard {path} links to {path.resolve()}, a file not inside "
+                f"{self.path}: refusing to read it; delete the link and rerun {self.REBUILD}"
+            )
+        return path
 
     # -- what is there ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -170,7 +203,7 @@ class LatentCache:
         """The shard as a memory-mapped ``datasets.Dataset``, checked against the index."""
         from datasets import Dataset
 
-        path = self.path / shard["file"]
+        path = self._shard_path(shard)
         if not path.is_file():
             raise CorruptCacheError(
                 f"{self.KIND} shard {path} is missing; delete {self.path} (or rerun "
@@ -271,7 +304,7 @@ class LatentCache:
             and index.get("format") == FORMAT
             and index.get("fingerprint") == self.fingerprint
         ):
-            return list(index.get("shards", []))
+            return list(self._checked_names(index.get("shards", []), path))
         return None
 
     def merge_parts(self) -> int:
@@ -283,17 +316,23 @@ class LatentCache:
         parts = self.part_files()
         if not parts:
             return 0
+        # every part is read and its names checked before anything is written or deleted
+        contents: list[tuple[list[dict] | None, list[str]]] = []
+        for path in parts:
+            try:
+                raw = json.loads(path.read_text())
+            except (OSError, ValueError):
+                contents.append((None, []))  # unreadable: dropped, deletes nothing
+                continue
+            names = raw.get("shards", []) if isinstance(raw, dict) else []
+            names = [s["file"] for s in self._checked_names(names, path)]
+            mine = self._read_part(path) if self.fingerprint is not None else None
+            contents.append((mine, [] if mine is not None else names))
         listed = {s["file"] for s in self.shards}
         merged, dropped = 0, []
-        for path in parts:
-            shards = self._read_part(path) if self.fingerprint is not None else None
-            if shards is None:
-                try:
-                    dropped += [s["file"] for s in json.loads(path.read_text())["shards"]]
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass
-                continue
-            for shard in shards:
+        for shards, others in contents:
+            dropped += others
+            for shard in shards or []:
                 if shard["file"] not in listed:  # already merged before a crash: once only
                     self.shards.append(shard)
                     listed.add(shard["file"])
@@ -305,7 +344,7 @@ class LatentCache:
             path.unlink(missing_ok=True)
         for name in dropped:
             if name not in listed:
-                (self.path / name).unlink(missing_ok=True)
+                (self.path / name).unlink(missing_ok=True)  # a checked shard-<hex>.arrow name
         return merged
 
     # -- reading -----------------------------------------------------------------------

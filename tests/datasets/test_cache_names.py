@@ -1,0 +1,82 @@
+"""A cache reads and deletes only shard files inside its own folder, whatever its indexes say
+(issue 26, item 4)."""
+
+import json
+
+import pytest
+import torch
+from kedro.io import DatasetError
+
+from vlv_pipeline.datasets.latent_cache import CorruptCacheError, LatentCache
+
+FP = {"weights_sha256": "a", "resolution": None}
+OTHER = {"weights_sha256": "b", "resolution": None}
+BAD_NAMES = ["../victim.arrow", "/tmp/victim.arrow", "sub/shard-00.arrow", "..", "index.json"]
+
+
+def _add(cache, ids):
+    n = len(ids)
+    cache.add(list(ids), torch.zeros(n, 1, 2, 2), torch.ones(n, 1, 2, 2))
+
+
+def _part(cache_dir, rank, fingerprint, names):
+    shards = [{"file": name, "count": 1} for name in names]
+    (cache_dir / f"index.rank{rank}.json").write_text(
+        json.dumps({"format": "arrow", "fingerprint": fingerprint, "shards": shards})
+    )
+
+
+@pytest.mark.parametrize("fingerprint", [OTHER, FP], ids=["dropped-part", "merged-part"])
+def test_a_tampered_part_index_cannot_make_the_merge_delete_outside_the_cache(
+    tmp_path, fingerprint
+):
+    cache_dir = tmp_path / "cache"
+    victim = tmp_path / "victim.arrow"
+    victim.write_text("precious")
+    LatentCache(cache_dir).reset(FP)
+    _add(LatentCache(cache_dir), ["a"])
+    index_before = (cache_dir / "index.json").read_text()
+    _part(cache_dir, 1, fingerprint, ["../victim.arrow", str(victim)])
+    with pytest.raises(DatasetError, match=r"index\.rank1\.json.*'\.\./victim\.arrow'.*inside"):
+        LatentCache(cache_dir).merge_parts()
+    assert victim.read_text() == "precious"
+    assert (cache_dir / "index.json").read_text() == index_before  # nothing merged either
+    assert (cache_dir / "index.rank1.json").exists()  # left for the user to look at
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_an_index_naming_a_file_outside_the_cache_is_refused_before_any_read(tmp_path, name):
+    cache_dir = tmp_path / "cache"
+    LatentCache(cache_dir).reset(FP)
+    (tmp_path / "victim.arrow").write_text("not a shard")
+    index = json.loads((cache_dir / "index.json").read_text())
+    index["shards"] = [{"file": name, "count": 1}]
+    (cache_dir / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptCacheError, match=r"index\.json names shard .*inside.*delete"):
+        LatentCache(cache_dir).verify()
+
+
+def test_a_shard_linked_to_a_file_outside_the_cache_is_refused(tmp_path):
+    cache_dir = tmp_path / "cache"
+    LatentCache(cache_dir).reset(FP)
+    _add(LatentCache(cache_dir), ["a"])
+    shard = cache_dir / LatentCache(cache_dir).shards[0]["file"]
+    outside = tmp_path / "elsewhere.arrow"
+    shard.rename(outside)
+    shard.symlink_to(outside)
+    with pytest.raises(CorruptCacheError, match=r"inside"):
+        LatentCache(cache_dir).verify()
+
+
+def test_a_cache_folder_that_is_itself_a_link_still_works(tmp_path):
+    real = tmp_path / "disk" / "cache"
+    real.mkdir(parents=True)
+    (tmp_path / "cache").symlink_to(real)
+    cache = LatentCache(tmp_path / "cache")
+    cache.reset(FP)
+    _add(cache, ["a"])
+    part = LatentCache(tmp_path / "cache", part=0)
+    _add(part, ["b"])
+    assert LatentCache(tmp_path / "cache").merge_parts() == 1
+    LatentCache(tmp_path / "cache").verify()
+    assert LatentCache(tmp_path / "cache").image_ids() == {"a", "b"}
