@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import socket
@@ -77,7 +78,8 @@ class FakeServer:
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         fake: FakeServer = self.server.fake
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else {}
         request = Request(self.path, dict(self.headers), body)
         with fake.lock:
             fake.requests.append(request)
@@ -100,6 +102,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass  # the client timed out and went away
 
+    do_GET = do_POST  # a followed redirect may turn the POST into a GET
+
     def log_message(self, format, *args):
         pass
 
@@ -110,15 +114,29 @@ def _no_proxy(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def server():
-    fake = FakeServer()
+@contextlib.contextmanager
+def running(fake: FakeServer):
     thread = threading.Thread(target=fake.httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
-    yield fake
-    fake.httpd.shutdown()
-    fake.httpd.server_close()
-    thread.join(5)
+    try:
+        yield fake
+    finally:
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def server():
+    with running(FakeServer()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def elsewhere():
+    """A second server, on another port: another origin."""
+    with running(FakeServer()) as fake:
+        yield fake
 
 
 def make_images(n: int, mode: str = "RGB") -> list[tuple[str, Image.Image]]:
@@ -332,6 +350,39 @@ def test_connection_errors_are_retried_then_reported():
     assert "3 attempt" in text
     assert "no HTTP status" in text
     assert KEY not in text
+
+
+# ---------------------------------------------------------------- redirects (issue 26, item 1)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(server, elsewhere, status):
+    """A redirect to another origin must not carry the Authorization header there: the
+    captioner follows no redirect, and says where the server wanted to send it."""
+    target = f"{elsewhere.base_url}/chat/completions?token=not-for-the-error"
+    server.respond = lambda request: (status, {"Location": target}, {"moved": True})
+    got = []
+    with pytest.raises(CaptionerError) as info:
+        for result in captioner(server, max_concurrency=1).caption_stream(make_images(1)):
+            got.append(result)
+
+    assert elsewhere.requests == []  # neither the key nor the image went there
+    assert got == []  # nothing journaled from an address the image was never sent to
+    assert server.attempts() == Counter({"img0": 1})  # not retried
+    text = str(info.value)
+    origin = elsewhere.base_url.removesuffix("/v1")
+    assert server.url in text and origin in text
+    assert "redirect" in text and "base_url" in text
+    assert "not-for-the-error" not in text  # the origin only, not the whole Location
+    assert KEY not in text and KEY not in repr(info.value)
+
+
+def test_a_same_origin_redirect_is_refused_too(server):
+    server.respond = lambda request: (302, {"Location": "/v2/chat/completions"}, {})
+    with pytest.raises(CaptionerError, match="redirect") as info:
+        list(captioner(server, max_concurrency=1).caption_stream(make_images(1)))
+    assert [r.path for r in server.requests] == ["/v1/chat/completions"]
+    assert server.base_url.removesuffix("/v1") in str(info.value)
 
 
 # ---------------------------------------------------------------- errors that are not retried

@@ -11,6 +11,9 @@ error the results already yielded stay yielded, the queued requests are cancelle
 
 The api key goes only into the ``Authorization`` header: never into logs, ``repr``,
 ``describe()`` or exception messages (server text quoted in an error is scrubbed of it).
+No redirect is followed (urllib's default would resend the header to whatever address a
+3xx names): a 3xx is a ``CaptionerError`` naming the configured URL and the origin the
+server pointed at, so the key goes to the configured origin and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import random
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -47,6 +51,29 @@ _IMAGE_FORMATS = {
     "JPG": ("JPEG", "image/jpeg"),
     "WEBP": ("WEBP", "image/webp"),
 }
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: the 3xx reaches the caller as an ``HTTPError``, which refuses it.
+
+    urllib would otherwise resend the request, ``Authorization`` header included, to any
+    address in ``Location`` (another host, another port, plain http)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (no path, query or credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 class _Cancelled(Exception):
@@ -131,9 +158,9 @@ class OpenAICaptioner:
         if key not in _IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of PNG, JPEG, WEBP, got {image_format!r}")
         self.image_format, self._mime = _IMAGE_FORMATS[key]
-        # a private opener: proxy settings are read from the environment now, and no global
-        # opener installed elsewhere is picked up
-        self._opener = urllib.request.build_opener()
+        # a private opener: proxy settings are read from the environment now, no global
+        # opener installed elsewhere is picked up, and no redirect is followed
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -293,6 +320,8 @@ class OpenAICaptioner:
                     except (OSError, http.client.HTTPException):
                         error_body = b""
                     status = e.code
+                    if 300 <= status < 400:
+                        raise self._redirect_error(image_id, status, e.headers) from None
                     message = self._server_message(error_body)
                     if status != 429 and status < 500:
                         hint = f" ({CREDENTIALS_HINT})" if status in (401, 403) else ""
@@ -324,6 +353,20 @@ class OpenAICaptioner:
         raise CaptionerError(
             f"openai captioner: image {image_id!r}: POST {self.url} failed after {attempts} "
             f"attempt(s); last status: {status_text}; last error: {last_error}"
+        )
+
+    def _redirect_error(self, image_id: str, status: int, headers) -> CaptionerError:
+        location = headers.get("Location") if headers is not None else None
+        if location:
+            where = origin(urllib.parse.urljoin(self.url, location.strip()))
+            target = f"a redirect to {self._scrub(where)}"
+        else:
+            target = "a redirect without a Location"
+        return CaptionerError(
+            f"openai captioner: image {image_id!r}: POST {self.url} -> HTTP {status}, "
+            f"{target}. Redirects are not followed, so that the api key is sent to "
+            f"{origin(self.url)} only. If the new address is the endpoint you mean, set "
+            "synthesize.captioner.openai.base_url to it; otherwise check base_url."
         )
 
     def _parse_answer(self, image_id: str, raw: bytes) -> str:
