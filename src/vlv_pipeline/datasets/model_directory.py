@@ -35,8 +35,6 @@ import importlib
 import inspect
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,7 +46,7 @@ from kedro.io.core import (
 )
 from kedro_datasets._typing import TablePreview
 
-from vlv_pipeline.files import unwritable
+from vlv_pipeline.files import fsync_file, remove_quietly, remove_stale, temporary_for, unwritable
 
 MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -231,7 +229,9 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         # Hidden names: kedro finds versions with glob('<filepath>/*/<name>'), which
         # skips dot-entries, so a half-written directory is never taken for a version.
         tmp_root = Path(self._filepath) if self._version else save_path.parent
-        tmp = tmp_root / f".{save_path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        tmp = temporary_for(tmp_root / save_path.name)
+        if tmp_root.is_dir():  # what a killed save left (files.is_stale: no live writer)
+            remove_stale(tmp_root.glob(f".{save_path.name}.tmp*"))
         try:
             tmp.mkdir(parents=True)
         except OSError as error:
@@ -247,32 +247,37 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                     f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
                     f"safetensors only (check save_args: safe_serialization must stay True)."
                 )
+            for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                fsync_file(file)  # on disk before the rename makes it a version
             self._publish(tmp, save_path)
         except OSError as error:  # disk full, permissions, quota: say where, keep nothing half
             raise DatasetError(unwritable(save_path, error)) from error
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_quietly(tmp)
 
     def _publish(self, tmp: Path, save_path: Path) -> None:
         """Rename the finished ``tmp`` directory to ``save_path`` atomically."""
         if self._version:
+            made = not save_path.parent.exists()
             save_path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, save_path)
+            try:
+                os.replace(tmp, save_path)
+            except OSError:
+                if made:
+                    save_path.parent.rmdir()  # no empty version folder either
+                raise
             return
         if not save_path.exists():
             os.replace(tmp, save_path)
             return
-        old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+        old = temporary_for(save_path)
         os.replace(save_path, old)
         try:
             os.replace(tmp, save_path)
         except OSError:
             os.replace(old, save_path)  # put the previous directory back
             raise
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+        remove_quietly(old)
 
     def _exists(self) -> bool:
         try:
