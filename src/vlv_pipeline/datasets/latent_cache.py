@@ -46,6 +46,13 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
 
 from vlv_pipeline.distributed import barrier, rank, together, world_size
+from vlv_pipeline.files import (
+    fsync_file,
+    remove_quietly,
+    remove_stale,
+    temporary_for,
+    unwritable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +97,28 @@ class CorruptCacheError(DatasetError):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``text`` to ``path`` through a temporary and a rename: the old file or the new one."""
+    tmp = temporary_for(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        remove_quietly(tmp)
+        raise DatasetError(unwritable(path, error)) from error
+
+
+def _close_quietly(writer) -> None:
+    """Close an ``ArrowWriter`` after a failed write: closing flushes what is buffered, which
+    fails again on a full disk, and the error to report is the first one."""
+    try:
+        writer.close()
+    except Exception:  # the first error is the one raised
+        stream = getattr(writer, "stream", None)
+        try:
+            if stream is not None and not stream.closed:
+                stream.close()
+        except Exception:
+            pass
 
 
 def _features(fields: tuple[str, ...], tensors: tuple[torch.Tensor, ...]):
@@ -248,9 +274,10 @@ class LatentCache:
                 f"give image_ids and one tensor per field {self.FIELDS}, all the same length"
             )
         name = f"shard-{uuid.uuid4().hex[:12]}.arrow"
-        tmp = self.path / f".{name}.tmp"
+        final = self.path / name
+        tmp = temporary_for(final)  # hidden; names its writer (files.is_stale)
         arrays = [t.detach().float().cpu().numpy() for t in tensors]
-        writer = None
+        writer, published = None, False
         try:
             writer = ArrowWriter(path=str(tmp), features=_features(self.FIELDS, tensors))
             writer.write_batch(
@@ -261,22 +288,32 @@ class LatentCache:
             )
             writer.finalize()
             writer.close()
-            os.replace(tmp, self.path / name)
+            writer = None
+            fsync_file(tmp)
+            os.replace(tmp, final)
+            published = True
         except OSError as error:  # disk full, permissions: the index still lists only whole shards
-            from vlv_pipeline.files import unwritable
-
-            if writer is not None:
-                writer.close()
-            tmp.unlink(missing_ok=True)
-            raise DatasetError(unwritable(self.path / name, error)) from error
+            raise DatasetError(unwritable(final, error)) from error
+        finally:  # never raises: the error to report is the write's
+            if not published:
+                if writer is not None:
+                    _close_quietly(writer)
+                remove_quietly(tmp)
         shard = {"file": name, "count": len(image_ids)}
-        self.shards.append(shard)
+        own = self.shards if self.part is None else self._part_shards
+        try:
+            own.append(shard)
+            if self.part is None:
+                self._write_index()
+            else:
+                self._write_index(f"index.rank{self.part}.json", self._part_shards)
+        except DatasetError:  # the index could not list it: no index names a shard it lacks
+            own.remove(shard)
+            remove_quietly(final)
+            raise
+        if self.part is not None:
+            self.shards.append(shard)
         self._ids = None
-        if self.part is None:
-            self._write_index()
-        else:
-            self._part_shards.append(shard)
-            self._write_index(f"index.rank{self.part}.json", self._part_shards)
 
     def _write_index(self, name: str = INDEX, shards: list[dict] | None = None) -> None:
         shards = self.shards if shards is None else shards
@@ -284,6 +321,26 @@ class LatentCache:
             self.path / name,
             json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "shards": shards}),
         )
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Remove the hidden temporaries (shards, indexes) that no live writer will finish:
+        left by a killed run, or by a version of the project whose clean-up failed on a full
+        disk. ``files.is_stale`` decides: a temporary names its machine and process; it is
+        stale when that process, on this machine, is gone, or (another machine's, or an old
+        unnamed one) when it was not touched for ``files.STALE_AFTER_S``. Run by rank 0 before
+        any rank of the run writes (``begin_extension``), so none of them is this run's."""
+        if not self.path.is_dir():
+            return []
+        removed = remove_stale(self.path.glob(".*.tmp*"))
+        if removed:
+            logger.info(
+                "%s %s: removed %d temporaries a stopped run left (%s)",
+                self.KIND,
+                self.path,
+                len(removed),
+                ", ".join(p.name for p in removed[:3]),
+            )
+        return removed
 
     # -- several writers -----------------------------------------------------------------
     def part_files(self) -> list[Path]:
@@ -561,6 +618,7 @@ def begin_extension(cache: C, fingerprint: dict) -> C:
         if rank() != 0:
             return
         current = type(cache)(cache.path)
+        current.remove_stale_temporaries()  # the other ranks wait: none is theirs
         if current.fingerprint == fingerprint:
             merged = current.merge_parts()
             if merged:
