@@ -11,16 +11,29 @@ store them. It stores
   ``save_pretrained`` (psi) becomes ``<folder>.safetensors``;
 - for an objective that names none, its trainable parameters and its buffers in
   ``trainable.safetensors``;
+- the EMA weights (when on) in ``ema.safetensors``: one tensor per trainable parameter,
+  by name, and the EMA's counters as JSON metadata;
 - and, written by Accelerate beside them: the optimizer, the LR schedule, every rank's RNG
-  state, the EMA weights (when on). The data position is the step in ``history.json``.
+  state. The data position is the step in ``history.json``.
 
-``register(accelerator, objective)`` installs the save and load hooks that make
+``register(accelerator, objective, ema)`` installs the save and load hooks that make
 ``accelerator.save_state``/``load_state`` do this instead of pickling the whole objective
-(single process and DDP; DeepSpeed and FSDP keep their engines' own checkpoint format).
+(single process and DDP; DeepSpeed and FSDP keep their engines' own checkpoint format for
+the weights; the EMA file and the checks below apply to them too).
+
+Nothing in a checkpoint is unpickled as code. Accelerate reads its optimizer, schedule and
+RNG files with ``torch.load(weights_only=True)``; it would read an object registered with
+``register_for_checkpointing`` (``custom_checkpoint_<i>.pkl``) with ``weights_only=False``,
+so the loop registers none, and loading refuses a checkpoint that holds such a file (it
+was written by an older version, or planted) before anything is read. ``convert_ema``
+turns an old one into ``ema.safetensors``, reading tensors only.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -30,6 +43,17 @@ from torch import nn
 from vlv_pipeline.models.weights import tied_names
 
 TRAINABLE_FILE = "trainable.safetensors"
+EMA_FILE = "ema.safetensors"
+# what Accelerate writes for register_for_checkpointing objects, and reads unsafely
+PICKLED_CUSTOM = re.compile(r"^custom_checkpoint_\d+\.pkl$")
+CONVERT_COMMAND = "python -m vlv_pipeline.training.convert_ema"
+START_FRESH = (
+    "or start fresh: delete the run folder {run} (or set training.resume: false for this run)"
+)
+
+
+class CheckpointRefusedError(ValueError):
+    """A checkpoint holds something resuming will not read (a pickle, an unreadable file)."""
 
 
 def trained_models(objective: nn.Module) -> dict[str, nn.Module]:
@@ -151,28 +175,211 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
             del saved
 
 
-def register(accelerator, objective: nn.Module) -> bool:
-    """Make ``accelerator.save_state``/``load_state`` store only what trains (see above).
+def _ema_names(objective: nn.Module) -> list[str]:
+    """Names of the parameters the EMA follows, in its order (the loop's ``trainable``)."""
+    return [n for n, p in objective.named_parameters() if p.requires_grad]
+
+
+_EMA_SCALARS = (
+    "decay",
+    "min_decay",
+    "optimization_step",
+    "update_after_step",
+    "use_ema_warmup",
+    "inv_gamma",
+    "power",
+)
+
+
+def save_ema(ema, names: list[str], directory: str | Path) -> Path:
+    """``ema.safetensors``: the shadow weights by parameter name, the counters as metadata."""
+    shadow = ema.shadow_params
+    if len(shadow) != len(names):
+        raise ValueError(f"the EMA follows {len(shadow)} tensors but {len(names)} are named")
+    state = ema.state_dict()
+    scalars = {k: state[k] for k in _EMA_SCALARS if k in state}
+    path = Path(directory) / EMA_FILE
+    save_file(
+        {n: t.detach().contiguous().cpu() for n, t in zip(names, shadow, strict=True)},
+        str(path),
+        metadata={"ema": json.dumps(scalars)},
+    )
+    return path
+
+
+def load_ema(ema, names: list[str], directory: str | Path, device=None) -> None:
+    """Read ``ema.safetensors`` back into ``ema`` (on ``device``). Its tensors are named
+    by parameter, or ``shadow.<i>`` by position (converted from an old pickle); names,
+    count and shapes must match the run's."""
+    from safetensors import safe_open
+
+    path = Path(directory) / EMA_FILE
+    fresh = START_FRESH.format(run=Path(directory).parent)
+    if not path.is_file():
+        raise CheckpointRefusedError(
+            f"checkpoint {directory} has no {EMA_FILE} but this run keeps an EMA; " + fresh
+        )
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            scalars = json.loads((handle.metadata() or {}).get("ema", "{}"))
+    except Exception as error:
+        raise CheckpointRefusedError(
+            f"{path} is not a readable EMA file ({type(error).__name__}: {error}); " + fresh
+        ) from error
+    positional = [f"shadow.{i}" for i in range(len(names))]
+    if set(tensors) == set(names):
+        shadow = [tensors[n] for n in names]
+    elif set(tensors) == set(positional):
+        shadow = [tensors[n] for n in positional]
+    else:
+        differ = sorted(set(tensors) ^ set(names))
+        raise CheckpointRefusedError(
+            f"{path} holds the EMA of other parameters than this run trains (e.g. "
+            f"{differ[:3]}); " + fresh
+        )
+    expected = [tuple(p.shape) for p in ema.shadow_params]
+    if [tuple(t.shape) for t in shadow] != expected:
+        raise CheckpointRefusedError(
+            f"{path} holds EMA tensors of other shapes than this run trains; " + fresh
+        )
+    ema.load_state_dict({**scalars, "shadow_params": shadow})
+    ema.to(device)
+
+
+def pickled_custom_states(directory: str | Path) -> list[str]:
+    """Accelerate's pickled ``custom_checkpoint_<i>.pkl`` files in a checkpoint folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if PICKLED_CUSTOM.match(p.name))
+
+
+def refuse_pickled_custom_states(directory: str | Path) -> None:
+    """Stop before Accelerate reads a ``custom_checkpoint_<i>.pkl`` (with
+    ``weights_only=False``: code in it would run). Nothing in the folder is read."""
+    found = pickled_custom_states(directory)
+    if found:
+        directory = Path(directory)
+        raise CheckpointRefusedError(
+            f"checkpoint {directory} holds {', '.join(found)}: a pickle, as Accelerate saved "
+            "the EMA state before this version (or a file someone planted). It is not "
+            "loaded: unpickling it could run code. If you wrote it, convert it with "
+            f"`{CONVERT_COMMAND} {directory.parent}` (it reads tensors only, refuses "
+            "anything else, and writes ema.safetensors), then rerun; "
+            + START_FRESH.format(run=directory.parent)
+        )
+
+
+def torch_loaded_files(directory: str | Path) -> list[str]:
+    """The files of a checkpoint that Accelerate reads with ``torch.load(weights_only=True)``
+    (optimizer, schedule, sampler, scaler, RNG states)."""
+    pattern = re.compile(r"^(optimizer|scheduler|sampler|dl_state_dict|scaler|random_states)")
+    return sorted(p.name for p in Path(directory).iterdir() if pattern.match(p.name))
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The line of torch's ``weights_only`` refusal that says what the file holds (not its
+    advice to load it with ``weights_only=False``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
+    return (telling or [type(error).__name__])[0][:200]
+
+
+def _check_rng_state(directory: Path, process_index: int) -> None:
+    """Accelerate skips an RNG file it cannot read (``weights_only``) without a word, and
+    the resumed run is then not the run it continues: refuse it instead."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as accelerate_load
+
+    path = directory / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    if not path.is_file():
+        return
+    try:
+        accelerate_load(path)  # weights_only=True, plus the numpy types RNG states hold
+    except Exception as error:
+        raise CheckpointRefusedError(
+            f"checkpoint {directory}: {path.name} is not an RNG state torch.load("
+            f"weights_only=True) can read ({refusal_reason(error)}); nothing in it was run. "
+            "Delete that checkpoint folder (the run resumes from the one before), "
+            + START_FRESH.format(run=directory.parent)
+        ) from None
+
+
+def convert_pickled_ema(directory: str | Path) -> list[Path]:
+    """Rewrite the ``custom_checkpoint_0.pkl`` of an old checkpoint (or of every checkpoint
+    in a run folder) as ``ema.safetensors``. The pickle is read with
+    ``torch.load(weights_only=True)``: tensors, numbers and lists only; anything else is
+    refused and the file left as it was. Returns the files written."""
+    directory = Path(directory)
+    folders = [directory] if pickled_custom_states(directory) else []
+    if not folders and directory.is_dir():
+        folders = sorted(p for p in directory.iterdir() if pickled_custom_states(p))
+    if not folders:
+        raise FileNotFoundError(f"no custom_checkpoint_*.pkl in {directory} or its folders")
+    written = []
+    for folder in folders:
+        found = pickled_custom_states(folder)
+        if found != ["custom_checkpoint_0.pkl"]:
+            raise CheckpointRefusedError(
+                f"{folder} holds {found}: the loop only ever saved one (the EMA, "
+                "custom_checkpoint_0.pkl); start fresh instead"
+            )
+        source = folder / found[0]
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointRefusedError(
+                f"{source} is not a plain EMA state (torch.load(weights_only=True) refused "
+                f"it: {refusal_reason(error)}); nothing in it was run. Delete it "
+                "and start fresh"
+            ) from None
+        shadow = state.get("shadow_params") if isinstance(state, dict) else None
+        if not isinstance(shadow, list) or not all(isinstance(t, torch.Tensor) for t in shadow):
+            raise CheckpointRefusedError(f"{source} is not an EMA state (no shadow_params list)")
+        scalars = {k: state[k] for k in _EMA_SCALARS if k in state}
+        save_file(  # by position: the names of the parameters are not in the pickle
+            {f"shadow.{i}": t.contiguous() for i, t in enumerate(shadow)},
+            str(folder / EMA_FILE),
+            metadata={"ema": json.dumps(scalars)},
+        )
+        source.unlink()
+        written.append(folder / EMA_FILE)
+    return written
+
+
+def register(accelerator, objective: nn.Module, ema=None) -> bool:
+    """Make ``accelerator.save_state``/``load_state`` store only what trains (see above),
+    the EMA (when given) in ``ema.safetensors``, and refuse pickled custom states.
 
     Under DeepSpeed, FSDP or Megatron the engine shards the weights and saves them itself,
     in its own format: the checkpoint is then Accelerate's (returns False)."""
     from accelerate.utils import DistributedType
 
     sharding = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
-    if accelerator.distributed_type in sharding:
-        return False
+    models_here = accelerator.distributed_type not in sharding
+    names = _ema_names(objective) if ema is not None else []
 
     def save_hook(models, weights, output_dir):
-        if weights:
+        if models_here and weights:
             weights.pop()  # Accelerate would pickle the whole objective, frozen parts included
         if accelerator.is_main_process:
-            save_trained(objective, output_dir)
+            if models_here:
+                save_trained(objective, output_dir)
+            if ema is not None:
+                save_ema(ema, names, output_dir)
 
     def load_hook(models, input_dir):
-        if models:
-            models.pop()
-        load_trained(objective, input_dir)
+        # runs before Accelerate reads anything of the checkpoint
+        refuse_pickled_custom_states(input_dir)
+        _check_rng_state(Path(input_dir), accelerator.process_index)
+        if models_here:
+            if models:
+                models.pop()
+            load_trained(objective, input_dir)
+        if ema is not None:
+            load_ema(ema, names, input_dir, accelerator.device)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
-    return True
+    return models_here

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -261,7 +262,16 @@ def _resume(accelerator, directory: Path | None, params: TrainParams, desc: str)
     if not checkpoints:
         return 0, [], 0.0, None
     start, path = checkpoints[-1]
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused a file
+        raise checkpoint.CheckpointRefusedError(
+            f"checkpoint {path}: one of the files Accelerate reads with torch.load "
+            f"({', '.join(checkpoint.torch_loaded_files(path))}) is not plain tensors "
+            f"and was refused ({checkpoint.refusal_reason(error)}); nothing in it was run. "
+            "Delete that checkpoint folder (the run resumes from the one before), "
+            + checkpoint.START_FRESH.format(run=path.parent)
+        ) from None
     record = json.loads((path / _HISTORY).read_text())
     logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
     return start, record["history"], record.get("seconds", 0.0), start
@@ -391,12 +401,13 @@ def _prepare(
         **loader_options(params),
     )
     model, optimizer, loader, schedule = accelerator.prepare(objective, optimizer, loader, schedule)
-    checkpoint.register(accelerator, objective)
     ema = None
     if params.ema_decay is not None:
         ema = EMAModel(trainable, decay=params.ema_decay)
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    # the EMA goes into ema.safetensors through the checkpoint hooks, never through
+    # register_for_checkpointing (whose file Accelerate reads with weights_only=False)
+    checkpoint.register(accelerator, objective, ema)
     return _Prepared(accelerator, model, optimizer, schedule, loader, trainable, ema)
 
 
