@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from vlv_pipeline.captioners import CaptionerError
+from vlv_pipeline.captioners import CaptionerError, CaptionFailure
 from vlv_pipeline.captioners.journal import CaptionJournal
 from vlv_pipeline.captioners.openai_chat import (
     THREAD_NAME_PREFIX,
@@ -246,12 +247,7 @@ def test_a_caller_that_stops_early_cancels_the_rest(server):
     next(stream)
     stream.close()  # e.g. the caller broke out of its loop
 
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(
-        t.name.startswith(THREAD_NAME_PREFIX) for t in threading.enumerate()
-    ):
-        time.sleep(0.02)
-    assert not any(t.name.startswith(THREAD_NAME_PREFIX) for t in threading.enumerate())
+    assert _no_captioner_threads_left()
     assert len(server.requests) <= 2 * 2 + 2
 
 
@@ -305,18 +301,23 @@ def test_parse_retry_after():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
 
 
-def test_persistent_5xx_raises_after_max_retries_plus_one_attempts(server):
-    server.respond = lambda request: (500, {}, {"error": {"message": "the model fell over"}})
-    with pytest.raises(CaptionerError) as info:
-        list(captioner(server, max_concurrency=1, max_retries=2).caption_stream(make_images(1)))
+def test_persistent_5xx_fails_the_image_after_max_retries_plus_one_attempts(server):
+    # a server that quotes the Authorization header back: the key must not reach the reason
+    server.respond = lambda request: (
+        500,
+        {},
+        {"error": {"message": f"the model fell over ({request.headers['Authorization']})"}},
+    )
+    cap = captioner(server, max_concurrency=1, max_retries=2)
+    [(image_id, failure)] = list(cap.caption_stream(make_images(1)))
 
-    assert server.attempts() == Counter({"img0": 3})
-    text = str(info.value)
-    assert "'img0'" in text
-    assert server.url in text
-    assert "HTTP 500" in text
-    assert "the model fell over" in text
-    assert "3 attempt" in text
+    assert image_id == "img0" and isinstance(failure, CaptionFailure)
+    assert server.attempts() == Counter({"img0": 3}) and failure.attempts == 3
+    assert server.url in failure.reason
+    assert "HTTP 500" in failure.reason
+    assert "the model fell over (Bearer ***)" in failure.reason
+    assert "3 attempt" in failure.reason
+    assert KEY not in failure.reason and KEY not in repr(failure)
 
 
 def test_a_timeout_is_retried(server):
@@ -388,23 +389,23 @@ def test_a_same_origin_redirect_is_refused_too(server):
 # ---------------------------------------------------------------- errors that are not retried
 
 
-def test_400_fails_at_once_with_the_server_message(server):
+def test_400_fails_the_image_at_once_with_the_server_message(server):
     long_tail = "x" * 3000
     server.respond = lambda request: (
         400,
         {},
         {"error": {"message": f"Invalid image_url for {request.image_id} {long_tail}"}},
     )
-    with pytest.raises(CaptionerError) as info:
-        list(captioner(server, max_concurrency=1).caption_stream(make_images(1)))
+    [(image_id, failure)] = list(
+        captioner(server, max_concurrency=1).caption_stream(make_images(1))
+    )
 
-    assert server.attempts() == Counter({"img0": 1})
-    text = str(info.value)
-    assert "HTTP 400" in text
-    assert "Invalid image_url for img0" in text
-    assert "'img0'" in text
-    assert server.url in text
-    assert len(text) < 800  # the server's message is truncated
+    assert image_id == "img0" and isinstance(failure, CaptionFailure)
+    assert server.attempts() == Counter({"img0": 1}) and failure.attempts == 1
+    assert "HTTP 400" in failure.reason
+    assert "Invalid image_url for img0" in failure.reason
+    assert server.url in failure.reason
+    assert len(failure.reason) < 800  # the server's message is truncated
 
 
 def test_non_json_error_bodies_are_quoted(server):
@@ -446,11 +447,28 @@ def test_auth_failures_point_at_the_credentials_file(server, status):
         ({"choices": [{"message": {"content": "  \n"}, "finish_reason": "length"}]}, "empty"),
     ],
 )
-def test_a_malformed_answer_is_an_error(server, payload, match):
+def test_a_malformed_answer_fails_the_image_after_bad_answer_attempts(server, payload, match):
     server.respond = lambda request: (200, {}, payload)
-    with pytest.raises(CaptionerError, match=match):
-        list(captioner(server, max_concurrency=1).caption_stream(make_images(1)))
-    assert server.attempts() == Counter({"img0": 1})
+    cap = captioner(server, max_concurrency=1, bad_answer_attempts=2)
+    [(image_id, failure)] = list(cap.caption_stream(make_images(1)))
+
+    assert image_id == "img0" and isinstance(failure, CaptionFailure)
+    assert re.search(match, failure.reason) and "2 unusable answer" in failure.reason
+    assert server.attempts() == Counter({"img0": 2}) and failure.attempts == 2
+
+
+def test_a_malformed_answer_is_asked_again(server):
+    seen = Counter()
+
+    def respond(request):
+        seen[request.image_id] += 1
+        if seen[request.image_id] == 1:
+            return 200, {}, b"{not json"
+        return answer(caption_for(request))
+
+    server.respond = respond
+    cap = captioner(server, max_concurrency=1, bad_answer_attempts=2)
+    assert dict(cap.caption_stream(make_images(1))) == {"img0": "a 8x5 RGB picture of img0"}
 
 
 def test_content_given_as_parts_is_joined(server):
@@ -462,30 +480,86 @@ def test_content_given_as_parts_is_joined(server):
     assert dict(captioner(server).caption_stream(make_images(1))) == {"img0": "a red square"}
 
 
-def test_an_error_stops_promptly_and_cancels_the_backlog(server):
+def _no_captioner_threads_left(seconds: float = 3) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(
+        t.name.startswith(THREAD_NAME_PREFIX) for t in threading.enumerate()
+    ):
+        time.sleep(0.02)
+    return not any(t.name.startswith(THREAD_NAME_PREFIX) for t in threading.enumerate())
+
+
+def test_a_fatal_error_stops_promptly_and_cancels_the_backlog(server):
+    img2_sent = threading.Event()
+
     def respond(request):
         if request.image_id == "img0":
-            return 400, {}, {"error": {"message": "nope"}}
+            img2_sent.wait(2)  # answer once img2 is in flight
+            return 401, {}, {"error": {"message": "nope"}}
         if request.image_id == "img1":  # asks for a long wait: the worker must not sleep it out
             return 503, {"Retry-After": "30"}, {"error": {"message": "busy"}}
+        img2_sent.set()
         time.sleep(0.5)
         return answer(caption_for(request))
 
     server.respond = respond
     start = time.monotonic()
+    got = []
     with pytest.raises(CaptionerError, match="nope"):
-        list(captioner(server, max_concurrency=3).caption_stream(make_images(30)))
-    # the backlog would take 5 s; not even the requests in flight (0.5 s) are waited for
-    assert time.monotonic() - start < 0.45
+        for result in captioner(server, max_concurrency=3).caption_stream(make_images(30)):
+            got.append(result)
+    # the backlog would take 5 s and img1 asked for 30 s: only the request in flight (0.5 s)
+    # is waited for, and its answer is yielded before the error
+    assert time.monotonic() - start < 0.95
+    assert got == [("img2", "a 10x7 RGB picture of img2")]
 
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and any(
-        t.name.startswith(THREAD_NAME_PREFIX) for t in threading.enumerate()
-    ):
-        time.sleep(0.02)
-    assert not any(t.name.startswith(THREAD_NAME_PREFIX) for t in threading.enumerate())
+    assert _no_captioner_threads_left()
     assert len(server.requests) <= 3  # the queued images were never sent
     assert server.attempts()["img1"] <= 1  # its Retry-After sleep was cut short, not retried
+
+
+def test_images_that_stay_bad_are_reported_and_the_run_goes_on(server):
+    """HTTP 500s, invalid JSON, empty captions, a refused image and a slow answer: each bad
+    image is given up on with its reason, and every other image is captioned."""
+
+    def respond(request):
+        match request.image_id:
+            case "img1":
+                return 500, {}, {"error": {"message": "internal error"}}
+            case "img2":
+                return 200, {}, b'{"choices": [{"message": '
+            case "img3":
+                return 200, {}, {"choices": [{"message": {"content": ""}, "finish_reason": "stop"}]}
+            case "img4":
+                return 400, {}, {"error": {"message": "content policy"}}
+            case "img5":
+                time.sleep(0.3)
+        return answer(caption_for(request))
+
+    server.respond = respond
+    cap = captioner(server, max_concurrency=3, max_retries=2, bad_answer_attempts=2)
+    results = dict(cap.caption_stream(make_images(8)))
+
+    assert sorted(results) == [f"img{i}" for i in range(8)]
+    failed = {i: r for i, r in results.items() if isinstance(r, CaptionFailure)}
+    assert sorted(failed) == ["img1", "img2", "img3", "img4"]
+    assert "HTTP 500" in failed["img1"].reason and "internal error" in failed["img1"].reason
+    assert "malformed JSON" in failed["img2"].reason
+    assert "empty caption" in failed["img3"].reason
+    assert "HTTP 400" in failed["img4"].reason and "content policy" in failed["img4"].reason
+    assert results["img5"] == "a 13x10 RGB picture of img5"
+    assert server.attempts() == Counter(
+        {"img0": 1, "img1": 3, "img2": 2, "img3": 2, "img4": 1, "img5": 1, "img6": 1, "img7": 1}
+    )
+
+
+def test_rate_limits_that_outlast_the_retries_stop_the_stream(server):
+    """A 429 is never about the image: giving up on the images one by one would mark them
+    all failed, so it stops the stream instead."""
+    server.respond = lambda request: (429, {}, {"error": {"message": "quota exceeded"}})
+    with pytest.raises(CaptionerError, match=r"HTTP 429.*quota exceeded.*max_concurrency"):
+        list(captioner(server, max_concurrency=1, max_retries=1).caption_stream(make_images(3)))
+    assert server.attempts()["img0"] == 2
 
 
 # ---------------------------------------------------------------- resumability with the journal
@@ -498,13 +572,13 @@ def test_a_failed_run_resumes_from_the_journal(server, tmp_path):
 
     def respond(request):
         if broken["on"] and request.image_id == "img3":
-            return 400, {}, {"error": {"message": "content policy"}}
+            return 403, {}, {"error": {"message": "key revoked"}}
         return answer(caption_for(request))
 
     server.respond = respond
     cap = captioner(server, max_concurrency=1)
 
-    with pytest.raises(CaptionerError, match="content policy"):
+    with pytest.raises(CaptionerError, match="key revoked"):
         for image_id, caption in cap.caption_stream(items):
             journal.append(image_id, caption)
     # one at a time: exactly the images before the failing one were yielded and kept
@@ -552,6 +626,7 @@ def test_describe_names_the_backend_without_the_key(server):
         ({"max_retries": -1}, "max_retries"),
         ({"backoff_s": -0.5}, "backoff_s"),
         ({"max_tokens": 0}, "max_tokens"),
+        ({"bad_answer_attempts": 0}, "bad_answer_attempts"),
         ({"image_format": "GIF"}, "image_format"),
     ],
 )

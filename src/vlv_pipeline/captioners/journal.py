@@ -43,6 +43,9 @@ class CaptionJournal:
         parts = [p for _, p in sorted((int(m.group(1)), p) for m, p in ranks if m)]
         return ([self.path] if self.path.is_file() else []) + parts
 
+    # the keys a complete record has, besides image_id
+    FIELDS: tuple[str, ...] = ("caption",)
+
     def read(self) -> dict[str, dict]:
         """image_id -> its record, for every complete line (of the journal and every rank's
         file; a later line wins)."""
@@ -54,18 +57,21 @@ class CaptionJournal:
                         record = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a torn line from an interrupted write
-                    if isinstance(record, dict) and "image_id" in record and "caption" in record:
+                    if (
+                        isinstance(record, dict)
+                        and "image_id" in record
+                        and all(key in record for key in self.FIELDS)
+                    ):
                         records[str(record["image_id"])] = record
         return records
 
     def append(self, image_id: str, caption: str) -> None:
+        self._append({"image_id": image_id, "caption": caption})
+
+    def _append(self, record: dict) -> None:
         path = self.writes_to
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "image_id": image_id,
-            "caption": caption,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        record = {**record, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         # a previous torn line has no newline: start on a fresh line so both stay parseable
         needs_newline = False
@@ -77,3 +83,20 @@ class CaptionJournal:
             f.write(("\n" if needs_newline else "") + line)
             f.flush()
             os.fsync(f.fileno())
+
+
+class FailureJournal(CaptionJournal):
+    """The images a captioner gave up on, beside a caption journal: ``<stem>.failed.jsonl``
+    (and ``<stem>.failed.rank<r>.jsonl``), one ``{"image_id", "reason", "attempts",
+    "created_at"}`` per line, written like the caption journal. An image in both has its
+    caption (a later retry worked): callers take the caption journal first."""
+
+    FIELDS = ("reason",)
+
+    @classmethod
+    def beside(cls, journal: CaptionJournal) -> FailureJournal:
+        path = journal.path.with_name(f"{journal.path.stem}.failed{journal.path.suffix}")
+        return cls(path, rank=journal.rank)
+
+    def append(self, image_id: str, reason: str, attempts: int = 1) -> None:  # type: ignore[override]
+        self._append({"image_id": image_id, "reason": reason, "attempts": attempts})

@@ -4,10 +4,18 @@ Only the standard library talks HTTP (``urllib.request``); a ``ThreadPoolExecuto
 most ``max_concurrency`` requests in flight and at most ``2 * max_concurrency`` images taken
 from the input at a time, so the input may be a generator over a large image set.
 
-Retried with exponential backoff: HTTP 429, any 5xx, connection errors and timeouts. Any other
-failure (4xx, a malformed answer, an empty caption) raises ``CaptionerError`` at once. On an
-error the results already yielded stay yielded, the queued requests are cancelled and
-``caption_stream`` raises without waiting for the backlog.
+Failures come in three kinds:
+
+- the image's: HTTP 408, 429, 5xx, connection errors and timeouts are retried with
+  exponential backoff (``max_retries``); an answer without a usable caption (malformed JSON,
+  no text, an empty caption) is asked again until ``bad_answer_attempts`` such answers; any
+  other 4xx (e.g. 400 for an image the model refuses) is not asked again. When its tries are
+  spent the image is yielded as a ``CaptionFailure`` with the reason, and the stream goes on.
+- the setting's: a redirect, 401, 403, 404, 405, 407, and rate limits (429) or an
+  unreachable server (refused, no such host) that outlast the retries. Every image would
+  get them, so ``caption_stream`` raises ``CaptionerError``: the queued images are never
+  sent, retries waiting are dropped, and the answers to the requests in flight are yielded
+  before the error (they are paid for).
 
 The api key goes only into the ``Authorization`` header: never into logs, ``repr``,
 ``describe()`` or exception messages (server text quoted in an error is scrubbed of it).
@@ -24,6 +32,7 @@ import io
 import json
 import logging
 import random
+import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -34,7 +43,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlv_pipeline.captioners import CaptionerError
+from vlv_pipeline.captioners import CaptionerError, CaptionFailure
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +87,47 @@ def origin(url: str) -> str:
 
 class _Cancelled(Exception):
     """A worker saw the stream stop (another image failed, or the caller went away)."""
+
+
+class _Transient(Exception):
+    """A failure a retry may fix: HTTP 408, 429, 5xx, a timeout, a dropped connection."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unreachable: bool = False,
+    ):
+        super().__init__(message)
+        self.message, self.status = message, status
+        self.retry_after, self.unreachable = retry_after, unreachable
+
+    def short(self) -> str:
+        return f"HTTP {self.status}" if self.status is not None else self.message
+
+    def last(self) -> str:
+        status = f"HTTP {self.status}" if self.status is not None else "no HTTP status"
+        return f"last status: {status}; last error: {self.message}"
+
+
+class _BadAnswer(Exception):
+    """An answer (HTTP 200) without a usable caption: malformed JSON, no text, empty text."""
+
+
+class _Rejected(Exception):
+    """A 4xx about this request (e.g. 400 for an image the model refuses)."""
+
+
+# statuses that say the setting is wrong, not the image: every image would get them
+_SETTING_ERRORS = {
+    401: CREDENTIALS_HINT,
+    403: CREDENTIALS_HINT,
+    404: "check synthesize.captioner.openai.base_url and model",
+    405: "check synthesize.captioner.openai.base_url",
+    407: "the proxy asks for credentials: check HTTPS_PROXY / HTTP_PROXY",
+}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -135,6 +185,8 @@ class OpenAICaptioner:
         backoff_s: float = 1.0,
         max_tokens: int = 300,
         image_format: str = "PNG",
+        bad_answer_attempts: int = 2,
+        deadline_s: float = 120,
     ):
         _check_text("base_url", base_url)
         if not base_url.strip().lower().startswith(("http://", "https://")):
@@ -154,6 +206,8 @@ class OpenAICaptioner:
         self.max_retries = _check_int("max_retries", max_retries, 0)
         self.backoff_s = _check_number("backoff_s", backoff_s, positive=False)
         self.max_tokens = _check_int("max_tokens", max_tokens, 1)
+        self.bad_answer_attempts = _check_int("bad_answer_attempts", bad_answer_attempts, 1)
+        self.deadline_s = _check_number("deadline_s", deadline_s, positive=True)
         key = image_format.upper() if isinstance(image_format, str) else None
         if key not in _IMAGE_FORMATS:
             raise ValueError(f"image_format must be one of PNG, JPEG, WEBP, got {image_format!r}")
@@ -180,11 +234,17 @@ class OpenAICaptioner:
 
     # ------------------------------------------------------------------ streaming
 
-    def caption_stream(self, items: Iterable[tuple[str, Image.Image]]) -> Iterator[tuple[str, str]]:
-        """Yield ``(image_id, caption)`` as each answer arrives (any order).
+    def caption_stream(
+        self, items: Iterable[tuple[str, Image.Image]]
+    ) -> Iterator[tuple[str, str | CaptionFailure]]:
+        """Yield ``(image_id, caption)`` as each answer arrives (any order), or
+        ``(image_id, CaptionFailure)`` for an image whose answers stayed bad after its
+        retries; the stream goes on with the other images.
 
-        Raises ``CaptionerError`` on the first failure that retries do not fix; what was
-        yielded before stays yielded, and the requests not yet started are cancelled.
+        A failure that is not the image's (a redirect, a bad key or URL, rate limits or an
+        unreachable server that outlast the retries) raises ``CaptionerError``: no new
+        request is sent and the retries waiting are dropped, but the answers to the requests
+        already in flight (each ends within ``deadline_s``) are yielded before it is raised.
         """
         source = iter(items)
         window = 2 * self.max_concurrency
@@ -192,11 +252,12 @@ class OpenAICaptioner:
         pool = ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix=THREAD_NAME_PREFIX
         )
-        pending: dict[Future[str], str] = {}
+        pending: dict[Future[str | CaptionFailure], str] = {}
+        fatal: BaseException | None = None
         try:
             exhausted = False
             while True:
-                # once a worker has failed (cancel set), take no more images
+                # once a worker has failed for good (cancel set), take no more images
                 while not exhausted and len(pending) < window and not cancel.is_set():
                     try:
                         image_id, image = next(source)
@@ -205,23 +266,26 @@ class OpenAICaptioner:
                         break
                     pending[pool.submit(self._run, image_id, image, cancel)] = image_id
                 if not pending:
-                    return
+                    break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                error: BaseException | None = None
                 for future in done:
                     image_id = pending.pop(future)
+                    if future.cancelled():
+                        continue
                     exc = future.exception()
-                    if isinstance(exc, _Cancelled):
-                        continue  # stopped by another image's error, which is on its way
-                    if exc is not None:
-                        error = error or exc
-                    else:
+                    if exc is None:
                         yield image_id, future.result()
-                if error is not None:
-                    raise error
+                    elif not isinstance(exc, _Cancelled) and fatal is None:
+                        # stop: the queued images are never sent, the requests in flight
+                        # are waited for and their answers yielded (they are paid for)
+                        fatal = exc
+                        for queued in [f for f in pending if f.cancel()]:
+                            del pending[queued]
+            if fatal is not None:
+                raise fatal
         finally:
-            # error, caller stopped early, or done: stop retries now, drop what has not
-            # started, and do not wait for the requests in flight (at most timeout_s each)
+            # done, failed, or the caller stopped early: stop retries now, drop what has not
+            # started, and do not wait for requests in flight (at most deadline_s each)
             cancel.set()
             for future in pending:
                 future.cancel()
@@ -286,7 +350,9 @@ class OpenAICaptioner:
         base = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
         return base + random.uniform(0, 0.1 * base)
 
-    def _run(self, image_id: str, image: Image.Image, cancel: threading.Event) -> str:
+    def _run(
+        self, image_id: str, image: Image.Image, cancel: threading.Event
+    ) -> str | CaptionFailure:
         try:
             return self._caption_one(image_id, image, cancel)
         except _Cancelled:
@@ -297,63 +363,108 @@ class OpenAICaptioner:
             cancel.set()
             raise
 
-    def _caption_one(self, image_id: str, image: Image.Image, cancel: threading.Event) -> str:
+    def _caption_one(
+        self, image_id: str, image: Image.Image, cancel: threading.Event
+    ) -> str | CaptionFailure:
+        """The caption, or a ``CaptionFailure`` once this image's tries are spent; raises
+        ``CaptionerError`` for a failure that is not the image's (see ``caption_stream``)."""
         if cancel.is_set():
             raise _Cancelled
         body = json.dumps(self._body(image)).encode("utf-8")
         headers = self._headers()
-        last_status: int | None = None
-        last_error = ""
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
+        transient = bad = attempt = 0
+        while True:
             if cancel.is_set():
                 raise _Cancelled
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            attempt += 1
             retry_after: float | None = None
             try:
-                with self._opener.open(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as e:
-                with e:
-                    try:
-                        error_body = e.read()
-                    except (OSError, http.client.HTTPException):
-                        error_body = b""
-                    status = e.code
-                    if 300 <= status < 400:
-                        raise self._redirect_error(image_id, status, e.headers) from None
-                    message = self._server_message(error_body)
-                    if status != 429 and status < 500:
-                        hint = f" ({CREDENTIALS_HINT})" if status in (401, 403) else ""
-                        raise CaptionerError(
-                            f"openai captioner: image {image_id!r}: POST {self.url} -> "
-                            f"HTTP {status}{hint}: {message}"
-                        ) from None
-                    last_status, last_error = status, message
-                    retry_after = parse_retry_after(e.headers.get("Retry-After"))
-            except (OSError, http.client.HTTPException) as e:
-                # connection refused/reset, DNS, timeouts (socket.timeout is an OSError)
-                last_status = None
-                last_error = _truncate(self._scrub(f"{type(e).__name__}: {e}"))
-            else:
-                return self._parse_answer(image_id, raw)
-            if attempt + 1 < attempts:
-                delay = self._backoff(attempt, retry_after)
-                log.warning(
-                    "openai captioner: image %r: %s; retry %d/%d in %.2f s",
-                    image_id,
-                    f"HTTP {last_status}" if last_status is not None else last_error,
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                if cancel.wait(delay):
-                    raise _Cancelled
-        status_text = f"HTTP {last_status}" if last_status is not None else "no HTTP status"
-        raise CaptionerError(
+                return self._exchange(image_id, body, headers)
+            except _Rejected as e:
+                # a 4xx about this request: asking again would send the same bytes
+                return CaptionFailure(f"POST {self.url} -> {e}", attempt)
+            except _BadAnswer as e:
+                bad += 1
+                if bad >= self.bad_answer_attempts:
+                    return CaptionFailure(
+                        f"POST {self.url}: {e} ({bad} unusable answer(s) in {attempt} "
+                        f"attempt(s); bad_answer_attempts = {self.bad_answer_attempts})",
+                        attempt,
+                    )
+                what = str(e)
+            except _Transient as e:
+                transient += 1
+                if transient > self.max_retries:
+                    self._give_up(image_id, e, attempt)  # raises when it is not the image's
+                    return CaptionFailure(
+                        f"POST {self.url} failed after {attempt} attempt(s); {e.last()}", attempt
+                    )
+                retry_after = e.retry_after
+                what = e.short()
+            delay = self._backoff(attempt - 1, retry_after)
+            log.warning(
+                "openai captioner: image %r: %s; retry %d in %.2f s",
+                image_id,
+                _truncate(what, 200),
+                attempt,
+                delay,
+            )
+            if cancel.wait(delay):
+                raise _Cancelled
+
+    def _give_up(self, image_id: str, e: _Transient, attempts: int) -> None:
+        """Raise ``CaptionerError`` when the transient failure that outlasted the retries is
+        not the image's: giving up image by image would mark every image failed."""
+        text = (
             f"openai captioner: image {image_id!r}: POST {self.url} failed after {attempts} "
-            f"attempt(s); last status: {status_text}; last error: {last_error}"
+            f"attempt(s); {e.last()}"
         )
+        if e.unreachable:
+            raise CaptionerError(
+                f"{text}. Is the server at {origin(self.url)} running, and is "
+                "synthesize.captioner.openai.base_url right?"
+            )
+        if e.status == 429:
+            raise CaptionerError(
+                f"{text}. The server keeps rate-limiting: rerun later (the captions made so "
+                "far are kept), or lower synthesize.captioner.openai.max_concurrency or raise "
+                "its max_retries"
+            )
+
+    def _exchange(self, image_id: str, body: bytes, headers: dict[str, str]) -> str:
+        """One POST: the caption, or ``_Transient``, ``_BadAnswer``, ``_Rejected``, or
+        ``CaptionerError`` for an answer that says the setting is wrong (not the image)."""
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                try:
+                    error_body = e.read()
+                except (OSError, http.client.HTTPException):
+                    error_body = b""
+                status = e.code
+                if 300 <= status < 400:
+                    raise self._redirect_error(image_id, status, e.headers) from None
+                message = self._server_message(error_body)
+                if status in _SETTING_ERRORS:
+                    raise CaptionerError(
+                        f"openai captioner: image {image_id!r}: POST {self.url} -> "
+                        f"HTTP {status} ({_SETTING_ERRORS[status]}): {message}"
+                    ) from None
+                if status in (408, 429) or status >= 500:
+                    retry_after = parse_retry_after(e.headers.get("Retry-After"))
+                    raise _Transient(message, status=status, retry_after=retry_after) from None
+                raise _Rejected(f"HTTP {status}: {message}") from None
+        except (OSError, http.client.HTTPException) as e:
+            # connection refused/reset, DNS, timeouts (socket.timeout is an OSError)
+            reason = e.reason if isinstance(e, urllib.error.URLError) else e
+            raise _Transient(
+                _truncate(self._scrub(f"{type(e).__name__}: {e}")),
+                unreachable=isinstance(reason, ConnectionRefusedError | socket.gaierror),
+            ) from None
+        return self._parse_answer(raw)
 
     def _redirect_error(self, image_id: str, status: int, headers) -> CaptionerError:
         location = headers.get("Location") if headers is not None else None
@@ -369,20 +480,17 @@ class OpenAICaptioner:
             "synthesize.captioner.openai.base_url to it; otherwise check base_url."
         )
 
-    def _parse_answer(self, image_id: str, raw: bytes) -> str:
-        where = f"openai captioner: image {image_id!r}: POST {self.url}"
-        snippet = _truncate(self._scrub(raw.decode("utf-8", errors="replace")))
+    def _parse_answer(self, raw: bytes) -> str:
+        snippet = _truncate(self._scrub(raw.decode("utf-8", errors="replace")), 200)
         try:
             data = json.loads(raw)
         except ValueError:
-            raise CaptionerError(f"{where} answered with malformed JSON: {snippet!r}") from None
+            raise _BadAnswer(f"answered with malformed JSON: {snippet!r}") from None
         try:
             choice = data["choices"][0]
             content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise CaptionerError(
-                f"{where}: the answer has no choices[0].message.content: {snippet!r}"
-            ) from None
+            raise _BadAnswer(f"the answer has no choices[0].message.content: {snippet!r}") from None
         if isinstance(content, list):  # content given as parts: join the text parts
             content = "".join(
                 part.get("text", "")
@@ -390,11 +498,11 @@ class OpenAICaptioner:
                 if isinstance(part, dict) and isinstance(part.get("text"), str)
             )
         if not isinstance(content, str):
-            raise CaptionerError(f"{where}: choices[0].message.content is not text: {snippet!r}")
+            raise _BadAnswer(f"choices[0].message.content is not text: {snippet!r}")
         caption = content.strip()
         if not caption:
             finish = choice.get("finish_reason") if isinstance(choice, dict) else None
-            raise CaptionerError(
-                f"{where}: empty caption (finish_reason={finish!r}; max_tokens={self.max_tokens})"
+            raise _BadAnswer(
+                f"empty caption (finish_reason={finish!r}; max_tokens={self.max_tokens})"
             )
         return caption

@@ -32,6 +32,12 @@ class OpenAICaptionerParams(StrictModel):
     max_retries: int = Field(5, ge=0)
     backoff_s: float = Field(1.0, ge=0)
     max_tokens: int = Field(300, ge=1)
+    bad_answer_attempts: int = Field(
+        2, ge=1, description="answers without a usable caption before an image is given up on"
+    )
+    deadline_s: float = Field(
+        120, gt=0, description="one request in all (timeout_s bounds each socket operation)"
+    )
 
 
 class CaptionerParams(StrictModel):
@@ -55,6 +61,12 @@ class SynthesizeParams(StrictModel):
     journal_dir: str = Field(
         "data/03_primary/caption_journal",
         description="captions persisted as they arrive; a rerun skips images already done",
+    )
+    retry_failed: bool = Field(
+        False, description="send again the images an earlier run recorded as failed"
+    )
+    max_failed_fraction: float = Field(
+        0.05, ge=0, le=1, description="more failed images than this share fail the run"
     )
     embedding_batch_size: int = Field(256, ge=1)
     embedding_shard_size: int = Field(4096, ge=1)

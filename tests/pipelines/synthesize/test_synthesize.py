@@ -1,11 +1,23 @@
 """Caption-pair synthesis (manifest backend, journal resume) and the stage-2 embedding cache."""
 
+import base64
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pandas as pd
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 from stage2_factory import stage2_params
 
+from vlv_pipeline.captioners import CaptionerError, CaptionFailuresError
 from vlv_pipeline.captioners.journal import CaptionJournal
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.imaging.sources import iter_images
@@ -146,3 +158,241 @@ def test_embedding_cache_holds_the_frozen_encoders_outputs(tiny_world, tiny_sd, 
         source, manifest, pairs.head(2), encoder, EmbeddingCache(tmp_path / "emb"), params, synth
     )
     assert len(cache) == 2
+
+
+# ---------------------------------------------------------------- the API under faults (issue 26)
+
+KEY = "sk-node-SECRET-42"
+
+
+class ChatStub:
+    """A chat-completions server on 127.0.0.1 that knows the world's images by their pixels.
+
+    ``behave[image_id]`` (else ``default``) says how it answers an image: ``ok``, ``slow``
+    (0.3 s, then a caption), ``500``, ``json`` (invalid JSON), ``empty`` (an empty caption) or
+    ``401``. ``sent`` counts the requests per image; ``captioned`` lists the images it sent
+    a caption for (the answers a real API would bill)."""
+
+    def __init__(self, images: dict):
+        self.ids = {image.convert("RGB").tobytes(): i for i, image in images.items()}
+        assert len(self.ids) == len(images)
+        self.behave: dict[str, str] = {}
+        self.default = "ok"
+        self.sent: Counter = Counter()
+        self.captioned: list[str] = []
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.stub = self
+        self.httpd.handle_error = lambda request, address: None
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def settle(self, seconds: float = 5) -> None:
+        """Wait until the server has answered every request it got."""
+        deadline = time.monotonic() + seconds
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not self.in_flight
+
+    def answer(self, body: dict) -> tuple[int, bytes]:
+        url = body["messages"][0]["content"][1]["image_url"]["url"]
+        image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        image_id = self.ids[image.convert("RGB").tobytes()]
+        with self.lock:
+            self.sent[image_id] += 1
+        how = self.behave.get(image_id, self.default)
+        if how == "500":
+            return 500, json.dumps({"error": {"message": "internal error"}}).encode()
+        if how == "401":
+            return 401, json.dumps({"error": {"message": "invalid api key"}}).encode()
+        if how == "json":
+            return 200, b'{"choices": [{"message": '
+        content = "" if how == "empty" else f"caption of {image_id[:8]}"
+        if how == "slow":
+            time.sleep(0.3)
+        if content:
+            with self.lock:
+                self.captioned.append(image_id)
+        return 200, json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+
+
+class _StubHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        stub: ChatStub = self.server.stub
+        with stub.lock:
+            stub.in_flight += 1
+        try:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status, data = stub.answer(body)
+        finally:
+            with stub.lock:
+                stub.in_flight -= 1
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass
+
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture
+def chat(tiny_world):
+    source, manifest = tiny_world
+    stub = ChatStub(dict(iter_images(source, manifest, None)))
+    thread = threading.Thread(target=stub.httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield stub
+    stub.httpd.shutdown()
+    stub.httpd.server_close()
+    thread.join(5)
+
+
+def _api(tmp_path, stub: ChatStub, concurrency: int = 2, **synthesize) -> SynthesizeParams:
+    openai = {
+        "base_url": stub.base_url,
+        "model": "stub",
+        "max_concurrency": concurrency,
+        "max_retries": 1,
+        "backoff_s": 0.0,
+        "timeout_s": 5,
+        "bad_answer_attempts": 1,
+    }
+    return SynthesizeParams(
+        fraction=0.5,
+        journal_dir=str(tmp_path / "journal"),
+        captioner={"backend": "openai", "openai": openai},
+        **synthesize,
+    )
+
+
+def _failures_file(params: SynthesizeParams):
+    journal = nodes._journal(params, params.captioner.model_dump(mode="json"))
+    return journal, journal.path.with_name(f"{journal.path.stem}.failed.jsonl")
+
+
+def test_bad_answers_are_recorded_skipped_by_reruns_and_retried_on_request(
+    tiny_world, chat, tmp_path, caplog
+):
+    source, manifest = tiny_world
+    params = _api(tmp_path, chat, max_failed_fraction=0.5)
+    selection = nodes.select_images(manifest, params)
+    ids = selection["image_id"].tolist()
+    bad = {ids[1]: "500", ids[3]: "json", ids[5]: "empty"}
+    chat.behave = {**bad, ids[6]: "slow"}
+
+    with caplog.at_level(logging.INFO, logger="vlv_pipeline"):
+        pairs = nodes.synthesize_captions(source, selection, params, {"api_key": KEY})
+
+    assert pairs["image_id"].tolist() == [i for i in ids if i not in bad]  # the run went on
+    assert set(pairs["caption"]) == {f"caption of {i[:8]}" for i in ids if i not in bad}
+    journal, failures = _failures_file(params)
+    recorded = [json.loads(line) for line in failures.read_text().splitlines()]
+    reasons = {r["image_id"]: r["reason"] for r in recorded}
+    assert sorted(reasons) == sorted(bad)
+    assert "HTTP 500" in reasons[ids[1]] and "internal error" in reasons[ids[1]]
+    assert "malformed JSON" in reasons[ids[3]] and "empty caption" in reasons[ids[5]]
+    assert chat.sent[ids[1]] == 2  # max_retries 1: two tries, then given up
+    assert "3 of 8 images failed" in caplog.text and "retry_failed" in caplog.text
+    assert KEY not in failures.read_text() and KEY not in caplog.text
+
+    # a rerun sends nothing: the failed images are skipped, not asked again
+    sent = sum(chat.sent.values())
+    again = nodes.synthesize_captions(source, selection, params, {"api_key": KEY})
+    assert sum(chat.sent.values()) == sent
+    pd.testing.assert_frame_equal(again, pairs)
+
+    # the server is fixed: retry_failed sends exactly the failed images again
+    chat.behave, chat.sent = {}, Counter()
+    retried = params.model_copy(update={"retry_failed": True})
+    pairs = nodes.synthesize_captions(source, selection, retried, {"api_key": KEY})
+    assert chat.sent == Counter(dict.fromkeys(bad, 1))
+    assert pairs["image_id"].tolist() == ids
+    assert _failures_file(retried)[1] == failures  # the same journal and failures file
+
+
+def test_more_failures_than_the_fraction_allows_fail_the_run_with_one_message(
+    tiny_world, chat, tmp_path
+):
+    source, manifest = tiny_world
+    params = _api(tmp_path, chat, max_failed_fraction=0.2)  # of 8 images, 1 may fail
+    selection = nodes.select_images(manifest, params)
+    ids = selection["image_id"].tolist()
+    chat.behave = {ids[0]: "500", ids[2]: "json", ids[4]: "empty", ids[6]: "500"}
+
+    with pytest.raises(CaptionFailuresError) as info:
+        nodes.synthesize_captions(source, selection, params, {"api_key": KEY})
+
+    assert isinstance(info.value, CaptionerError)  # the project's own error type
+    text = str(info.value)
+    journal, failures = _failures_file(params)
+    assert "max_failed_fraction" in text and "0.2" in text
+    assert "retry_failed" in text and str(failures) in text and str(journal.path) in text
+    assert len(text.splitlines()) <= 4 and KEY not in text
+    # every caption the server sent (and billed) is in the journal
+    chat.settle()
+    assert sorted(journal.read()) == sorted(chat.captioned) and chat.captioned
+
+
+def test_a_fatal_error_journals_the_answers_in_flight_first(tiny_world, chat, tmp_path):
+    source, manifest = tiny_world
+    params = _api(tmp_path, chat, concurrency=3)
+    selection = nodes.select_images(manifest, params)
+    ids = selection["image_id"].tolist()
+    chat.default, chat.behave = "slow", {ids[3]: "401"}
+
+    with pytest.raises(CaptionerError, match="HTTP 401") as info:
+        nodes.synthesize_captions(source, selection, params, {"api_key": KEY})
+
+    chat.settle()
+    journal, failures = _failures_file(params)
+    assert chat.captioned  # answers were in flight when the 401 came
+    assert sorted(journal.read()) == sorted(chat.captioned)  # none of them was thrown away
+    assert not failures.exists()  # a bad key is not the image's fault: nothing marked failed
+    assert str(journal.path) in str(info.value) and KEY not in str(info.value)
+
+
+def test_settings_that_do_not_change_captions_keep_the_journal(tmp_path):
+    """``deadline_s`` and ``bad_answer_attempts`` change how a run behaves, not its captions:
+    changing them (or their arrival in this version) keeps the journal that holds the
+    captions already paid for."""
+    openai = {"base_url": "http://127.0.0.1:1/v1", "model": "m"}
+    params = SynthesizeParams(
+        journal_dir=str(tmp_path), captioner={"backend": "openai", "openai": openai}
+    )
+    # the name a journal had before these settings existed
+    before = {
+        "backend": "openai",
+        "transformers": None,
+        "openai": {
+            "base_url": "http://127.0.0.1:1/v1",
+            "model": "m",
+            "prompt": "Describe this image in one detailed paragraph.",
+            "max_concurrency": 8,
+            "timeout_s": 60.0,
+            "max_retries": 5,
+            "backoff_s": 1.0,
+            "max_tokens": 300,
+        },
+    }
+    key = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    journal = nodes._journal(params, params.captioner.model_dump(mode="json"))
+    assert journal.path.name == f"openai-{key}.jsonl"
+    changed = SynthesizeParams(
+        journal_dir=str(tmp_path),
+        captioner={
+            "backend": "openai",
+            "openai": {**openai, "deadline_s": 7, "bad_answer_attempts": 4},
+        },
+    )
+    assert nodes._journal(changed, changed.captioner.model_dump(mode="json")).path == journal.path
+    other = SynthesizeParams(
+        journal_dir=str(tmp_path),
+        captioner={"backend": "openai", "openai": {**openai, "prompt": "Say what you see."}},
+    )
+    assert nodes._journal(other, other.captioner.model_dump(mode="json")).path != journal.path

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from vlv_pipeline.captioners.journal import CaptionJournal
+from vlv_pipeline.captioners import CaptionerError, CaptionFailure, CaptionFailuresError
+from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
 from vlv_pipeline.distributed import rank, share, together, world_size
 from vlv_pipeline.imaging.sources import iter_images
@@ -26,6 +27,11 @@ from vlv_pipeline.params.synthesize import SynthesizeParams
 logger = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ["image_id", "caption", "captioner", "prompt", "created_at"]
+
+# captioner settings that change how a run goes, not which captions it makes: they are left
+# out of the journal's name, so changing them (or their arrival) keeps the captions made
+RUN_ONLY_SETTINGS = {"openai": ("deadline_s", "bad_answer_attempts")}
+RETRY_FAILED = "`--params synthesize.retry_failed=true`"
 
 
 def select_images(image_manifest: pd.DataFrame, params: SynthesizeParams) -> pd.DataFrame:
@@ -69,6 +75,14 @@ def _journal(params: SynthesizeParams, setting: dict) -> CaptionJournal:
     """One journal per captioner setting (backend, model, prompt, generation): any change
     starts a new journal, so old captions are never reused for a different setting. Under
     ``accelerate launch`` each rank appends to its own file beside it."""
+    setting = {
+        name: (
+            {k: v for k, v in value.items() if k not in RUN_ONLY_SETTINGS.get(name, ())}
+            if isinstance(value, dict)
+            else value
+        )
+        for name, value in setting.items()
+    }
     key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
     return CaptionJournal(
         Path(params.journal_dir) / f"{setting['backend']}-{key}.jsonl",
@@ -106,30 +120,107 @@ def synthesize_captions(
         )
         return pairs[PAIR_COLUMNS]
     journal = _journal(params, params.captioner.model_dump(mode="json"))
-    # every rank has its captioner and has read the journal before any rank appends to it
-    captioner, done = together(lambda: (make_captioner(params, credentials), journal.read()))
+    failures = FailureJournal.beside(journal)
+    # every rank has its captioner and has read the journals before any rank appends to them
+    captioner, done, failed = together(
+        lambda: (make_captioner(params, credentials), journal.read(), failures.read())
+    )
     described = captioner.describe()
-    pending = selection[~selection["image_id"].isin(done)]
+    ids = selection["image_id"]
+    skipped = set() if params.retry_failed else set(failed) - set(done)
+    pending = selection[~ids.isin(done) & ~ids.isin(skipped)]
     mine = pending.iloc[share(len(pending))]
+    n_skipped = int(ids.isin(skipped).sum())
+    # more failures than this (of the whole selection) fail the run
+    allowed = math.floor(params.max_failed_fraction * len(selection) + 1e-9)
     logger.info(
-        "synthesize: %d captions already in %s, %d to go",
-        len(selection) - len(pending),
+        "synthesize: %d captions already in %s, %d images skipped as failed in an earlier run "
+        "(%s sends them again), %d to go",
+        int(ids.isin(done).sum()),
         journal.path,
+        n_skipped,
+        RETRY_FAILED,
         len(pending),
     )
 
     def caption_mine() -> None:
-        if len(mine):
-            items = iter_images(raw_images, mine, None)
-            for image_id, caption in tqdm(
-                captioner.caption_stream(items), total=len(mine), desc="captions", unit="img"
+        # failures of the selection seen from this rank: once over the allowance, the run
+        # fails whatever the other images do, so no more are sent
+        seen = n_skipped
+        stop = False
+
+        def feed():
+            for item in iter_images(raw_images, mine, None):
+                if stop:
+                    return
+                yield item
+
+        if not len(mine):
+            return
+        try:
+            for image_id, result in tqdm(
+                captioner.caption_stream(feed()), total=len(mine), desc="captions", unit="img"
             ):
-                journal.append(image_id, caption)
+                if not isinstance(result, CaptionFailure):
+                    journal.append(image_id, result)
+                    continue
+                failures.append(image_id, result.reason, result.attempts)
+                seen += 1
+                logger.warning("synthesize: no caption for image %r: %s", image_id, result.reason)
+                if seen > allowed and not stop:
+                    stop = True
+                    logger.error(
+                        "synthesize: %d images failed, more than synthesize.max_failed_fraction "
+                        "= %g of %d allows (%d): sending no more images (the answers on their "
+                        "way are still journaled)",
+                        seen,
+                        params.max_failed_fraction,
+                        len(selection),
+                        allowed,
+                    )
+        except CaptionerError as error:
+            raise CaptionerError(
+                f"{error}\nThe captions made so far are kept in {journal.path}; a rerun sends "
+                "only the images still to do."
+            ) from None
 
     together(caption_mine)
     if len(pending):
-        done = journal.read()
-    records = [done[i] for i in selection["image_id"]]
+        done, failed = journal.read(), failures.read()
+    captioned = [i for i in ids if i in done]
+    lost = [i for i in ids if i not in done and i in failed]
+    if len(lost) > allowed or not captioned:
+        example = lost[0] if lost else None
+        reason = _truncate(failed[example]["reason"], 200) if example else ""
+        raise CaptionFailuresError(
+            f"synthesize: {len(lost)} of {len(selection)} selected images failed to caption "
+            f"({len(lost) / len(selection):.1%}), more than synthesize.max_failed_fraction = "
+            f"{params.max_failed_fraction:g} allows (at most {allowed}); the reasons are in "
+            f"{failures.path}{' and its .rank<r> files' if world_size() > 1 else ''} "
+            f"(e.g. {example!r}: {reason}). The {len(captioned)} captions made are kept in "
+            f"{journal.path}. Fix the cause, then rerun with {RETRY_FAILED} to send the "
+            "failed images again, or raise synthesize.max_failed_fraction to go on without "
+            "them."
+        )
+    unaccounted = [i for i in ids if i not in done and i not in failed]
+    if unaccounted:
+        raise CaptionerError(
+            f"synthesize: {len(unaccounted)} selected images have neither a caption nor a "
+            f"recorded failure (e.g. {unaccounted[0]!r}); rerun `kedro run --pipeline "
+            "synthesize` to caption them"
+        )
+    if lost:
+        logger.warning(
+            "synthesize: %d of %d images failed (at most %d allowed by "
+            "synthesize.max_failed_fraction); the caption pairs go on without them. The reasons "
+            "are in %s; later runs skip these images, %s sends them again",
+            len(lost),
+            len(selection),
+            allowed,
+            failures.path,
+            RETRY_FAILED,
+        )
+    records = [done[i] for i in captioned]
     return pd.DataFrame(
         {
             "image_id": [r["image_id"] for r in records],
@@ -139,6 +230,10 @@ def synthesize_captions(
             "created_at": [r["created_at"] for r in records],
         }
     )[PAIR_COLUMNS]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @torch.no_grad()
