@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -46,6 +47,7 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
 
 from vlv_pipeline.distributed import barrier, rank, together, world_size
+from vlv_pipeline.errors import UserError
 from vlv_pipeline.files import (
     fsync_file,
     remove_quietly,
@@ -60,6 +62,30 @@ INDEX = "index.json"
 PART_INDEX = re.compile(r"index\.rank(\d+)\.json")  # one writer's shards, not yet merged
 SHARD_NAME = re.compile(r"shard-[0-9a-f]{1,64}\.arrow")  # the only names an index may hold
 FORMAT = "arrow"
+CHECKSUM_CHUNK = 16 * 2**20
+# shards whose checksum this process has verified, by (device, inode, size, mtime, checksum):
+# a shard is hashed once per process (DataLoader workers forked later inherit the set), and
+# again if the file changed since
+_VERIFIED: set[tuple] = set()
+_WARNED: set[str] = set()  # caches already warned about as having shards without checksums
+
+
+def _file_checksum(path: Path) -> str:
+    """``crc32:<hex>`` of a file's bytes, read in large chunks. CRC-32 detects corruption (any
+    burst of up to 32 bits, anything else but one time in 4e9), not tampering: a checksum
+    kept in the index beside the shard could be rewritten by whoever rewrites the shard."""
+    crc = 0
+    buffer = bytearray(CHECKSUM_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while size := file.readinto(buffer):
+            crc = zlib.crc32(view[:size], crc)
+    return f"crc32:{crc:08x}"
+
+
+def _identity(path: Path, checksum: str) -> tuple:
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, checksum)
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -92,7 +118,7 @@ def vae_fingerprint(vae, resolution: int | None) -> dict:
     }
 
 
-class CorruptCacheError(DatasetError):
+class CorruptCacheError(UserError, DatasetError):
     """A shard of the cache is missing or unreadable."""
 
 
@@ -232,9 +258,10 @@ class LatentCache:
         path = self._shard_path(shard)
         if not path.is_file():
             raise CorruptCacheError(
-                f"{self.KIND} shard {path} is missing; delete {self.path} (or rerun "
-                f"{self.REBUILD} after deleting it) to rebuild"
+                f"{self.KIND} shard {path} is missing; run {self.REBUILD}: it drops the shard "
+                f"from the index and encodes its images again"
             )
+        self._check_bytes(shard, path)  # before Arrow sees the file
         try:
             table = Dataset.from_file(str(path))
         except Exception as error:  # pyarrow raises several types for a damaged file
@@ -247,6 +274,49 @@ class LatentCache:
                 f"{self.FIELDS}; delete {self.path} to rebuild"
             )
         return table
+
+    def _check_bytes(self, shard: dict, path: Path) -> None:
+        """The shard's size and checksum against those recorded when it was written; once per
+        shard and process (``_VERIFIED``). A shard written before checksums were recorded is
+        accepted, with one warning per cache (the next rebuild command records them)."""
+        expected = shard.get("checksum")
+        if expected is None:
+            self._warn_unchecked()
+            return
+        identity = _identity(path, expected)
+        if identity in _VERIFIED:
+            return
+        size = identity[2]
+        if "bytes" in shard and size != shard["bytes"]:
+            raise CorruptCacheError(
+                f"{self.KIND} shard {path} holds {size} bytes, not the {shard['bytes']} it had "
+                f"when written: it changed on disk and is not read. Run {self.REBUILD}: it drops "
+                f"this shard and encodes its images again"
+            )
+        found = _file_checksum(path) if expected.startswith("crc32:") else "(unknown kind)"
+        if found != expected:
+            raise CorruptCacheError(
+                f"{self.KIND} shard {path} does not match the checksum recorded when it was "
+                f"written ({expected}; the file now gives {found}): it changed on disk (a failing "
+                f"disk, an interrupted copy, an edit) and is not read. Run {self.REBUILD}: it "
+                f"drops this shard and encodes its images again"
+            )
+        _VERIFIED.add(identity)
+
+    def _warn_unchecked(self) -> None:
+        key = str(self.path)
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+        unchecked = sum("checksum" not in s for s in self.shards)
+        logger.warning(
+            "%s %s: %d shard(s) have no checksums (written before the project recorded them), so "
+            "damage on disk is not detected before they are read; the next %s records them",
+            self.KIND,
+            self.path,
+            unchecked,
+            self.REBUILD,
+        )
 
     def _shard_ids(self, shard: dict) -> list[str]:
         return self._open(shard).data.column("image_id").to_pylist()
@@ -290,6 +360,8 @@ class LatentCache:
             writer.close()
             writer = None
             fsync_file(tmp)
+            checksum = _file_checksum(tmp)
+            size = tmp.stat().st_size
             os.replace(tmp, final)
             published = True
         except OSError as error:  # disk full, permissions: the index still lists only whole shards
@@ -299,7 +371,8 @@ class LatentCache:
                 if writer is not None:
                     _close_quietly(writer)
                 remove_quietly(tmp)
-        shard = {"file": name, "count": len(image_ids)}
+        shard = {"file": name, "count": len(image_ids), "bytes": size, "checksum": checksum}
+        _VERIFIED.add(_identity(final, checksum))  # hashed just now, from what was written
         own = self.shards if self.part is None else self._part_shards
         try:
             own.append(shard)
@@ -341,6 +414,41 @@ class LatentCache:
                 ", ".join(p.name for p in removed[:3]),
             )
         return removed
+
+    def repair(self) -> list[str]:
+        """Check every shard (``_open``: size, checksum, Arrow structure) and drop from the index
+        those that are missing or damaged, deleting their files, so the run that extends the
+        cache encodes their images again; record the checksums of shards written before they
+        were recorded. Returns the dropped shards' names. Rank 0 only (``begin_extension``).
+        A shard that links outside the folder is refused, not repaired."""
+        kept, dropped, recorded = [], [], 0
+        _WARNED.add(str(self.path))  # recorded below: no warning about them
+        for shard in self.shards:
+            path = self._shard_path(shard)
+            try:
+                self._open(shard)
+            except CorruptCacheError as error:
+                dropped.append(shard["file"])
+                logger.warning("%s: dropped, its images are encoded again", error)
+                continue
+            if "checksum" not in shard:
+                shard.update(bytes=path.stat().st_size, checksum=_file_checksum(path))
+                _VERIFIED.add(_identity(path, shard["checksum"]))
+                recorded += 1
+            kept.append(shard)
+        if dropped or recorded:
+            self.shards, self._ids = kept, None
+            self._write_index()
+            for name in dropped:
+                remove_quietly(self.path / name)  # a checked shard-<hex>.arrow name
+        if recorded:
+            logger.info(
+                "%s %s: recorded the checksums of %d shards written before checksums were kept",
+                self.KIND,
+                self.path,
+                recorded,
+            )
+        return dropped
 
     # -- several writers -----------------------------------------------------------------
     def part_files(self) -> list[Path]:
@@ -428,7 +536,8 @@ class LatentCache:
         return CacheRows(self, list(image_ids), fields)
 
     def verify(self) -> None:
-        """Open every shard once (raises ``CorruptCacheError`` naming a bad one)."""
+        """Open every shard once, checking its size and checksum first (raises
+        ``CorruptCacheError`` naming a bad one and the command that rebuilds it)."""
         self._check_current()
         for shard in self.shards:
             self._open(shard)
@@ -625,6 +734,7 @@ def begin_extension(cache: C, fingerprint: dict) -> C:
                 logger.info(
                     "%s %s: kept %d shards an interrupted run wrote", cache.KIND, cache.path, merged
                 )
+            current.repair()  # damaged or missing shards: their images are encoded again
             return
         if len(current) or current.part_files():
             logger.warning(

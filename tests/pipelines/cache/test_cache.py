@@ -155,7 +155,8 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
     cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
     index = json.loads((cache_dir / "index.json").read_text())
     assert index["format"] == "arrow"
-    assert all(set(s) == {"file", "count"} for s in index["shards"])  # no per-image ids
+    # no per-image ids; each shard's size and checksum (issue 26, item 8)
+    assert all(set(s) == {"file", "count", "bytes", "checksum"} for s in index["shards"])
     shard = Dataset.from_file(str(cache_dir / index["shards"][0]["file"]))  # plain `datasets`
     assert shard.column_names == ["image_id", "mean", "std"]
     assert len(shard) == index["shards"][0]["count"]
@@ -193,3 +194,29 @@ def test_a_rerun_after_a_killed_multi_process_run_encodes_only_the_rest(tmp_path
     assert len(cache) == 5 and not cache.part_files()
     assert [s["file"] for s in cache.shards][0] == kept and len(cache.shards) == 2
     assert cache.load(finished)[0].abs().sum() == 0  # kept as written, not encoded again
+
+
+def test_a_shard_damaged_on_disk_is_refused_and_the_cache_run_rebuilds_it(tmp_path, vae_dir):
+    """Issue 26, item 8: bytes changed in the middle of a shard, its size kept."""
+    from vlv_pipeline.datasets import latent_cache
+
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _write_images(images, [f"{i}.png" for i in range(5)])
+    source, manifest = _manifest(images)
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    expected = cache.load(manifest["image_id"])[0]
+    shard = cache_dir / cache.shards[0]["file"]
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 256] = bytes(256)
+    shard.write_bytes(bytes(data))
+    latent_cache._VERIFIED.clear()  # as a new process would
+    with pytest.raises(
+        CorruptCacheError,
+        match=rf"{shard.name} does not match the checksum.*"
+        r"kedro run --pipeline cache",
+    ):
+        LatentCache(cache_dir).rows(manifest["image_id"])
+    rebuilt = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    assert not shard.exists() and len(rebuilt) == 5
+    torch.testing.assert_close(rebuilt.load(manifest["image_id"])[0], expected)
