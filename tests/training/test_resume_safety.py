@@ -155,3 +155,14 @@ def test_the_converter_refuses_a_payload_without_running_it(tmp_path):
         convert_pickled_ema(checkpoint)
     assert not marker.exists()
     assert (checkpoint / "custom_checkpoint_0.pkl").exists()  # left as it was
+
+
+@pytest.mark.parametrize("name", ["trainable.safetensors", "ema.safetensors"])
+def test_a_damaged_checkpoint_file_is_named(tmp_path, name):
+    checkpoint = _killed_at_6(tmp_path / "run")
+    data = (checkpoint / name).read_bytes()
+    (checkpoint / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as error:
+        train(_model(), _data(), _params(), checkpoint_dir=tmp_path / "run")
+    assert str(checkpoint / name) in str(error.value)
+    assert "training.resume: false" in str(error.value)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 IGNORE = -100
@@ -161,9 +161,13 @@ class CaptionDecoder(nn.Module):
         for needed in ("llm", "psi.safetensors", "decoder.json"):
             if not (path / needed).exists():
                 raise FileNotFoundError(f"{path} is not a caption decoder directory: no {needed}")
+        from vlv_pipeline.models.tensor_files import load_tensors, model_dir_hint, naming_damaged
+
         config = json.loads((path / "decoder.json").read_text())
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        llm = AutoModelForCausalLM.from_pretrained(path / "llm", **kwargs)
+        with naming_damaged(path / "llm", what_to_do=model_dir_hint(path)):
+            llm = AutoModelForCausalLM.from_pretrained(path / "llm", **kwargs)
         decoder = cls(llm, int(config["prefix_dim"]))
-        decoder.psi.load_state_dict(load_file(str(path / "psi.safetensors")))
+        psi = load_tensors(path / "psi.safetensors", what_to_do=model_dir_hint(path))
+        decoder.psi.load_state_dict(psi)
         return decoder.eval()

@@ -84,12 +84,15 @@ class VLVCaptioner(nn.Module):
                 f"{path} is not a VLV captioner directory (no {CONFIG}): train one with "
                 "`kedro run --pipeline stage2`"
             )
+        from vlv_pipeline.models.tensor_files import model_dir_hint, naming_damaged
+
         config = json.loads((path / CONFIG).read_text())
-        captioner = cls(
-            VLVEncoder.from_pretrained(path / "encoder"),
-            CLIPTextModel.from_pretrained(path / "text_encoder"),
-            CaptionDecoder.from_pretrained(path / "decoder"),
-            AutoTokenizer.from_pretrained(path / "tokenizer"),
-            **config.get("generation", {}),
-        )
+        with naming_damaged(path, what_to_do=model_dir_hint(path)):
+            captioner = cls(
+                VLVEncoder.from_pretrained(path / "encoder"),
+                CLIPTextModel.from_pretrained(path / "text_encoder"),
+                CaptionDecoder.from_pretrained(path / "decoder"),
+                AutoTokenizer.from_pretrained(path / "tokenizer"),
+                **config.get("generation", {}),
+            )
         return captioner.eval()

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlv_pipeline.errors import UserError
 from vlv_pipeline.models.weights import tied_names
 
 logger = logging.getLogger(__name__)
@@ -111,9 +112,13 @@ SKIPPED: tuple[tuple[str, str], ...] = (
 )
 
 COMPONENTS = ("encoder", "text_encoder", "decoder")
+DOWNLOAD = (
+    "`hf download lambertxiao/Vision-Language-Vision-Captioner-Qwen2.5-3B --local-dir ...`, "
+    "then point import_published.checkpoint at the weights file"
+)
 
 
-class PublishedCheckpointError(ValueError):
+class PublishedCheckpointError(UserError, ValueError):
     """The checkpoint does not fill this project's modules exactly."""
 
 
@@ -123,9 +128,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"published checkpoint {path} does not exist: download it with `hf download "
-            "lambertxiao/Vision-Language-Vision-Captioner-Qwen2.5-3B --local-dir ...` and "
-            "point import_published.checkpoint at the file"
+            f"published checkpoint {path} does not exist: download it ({DOWNLOAD})"
         )
     files = (
         [path]
@@ -139,9 +142,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from vlv_pipeline.models.tensor_files import DamagedWeightsError, load_tensors
 
-            part = load_file(str(file))
+            try:
+                part = load_tensors(file, what_to_do=f"download it again ({DOWNLOAD})")
+            except DamagedWeightsError as error:
+                raise PublishedCheckpointError(str(error)) from None
         else:
             try:
                 part = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

@@ -235,12 +235,14 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        from safetensors.torch import load_file
         from transformers import Florence2ForConditionalGeneration
+
+        from vlv_pipeline.models.tensor_files import load_tensors, model_dir_hint, naming_damaged
 
         path = Path(pretrained_model_name_or_path)
         config = cls.load_config(path)
-        florence = Florence2ForConditionalGeneration.from_pretrained(path / "florence")
+        with naming_damaged(path / "florence", what_to_do=model_dir_hint(path)):
+            florence = Florence2ForConditionalGeneration.from_pretrained(path / "florence")
         encoder = cls.from_florence(
             florence,
             config["num_queries"],
@@ -249,9 +251,8 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
             config.get("input_size"),
             config.get("image_size"),
         )
-        missing, unexpected = encoder.load_state_dict(
-            load_file(str(path / "head.safetensors")), strict=False
-        )
+        head = load_tensors(path / "head.safetensors", what_to_do=model_dir_hint(path))
+        missing, unexpected = encoder.load_state_dict(head, strict=False)
         if unexpected or any(not k.startswith("florence.") for k in missing):
             raise ValueError(
                 f"{path}/head.safetensors does not match the encoder: {unexpected or missing}"

@@ -125,6 +125,20 @@ def _saved(directory: Path, name: str) -> bool:
     return (directory / f"{name}.safetensors").is_file() or (directory / name).is_dir()
 
 
+def _read(path: Path, directory: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint; a damaged one is named, with what to do."""
+    from vlv_pipeline.models.tensor_files import load_tensors
+
+    return load_tensors(path, what_to_do=_damaged_hint(directory))
+
+
+def _damaged_hint(directory: Path) -> str:
+    return (
+        f"delete that checkpoint folder ({directory}: the run resumes from the one before), "
+        + START_FRESH.format(run=directory.parent)
+    )
+
+
 def load_trained(objective: nn.Module, directory: str | Path) -> None:
     """Copy the trained models saved by ``save_trained`` back into ``objective`` in place.
 
@@ -140,7 +154,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
     )
     if not present:
         if (directory / LEGACY_FILE).is_file():
-            _copy_into(objective, load_file(str(directory / LEGACY_FILE)), directory)
+            _copy_into(objective, _read(directory / LEGACY_FILE, directory), directory)
             return
         raise FileNotFoundError(
             f"checkpoint {directory} has none of {expected}: it is incomplete or was written "
@@ -148,7 +162,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
             "training.resume: false"
         )
     if not parts:
-        state = load_file(str(directory / TRAINABLE_FILE))
+        state = _read(directory / TRAINABLE_FILE, directory)
         expected = _loose_tensors(objective)
         if set(state) != set(expected):
             raise ValueError(
@@ -161,16 +175,19 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
     for name, module in parts.items():
         single = directory / f"{name}.safetensors"
         if single.is_file():
-            _copy_into(module, load_file(str(single)), single)
+            _copy_into(module, _read(single, directory), single)
         elif _is_lora(module):
             from peft import set_peft_model_state_dict
 
             adapter = directory / name / "adapter_model.safetensors"
-            result = set_peft_model_state_dict(module, load_file(str(adapter)))
+            result = set_peft_model_state_dict(module, _read(adapter, directory))
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"{adapter}: keys the model lacks: {result.unexpected_keys[:3]}")
         else:
-            saved = type(module).from_pretrained(directory / name)
+            from vlv_pipeline.models.tensor_files import naming_damaged
+
+            with naming_damaged(directory / name, what_to_do=_damaged_hint(directory)):
+                saved = type(module).from_pretrained(directory / name)
             _copy_into(module, saved.state_dict(), directory / name)
             del saved
 

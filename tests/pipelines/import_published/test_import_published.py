@@ -299,3 +299,36 @@ def test_safetensors_shards_read_as_they_are(published, tmp_path):
     save_file({k: state[k] for k in names[1::2]}, str(tmp_path / "model-2.safetensors"))
     read = read_state_dict(tmp_path)
     assert set(read) == set(state) and all(torch.equal(read[k], state[k]) for k in names)
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"not a safetensors file at all " * 8)
+    else:  # empty
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+@pytest.mark.parametrize("layout", ["file", "shards"])
+def test_a_damaged_safetensors_checkpoint_is_refused_by_name(published, tmp_path, how, layout):
+    from safetensors.torch import save_file
+
+    reference, params, *_ = published
+    state = {k: v.clone().contiguous() for k, v in reference.state_dict().items()}
+    names = sorted(state)
+    if layout == "file":
+        save_file(state, str(tmp_path / "model.safetensors"))
+        bad, given = tmp_path / "model.safetensors", tmp_path / "model.safetensors"
+    else:
+        save_file({k: state[k] for k in names[::2]}, str(tmp_path / "model-1.safetensors"))
+        save_file({k: state[k] for k in names[1::2]}, str(tmp_path / "model-2.safetensors"))
+        bad, given = tmp_path / "model-2.safetensors", tmp_path
+    _damage(bad, how)
+    with pytest.raises(PublishedCheckpointError) as error:
+        import_published_captioner(params.model_copy(update={"checkpoint": str(given)}))
+    message = str(error.value)
+    assert str(bad) in message  # the file, not just the folder
+    assert "download" in message  # and what to do
