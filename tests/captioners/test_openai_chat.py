@@ -353,6 +353,109 @@ def test_connection_errors_are_retried_then_reported():
     assert KEY not in text
 
 
+# ---------------------------------------------------------------- deadline (issue 26, item 14)
+
+
+class TrickleServer:
+    """A server on 127.0.0.1 that answers every request with a caption, one byte every
+    ``interval`` seconds: from the status line on (``phase="headers"``) or after headers sent
+    at once (``phase="body"``). Each byte comes well within any per-read timeout."""
+
+    def __init__(self, phase: str, interval: float = 0.05):
+        self.phase, self.interval = phase, interval
+        self.requests = 0
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.requests += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket):
+        with conn:
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                payload = json.dumps(answer("a caption sent slowly")[2]).encode()
+                headers = (
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+                ).encode()
+                rest = headers + payload
+                if self.phase == "body":
+                    conn.sendall(headers)
+                    rest = payload
+                for byte in rest:
+                    if self.stop.is_set():
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.interval)
+            except OSError:
+                pass  # the client hung up
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickling_server_is_cut_off_at_the_deadline(phase):
+    """timeout_s bounds each socket read, and a byte every 50 ms never trips it (the whole
+    answer would take 4-9 s); deadline_s bounds the request as a whole."""
+    with TrickleServer(phase) as server:
+        cap = OpenAICaptioner(
+            base_url=server.base_url,
+            model="m",
+            prompt="p",
+            api_key=KEY,
+            timeout_s=5,
+            deadline_s=0.5,
+            max_retries=1,
+            backoff_s=0.01,
+        )
+        start = time.monotonic()
+        [(image_id, failure)] = list(cap.caption_stream(make_images(1)))
+        elapsed = time.monotonic() - start
+
+    assert image_id == "img0" and isinstance(failure, CaptionFailure)
+    assert "deadline_s = 0.5" in failure.reason and "2 attempt" in failure.reason
+    assert server.requests == 2  # cut off, then retried once like a timeout
+    assert 0.9 <= elapsed < 2.0
+    assert _no_captioner_threads_left()  # no watchdog left behind
+
+
+def test_an_answer_within_the_deadline_is_kept(server):
+    def slow(request):
+        time.sleep(0.3)
+        return answer(caption_for(request))
+
+    server.respond = slow
+    cap = captioner(server, max_concurrency=2, deadline_s=2)
+    assert dict(cap.caption_stream(make_images(2))) == {
+        "img0": "a 8x5 RGB picture of img0",
+        "img1": "a 9x6 RGB picture of img1",
+    }
+    assert server.attempts() == Counter({"img0": 1, "img1": 1})
+
+
 # ---------------------------------------------------------------- redirects (issue 26, item 1)
 
 
@@ -623,6 +726,7 @@ def test_describe_names_the_backend_without_the_key(server):
         ({"max_concurrency": 0}, "max_concurrency"),
         ({"max_concurrency": 2.5}, "max_concurrency"),
         ({"timeout_s": 0}, "timeout_s"),
+        ({"deadline_s": 0}, "deadline_s"),
         ({"max_retries": -1}, "max_retries"),
         ({"backoff_s": -0.5}, "backoff_s"),
         ({"max_tokens": 0}, "max_tokens"),

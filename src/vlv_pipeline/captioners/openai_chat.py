@@ -4,18 +4,23 @@ Only the standard library talks HTTP (``urllib.request``); a ``ThreadPoolExecuto
 most ``max_concurrency`` requests in flight and at most ``2 * max_concurrency`` images taken
 from the input at a time, so the input may be a generator over a large image set.
 
-Failures come in three kinds:
+Failures come in two kinds:
 
-- the image's: HTTP 408, 429, 5xx, connection errors and timeouts are retried with
-  exponential backoff (``max_retries``); an answer without a usable caption (malformed JSON,
-  no text, an empty caption) is asked again until ``bad_answer_attempts`` such answers; any
-  other 4xx (e.g. 400 for an image the model refuses) is not asked again. When its tries are
-  spent the image is yielded as a ``CaptionFailure`` with the reason, and the stream goes on.
+- the image's: HTTP 408, 429, 5xx, connection errors, timeouts and the deadline are retried
+  with exponential backoff (``max_retries``); an answer without a usable caption (malformed
+  JSON, no text, an empty caption) is asked again until ``bad_answer_attempts`` such
+  answers; any other 4xx (e.g. 400 for an image the model refuses) is not asked again. When
+  its tries are spent the image is yielded as a ``CaptionFailure`` with the reason, and the
+  stream goes on.
 - the setting's: a redirect, 401, 403, 404, 405, 407, and rate limits (429) or an
   unreachable server (refused, no such host) that outlast the retries. Every image would
   get them, so ``caption_stream`` raises ``CaptionerError``: the queued images are never
   sent, retries waiting are dropped, and the answers to the requests in flight are yielded
   before the error (they are paid for).
+
+Each request has two time limits: ``timeout_s`` for each socket operation (connect, each
+read) and ``deadline_s`` for the whole exchange, enforced by a timer that shuts the
+connection down, so a server that trickles its answer a byte at a time is cut off too.
 
 The api key goes only into the ``Authorization`` header: never into logs, ``repr``,
 ``describe()`` or exception messages (server text quoted in an error is scrubbed of it).
@@ -27,10 +32,12 @@ server pointed at, so the key goes to the configured origin and nowhere else.
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import io
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -70,6 +77,114 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None
+
+
+class _Deadline:
+    """Ends one HTTP exchange ``seconds`` after it began, however slowly the server sends.
+
+    ``timeout_s`` bounds each socket operation, so a server that sends a byte at a time
+    keeps a request alive for ever. A timer shuts the connection down at the deadline, which
+    ends a blocked connect-tunnel, TLS handshake or read at once. It shuts down its own
+    duplicate of the socket's descriptor (same connection, a descriptor nobody else closes),
+    so it can never touch a descriptor number that was closed and reused meanwhile."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._copies: list[socket.socket] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.name = f"{THREAD_NAME_PREFIX}-deadline"
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            for copy in self._copies:
+                copy.close()
+            self._copies.clear()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Cut ``sock``'s connection at the deadline (at once if it has passed)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                copy = socket.socket(fileno=os.dup(sock.fileno()))
+            except OSError:
+                return
+            self._copies.append(copy)
+            if self.expired:
+                _shut(copy)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.expired = True
+            for copy in self._copies:
+                _shut(copy)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the other side
+
+
+class _WatchedConnection:
+    """An ``http.client`` connection whose socket ``deadline`` watches from the moment it is
+    connected (before any proxy tunnel or TLS handshake)."""
+
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+        self._create_connection = self._create_watched
+
+    def _create_watched(self, *args, **kwargs) -> socket.socket:
+        sock = socket.create_connection(*args, **kwargs)
+        self._deadline.watch(sock)
+        return sock
+
+
+class _WatchedHTTPConnection(_WatchedConnection, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, http.client.HTTPSConnection):
+    pass
+
+
+_WATCHED = {
+    http.client.HTTPConnection: _WatchedHTTPConnection,
+    http.client.HTTPSConnection: _WatchedHTTPSConnection,
+}
+
+
+class _DeadlineOpen:
+    """urllib handler mixin: a request with a ``deadline`` attribute gets a watched
+    connection."""
+
+    def do_open(self, http_class, req, **kwargs):
+        deadline = getattr(req, "deadline", None)
+        if deadline is not None and http_class in _WATCHED:
+            http_class = functools.partial(_WATCHED[http_class], deadline=deadline)
+        return super().do_open(http_class, req, **kwargs)
+
+
+class _HTTPHandler(_DeadlineOpen, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_DeadlineOpen, urllib.request.HTTPSHandler):
+    pass
 
 
 def origin(url: str) -> str:
@@ -214,7 +329,7 @@ class OpenAICaptioner:
         self.image_format, self._mime = _IMAGE_FORMATS[key]
         # a private opener: proxy settings are read from the environment now, no global
         # opener installed elsewhere is picked up, and no redirect is followed
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        self._opener = urllib.request.build_opener(_RefuseRedirects, _HTTPHandler, _HTTPSHandler)
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -435,9 +550,24 @@ class OpenAICaptioner:
         """One POST: the caption, or ``_Transient``, ``_BadAnswer``, ``_Rejected``, or
         ``CaptionerError`` for an answer that says the setting is wrong (not the image)."""
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        request.deadline = deadline = _Deadline(self.deadline_s)
+        with deadline:
+            raw = self._send(image_id, request, min(self.timeout_s, self.deadline_s))
+        if deadline.expired:  # a body cut off at the deadline may read as complete
+            raise self._late()
+        return self._parse_answer(raw)
+
+    def _late(self) -> _Transient:
+        return _Transient(
+            f"no complete answer within deadline_s = {self.deadline_s:g} s (the server was "
+            "still connecting or sending)"
+        )
+
+    def _send(self, image_id: str, request: urllib.request.Request, timeout: float) -> bytes:
+        deadline: _Deadline = request.deadline
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                raw = response.read()
+            with self._opener.open(request, timeout=timeout) as response:
+                return response.read()
         except urllib.error.HTTPError as e:
             with e:
                 try:
@@ -458,13 +588,15 @@ class OpenAICaptioner:
                     raise _Transient(message, status=status, retry_after=retry_after) from None
                 raise _Rejected(f"HTTP {status}: {message}") from None
         except (OSError, http.client.HTTPException) as e:
-            # connection refused/reset, DNS, timeouts (socket.timeout is an OSError)
+            # connection refused/reset, DNS, timeouts (socket.timeout is an OSError), or the
+            # connection cut at the deadline
+            if deadline.expired:
+                raise self._late() from None
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             raise _Transient(
                 _truncate(self._scrub(f"{type(e).__name__}: {e}")),
                 unreachable=isinstance(reason, ConnectionRefusedError | socket.gaierror),
             ) from None
-        return self._parse_answer(raw)
 
     def _redirect_error(self, image_id: str, status: int, headers) -> CaptionerError:
         location = headers.get("Location") if headers is not None else None
