@@ -20,5 +20,7 @@ def hostile(tmp_path: Path) -> SimpleNamespace:
     return SimpleNamespace(
         root=root,
         data={k: v[0] for k, v in files.items()},
-        expected={k: v[1] for k, v in files.items()},
+        # hidden entries get a row too, unread (issue 26, item 10)
+        expected={k: v[1] for k, v in files.items()}
+        | {".cache": "hidden", ".hidden.png": "hidden"},
     )

@@ -16,6 +16,7 @@ from PIL import Image
 from vlv_pipeline.imaging import (
     FolderSource,
     ParquetSource,
+    ReadPolicy,
     Reason,
     Screener,
     WebDatasetSource,
@@ -171,7 +172,11 @@ def test_parquet_with_paths_relative_to_the_file_and_hf_structs(tmp_path):
     path = tmp_path / "meta" / "index.parquet"
     path.parent.mkdir()
     pd.DataFrame({"image": ["../imgs/a.png", "../imgs/nope.png", "../imgs/b.png"]}).to_parquet(path)
-    recs = list(open_source("parquet", path).iter_records())
+    # outside the parquet file's folder: refused unless allowed (issue 26, item 3)
+    refused = list(open_source("parquet", path).iter_records())
+    assert [r.rejected[0] for r in refused] == [Reason.OUTSIDE_SOURCE] * 3
+    allowed = ReadPolicy(allow_outside=True)
+    recs = list(open_source("parquet", path).iter_records(policy=allowed))
     assert recs[0].data == png(RED) and recs[2].data == png(BLUE)
     assert recs[1].data is None and recs[1].rejected[0] == Reason.UNREADABLE
     structs = tmp_path / "hf.parquet"

@@ -17,6 +17,7 @@ from vlv_pipeline.imaging.checks import (
     resize_and_crop,
     to_rgb,
 )
+from vlv_pipeline.imaging.reading import DEFAULT_MAX_FILE_BYTES, ReadPolicy
 from vlv_pipeline.imaging.screening import Screened, Screener
 from vlv_pipeline.imaging.sources import (
     SOURCE_KINDS,
@@ -32,6 +33,7 @@ from vlv_pipeline.imaging.splits import SPLITS, assign_split, canonical_split
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "DEFAULT_MAX_FILE_BYTES",
     "IMAGE_EXTENSIONS",
     "SOURCE_KINDS",
     "SPLITS",
@@ -41,6 +43,7 @@ __all__ = [
     "ImageRejected",
     "ImageSource",
     "ParquetSource",
+    "ReadPolicy",
     "Reason",
     "Record",
     "Screened",

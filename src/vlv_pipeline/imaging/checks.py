@@ -15,7 +15,9 @@ Order of checks for one file, cheapest and most dangerous first:
 5. ``too_small`` / ``bad_aspect_ratio`` - policy filters on the decoded, oriented size.
 
 ``duplicate`` needs state across files and is decided by ``vlv_pipeline.imaging.screening``;
-``unsupported_extension`` and ``unreadable`` are decided by the sources.
+the sources decide, before reading a byte, ``unsupported_extension``, ``unreadable`` and what
+their ``ReadPolicy`` refuses (``vlv_pipeline.imaging.reading``): ``too_large``, ``symlink``,
+``broken_link``, ``not_a_file``, ``outside_source``, ``hidden`` and ``bad_name``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ class Reason(StrEnum):
     BAD_ASPECT_RATIO = "bad_aspect_ratio"
     UNSUPPORTED_EXTENSION = "unsupported_extension"
     UNREADABLE = "unreadable"
+    # refused by the source's ReadPolicy before any byte is read (imaging/reading.py)
+    TOO_LARGE = "too_large"  # over ingest.max_file_bytes
+    SYMLINK = "symlink"  # a link, not followed (ingest.follow_links is off)
+    BROKEN_LINK = "broken_link"  # a followed link that loops or leads nowhere
+    NOT_A_FILE = "not_a_file"  # a FIFO, socket or device: never opened
+    OUTSIDE_SOURCE = "outside_source"  # a parquet path outside its folder
+    HIDDEN = "hidden"  # a name starting with "." (a hidden file or folder)
+    BAD_NAME = "bad_name"  # a file name that is not UTF-8
 
 
 class ImageRejected(Exception):

@@ -4,7 +4,7 @@
 needs the opposite: the bytes of item ``i`` of a manifest, in whatever order a seeded
 sampler asks, from any DataLoader worker. ``byte_reader(source, refs)`` gives that:
 
-- folder: the file ``<folder>/<ref>``;
+- folder: the file ``<folder>/<ref>`` (a regular file only: never a FIFO or device);
 - webdataset: img2dataset's tar shards read **in place**. Ingest records where each image's
   bytes lie (the manifest's ``offset``/``length``); items without that are found by scanning
   their shards' headers once. The index is compact arrays of (shard, offset, size), and an
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vlv_pipeline.imaging.reading import VERIFIED, read_file
 from vlv_pipeline.imaging.sources import (
     FolderSource,
     ImageSource,
@@ -71,10 +72,15 @@ class FolderReader(ByteReader):
 
     def read(self, i: int) -> bytes:
         ref = self.refs[i].decode("utf-8")
-        try:
-            return (self.root / ref).read_bytes()
-        except OSError as error:
-            raise ValueError(f"{self.source!r}: cannot read {ref!r}: {error}") from error
+        parts = ref.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"{self.source!r}: cannot read {ref!r}: not a path inside the folder")
+        # what ingest kept, checked against its sha256 by the caller; never a FIFO or device
+        data, refused = read_file(os.path.join(self.root, *parts), VERIFIED)
+        if data is None:
+            reason, detail = refused
+            raise ValueError(f"{self.source!r}: cannot read {ref!r}: {reason}: {detail}")
+        return data
 
 
 class _OpenFiles:

@@ -17,7 +17,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vlv_pipeline.distributed import barrier, broadcast, rank, together, world_size
+from vlv_pipeline.errors import UserError
 from vlv_pipeline.imaging.checks import Reason
+from vlv_pipeline.imaging.reading import ReadPolicy
 from vlv_pipeline.imaging.screening import Screened, Screener
 from vlv_pipeline.imaging.sources import ImageSource
 from vlv_pipeline.params.ingest import IngestParams
@@ -40,13 +42,23 @@ SCREENED_DTYPES = {
 }
 
 
-class NoImagesKeptError(ValueError):
+class NoImagesKeptError(UserError, ValueError):
     """Ingest found no usable image in its source."""
 
 
 def as_params(params: IngestParams | dict) -> IngestParams:
     # Kedro validates `params:ingest` in a session; a bare runner passes the raw dict.
     return params if isinstance(params, IngestParams) else IngestParams.model_validate(params)
+
+
+def read_policy(params: IngestParams) -> ReadPolicy:
+    """What screening may read: ``ingest.max_file_bytes``, ``follow_links`` and
+    ``allow_outside_paths`` (``imaging/reading.py``)."""
+    return ReadPolicy(
+        max_bytes=params.max_file_bytes,
+        follow_links=params.follow_links,
+        allow_outside=params.allow_outside_paths,
+    )
 
 
 def _row(s: Screened) -> tuple:
@@ -70,8 +82,10 @@ def _row(s: Screened) -> tuple:
 def screen_images(source: ImageSource, params: IngestParams) -> pd.DataFrame:
     """Give every input of ``source`` a verdict (one row each, ``reason`` null when kept).
 
-    Streams the source once; holds one file's bytes at a time plus one small row per
-    input and the hashes of kept images. Logs one summary line. Raises
+    Streams the source once; holds one file's bytes at a time (at most
+    ``ingest.max_file_bytes``) plus one small row per input and the hashes of kept images.
+    What ``read_policy(params)`` refuses (links, paths outside the source, larger files,
+    FIFOs and other special files) gets its own row and is never read. Logs one summary line. Raises
     ``NoImagesKeptError`` (naming the source) if nothing is kept.
 
     Under ``accelerate launch`` each rank screens its own block of the source's files,
@@ -100,7 +114,7 @@ def _screen_part(source: ImageSource, params: IngestParams, part) -> pd.DataFram
         max_aspect_ratio=params.max_aspect_ratio,
     )
     records = tqdm(
-        source.iter_records(part=part),
+        source.iter_records(part=part, policy=read_policy(params)),
         desc=f"ingest {source.kind}",
         unit="file",
         mininterval=1.0,

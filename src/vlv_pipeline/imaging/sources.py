@@ -16,6 +16,11 @@ input gets a verdict.
 ``iter_records(part=(k, n))`` streams only the k-th of n contiguous blocks of the source's
 units (files of a folder, row groups of a parquet file, tar shards), so that n processes can
 screen one source together: the blocks in order are the whole stream, in its order.
+
+``iter_records(policy=...)`` says what may be read (``reading.ReadPolicy``: links, paths
+outside the source's folder, a byte cap per file). What the policy refuses still gets its
+record, with its reason, and is never opened or read: every entry under a folder (hidden
+ones, links, FIFOs, names that are not UTF-8) gets exactly one record.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ import inspect
 import json
 import logging
 import os
+import stat
 import tarfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
@@ -43,6 +49,20 @@ from vlv_pipeline.imaging.checks import (
     ImageRejected,
     Reason,
     decode_normalised,
+)
+from vlv_pipeline.imaging.reading import (
+    SCREENING,
+    VERIFIED,
+    ReadPolicy,
+    Refusal,
+    broken_link,
+    inside,
+    link_refused,
+    not_a_file,
+    read_file,
+    safe_name,
+    too_large,
+    unreadable,
 )
 from vlv_pipeline.imaging.splits import canonical_split, split_from_dirname
 
@@ -99,7 +119,10 @@ class ImageSource(ABC):
 
     @abstractmethod
     def iter_records(
-        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+        self,
+        only: Container[str] | None = None,
+        part: tuple[int, int] | None = None,
+        policy: ReadPolicy | None = None,
     ) -> Iterator[Record]:
         """Stream records in a stable order.
 
@@ -107,6 +130,8 @@ class ImageSource(ABC):
             only: if given, records whose ``ref`` is not in it may be skipped without
                 reading their bytes (used by ``iter_images``).
             part: ``(k, n)``: only the k-th of n contiguous blocks of the source's units.
+            policy: what may be read (default ``reading.SCREENING``: no links, nothing
+                outside the source's folder, at most 64 MiB a file).
         """
 
     @abstractmethod
@@ -218,60 +243,143 @@ class FolderSource(ImageSource):
             labels[key] = (_clean_caption(caption), canonical_split(split))
         return labels
 
-    def _walk(self, directory: Path, prefix: str, skip: Path | None) -> Iterator[tuple[str, Path]]:
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
+    def _walk(
+        self,
+        directory: str,
+        prefix: str,
+        skip: str | None,
+        policy: ReadPolicy,
+        ancestors: frozenset[tuple[int, int]],
+    ) -> Iterator[tuple[str, str, Refusal | None]]:
+        """``(ref, path, refusal)`` for every entry under ``directory``, sorted; a refused
+        entry (a folder too) is one row, and nothing under it is listed."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as error:
+            if not prefix:
+                raise
+            yield prefix[:-1], directory, (Reason.UNREADABLE, f"folder cannot be listed: {error}")
+            return
         for entry in entries:
-            if entry.name.startswith("."):
+            escaped = safe_name(entry.name)
+            if escaped is not None:
+                detail = (
+                    "the name is not valid UTF-8 (shown with \\x escapes): rename it to read it"
+                )
+                yield f"{prefix}{escaped}", entry.path, (Reason.BAD_NAME, detail)
                 continue
             rel = f"{prefix}{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(Path(entry.path), f"{rel}/", skip)
-            elif entry.is_file():
-                if (
-                    skip is not None
-                    and entry.name == skip.name
-                    and Path(entry.path).resolve() == skip
-                ):
-                    continue  # the captions table itself
-                yield rel, Path(entry.path)
+            try:
+                row = self._entry(entry, rel, skip, policy, ancestors)
+            except OSError as error:  # the entry vanished or cannot be looked at
+                yield rel, entry.path, unreadable(error)
+                continue
+            if row is None:  # the captions table itself
+                continue
+            if isinstance(row, tuple):
+                yield row
+            else:
+                yield from row
+
+    def _entry(self, entry: os.DirEntry, rel: str, skip, policy, ancestors):
+        """One entry: a row, the rows under a folder (an iterator), or None to skip it."""
+        if skip is not None and entry.name == os.path.basename(skip):
+            if os.path.realpath(entry.path) == skip:
+                return None
+        if entry.name.startswith("."):
+            what = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+            return (
+                rel,
+                entry.path,
+                (Reason.HIDDEN, f"a hidden {what} (name starts with '.'): not read"),
+            )
+        if entry.is_symlink():
+            if not policy.follow_links:
+                what = "folders" if os.path.isdir(entry.path) else "files"
+                return rel, entry.path, link_refused(entry.path, what)
+            try:
+                target = os.stat(entry.path)
+            except OSError as error:
+                return rel, entry.path, broken_link(entry.path, error)
+            if not stat.S_ISDIR(target.st_mode):
+                return rel, entry.path, None  # read_file decides: a file, a FIFO, its size
+            key = (target.st_dev, target.st_ino)
+            if key in ancestors:
+                detail = (
+                    f"a symbolic link to {os.readlink(entry.path)}, a folder it lies in: "
+                    "a loop, not followed"
+                )
+                return rel, entry.path, (Reason.BROKEN_LINK, detail)
+            return self._walk(entry.path, f"{rel}/", skip, policy, ancestors | {key})
+        if entry.is_dir(follow_symlinks=False):
+            own = entry.stat(follow_symlinks=False)
+            key = (own.st_dev, own.st_ino)
+            return self._walk(entry.path, f"{rel}/", skip, policy, ancestors | {key})
+        if not entry.is_file(follow_symlinks=False):
+            return rel, entry.path, not_a_file(entry.stat(follow_symlinks=False).st_mode)
+        return rel, entry.path, None
+
+    def _label(self, ref: str, labels) -> tuple[str | None, str | None]:
+        caption, split = labels.get(ref, (None, None))
+        if split is None and "/" in ref:
+            split = split_from_dirname(ref.split("/", 1)[0])
+        return caption, split
+
+    def _record(
+        self, ref: str, path: str, refusal: Refusal | None, labels, policy: ReadPolicy
+    ) -> Record:
+        caption, split = self._label(ref, labels)
+        if refusal is not None:
+            return Record(ref, None, caption, split, refusal)
+        if not _is_image_name(ref):
+            suffix = PurePosixPath(ref).suffix or "(none)"
+            detail = f"extension {suffix} is not an image type"
+            return Record(ref, None, caption, split, (Reason.UNSUPPORTED_EXTENSION, detail))
+        data, refusal = read_file(path, policy)
+        return Record(ref, data, caption, split, refusal)
 
     def iter_records(
-        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+        self,
+        only: Container[str] | None = None,
+        part: tuple[int, int] | None = None,
+        policy: ReadPolicy | None = None,
     ) -> Iterator[Record]:
+        policy = policy or SCREENING
         root = Path(self.path)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {self.path!r} does not exist")
         captions = self.captions_path()
         labels = self._load_labels(captions)
-        skip = captions.resolve() if captions is not None else None
-        files: Iterator[tuple[str, Path]] | list[tuple[str, Path]] = self._walk(root, "", skip)
-        if part is not None:  # the file list (names only), then this part's block of it
-            files = list(files)
-            chosen = block(len(files), part)
-            files = files[chosen.start : chosen.stop]
-        for ref, file in files:
+        if only is not None and part is None and isinstance(only, Iterable):
+            yield from self._named(root, only, labels, policy)
+            return
+        skip = os.path.realpath(captions) if captions is not None else None
+        start = os.stat(root)
+        entries: Iterable[tuple[str, str, Refusal | None]] = self._walk(
+            os.fspath(root), "", skip, policy, frozenset({(start.st_dev, start.st_ino)})
+        )
+        if part is not None:  # the entry list (names only), then this part's block of it
+            entries = list(entries)
+            chosen = block(len(entries), part)
+            entries = entries[chosen.start : chosen.stop]
+        for ref, path, refusal in entries:
             if only is not None and ref not in only:
                 continue
-            caption, split = labels.get(ref, (None, None))
-            if split is None and "/" in ref:
-                split = split_from_dirname(ref.split("/", 1)[0])
-            if not _is_image_name(ref):
-                suffix = PurePosixPath(ref).suffix or "(none)"
-                yield Record(
-                    ref,
-                    None,
-                    caption,
-                    split,
-                    (Reason.UNSUPPORTED_EXTENSION, f"extension {suffix} is not an image type"),
-                )
-                continue
-            try:
-                data = file.read_bytes()
-            except OSError as exc:
-                yield Record(ref, None, caption, split, (Reason.UNREADABLE, str(exc)))
-                continue
-            yield Record(ref, data, caption, split)
+            yield self._record(ref, path, refusal, labels, policy)
+
+    def _named(
+        self, root: Path, only: Iterable[str], labels, policy: ReadPolicy
+    ) -> Iterator[Record]:
+        """The records of the refs in ``only`` that exist, in the walk's order, without
+        listing the folder (a later stage reading back what ingest kept)."""
+        for ref in sorted({str(r) for r in only}, key=lambda r: r.split("/")):
+            parts = ref.split("/")
+            if any(p in ("", ".", "..") for p in parts):
+                continue  # no ref this source gives: not found
+            path = os.path.join(root, *parts)
+            if os.path.lexists(path):
+                yield self._record(ref, path, None, labels, policy)
 
 
 # --------------------------------------------------------------------------- parquet
@@ -313,24 +421,68 @@ class ParquetSource(ImageSource):
     def exists(self) -> bool:
         return Path(self.path).is_file()
 
-    def _image_bytes(self, value: object) -> tuple[bytes | None, tuple[Reason, str] | None]:
+    def _image_bytes(
+        self, value: object, policy: ReadPolicy = VERIFIED
+    ) -> tuple[bytes | None, Refusal | None]:
+        if isinstance(value, _Oversized):
+            return None, too_large(value.size, value.cap, "a cell of ")
         if isinstance(value, dict):  # {"bytes": ..., "path": ...}
             value = value.get("bytes") or value.get("path")
         if value is None:
             return None, (Reason.EMPTY_FILE, f"null {self.image_column!r} value")
         if isinstance(value, bytes | bytearray | memoryview):
+            if policy.max_bytes is not None and len(value) > policy.max_bytes:
+                return None, too_large(len(value), policy.max_bytes, "a cell of ")
             return bytes(value), None
-        target = Path(self.path).parent / str(value)  # the decoder decides, not the suffix
-        try:
-            return target.read_bytes(), None
-        except OSError as exc:
-            return None, (Reason.UNREADABLE, str(exc))
+        return self._read_path(str(value), policy)  # the decoder decides, not the suffix
+
+    def _read_path(self, value: str, policy: ReadPolicy) -> tuple[bytes | None, Refusal | None]:
+        """A path cell: relative to the parquet file's folder, and inside it unless
+        ``policy.allow_outside``."""
+        folder = Path(self.path).parent
+        target = folder / value
+        if not policy.allow_outside and not inside(folder, target):
+            return None, (
+                Reason.OUTSIDE_SOURCE,
+                f"path {value!r} is outside the parquet file's folder {folder}: not read "
+                "(set ingest.allow_outside_paths: true to read it)",
+            )
+        return read_file(target, policy)
+
+    def _cells(self, column, policy: ReadPolicy) -> list:
+        """The column's values as Python objects, except that a binary cell over the cap
+        becomes an ``_Oversized`` marker: its length comes from Arrow's offsets, and its
+        bytes are never copied out."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        cap = policy.max_bytes
+        data = column
+        if pa.types.is_struct(column.type):
+            if column.type.get_field_index("bytes") < 0:
+                return column.to_pylist()
+            data = column.field("bytes")
+        if cap is None or not (
+            pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)
+        ):
+            return column.to_pylist()
+        lengths = pc.binary_length(data).to_pylist()
+        if all(n is None or n <= cap for n in lengths):
+            return column.to_pylist()
+        return [
+            _Oversized(n, cap) if n is not None and n > cap else column[i].as_py()
+            for i, n in enumerate(lengths)
+        ]
 
     def iter_records(
-        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+        self,
+        only: Container[str] | None = None,
+        part: tuple[int, int] | None = None,
+        policy: ReadPolicy | None = None,
     ) -> Iterator[Record]:
         import pyarrow.parquet as pq
 
+        policy = policy or SCREENING
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"parquet source {self.path!r} does not exist")
         with pq.ParquetFile(self.path) as parquet:
@@ -347,7 +499,7 @@ class ParquetSource(ImageSource):
                 batch_size=self.batch_size, columns=wanted, row_groups=list(groups)
             )
             for batch in batches:
-                images = batch.column(self.image_column).to_pylist()
+                images = self._cells(batch.column(self.image_column), policy)
                 captions = (
                     batch.column(self.caption_column).to_pylist()
                     if self.caption_column
@@ -363,10 +515,18 @@ class ParquetSource(ImageSource):
                     index += 1
                     if only is not None and ref not in only:
                         continue
-                    data, rejected = self._image_bytes(value)
+                    data, rejected = self._image_bytes(value, policy)
                     yield Record(
                         ref, data, _clean_caption(caption), canonical_split(split), rejected
                     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Oversized:
+    """A parquet cell over the byte cap, in place of its bytes."""
+
+    size: int
+    cap: int
 
 
 # ----------------------------------------------------------------------- webdataset
@@ -387,68 +547,118 @@ class WebDatasetSource(ImageSource):
     as a stream (``tarfile`` mode ``r|*``), grouping consecutive members by key. The caption
     is ``key.txt``, else a string ``caption`` field of ``key.json``. A shard that cannot be
     read to the end gives one ``corrupt`` record (ref = the shard) after its good members.
+    A shard found in the directory or by the glob that the policy refuses (a link, a FIFO)
+    gives one record (ref = the shard) and is never opened; a member over the byte cap, or
+    one that is not a file (a link, a device), gives its own record and is never read.
     """
 
     kind = "webdataset"
 
-    def shards(self) -> list[tuple[str, Path]]:
-        """``(name used in refs, path)`` for every shard, sorted."""
+    def _candidates(self) -> list[tuple[str, Path, bool]]:
+        """``(name used in refs, path, named)`` for every ``*.tar`` found, sorted; ``named``:
+        the path itself names the shard (then a link is followed, as the user named it)."""
         path = Path(self.path)
         if path.is_file():
-            return [(path.name, path)]
+            return [(path.name, path, True)]
         if path.is_dir():
-            return [(p.name, p) for p in sorted(path.glob("*.tar")) if p.is_file()]
-        matches = sorted(Path(p) for p in glob.glob(self.path) if Path(p).is_file())
+            return [(p.name, p, False) for p in sorted(path.glob("*.tar"))]
+        matches = sorted(Path(p) for p in glob.glob(self.path))
+        matches = [p for p in matches if not p.is_dir()]
         if not matches:
             return []
         root = Path(os.path.commonpath([p.parent for p in matches]))
-        return [(p.relative_to(root).as_posix(), p) for p in matches]
+        return [(p.relative_to(root).as_posix(), p, False) for p in matches]
+
+    def _entries(self, policy: ReadPolicy) -> list[tuple[str, Path, Refusal | None]]:
+        """Every shard found, with the policy's refusal (None: read it)."""
+        entries = []
+        for name, path, named in self._candidates():
+            refusal = None
+            try:
+                st = os.stat(path, follow_symlinks=named or policy.follow_links)
+                if stat.S_ISLNK(st.st_mode):
+                    refusal = link_refused(path, "shards")
+                elif stat.S_ISDIR(st.st_mode):
+                    continue  # a folder the glob matched: not a shard
+                elif not stat.S_ISREG(st.st_mode):
+                    refusal = not_a_file(st.st_mode)
+            except OSError as error:
+                refusal = broken_link(path, error) if path.is_symlink() else unreadable(error)
+            entries.append((name, path, refusal))
+        return entries
+
+    def shards(self) -> list[tuple[str, Path]]:
+        """``(name used in refs, path)`` for every readable shard, sorted (links followed)."""
+        return [(name, path) for name, path, refusal in self._entries(VERIFIED) if refusal is None]
 
     def exists(self) -> bool:
         return bool(self.shards())
 
     def iter_records(
-        self, only: Container[str] | None = None, part: tuple[int, int] | None = None
+        self,
+        only: Container[str] | None = None,
+        part: tuple[int, int] | None = None,
+        policy: ReadPolicy | None = None,
     ) -> Iterator[Record]:
-        shards = self.shards()
+        policy = policy or SCREENING
+        shards = self._entries(policy)
         if not shards:
             raise FileNotFoundError(f"webdataset source {self.path!r}: no tar shards found")
         chosen = block(len(shards), part)
-        for name, path in shards[chosen.start : chosen.stop]:
-            yield from self._iter_shard(name, path, only)
+        for name, path, refusal in shards[chosen.start : chosen.stop]:
+            if refusal is not None:
+                if only is None:
+                    yield Record(name, None, rejected=refusal)
+                continue
+            yield from self._iter_shard(name, path, only, policy)
 
-    def _iter_shard(self, shard: str, path: Path, only: Container[str] | None) -> Iterator[Record]:
+    def _iter_shard(
+        self, shard: str, path: Path, only: Container[str] | None, policy: ReadPolicy
+    ) -> Iterator[Record]:
         current: str | None = None
-        members: dict[str, bytes | None] = {}
-        where: dict[str, tuple[int, int]] = {}
+        group = _Group()
         seen = 0
+        cap = policy.max_bytes
         try:
-            with tarfile.open(path, mode="r|*") as tar:
-                # offsets in a compressed stream are not file offsets: no location then
-                plain = getattr(tar.fileobj, "comptype", None) == "tar"
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    base = member.name.rsplit("/", 1)[-1]
-                    if base.startswith("."):
-                        continue
-                    key, ext = _wds_key_ext(member.name)
-                    if key != current:
-                        if current is not None:
-                            yield from self._flush(shard, current, members, only, where)
-                        current, members, where = key, {}, {}
-                    seen += 1
-                    if only is None:  # images and their caption/metadata
-                        needed = _is_image_name(member.name) or ext in _WDS_META_EXTENSIONS
-                    else:  # just the wanted images
-                        needed = f"{shard}/{member.name}" in only and _is_image_name(member.name)
-                    fileobj = tar.extractfile(member) if needed else None
-                    members[ext] = fileobj.read() if fileobj is not None else None
-                    if plain:
-                        where[ext] = (member.offset_data, member.size)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as raw:
+                if not stat.S_ISREG(os.fstat(raw.fileno()).st_mode):  # replaced meanwhile
+                    yield Record(shard, None, rejected=not_a_file(os.fstat(raw.fileno()).st_mode))
+                    return
+                with tarfile.open(name=os.fspath(path), mode="r|*", fileobj=raw) as tar:
+                    # offsets in a compressed stream are not file offsets: no location then
+                    plain = getattr(tar.fileobj, "comptype", None) == "tar"
+                    for member in tar:
+                        if member.isdir():
+                            continue
+                        base = member.name.rsplit("/", 1)[-1]
+                        if base.startswith("."):
+                            continue
+                        key, ext = _wds_key_ext(member.name)
+                        if key != current:
+                            if current is not None:
+                                yield from self._flush(shard, current, group, only)
+                            current, group = key, _Group()
+                        seen += 1
+                        if only is None:  # images and their caption/metadata
+                            needed = _is_image_name(member.name) or ext in _WDS_META_EXTENSIONS
+                        else:  # just the wanted images
+                            needed = f"{shard}/{member.name}" in only and _is_image_name(
+                                member.name
+                            )
+                        group.members[ext] = None
+                        if not member.isfile():
+                            group.refused[ext] = (Reason.NOT_A_FILE, _member_kind(member))
+                        elif needed and cap is not None and member.size > cap:
+                            group.refused[ext] = too_large(member.size, cap, "a tar member of ")
+                        elif needed:
+                            fileobj = tar.extractfile(member)
+                            group.members[ext] = fileobj.read() if fileobj is not None else None
+                        if plain and member.isfile():
+                            group.where[ext] = (member.offset_data, member.size)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             if current is not None:
-                yield from self._flush(shard, current, members, only, where)
+                yield from self._flush(shard, current, group, only)
             yield Record(
                 shard,
                 None,
@@ -456,16 +666,16 @@ class WebDatasetSource(ImageSource):
             )
             return
         if current is not None:
-            yield from self._flush(shard, current, members, only, where)
+            yield from self._flush(shard, current, group, only)
 
     def _flush(
-        self,
-        shard: str,
-        key: str,
-        members: dict[str, bytes | None],
-        only: Container[str] | None = None,
-        where: dict[str, tuple[int, int]] | None = None,
+        self, shard: str, key: str, group: _Group, only: Container[str] | None = None
     ) -> Iterator[Record]:
+        members, refused = group.members, group.refused
+        for ext in _WDS_META_EXTENSIONS & refused.keys():
+            logger.warning(
+                "%s/%s.%s: %s; its caption is not read", shard, key, ext, refused[ext][1]
+            )
         caption = None
         if members.get("txt") is not None:
             caption = _clean_caption(members["txt"].decode("utf-8", errors="replace"))
@@ -481,7 +691,10 @@ class WebDatasetSource(ImageSource):
             ref = f"{shard}/{key}.{ext}"
             if only is not None and ref not in only:
                 continue
-            yield Record(ref, members[ext], caption, location=(where or {}).get(ext))
+            if ext in refused:
+                yield Record(ref, None, caption, rejected=refused[ext])
+                continue
+            yield Record(ref, members[ext], caption, location=group.where.get(ext))
         if images or only is not None:
             return
         others = [ext for ext in members if ext not in _WDS_META_EXTENSIONS]
@@ -497,6 +710,30 @@ class WebDatasetSource(ImageSource):
                 caption,
                 rejected=(Reason.UNSUPPORTED_EXTENSION, f"no image member (has {found})"),
             )
+
+
+@dataclass(slots=True)
+class _Group:
+    """The members of one webdataset key, as read: bytes (None when not read), refusals,
+    and where each member's bytes lie in a plain tar."""
+
+    members: dict[str, bytes | None] = field(default_factory=dict)
+    refused: dict[str, Refusal] = field(default_factory=dict)
+    where: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        what = f"a symbolic link to {member.linkname}"
+    elif member.islnk():
+        what = f"a hard link to {member.linkname}"
+    elif member.isfifo():
+        what = "a FIFO"
+    elif member.isdev():
+        what = "a device"
+    else:
+        what = "not a regular file"
+    return f"a tar member that is {what}: not read"
 
 
 # ------------------------------------------------------------------------ factory
@@ -548,7 +785,7 @@ def iter_images(
         raise ValueError("manifest has repeated 'source' refs")
     if not wanted:
         return
-    for record in source.iter_records(only=wanted.keys()):
+    for record in source.iter_records(only=wanted.keys(), policy=VERIFIED):
         image_id = wanted.pop(record.ref, None)
         if image_id is None:
             continue

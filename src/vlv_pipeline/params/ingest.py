@@ -53,6 +53,21 @@ class IngestParams(StrictModel):
     seed: Annotated[int, Field(strict=True)] = Field(
         0, description="salt of the deterministic split draw"
     )
+    max_file_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="a file (folder file, tar member, parquet cell) larger than this is "
+        "rejected as too_large from its size, before any byte is read (default 64 MiB)",
+    )
+    follow_links: Annotated[bool, Field(strict=True)] = Field(
+        False,
+        description="read symbolic links in a folder source (files and folders, wherever "
+        "they lead) and in a shard folder; off: each link is rejected as symlink, unread",
+    )
+    allow_outside_paths: Annotated[bool, Field(strict=True)] = Field(
+        False,
+        description="read a parquet source's path cells that lead outside the parquet "
+        "file's folder (absolute, ../); off: rejected as outside_source, unread",
+    )
     parts_dir: str = Field(
         "data/02_intermediate/ingest_parts",
         description="under accelerate launch, where each rank leaves its screened rows for "
