@@ -1,8 +1,11 @@
 """The `caption` pipeline on a user's folder: any size and format, ingest's verdicts for bad files."""
 
 import json
+import os
+import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 from kedro.io import DataCatalog, MemoryDataset, Version
 from kedro.runner import SequentialRunner
@@ -106,3 +109,68 @@ def test_the_official_clean_up_cuts_and_drops_repeats(raw, clean):
 def test_no_source_says_how_to_give_one():
     with pytest.raises(ValueError, match="--params caption.source=PATH"):
         open_user_images(CaptionParams())
+
+
+def _run_with_a_trained_captioner(tiny_world, tiny_sd, tmp_path, folder, **params):
+    captioner, _ = tiny_captioner(tiny_world, tiny_sd, tmp_path)
+    _models(tmp_path, lazy=False)["caption_trained_captioner"].save(captioner)
+    catalog = _catalog(tmp_path, CaptionParams(source=str(folder), batch_size=2, **params))
+    SequentialRunner().run(create_pipeline(), catalog)
+    table = catalog["user_captions"].load().set_index("file")
+    return table, json.loads((tmp_path / "captions.json").read_text())
+
+
+def test_a_duplicate_gets_one_verdict_and_the_log_agrees_with_the_outputs(
+    tiny_world, tiny_sd, tmp_path, caplog
+):
+    """Issue 26, item 11: the copy was both captioned and rejected, so the log's counts
+    (distinct captions) and the JSON's (rows with a caption) differed."""
+    folder = _user_folder(tmp_path / "mine")
+    (folder / "copy_of_a.png").write_bytes((folder / "a.png").read_bytes())
+    with caplog.at_level("INFO", logger="vlv_pipeline.pipelines.caption.nodes"):
+        table, written = _run_with_a_trained_captioner(tiny_world, tiny_sd, tmp_path, folder)
+    assert table.loc["copy_of_a.png", "rejected"] == "duplicate"
+    assert pd.isna(table.loc["copy_of_a.png", "caption"])  # one verdict: not also captioned
+    assert table.loc["copy_of_a.png", "detail"] == "same bytes as a.png"
+    assert (table["caption"].notna() ^ table["rejected"].notna()).all()  # exactly one each
+    rejected = written.pop("rejected")
+    captioned = len(written)
+    assert (captioned, len(rejected)) == (3, 4)
+    assert rejected["copy_of_a.png"] == "duplicate: same bytes as a.png"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("caption:")]
+    assert line.startswith(f"caption: {captioned} images captioned, {len(rejected)} rejected")
+
+
+def test_a_hostile_folder_is_captioned_to_the_end_with_a_verdict_per_entry(
+    tiny_world, tiny_sd, tmp_path
+):
+    """Issue 26, items 3, 9, 10: a link loop, a FIFO, a link out, a huge sparse file."""
+    folder = _user_folder(tmp_path / "mine")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((folder / "a.png").read_bytes()[::-1])
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "out.png").symlink_to(outside)
+    os.mkfifo(folder / "fifo.png")
+    with open(folder / "huge.jpg", "wb") as f:
+        f.truncate(3 << 30)
+    done: dict = {}
+
+    def run():
+        done["result"] = _run_with_a_trained_captioner(tiny_world, tiny_sd, tmp_path, folder)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert "result" in done, "the caption run did not finish (see the log)"
+    table, written = done["result"]
+    rejected = written.pop("rejected")
+    assert set(written) == {"big.jpg", "a.png", "grey.webp"}
+    assert {k: v.split(":")[0] for k, v in rejected.items()} == {
+        "empty.png": "empty_file",
+        "broken.jpg": table.loc["broken.jpg", "rejected"],
+        "notes.txt": "unsupported_extension",
+        "loop.png": "symlink",
+        "out.png": "symlink",
+        "fifo.png": "not_a_file",
+        "huge.jpg": "too_large",
+    }

@@ -137,18 +137,23 @@ def caption_user_images(
         return captions
 
     captions = dict(pair for part in each_rank(caption_mine) for pair in part)
+    # one verdict per row: a caption for the kept rows only (a duplicate keeps its
+    # `duplicate` verdict, whose detail names the file that carries its caption)
     table = pd.DataFrame(
         {
             "file": screened["source"].astype(str),
             "image_id": screened["image_id"],
-            "caption": [captions.get(i) if pd.notna(i) else None for i in screened["image_id"]],
+            "caption": [
+                captions.get(i) if pd.isna(r) else None
+                for i, r in zip(screened["image_id"], screened["reason"], strict=True)
+            ],
             "rejected": screened["reason"],
             "detail": screened["detail"],
         }
     )
-    logger.info(
+    logger.info(  # counted from the table the outputs are written from
         "caption: %d images captioned, %d rejected (see the `rejected` column)",
-        len(captions),
-        int(screened["reason"].notna().sum()),
+        int(table["caption"].notna().sum()),
+        int(table["rejected"].notna().sum()),
     )
     return table[COLUMNS]
