@@ -339,6 +339,15 @@ def test_more_failures_than_the_fraction_allows_fail_the_run_with_one_message(
     assert sorted(journal.read()) == sorted(chat.captioned) and chat.captioned
 
 
+def test_no_caption_at_all_fails_the_run_whatever_the_fraction(tiny_world, chat, tmp_path):
+    source, manifest = tiny_world
+    params = _api(tmp_path, chat, max_failed_fraction=1.0, max_images=3)
+    selection = nodes.select_images(manifest, params)
+    chat.default = "empty"
+    with pytest.raises(CaptionFailuresError, match="3 of 3 selected images.*no caption pairs"):
+        nodes.synthesize_captions(source, selection, params, {})
+
+
 def test_a_fatal_error_journals_the_answers_in_flight_first(tiny_world, chat, tmp_path):
     source, manifest = tiny_world
     params = _api(tmp_path, chat, concurrency=3)

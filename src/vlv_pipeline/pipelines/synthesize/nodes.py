@@ -189,14 +189,20 @@ def synthesize_captions(
         done, failed = journal.read(), failures.read()
     captioned = [i for i in ids if i in done]
     lost = [i for i in ids if i not in done and i in failed]
-    if len(lost) > allowed or not captioned:
-        example = lost[0] if lost else None
-        reason = _truncate(failed[example]["reason"], 200) if example else ""
+    if len(lost) > allowed or (lost and not captioned):
+        example = lost[0]
+        reason = _truncate(failed[example]["reason"], 200)
+        share_text = f"{len(lost) / len(selection):.1%}"
+        verdict = (
+            f"more than synthesize.max_failed_fraction = {params.max_failed_fraction:g} "
+            f"allows (at most {allowed})"
+            if len(lost) > allowed
+            else "so there are no caption pairs"
+        )
         raise CaptionFailuresError(
             f"synthesize: {len(lost)} of {len(selection)} selected images failed to caption "
-            f"({len(lost) / len(selection):.1%}), more than synthesize.max_failed_fraction = "
-            f"{params.max_failed_fraction:g} allows (at most {allowed}); the reasons are in "
-            f"{failures.path}{' and its .rank<r> files' if world_size() > 1 else ''} "
+            f"({share_text}), {verdict}; the reasons are in {failures.path}"
+            f"{' and its .rank<r> files' if world_size() > 1 else ''} "
             f"(e.g. {example!r}: {reason}). The {len(captioned)} captions made are kept in "
             f"{journal.path}. Fix the cause, then rerun with {RETRY_FAILED} to send the "
             "failed images again, or raise synthesize.max_failed_fraction to go on without "
@@ -220,6 +226,8 @@ def synthesize_captions(
             failures.path,
             RETRY_FAILED,
         )
+    else:
+        logger.info("synthesize: %d of %d images captioned, 0 failed", len(captioned), len(ids))
     records = [done[i] for i in captioned]
     return pd.DataFrame(
         {
