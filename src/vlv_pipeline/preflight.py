@@ -43,6 +43,7 @@ import click
 from kedro.framework.hooks import hook_impl
 
 from vlv_pipeline.distributed import rank, world_size
+from vlv_pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ __all__ = [
     "check_references",
     "references",
     "t2i_disagreement",
+    "unread_params",
 ]
 
 # Parameter keys whose string value names a model (a hub id or a local directory), besides
@@ -118,7 +120,7 @@ class Reference:
     weights: bool = True
 
 
-class MissingComponentsError(click.ClickException, RuntimeError):
+class MissingComponentsError(click.ClickException, UserError, RuntimeError):
     """The run cannot start: its message lists each missing piece and what provides it.
 
     A ``click.ClickException``, so ``kedro run`` prints ``Error: <message>`` and exits 1 with
@@ -670,7 +672,7 @@ T2I_KEYS = (
 )
 
 
-class T2IMismatchError(click.ClickException, RuntimeError):
+class T2IMismatchError(click.ClickException, UserError, RuntimeError):
     """The run's stages name different T2I models (one message naming every key)."""
 
 
@@ -724,15 +726,52 @@ def check_t2i(pipeline: Any, catalog: Any) -> None:
         raise T2IMismatchError(problem)
 
 
+def unread_params(
+    runtime_params: Mapping[str, Any], inputs: Iterable[str], resolver_keys: Iterable[str]
+) -> list[str]:
+    """The top-level ``--params`` keys no node of the run reads: not ``params:<key>`` (or
+    below it), not ``parameters``, not a key conf reads through ``${runtime_params:...}``.
+    A study point's blocks derive from every section, so a run that reads one reads all."""
+    inputs = set(inputs)
+    if "parameters" in inputs or any(i.startswith("params:study_points.") for i in inputs):
+        return []
+    read = {i.removeprefix("params:").split(".")[0] for i in inputs if i.startswith("params:")}
+    return [k for k in runtime_params if k not in read and k not in set(resolver_keys)]
+
+
+def _warn_unread(run_params: Mapping[str, Any], pipeline: Any, loader: Any) -> None:
+    runtime = run_params.get("runtime_params") or {}
+    if not runtime or rank() != 0:
+        return
+    keys = loader.conf_keys()[1] if hasattr(loader, "conf_keys") else set()
+    for key in unread_params(runtime, pipeline.inputs(), keys):
+        names = run_params.get("pipeline_names") or ["__default__"]
+        logger.warning(
+            "--params %s has no effect on this run: no node of %s reads params:%s",
+            key,
+            ", ".join(names),
+            key,
+        )
+
+
 class PreflightHook:
     """Checks, before any node runs, every component the run needs (module docstring)."""
 
     def __init__(self, registry: Mapping[str, Any] | None = None) -> None:
         self._registry = registry
+        self._loader = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from vlv_pipeline.errors import install_log_masking
+
+        install_log_masking()  # on whatever handlers logging has now
+        self._loader = context.config_loader
 
     @hook_impl(tryfirst=True)  # before plugins' hooks start anything (an MLflow run)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         check_t2i(pipeline, catalog)  # parameters only: always, even with the check off
+        _warn_unread(run_params, pipeline, self._loader)
         if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
             return
         registry = self._registry

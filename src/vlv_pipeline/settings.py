@@ -1,9 +1,21 @@
 """Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
 import os
+import warnings
 
 # Nothing in the default environment may reach a model hub or phone home.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+
+# Secrets are masked in every log record, on every handler (errors.py; the console and
+# info.log of conf/logging.yml, or the handlers of your own KEDRO_LOGGING_CONFIG).
+from vlv_pipeline.errors import install_log_masking  # noqa: E402
+
+install_log_masking()
+# Kedro 1.7's own config loader calls OmegaConf's deprecated register_new_resolver: four
+# warnings of a dozen lines each on every run, that no user can act on.
+warnings.filterwarnings(
+    "ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning
+)
 
 from vlv_pipeline.config import StudyConfigLoader  # noqa: E402
 

@@ -20,8 +20,10 @@ from typing import Protocol
 
 from PIL import Image
 
+from vlv_pipeline.errors import UserError
 
-class CaptionerError(RuntimeError):
+
+class CaptionerError(UserError, RuntimeError):
     """A captioner failed in a way a retry will not fix (bad request, bad model, bad answer)."""
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from vlv_pipeline.errors import UserError
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.tracking import flatten
 from vlv_pipeline.training import checkpoint
@@ -64,7 +65,7 @@ READING_KEYS = frozenset(
 )
 
 
-class TrainingDivergedError(FloatingPointError):
+class TrainingDivergedError(UserError, FloatingPointError):
     """The loss stopped being finite; nothing after the last good checkpoint was saved."""
 
 

@@ -1,0 +1,137 @@
+"""The project's ``kedro run``: Kedro's own command, with the user's mistakes as one message.
+
+Kedro loads ``<package>.cli`` and its ``run`` replaces the built-in one; ``python -m
+vlv_pipeline`` (and the ``vlv-pipeline`` script) find the same command. It takes every option
+of Kedro's ``run`` (they are Kedro's own, so they follow Kedro's version) plus ``--verbose``.
+
+- An error the user fixes (``errors.UserError`` and its subclasses, which include the
+  preflight's; Kedro's parameter validation; a missing conf folder; an unknown pipeline name)
+  prints ``Error: <message>`` alone and exits 1. Parameter errors are one line per bad key.
+- Any other exception is a bug: its traceback is printed (plain Python, masked) and the
+  command exits 1.
+- ``--verbose`` or ``VLV_TRACEBACK=1`` prints the traceback of user errors too.
+- Secrets are masked in everything printed here and in every log record
+  (``errors.install_log_masking``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+from kedro.framework.cli import project as _kedro_project
+
+from vlv_pipeline.errors import UserError, install_log_masking, mask_secrets, parameter_message
+
+TRACEBACK_ENV = "VLV_TRACEBACK"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class UserMessage(click.ClickException):
+    """A user error as ``click`` prints it (``Error: ...``, exit 1); rank 0 only under
+    ``accelerate launch`` (the other ranks exit quietly)."""
+
+    def show(self, file: Any = None) -> None:
+        from vlv_pipeline.distributed import rank
+
+        if rank() == 0:
+            super().show(file)
+
+
+def tracebacks_wanted(verbose: bool = False) -> bool:
+    return verbose or os.environ.get(TRACEBACK_ENV, "").strip().lower() in _TRUE
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether the user fixes ``error`` (module docstring)."""
+    from kedro.config import MissingConfigException
+    from kedro.io import DatasetError
+    from kedro.validation.exceptions import ParameterValidationError
+
+    if isinstance(
+        error, UserError | ParameterValidationError | MissingConfigException | click.ClickException
+    ):
+        return True
+    if isinstance(error, DatasetError) and error.__cause__ is not None:
+        return is_user_error(error.__cause__)  # Kedro wraps what a dataset's load raises
+    text = str(error)
+    if isinstance(error, ValueError) and text.startswith("Failed to find the pipeline named"):
+        return True  # `--pipeline nosuch`: Kedro's message lists close names
+    return type(error).__name__ == "ParserError" and text.startswith("Invalid YAML or JSON file")
+
+
+def describe(error: BaseException) -> str:
+    """The message a user sees for ``error``, secrets masked."""
+    from kedro.validation.exceptions import ParameterValidationError
+
+    if isinstance(error, ParameterValidationError):
+        text = parameter_message(str(error))
+    elif isinstance(error, click.ClickException):
+        text = error.message
+    else:
+        text = str(error)
+    return mask_secrets(text)
+
+
+def _print_traceback(error: BaseException) -> None:
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    click.echo(mask_secrets(text).rstrip("\n"), err=True)
+
+
+def stop(error: Exception, verbose: bool = False) -> click.ClickException | click.exceptions.Exit:
+    """What the command raises instead of ``error``: a message, or a bug's exit after its
+    traceback."""
+    if not is_user_error(error):
+        _print_traceback(error)
+        click.echo(
+            "(an unexpected error, not a mistake in your settings: the traceback above is "
+            "for a bug report)",
+            err=True,
+        )
+        return click.exceptions.Exit(1)
+    if tracebacks_wanted(verbose):
+        _print_traceback(error)
+    message = describe(error)
+    if isinstance(error, click.ClickException):
+        error.message = message  # keeps its own show() (the preflight's: rank 0 only)
+        return error
+    return UserMessage(message)
+
+
+def _run(verbose: bool = False, **kwargs: Any) -> Any:
+    install_log_masking(console_quiet=True)
+    try:
+        return _kedro_project.run.callback(**kwargs)
+    except Exception as error:  # noqa: BLE001 - every exception: a message or a bug report
+        raise stop(error, verbose) from None
+
+
+@click.group(name="vlv_pipeline")
+def cli() -> None:
+    """Project commands (they replace Kedro's of the same name)."""
+
+
+run = click.Command(
+    name="run",
+    callback=_run,
+    params=[
+        *_kedro_project.run.params,
+        click.Option(
+            ["--verbose"],
+            is_flag=True,
+            default=False,
+            help=f"Show the traceback of errors in your settings too (or set {TRACEBACK_ENV}=1).",
+        ),
+    ],
+    help=_kedro_project.run.help,
+    short_help=_kedro_project.run.short_help,
+    context_settings=_kedro_project.run.context_settings,
+)
+cli.add_command(run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())
