@@ -162,3 +162,36 @@ def test_every_file_dataset_in_the_catalogs_saves_atomically():
         "these catalog entries save through a kedro-datasets class, which writes in place: use "
         f"vlv_pipeline.datasets.atomic's class of the same name: {plain}"
     )
+
+
+def test_a_model_directory_that_fails_midway_keeps_the_previous_latest(tmp_path, monkeypatch):
+    """ModelDirectoryDataset was already atomic (a hidden folder, renamed): checked here the
+    same way, with save_pretrained failing after it wrote a file."""
+    from kedro.io import Version
+
+    from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+    from vlv_pipeline.models.probe import AttributeProbe
+
+    def dataset(save):
+        return ModelDirectoryDataset(
+            filepath=str(tmp_path / "probe"),
+            load_class="vlv_pipeline.models.probe.AttributeProbe",
+            version=Version(None, save),
+        )
+
+    probe = AttributeProbe(image_size=16, width=4, hidden=8)
+    dataset(OLD).save(probe)
+    before = sorted(tmp_path.rglob("*"))
+    real = AttributeProbe.save_pretrained
+
+    def fails_midway(self, path, **kwargs):
+        real(self, path, **kwargs)  # every file written, then the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(AttributeProbe, "save_pretrained", fails_midway)
+    with pytest.raises(DatasetError, match=r"could not write .*probe.*disk is full"):
+        dataset(NEW).save(probe)
+    monkeypatch.undo()
+    assert sorted(tmp_path.rglob("*")) == before
+    latest = dataset(None)
+    assert latest.resolve_load_version() == OLD and isinstance(latest.load(), AttributeProbe)

@@ -152,3 +152,29 @@ def test_the_cache_run_drops_a_damaged_shard_so_its_images_are_encoded_again(tmp
     ]
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert bad.name in logged and missing.name in logged
+
+
+def test_an_old_shard_is_read_in_full_before_its_checksum_is_trusted(tmp_path):
+    """A shard with no checksum whose string offsets point a gigabyte past its data opens with
+    Arrow (which reads lazily); the cache run validates it in full and drops it instead of
+    recording a checksum for it."""
+    import numpy as np
+
+    cache = LatentCache(tmp_path)
+    cache.reset(FP)
+    cache.add(["aa", "bb"], torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
+    cache.add(["cc", "dd"], torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2))
+    bad = tmp_path / cache.shards[0]["file"]
+    offsets = np.array([0, 2, 4], dtype=np.int32).tobytes()
+    huge = np.array([0, 2, 1 << 30], dtype=np.int32).tobytes()
+    bad.write_bytes(bad.read_bytes().replace(offsets, huge))
+    index = _index(tmp_path)
+    for shard in index["shards"]:
+        del shard["checksum"], shard["bytes"]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    latent_cache._VERIFIED.clear()
+
+    repaired = begin_extension(LatentCache(tmp_path), FP)
+    assert repaired.image_ids() == {"cc", "dd"} and not bad.exists()
+    (kept,) = _index(tmp_path)["shards"]
+    assert kept["checksum"].startswith("crc32:")

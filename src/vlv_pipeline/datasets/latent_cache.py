@@ -419,14 +419,23 @@ class LatentCache:
         """Check every shard (``_open``: size, checksum, Arrow structure) and drop from the index
         those that are missing or damaged, deleting their files, so the run that extends the
         cache encodes their images again; record the checksums of shards written before they
-        were recorded. Returns the dropped shards' names. Rank 0 only (``begin_extension``).
+        were recorded (after a full Arrow validation: offsets and lengths in bounds, so what
+        is trusted from now on cannot send a reader past its file). Returns the dropped shards'
+        names. Rank 0 only (``begin_extension``).
         A shard that links outside the folder is refused, not repaired."""
         kept, dropped, recorded = [], [], 0
         _WARNED.add(str(self.path))  # recorded below: no warning about them
         for shard in self.shards:
             path = self._shard_path(shard)
             try:
-                self._open(shard)
+                table = self._open(shard)
+                if "checksum" not in shard:  # its checksum is about to be trusted: read it all
+                    try:
+                        table.data.table.validate(full=True)
+                    except Exception as invalid:  # pyarrow.ArrowInvalid and kin
+                        raise CorruptCacheError(
+                            f"{self.KIND} shard {path} is corrupt ({invalid})"
+                        ) from invalid
             except CorruptCacheError as error:
                 dropped.append(shard["file"])
                 logger.warning("%s: dropped, its images are encoded again", error)
