@@ -3,9 +3,10 @@
 Layout of a cache directory::
 
     index.json             {"format": "arrow", "fingerprint": {...},
-                            "shards": [{"file", "count"}, ...]}
+                            "shards": [{"file", "count", "bytes", "checksum"}, ...]}
     shard-<hex>.arrow      one Hugging Face ``datasets`` Arrow file: columns ``image_id``
                            and one fixed-shape float32 array per field ("mean", "std")
+    index.rank<r>.json     a rank's shards, not merged yet (``accelerate launch``)
 
 Shards are memory-mapped Arrow files (``datasets.Dataset.from_file``), so reading a row
 touches only that row's pages and several processes share the page cache. Each shard lists
@@ -15,6 +16,12 @@ renamed, and the index is rewritten (atomically) after every shard, so an interr
 encoding keeps every finished shard and a rerun continues from there. The fingerprint
 records what made the latents (the VAE's weights hash, its config, the resolution); a cache
 with another fingerprint, or of an older format, is discarded rather than mixed.
+
+What an index says is not trusted blindly: a shard name must be ``shard-<hex>.arrow`` (no
+path, so no index makes the cache read or delete a file outside its folder), and each shard's
+size and CRC-32 are checked once per process before Arrow reads it. Writes go through hidden
+temporaries named by their writer (``vlv_pipeline.files``); the run that extends the cache
+removes the stale ones and drops missing or damaged shards, whose images it encodes again.
 
 Catalog (the same directory under two names: the node that extends the cache reads the
 previous state and writes the new one)::
