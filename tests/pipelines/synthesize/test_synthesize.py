@@ -18,7 +18,7 @@ from PIL import Image
 from stage2_factory import stage2_params
 
 from vlv_pipeline.captioners import CaptionerError, CaptionFailuresError
-from vlv_pipeline.captioners.journal import CaptionJournal
+from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.registry import load_component
@@ -364,6 +364,22 @@ def test_a_fatal_error_journals_the_answers_in_flight_first(tiny_world, chat, tm
     assert sorted(journal.read()) == sorted(chat.captioned)  # none of them was thrown away
     assert not failures.exists()  # a bad key is not the image's fault: nothing marked failed
     assert str(journal.path) in str(info.value) and KEY not in str(info.value)
+
+
+def test_failures_live_beside_the_journal_and_apart_from_its_captions(tmp_path):
+    journal = CaptionJournal(tmp_path / "openai-abc.jsonl")
+    failures = FailureJournal.beside(journal)
+    assert failures.path.name == "openai-abc.failed.jsonl"
+    on_rank = FailureJournal.beside(CaptionJournal(journal.path, rank=1))
+    assert on_rank.writes_to.name == "openai-abc.failed.rank1.jsonl"
+    journal.append("a", "a caption")
+    failures.append("b", "HTTP 500", attempts=3)
+    on_rank.append("c", "empty caption")
+    assert sorted(journal.read()) == ["a"]  # the failures are not read as captions
+    assert journal.files() == [journal.path]
+    records = failures.read()
+    assert sorted(records) == ["b", "c"] and records["b"]["attempts"] == 3
+    assert records["c"]["reason"] == "empty caption"
 
 
 def test_settings_that_do_not_change_captions_keep_the_journal(tmp_path):
