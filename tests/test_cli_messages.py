@@ -76,6 +76,13 @@ def _logs(root: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in root.rglob("*.log"))
 
 
+def _shows_part_of(secret: str, text: str, skip: int = 0) -> bool:
+    """Whether ``text`` holds 5 characters in a row of ``secret`` (after its first ``skip``,
+    e.g. the `sk-proj-` every such key starts with): pydantic shortens long values to
+    `head...tail`."""
+    return any(secret[i : i + 5] in text for i in range(skip, len(secret) - 4))
+
+
 def _short_message(run, out: str, *pieces: str, before_any_node: bool = True) -> str:
     """The run failed with a message holding ``pieces``, no traceback, in few lines (the
     whole output when it stopped before any node, else the message)."""
@@ -99,8 +106,7 @@ def test_an_api_key_given_with_params_is_refused_and_never_echoed(project):
     run, out = _run(project, "--pipelines", "synthesize", "--params", f"{key}={SK_KEY}")
     message = _short_message(run, out, key, "conf/local/credentials.yml")
     assert "captioner:" in message and "api_key" in message
-    assert SK_KEY not in out and SK_KEY[:12] not in out
-    assert SK_KEY not in _logs(project[0])
+    assert not _shows_part_of(SK_KEY, out + _logs(project[0]), skip=8)
 
 
 def test_a_secret_under_another_key_is_masked_everywhere(project):
@@ -114,16 +120,19 @@ def test_a_secret_under_another_key_is_masked_everywhere(project):
         f"synthesize.captioner.openai.model={SK_KEY}",
     )
     _short_message(run, out, "synthesize.captioner.openai.base_url")  # missing
-    assert SK_KEY not in out and SK_KEY not in _logs(project[0])
+    assert not _shows_part_of(SK_KEY, out + _logs(project[0]), skip=8)
     run, out = _run(project, "--pipelines", "synthesize", "--params", f"my_password={PLAIN_SECRET}")
     _short_message(run, out, "my_password")
-    assert PLAIN_SECRET not in out and PLAIN_SECRET not in _logs(project[0])
+    assert not _shows_part_of(PLAIN_SECRET, out + _logs(project[0]))
 
 
 def test_masking_a_text():
     from vlv_pipeline.errors import mask_secrets
 
     assert SK_KEY not in mask_secrets(f"input_value='{SK_KEY}', input_type=str")
+    shortened = "input_value={'model': 'sk-proj-abcdef...vwxyz', 'max_tokens': 0}"
+    assert mask_secrets(shortened) == "input_value={'model': '***', 'max_tokens': 0}"
+    assert mask_secrets("see https://x.org/a...b and 1...5") == "see https://x.org/a...b and 1...5"
     assert "AIzaSy" not in mask_secrets("key AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW")
     assert mask_secrets("api_key=abc123xyz, steps=5") == "api_key=***, steps=5"
     assert mask_secrets("{'api_key': 'abc123xyz'}") == "{'api_key': '***'}"

@@ -1,4 +1,5 @@
-"""``python -m vlv_pipeline`` runs the project like ``kedro run``."""
+"""``python -m vlv_pipeline`` runs the project like ``kedro run``: the same command
+(``cli.py``'s ``run``: user errors as one message, ``--verbose``)."""
 
 import sys
 from pathlib import Path

@@ -91,6 +91,9 @@ _KEYED_VALUE = re.compile(
     r"(?!<|\$\{|\.\.\.|\*\*\*|null\b|none\b)([^\s\"',;}\])]+)"
 )
 _BEARER = re.compile(r"(?i)(\bbearer\s+)(?!\*\*\*)[\w.~+/=-]+")
+# pydantic shortens long values in its errors: 'sk-proj-abcdef...vwxyz' (head...tail)
+_SHORTENED = re.compile(r"([^\s'\"{}\[\](),:=*]{3,})\.\.\.([^\s'\"{}\[\](),:=]*)")
+_KEY_START = re.compile(r"^(?:sk-|AIza|hf_|gh[pousr]_|xox[abposr]-|AKIA)")
 _remembered: set[str] = set()
 _MIN_REMEMBERED = 5  # shorter values would mask ordinary words
 
@@ -138,8 +141,19 @@ def mask_secrets(text: str) -> str:
         if value in text:
             text = text.replace(value, MASK)
     text = _KEY_SHAPED.sub(MASK, text)
+    text = _SHORTENED.sub(_shortened, text)
     text = _KEYED_VALUE.sub(lambda m: m.group(1) + MASK, text)
     return _BEARER.sub(lambda m: m.group(1) + MASK, text)
+
+
+def _shortened(match: re.Match) -> str:
+    """A shortened value (``head...tail``) that starts like a key or a remembered secret."""
+    head = match.group(1)
+    if _KEY_START.match(head) or (
+        len(head) >= 4 and any(secret.startswith(head) for secret in _remembered)
+    ):
+        return MASK
+    return match.group(0)
 
 
 class SecretsFilter(logging.Filter):
