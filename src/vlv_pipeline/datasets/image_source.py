@@ -15,7 +15,9 @@
 
 Options by kind: folder ``captions``; parquet ``image_column``, ``caption_column``,
 ``split_column``, ``batch_size``; webdataset none. ``load()`` reads nothing: the returned
-source streams its records when iterated.
+source streams its records when iterated. What it may read (links, parquet paths outside
+the file's folder, a byte cap per file) is ``params:ingest``'s, applied where ingest and
+caption screen the source (``imaging/reading.py``), not an option of the entry.
 
 A source is read-only unless the catalog says ``writable: true`` (folder or webdataset).
 The shapes world's `world` pipeline writes its images through such an entry, so what it

@@ -85,8 +85,9 @@ def screen_images(source: ImageSource, params: IngestParams) -> pd.DataFrame:
     Streams the source once; holds one file's bytes at a time (at most
     ``ingest.max_file_bytes``) plus one small row per input and the hashes of kept images.
     What ``read_policy(params)`` refuses (links, paths outside the source, larger files,
-    FIFOs and other special files) gets its own row and is never read. Logs one summary line. Raises
-    ``NoImagesKeptError`` (naming the source) if nothing is kept.
+    FIFOs and other special files) gets its own row and is never read. Logs one summary
+    line. Raises ``NoImagesKeptError`` (naming the source, and the parameter that would
+    let a refused file be read) if nothing is kept.
 
     Under ``accelerate launch`` each rank screens its own block of the source's files,
     row groups or shards, and every rank returns the same table as one process would.
@@ -98,12 +99,23 @@ def screen_images(source: ImageSource, params: IngestParams) -> pd.DataFrame:
         screened = _screen_part(source, params, None)
     summary = summarise(screened)
     if not (screened["reason"].isna()).any():
+        found = set(screened["reason"].dropna())
+        hints = "".join(f"; {hint}" for reason, hint in _HINTS.items() if reason in found)
         raise NoImagesKeptError(
             f"ingest kept no images from {source.kind} source {source.path!r}: "
-            f"{len(screened)} input(s), {summary}"
+            f"{len(screened)} input(s), {summary}{hints}"
         )
     logger.info("ingest %s %s: %s", source.kind, source.path, summary)
     return screened
+
+
+# what lets a refused file be read, named when nothing was kept
+_HINTS = {
+    str(Reason.SYMLINK): "links are not followed unless ingest.follow_links is true",
+    str(Reason.OUTSIDE_SOURCE): "paths outside the parquet file's folder are read only "
+    "when ingest.allow_outside_paths is true",
+    str(Reason.TOO_LARGE): "files over ingest.max_file_bytes are not read",
+}
 
 
 def _screen_part(source: ImageSource, params: IngestParams, part) -> pd.DataFrame:

@@ -773,7 +773,10 @@ def iter_images(
 
     One streaming pass over ``source``, in the source's order (not the manifest's), matching
     rows by ``ref`` = the manifest's ``source`` column; stops as soon as every row is found.
-    Pass a filtered manifest (e.g. one split) to get a subset.
+    A folder's files are opened by name, without listing the folder. Pass a filtered
+    manifest (e.g. one split) to get a subset. Items are read under ``reading.VERIFIED``:
+    what screening kept, as it kept it (through a link it was allowed to follow), each
+    checked against its sha256; never a FIFO or device.
 
     Raises ``ValueError`` if an item's bytes no longer hash to its ``image_id``, no longer
     decode, or if some manifest rows are not found in the source.

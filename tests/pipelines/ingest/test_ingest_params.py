@@ -36,6 +36,10 @@ def test_parameters_file_validates_and_matches_the_defaults():
         ({"splits": {"train": 0.9, "val": 0.1, "tset": 0.0}}, "splits.tset"),
         ({"splits": {"train": "most"}}, "splits.train"),
         ({"max_pixels": 10**12}, "max_pixels"),
+        ({"max_file_bytes": 0}, "max_file_bytes"),
+        ({"max_file_bytes": "64MB"}, "max_file_bytes"),
+        ({"follow_links": "yes"}, "follow_links"),
+        ({"allow_outside_paths": 1}, "allow_outside_paths"),
     ],
 )
 def test_errors_name_the_key(raw, key):

@@ -122,3 +122,16 @@ def test_links_are_read_only_when_asked(tmp_path, follow):
     else:
         assert list(manifest["source"]) == ["ok.png"]
         assert list(rejects["reason"]) == ["symlink"]
+
+
+def test_a_folder_of_links_only_says_which_parameter_reads_them(tmp_path):
+    from vlv_pipeline.imaging.screen_table import NoImagesKeptError, screen_images
+    from vlv_pipeline.imaging.sources import FolderSource
+
+    outside = tmp_path / "photo.png"
+    outside.write_bytes(png((0, 255, 0)))
+    root = tmp_path / "links"
+    root.mkdir()
+    (root / "photo.png").symlink_to(outside)
+    with pytest.raises(NoImagesKeptError, match=r"symlink=1\).*ingest\.follow_links is true"):
+        screen_images(FolderSource(root), IngestParams(min_side=8))
