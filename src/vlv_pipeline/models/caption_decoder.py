@@ -120,10 +120,16 @@ class CaptionDecoder(nn.Module):
         eos_token_id: int,
         pad_token_id: int,
         use_cache: bool = True,
+        prefix_dtype: torch.dtype | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
-        """Batched generation with the KV cache; returns only the new tokens (B, <= max)."""
+        """Batched generation with the KV cache; returns only the new tokens (B, <= max).
+
+        ``prefix_dtype``: the prefix is cast to it before the LLM reads it, whatever the
+        LLM's own dtype (the official ``generate()`` casts it to bfloat16, in fp32 runs too)."""
         prefix = self.prefix(conditions)
+        if prefix_dtype is not None:
+            prefix = prefix.to(prefix_dtype)
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         return self.llm.generate(
             inputs_embeds=prefix,

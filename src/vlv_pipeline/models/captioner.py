@@ -39,16 +39,21 @@ class VLVCaptioner(nn.Module):
 
     @torch.no_grad()
     def caption_conditions(self, conditions: torch.Tensor, **generation) -> list[str]:
+        """Captions of text-encoder outputs. ``generation`` overrides the recorded settings:
+        ``max_new_tokens``, ``num_beams``, ``bf16_prefix`` (cast the LLM's prefix to
+        bfloat16 first, as the official ``generate()`` does) and any ``generate`` keyword."""
         settings = {**self.generation, **generation}
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        extra = {k: v for k, v in settings.items() if k not in ("max_new_tokens", "num_beams")}
+        own = ("max_new_tokens", "num_beams", "bf16_prefix")
+        extra = {k: v for k, v in settings.items() if k not in own}
         ids = self.decoder.generate(
             conditions,
             max_new_tokens=settings["max_new_tokens"],
             num_beams=settings["num_beams"],
             eos_token_id=eos,
             pad_token_id=pad,
+            prefix_dtype=torch.bfloat16 if settings.get("bf16_prefix") else None,
             **extra,  # e.g. early_stopping, as the published model generates
         )
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -160,6 +160,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def official_crop(image, size: int = 384):
+    """A PIL image cropped as the official inference crops it (train/Caption_inference.py:
+    torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on the PIL image): the shorter
+    side to ``size`` and the longer to ``int(size * long / short)`` with PIL's bilinear
+    filter, then the centre ``size`` x ``size``, its offsets rounded with Python's
+    ``round``. The caption pipeline crops so for ``caption.model: published``."""
+    from PIL import Image
+
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
 def unwrap(state, source: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
     """``{"model_state_dict": {...}}`` -> its dict; a ``module.`` prefix (DDP) removed."""
     if isinstance(state, dict) and "model_state_dict" in state:
@@ -289,6 +307,52 @@ def _rows(state: dict[str, torch.Tensor], *names: str) -> int:
     raise PublishedCheckpointError(f"the checkpoint has none of {names}: is it the VLV captioner?")
 
 
+# Florence-2's position tables, sized by the checkpoint rather than by the config given:
+# (key here, config section, config key, rows beyond the size: BART's learned positions
+# keep 2 extra rows). Florence-2 copies differ (1024 text positions before Dec. 2024, 4096
+# now); the checkpoint says which one the captioner was trained with.
+POSITION_TABLES: tuple[tuple[str, str, str, int], ...] = (
+    (
+        "florence.model.language_model.encoder.embed_positions.weight",
+        "text_config",
+        "max_position_embeddings",
+        2,
+    ),
+    (
+        "florence.model.multi_modal_projector.image_position_embed.row_embeddings.weight",
+        "vision_config",
+        "max_position_embeddings",
+        0,
+    ),
+    (
+        "florence.model.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed",
+        "vision_config",
+        "max_temporal_embeddings",
+        0,
+    ),
+)
+
+
+def _size_tables_from(encoder_state: dict[str, torch.Tensor], florence_config: dict) -> None:
+    """Set the sizes of Florence-2's position tables in ``florence_config`` to the
+    checkpoint's (a table the checkpoint lacks is reported by ``fill``)."""
+    for key, section, name, extra in POSITION_TABLES:
+        if key not in encoder_state:
+            continue
+        size = int(encoder_state[key].shape[0]) - extra
+        given = florence_config[section].get(name)
+        if given != size:
+            logger.info(
+                "import_published: Florence-2 %s.%s is %d in the checkpoint (%s in the "
+                "config given): the checkpoint's is used",
+                section,
+                name,
+                size,
+                given,
+            )
+        florence_config[section][name] = size
+
+
 def build_captioner(
     state: dict[str, torch.Tensor],
     *,
@@ -321,6 +385,7 @@ def build_captioner(
     florence_config["text_config"]["vocab_size"] = _rows(
         enc, "florence.model.language_model.shared.weight"
     )
+    _size_tables_from(enc, florence_config)
     clip_config = _config(text_encoder, "CLIPTextConfig")
     clip_config.vocab_size = _rows(text, "embeddings.token_embedding.weight")
     clip_config.max_position_embeddings = _rows(text, "embeddings.position_embedding.weight")

@@ -19,11 +19,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+
+def pil_bicubic(image: np.ndarray, side: int) -> np.ndarray:
+    """An (H, W, 3) uint8 image resized to ``side`` x ``side`` with PIL's bicubic filter, as
+    Florence-2's processor (``CLIPImageProcessor``, ``resample: 3``) resizes."""
+    from PIL import Image
+
+    resized = Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(resized)
 
 
 def projector(width: int, out_dim: int) -> nn.Sequential:
@@ -166,8 +175,9 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         # image_size: the side of the square crops it is fed (the caption pipeline's default;
         # 384 for the published captioner), recorded only
 
-        # the side Florence-2 reads: images are resized to it (bicubic) before normalising,
-        # as its processor does (768 for the published captioner); None: as given
+        # the side Florence-2 reads (768 for the published captioner): images are made
+        # into what Florence-2's processor gives for them (uint8, PIL bicubic to this side,
+        # rescaled, normalised: ``processor_pixels``); None: as given, normalised here
         self.input_size = input_size
         self.florence = Florence2ForConditionalGeneration(
             Florence2Config(**(florence_config or {}))
@@ -259,15 +269,31 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
             )
         return encoder.eval()
 
+    def processor_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images in [-1, 1] -> what Florence-2's processor makes of the same
+        uint8 images (the official inference hands it uint8 crops): PIL bicubic to
+        ``input_size`` square, times 1/255 (in float64, then float32), minus the mean, over
+        the std (float32). Bit for bit the processor's output; no gradient flows through."""
+        side = self.input_size
+        uint8 = ((pixel_values.detach().float() + 1) * 127.5).round().clamp(0, 255)
+        uint8 = uint8.to(torch.uint8).cpu()
+        if tuple(uint8.shape[-2:]) != (side, side):
+            uint8 = torch.from_numpy(
+                np.stack([pil_bicubic(image, side) for image in uint8.permute(0, 2, 3, 1).numpy()])
+            ).permute(0, 3, 1, 2)
+        scaled = (uint8.to(torch.float64) * (1 / 255)).to(torch.float32)
+        mean = torch.tensor(self.config.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.config.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((scaled - mean) / std).to(pixel_values.device)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [-1, 1] (normalised here as Florence-2's processor does)."""
         model = self.florence.model
         batch = pixel_values.shape[0]
-        if self.input_size is not None and pixel_values.shape[-1] != self.input_size:
-            side = (self.input_size, self.input_size)
-            pixel_values = F.interpolate(pixel_values.float(), size=side, mode="bicubic")
-            pixel_values = pixel_values.clamp(-1, 1).to(self.pixel_mean.dtype)
-        pixel_values = ((pixel_values + 1) / 2 - self.pixel_mean) / self.pixel_std
+        if self.input_size is not None:  # the published captioner: exactly the processor
+            pixel_values = self.processor_pixels(pixel_values)
+        else:  # trained here on images of the right size: differentiable, on the device
+            pixel_values = ((pixel_values + 1) / 2 - self.pixel_mean) / self.pixel_std
         pixel_values = pixel_values.to(next(model.vision_tower.parameters()).dtype)
         image_tokens = model.get_image_features(pixel_values).pooler_output
         embed = model.get_input_embeddings()

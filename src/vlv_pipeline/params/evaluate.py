@@ -51,6 +51,10 @@ class CaptionParams(StrictModel):
     model: Literal["trained", "published"] = "trained"
     # auto: bfloat16 on a GPU that supports it (as the official inference), float32 elsewhere
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # cast the LLM's prefix to bfloat16 before generating, as the official generate() does
+    # even in fp32 (the published captions were made so). null: on for model published,
+    # else as the captioner records (off for stage 2's)
+    bf16_prefix: bool | None = None
     # the official inference's clean-up: cut after the last full stop, drop repeated
     # sentences. Off by default: it hides a model that never learned to stop
     postprocess: bool = False

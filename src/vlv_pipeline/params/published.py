@@ -9,11 +9,15 @@ from vlv_pipeline.params import StrictModel
 
 
 class PublishedGeneration(StrictModel):
-    """The official inference's generation: 4 beams, 300 new tokens, stop early."""
+    """The official inference's generation: 4 beams, 300 new tokens, stop early, the
+    prefix cast to bfloat16 before the LLM (recorded in the imported captioner)."""
 
     max_new_tokens: int = Field(300, ge=1)
     num_beams: int = Field(4, ge=1)
     early_stopping: bool = True
+    # the official generate() casts the LLM's prefix to bfloat16 even in an fp32 run: the
+    # published captions were made that way
+    bf16_prefix: bool = True
 
 
 class ImportParams(StrictModel):

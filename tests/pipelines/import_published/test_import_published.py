@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from stage2_factory import TINY_QWEN2
 from tiny_configs import tiny_florence
 from torch import nn
@@ -134,12 +133,24 @@ class OfficialReference(nn.Module):
         self.prompt_ids = torch.tensor(prompt_ids)
 
     def prefix(self, crops):
-        """384-crop images in [-1, 1] -> the LLM's prefix embeddings."""
+        """uint8 384-crops (B, 3, S, S) -> the LLM's prefix embeddings. The pixels go through
+        Florence-2's processor: transformers' PIL CLIPImageProcessor with Florence-2-large's
+        preprocessor_config (PIL bicubic to the model's side, 1/255, ImageNet mean/std)."""
+        from PIL import Image
+        from transformers import CLIPImageProcessorPil
+
         florence = self.VLV_model.model
-        x = F.interpolate((crops + 1) / 2, size=(FLORENCE_SIDE,) * 2, mode="bicubic").clamp(0, 1)
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        image = florence.image_features((x - mean) / std)
+        processor = CLIPImageProcessorPil(
+            size={"height": FLORENCE_SIDE, "width": FLORENCE_SIDE},
+            resample=Image.Resampling.BICUBIC,
+            do_center_crop=False,
+            rescale_factor=1 / 255,
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+            do_convert_rgb=None,
+        )
+        pixels = processor(list(crops), return_tensors="pt")["pixel_values"]
+        image = florence.image_features(pixels)
         bart = florence.language_model.model
         prompt = bart.shared(self.prompt_ids).unsqueeze(0).expand(len(crops), -1, -1)
         encoded = bart.encoder(inputs_embeds=torch.cat([image, prompt], dim=1)).last_hidden_state
@@ -157,7 +168,7 @@ class OfficialReference(nn.Module):
 
     @torch.no_grad()
     def generate(self, crops, tokenizer, **settings):
-        prefix = self.prefix(crops)
+        prefix = self.prefix(crops).to(torch.bfloat16)  # as the official generate(), in fp32 too
         return self.qwen2_model.generate(
             inputs_embeds=prefix,
             attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long),
@@ -236,6 +247,14 @@ def test_the_reference_loads_its_own_checkpoint_strictly(published):
     assert "mlp.layers.2.weight" in keys and "VLV_model.query_embed" in keys
 
 
+def _crops(n=3, seed=1):
+    """uint8 crops (what the official inference's PILToTensor gives) and the same pixels
+    as this project's captioner takes them (floats in [-1, 1])."""
+    crops = torch.randint(0, 256, (n, 3, CROP, CROP), generator=torch.Generator().manual_seed(seed))
+    crops = crops.to(torch.uint8)
+    return crops, crops.float() / 127.5 - 1
+
+
 @pytest.mark.parametrize("beams", [1, 4])
 def test_the_imported_captioner_generates_the_reference_tokens(published, beams, caplog):
     reference, params, tokenizer, tmp = published
@@ -246,20 +265,68 @@ def test_the_imported_captioner_generates_the_reference_tokens(published, beams,
     from vlv_pipeline.models.captioner import VLVCaptioner
 
     captioner = VLVCaptioner.from_pretrained(tmp / f"saved{beams}")
-    crops = torch.rand(3, 3, CROP, CROP, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert captioner.generation["bf16_prefix"] is True  # recorded: the official cast
+    crops, pixels = _crops()
     settings = {"max_new_tokens": 8, "num_beams": beams, "early_stopping": True}
     expected = reference.generate(crops, tokenizer, **settings)
     with torch.no_grad():
         ours = captioner.decoder.generate(
-            captioner.conditions(crops),
+            captioner.conditions(pixels),
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            prefix_dtype=torch.bfloat16,
             **settings,
         )
-        prefix = captioner.decoder.prefix(captioner.conditions(crops))
+        prefix = captioner.decoder.prefix(captioner.conditions(pixels))
         assert torch.allclose(prefix, reference.prefix(crops), atol=1e-5)
     assert ours.tolist() == expected.tolist()
+    texts = tokenizer.batch_decode(expected, skip_special_tokens=True)
+    assert captioner.caption(pixels, **settings) == [t.strip() for t in texts]
     assert (prefix[0] - prefix[1]).abs().max() > 1e-3  # what the LLM reads depends on the image
+
+
+def test_the_prefix_reaches_the_llm_bf16_rounded_only_with_the_cast(published):
+    *_, params, tokenizer, _ = published
+    captioner = import_published_captioner(params)
+    _, pixels = _crops(n=2)
+    seen = []
+
+    def first_call(module, args, kwargs):
+        if kwargs.get("inputs_embeds") is not None and len(seen) % 2 == 0:
+            seen.append(kwargs["inputs_embeds"].detach().clone())
+
+    handle = captioner.decoder.llm.register_forward_pre_hook(first_call, with_kwargs=True)
+    try:
+        captioner.caption(pixels, max_new_tokens=2)  # the imported default: cast
+        seen.append(None)
+        captioner.caption(pixels, max_new_tokens=2, bf16_prefix=False)
+    finally:
+        handle.remove()
+    cast, plain = seen[0], seen[2]
+    assert captioner.decoder.llm.dtype == torch.float32  # an fp32 run, as the official one
+    assert cast.dtype == torch.bfloat16
+    assert plain.dtype == torch.float32
+    assert not torch.equal(plain, plain.to(torch.bfloat16).float())  # not rounded
+    assert torch.equal(cast.float(), plain.to(torch.bfloat16).float())  # the same, rounded
+
+
+def test_position_tables_are_sized_from_the_checkpoint_not_the_config(published):
+    reference, params, tokenizer, _ = published
+    vocab = len(tokenizer)
+    # a Florence-2 config with other table sizes than the checkpoint's (as Florence-2 copies
+    # with 1024 text positions against today's 4096)
+    config = tiny_florence(vocab_size=vocab, image_token_id=vocab - 1, text_positions=64)
+    config["vision_config"]["max_position_embeddings"] = 50
+    config["vision_config"]["max_temporal_embeddings"] = 100
+    other = ImportParams(**{**params.model_dump(), "florence2": {"init": config}})
+    captioner = import_published_captioner(other)
+    text = captioner.encoder.florence.config.text_config
+    assert text.max_position_embeddings == 128  # the checkpoint's (130 rows, offset 2)
+    assert captioner.encoder.florence.config.vision_config.max_position_embeddings == 16
+    crops, pixels = _crops(n=2)
+    expected = reference.generate(crops, tokenizer, max_new_tokens=6, num_beams=1)
+    texts = [t.strip() for t in tokenizer.batch_decode(expected, skip_special_tokens=True)]
+    assert captioner.caption(pixels, max_new_tokens=6, num_beams=1) == texts
 
 
 def test_unknown_or_missing_keys_fail_with_one_list_by_component(published, tmp_path):

@@ -14,6 +14,7 @@ from vlv_pipeline.distributed import each_rank, share
 from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
+from vlv_pipeline.models.published import official_crop
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.world.data import pil_to_tensor
@@ -114,6 +115,13 @@ def caption_user_images(
         for k, v in (("max_new_tokens", params.max_new_tokens), ("num_beams", params.num_beams))
         if v is not None
     }
+    # the published captioner gets what the official inference gave it: its crop of the
+    # full image (models/published.py), and its prefix cast to bfloat16 unless told not to
+    published = params.model == "published"
+    crop = official_crop if published else None
+    bf16_prefix = params.bf16_prefix if params.bf16_prefix is not None else published or None
+    if bf16_prefix is not None:
+        generation["bf16_prefix"] = bf16_prefix
 
     def caption_mine() -> list[tuple[str, str]]:
         captions: list[tuple[str, str]] = []
@@ -126,10 +134,10 @@ def caption_user_images(
             captions.extend(zip(ids, map(clean, texts), strict=True))
             ids.clear(), pixels.clear()
 
-        images = iter_images(source, mine, side) if len(mine) else iter(())
+        images = iter_images(source, mine, None if crop else side) if len(mine) else iter(())
         for image_id, image in images:
             ids.append(image_id)
-            pixels.append(pil_to_tensor(image))
+            pixels.append(pil_to_tensor(crop(image, side) if crop else image))
             if len(ids) == params.batch_size:
                 flush()
         if ids:
