@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -75,10 +76,10 @@ def test_cache_rows_equal_the_whole_split_load(tmp_path):
     shard = tmp_path / "cache" / cache.shards[1]["file"]
     shard.write_bytes(shard.read_bytes()[:-50])  # cut inside the data
     assert reader[0][0].shape == (2, 3, 3)
-    with pytest.raises(CorruptCacheError, match=f"{shard.name} is corrupt"):
+    with pytest.raises(CorruptCacheError, match=re.escape(shard.name)):
         reader[1]
     shard.write_bytes(b"garbage")
-    with pytest.raises(CorruptCacheError, match=f"{shard.name} is corrupt"):
+    with pytest.raises(CorruptCacheError, match=re.escape(shard.name)):
         LatentCache(tmp_path / "cache").rows(ids[:1])
 
 
