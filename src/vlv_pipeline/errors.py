@@ -7,6 +7,14 @@ parameter-validation errors are shown the same way, one line per bad key. Anythi
 bug and keeps its traceback; ``kedro run --verbose`` or ``VLV_TRACEBACK=1`` shows the
 traceback of user errors too.
 
+Which type: ``ParameterError`` (a parameter's value, a catalog entry's option),
+``InputError`` (an input unusable as it is), ``MissingInputError``,
+``InputNotADirectoryError`` and ``MissingEntryError`` (a file, folder or item that is not
+there), ``SetupError`` (a package or download missing), ``UnwritableError`` and ``SaveError``
+(a full disk, a quota, permissions). Each keeps the builtin it replaced as a second base, so
+``except ValueError`` still catches an ``InputError``. Checks of the code's own invariants
+stay plain builtins: when one fails, it is a bug.
+
 Secrets: a secret-looking parameter key (``api_key``, ``token``, ``password``, ``secret``...)
 is refused on the command line (``config.py``: it belongs in ``conf/local/credentials.yml``),
 and ``mask_secrets`` hides, in any text:
@@ -31,12 +39,21 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from kedro.io import DatasetError
+
 __all__ = [
     "MASK",
+    "InputError",
+    "InputNotADirectoryError",
+    "MissingEntryError",
+    "MissingInputError",
     "ParameterError",
+    "SaveError",
     "SecretParameterError",
     "SecretsFilter",
+    "SetupError",
     "UnknownParameterError",
+    "UnwritableError",
     "UserError",
     "format_parameter_errors",
     "install_log_masking",
@@ -58,7 +75,8 @@ class UserError(Exception):
 
 
 class ParameterError(UserError, ValueError):
-    """Parameters (conf's or ``--params``) refused before any node runs."""
+    """A parameter's value (conf's or ``--params``), or a catalog entry's option, that the
+    user fixes: refused before any node runs, or by the node that reads it."""
 
 
 class UnknownParameterError(ParameterError):
@@ -67,6 +85,44 @@ class UnknownParameterError(ParameterError):
 
 class SecretParameterError(ParameterError):
     """A secret given as a parameter: it belongs in ``conf/local/credentials.yml``."""
+
+
+class InputError(UserError, ValueError):
+    """An input is unusable as it is: a file the user handed over (a table without its
+    columns, a tokenizer without an end token), or what a pipeline made that no longer fits
+    (a source changed since ingest, a cache made by another model). The message says what to
+    fix, or which pipeline to run again."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file, folder or model the run needs is not there: a path the user named, or what a
+    pipeline makes (the message names it)."""
+
+
+class InputNotADirectoryError(UserError, NotADirectoryError):
+    """A path that must be a folder (a ``save_pretrained`` directory) is a file."""
+
+
+class MissingEntryError(UserError, KeyError):
+    """An item (an image, a row) is missing from an input that should hold it; the message
+    says which pipeline makes it. Shown unquoted (a plain ``KeyError`` quotes its text)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class SetupError(UserError, RuntimeError):
+    """Something the run needs is not installed or not downloaded: the message says what."""
+
+
+class UnwritableError(UserError, OSError):
+    """A write failed for a reason the user fixes: a full disk, a quota, permissions, a
+    read-only file system (``files.unwritable`` words the message)."""
+
+
+class SaveError(UserError, DatasetError):
+    """A dataset's save failed for a reason the user fixes (``UnwritableError``'s, raised
+    where Kedro expects a ``DatasetError``); nothing was saved there."""
 
 
 # --------------------------------------------------------------------------- secrets

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from vlv_pipeline.captioners import CaptionerError
+from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.registry import DTYPES, looks_local
 
 __all__ = ["TransformersCaptioner"]
@@ -34,13 +35,13 @@ _KINDS = ("florence2", "image-text-to-text")
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ParameterError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
 def _non_empty_str(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ParameterError(f"{name} must be a non-empty string, got {value!r}")
     return value
 
 
@@ -80,13 +81,13 @@ class TransformersCaptioner:
         self.pretrained = _non_empty_str("pretrained", pretrained)
         self.prompt = _non_empty_str("prompt", prompt)
         if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {list(_KINDS)}, got {kind!r}")
+            raise ParameterError(f"kind must be one of {list(_KINDS)}, got {kind!r}")
         self.kind: Kind = kind
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.num_beams = _positive_int("num_beams", num_beams)
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+            raise ParameterError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
         self.dtype = DTYPES[dtype]
         if device is None:
             from vlv_pipeline.models.device import inference_device
@@ -95,7 +96,7 @@ class TransformersCaptioner:
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise ValueError(
+            raise ParameterError(
                 f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}"
             ) from exc
         self.processor, self.model = self._load()

@@ -51,6 +51,7 @@ from typing import Any
 from PIL import Image
 
 from vlv_pipeline.captioners import CaptionerError, CaptionFailure
+from vlv_pipeline.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def _truncate(text: str, limit: int = ERROR_TEXT_CHARS) -> str:
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -274,13 +275,13 @@ def _check_number(name: str, value: Any, *, positive: bool) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
     if not ok or (value <= 0 if positive else value < 0):
         bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+        raise ParameterError(f"{name} must be a number {bound}, got {value!r}")
     return float(value)
 
 
 def _check_text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ParameterError(f"{name} must be a non-empty string, got {value!r}")
     return value
 
 
@@ -305,14 +306,14 @@ class OpenAICaptioner:
     ):
         _check_text("base_url", base_url)
         if not base_url.strip().lower().startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise ParameterError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.base_url = base_url.strip().rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.model = _check_text("model", model)
         self.prompt = _check_text("prompt", prompt)
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             # never echo the value: it may be a real key of the wrong type
-            raise ValueError(
+            raise ParameterError(
                 "api_key must be a non-empty string, or None for a server that needs no key"
             )
         self._api_key = api_key.strip() if api_key is not None else None
@@ -325,7 +326,9 @@ class OpenAICaptioner:
         self.deadline_s = _check_number("deadline_s", deadline_s, positive=True)
         key = image_format.upper() if isinstance(image_format, str) else None
         if key not in _IMAGE_FORMATS:
-            raise ValueError(f"image_format must be one of PNG, JPEG, WEBP, got {image_format!r}")
+            raise ParameterError(
+                f"image_format must be one of PNG, JPEG, WEBP, got {image_format!r}"
+            )
         self.image_format, self._mime = _IMAGE_FORMATS[key]
         # a private opener: proxy settings are read from the environment now, no global
         # opener installed elsewhere is picked up, and no redirect is followed

@@ -22,13 +22,13 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kedro.io.core import DatasetError
 from kedro_datasets.json import JSONDataset as _JSONDataset
 from kedro_datasets.matplotlib import MatplotlibDataset as _MatplotlibDataset
 from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 from kedro_datasets.pillow import ImageDataset as _ImageDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 
+from vlv_pipeline.errors import SaveError
 from vlv_pipeline.files import (
     fsync_file,
     remove_quietly,
@@ -69,7 +69,7 @@ class AtomicSave:
                 fsync_file(tmp)
             _publish(tmp, final)
         except OSError as error:  # disk full, permissions, quota: say where, keep nothing
-            raise DatasetError(unwritable(final, error)) from error
+            raise SaveError(unwritable(final, error)) from error
         finally:
             self._atomic_target = None
             if tmp.exists() or tmp.is_symlink():

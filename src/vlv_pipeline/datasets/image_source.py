@@ -41,6 +41,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
+from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.imaging.sources import ImageSource, open_source
 
 
@@ -59,9 +60,9 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
     ) -> None:
         """Check ``kind`` and its options at once (raises ``ValueError`` naming a bad one)."""
         if writable and kind not in ("folder", "webdataset"):
-            raise ValueError(f"writable: true needs kind: folder or webdataset, not {kind!r}")
+            raise ParameterError(f"writable: true needs kind: folder or webdataset, not {kind!r}")
         if samples_per_shard < 1:
-            raise ValueError("samples_per_shard must be >= 1")
+            raise ParameterError("samples_per_shard must be >= 1")
         self._source = open_source(kind, path, **options)
         self._kind = kind
         self._path = Path(path)

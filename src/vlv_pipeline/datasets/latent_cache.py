@@ -54,7 +54,7 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
 
 from vlv_pipeline.distributed import barrier, rank, together, world_size
-from vlv_pipeline.errors import UserError
+from vlv_pipeline.errors import MissingEntryError, SaveError, UserError
 from vlv_pipeline.files import (
     fsync_file,
     remove_quietly,
@@ -137,7 +137,7 @@ def _write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as error:
         remove_quietly(tmp)
-        raise DatasetError(unwritable(path, error)) from error
+        raise SaveError(unwritable(path, error)) from error
 
 
 def _close_quietly(writer) -> None:
@@ -372,7 +372,7 @@ class LatentCache:
             os.replace(tmp, final)
             published = True
         except OSError as error:  # disk full, permissions: the index still lists only whole shards
-            raise DatasetError(unwritable(final, error)) from error
+            raise SaveError(unwritable(final, error)) from error
         finally:  # never raises: the error to report is the write's
             if not published:
                 if writer is not None:
@@ -578,7 +578,7 @@ class CacheRows:
         where = cache._locations()
         missing = [i for i in image_ids if i not in where]
         if missing:
-            raise KeyError(
+            raise MissingEntryError(
                 f"{len(missing)} image(s) are not in the {cache.KIND} {cache.path} (e.g. "
                 f"{missing[0][:12]}...): run {cache.REBUILD}"
             )

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vlv_pipeline.errors import InputError
 from vlv_pipeline.imaging.reading import VERIFIED, read_file
 from vlv_pipeline.imaging.sources import (
     FolderSource,
@@ -74,12 +75,12 @@ class FolderReader(ByteReader):
         ref = self.refs[i].decode("utf-8")
         parts = ref.split("/")
         if any(part in ("", ".", "..") for part in parts):
-            raise ValueError(f"{self.source!r}: cannot read {ref!r}: not a path inside the folder")
+            raise InputError(f"{self.source!r}: cannot read {ref!r}: not a path inside the folder")
         # what ingest kept, checked against its sha256 by the caller; never a FIFO or device
         data, refused = read_file(os.path.join(self.root, *parts), VERIFIED)
         if data is None:
             reason, detail = refused
-            raise ValueError(f"{self.source!r}: cannot read {ref!r}: {reason}: {detail}")
+            raise InputError(f"{self.source!r}: cannot read {ref!r}: {reason}: {detail}")
         return data
 
 
@@ -141,7 +142,7 @@ class TarReader(ByteReader):
             try:
                 shard_of.append(_shard_of(ref, names))
             except KeyError:
-                raise ValueError(
+                raise InputError(
                     f"{source!r}: {ref!r} is in none of its shards; re-run ingest if the "
                     "shards moved"
                 ) from None
@@ -162,7 +163,7 @@ class TarReader(ByteReader):
             self._scan(numbers[name], self.paths[numbers[name]], members)
         missing = [ref for ref, offset in zip(refs, self.offset, strict=True) if offset < 0]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{source!r}: {len(missing)} manifest item(s) are not in their shard, e.g. "
                 f"{missing[:3]}; re-run ingest if the shards changed"
             )
@@ -177,7 +178,7 @@ class TarReader(ByteReader):
                         self.offset[position] = member.offset_data
                         self.length[position] = member.size
         except (tarfile.TarError, OSError, EOFError) as error:
-            raise ValueError(
+            raise InputError(
                 f"webdataset shard {path} cannot be indexed for random access ({error}). "
                 "Training reads shards in place and needs plain (uncompressed) tar files, as "
                 "img2dataset writes them: decompress the shard, or re-run ingest if it changed"
@@ -189,9 +190,9 @@ class TarReader(ByteReader):
         try:
             data = files.read(path, int(self.offset[i]), int(self.length[i]))
         except OSError as error:
-            raise ValueError(f"{self.source!r}: cannot read shard {path}: {error}") from error
+            raise InputError(f"{self.source!r}: cannot read shard {path}: {error}") from error
         if len(data) != self.length[i]:
-            raise ValueError(f"webdataset shard {path} is shorter than its index: re-run ingest")
+            raise InputError(f"webdataset shard {path} is shorter than its index: re-run ingest")
         return data
 
 
@@ -206,10 +207,10 @@ class ParquetReader(ByteReader):
         with pq.ParquetFile(source.path) as parquet:
             sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
             if source.image_column not in parquet.schema_arrow.names:
-                raise ValueError(f"parquet source {source.path}: no column {source.image_column!r}")
+                raise InputError(f"parquet source {source.path}: no column {source.image_column!r}")
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= self.starts[-1]):
-            raise ValueError(
+            raise InputError(
                 f"parquet source {source.path} has {self.starts[-1]} rows; the manifest names "
                 "rows beyond that: re-run ingest if the file changed"
             )
@@ -225,7 +226,7 @@ class ParquetReader(ByteReader):
             self._group, self._values = group, column.column(0)
         data, rejected = self.source._image_bytes(self._values[row - self.starts[group]].as_py())
         if data is None:
-            raise ValueError(f"{self.source!r}: row {row} is now {rejected}")
+            raise InputError(f"{self.source!r}: row {row} is now {rejected}")
         return data
 
     def __getstate__(self) -> dict[str, Any]:

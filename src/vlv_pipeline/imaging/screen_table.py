@@ -43,7 +43,14 @@ SCREENED_DTYPES = {
 
 
 class NoImagesKeptError(UserError, ValueError):
-    """Ingest found no usable image in its source."""
+    """Screening (ingest's, or the caption pipeline's) found no usable image in its source."""
+
+
+# what names the screened source, by the pipeline that screens it (`screen_images(pipeline=)`)
+SOURCE_SETTING = {
+    "ingest": "the catalog entry `raw_images`",
+    "caption": "caption.source",
+}
 
 
 def as_params(params: IngestParams | dict) -> IngestParams:
@@ -79,15 +86,19 @@ def _row(s: Screened) -> tuple:
     )
 
 
-def screen_images(source: ImageSource, params: IngestParams) -> pd.DataFrame:
+def screen_images(
+    source: ImageSource, params: IngestParams, *, pipeline: str = "ingest"
+) -> pd.DataFrame:
     """Give every input of ``source`` a verdict (one row each, ``reason`` null when kept).
 
     Streams the source once; holds one file's bytes at a time (at most
     ``ingest.max_file_bytes``) plus one small row per input and the hashes of kept images.
     What ``read_policy(params)`` refuses (links, paths outside the source, larger files,
     FIFOs and other special files) gets its own row and is never read. Logs one summary
-    line. Raises ``NoImagesKeptError`` (naming the source, and the parameter that would
-    let a refused file be read) if nothing is kept.
+    line. Raises ``NoImagesKeptError`` (naming the pipeline, the source and the setting
+    that names it, and the parameter that would let a refused file be read) if nothing is
+    kept. ``pipeline`` is the one screening (``ingest`` or ``caption``: both screen with
+    ``params:ingest``).
 
     Under ``accelerate launch`` each rank screens its own block of the source's files,
     row groups or shards, and every rank returns the same table as one process would.
@@ -101,11 +112,16 @@ def screen_images(source: ImageSource, params: IngestParams) -> pd.DataFrame:
     if not (screened["reason"].isna()).any():
         found = set(screened["reason"].dropna())
         hints = "".join(f"; {hint}" for reason, hint in _HINTS.items() if reason in found)
-        raise NoImagesKeptError(
-            f"ingest kept no images from {source.kind} source {source.path!r}: "
-            f"{len(screened)} input(s), {summary}{hints}"
+        setting = SOURCE_SETTING.get(pipeline)
+        named = f" ({setting})" if setting else ""
+        screened_by = (
+            "" if pipeline == "ingest" else "; images are screened with the ingest.* parameters"
         )
-    logger.info("ingest %s %s: %s", source.kind, source.path, summary)
+        raise NoImagesKeptError(
+            f"{pipeline} kept no images from {source.kind} source {source.path!r}{named}: "
+            f"{len(screened)} input(s), {summary}{hints}{screened_by}"
+        )
+    logger.info("%s %s %s: %s", pipeline, source.kind, source.path, summary)
     return screened
 
 

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import pandas as pd
 from PIL import Image
 
+from vlv_pipeline.errors import InputError, MissingInputError, ParameterError
 from vlv_pipeline.imaging.checks import (
     IMAGE_EXTENSIONS,
     WHITE,
@@ -178,10 +179,10 @@ def _read_captions_table(path: Path) -> pd.DataFrame:
     elif suffix in (".jsonl", ".ndjson"):
         table = pd.read_json(path, lines=True, dtype=False)
     else:
-        raise ValueError(f"captions table {path}: use .parquet, .csv or .jsonl, not {suffix!r}")
+        raise InputError(f"captions table {path}: use .parquet, .csv or .jsonl, not {suffix!r}")
     missing = [c for c in ("file", "caption") if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"captions table {path} lacks column(s) {missing}; has {list(table.columns)}"
         )
     return table
@@ -239,7 +240,7 @@ class FolderSource(ImageSource):
         for file, caption, split in zip(table["file"], table["caption"], splits, strict=True):
             key = PurePosixPath(str(file).replace("\\", "/")).as_posix()
             if key in labels:
-                raise ValueError(f"captions table {captions}: {key!r} twice")
+                raise InputError(f"captions table {captions}: {key!r} twice")
             labels[key] = (_clean_caption(caption), canonical_split(split))
         return labels
 
@@ -348,7 +349,7 @@ class FolderSource(ImageSource):
         policy = policy or SCREENING
         root = Path(self.path)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {self.path!r} does not exist")
+            raise MissingInputError(f"image folder {self.path!r} does not exist")
         captions = self.captions_path()
         labels = self._load_labels(captions)
         if only is not None and part is None and isinstance(only, Iterable):
@@ -484,14 +485,14 @@ class ParquetSource(ImageSource):
 
         policy = policy or SCREENING
         if not Path(self.path).is_file():
-            raise FileNotFoundError(f"parquet source {self.path!r} does not exist")
+            raise MissingInputError(f"parquet source {self.path!r} does not exist")
         with pq.ParquetFile(self.path) as parquet:
             names = parquet.schema_arrow.names
             columns = [self.image_column, self.caption_column, self.split_column]
             wanted = [c for c in columns if c is not None]
             missing = [c for c in wanted if c not in names]
             if missing:
-                raise ValueError(f"parquet source {self.path}: no column(s) {missing}; has {names}")
+                raise InputError(f"parquet source {self.path}: no column(s) {missing}; has {names}")
             groups = block(parquet.num_row_groups, part)
             # refs are row numbers in the whole file: count the rows of the groups before
             index = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
@@ -603,7 +604,7 @@ class WebDatasetSource(ImageSource):
         policy = policy or SCREENING
         shards = self._entries(policy)
         if not shards:
-            raise FileNotFoundError(f"webdataset source {self.path!r}: no tar shards found")
+            raise MissingInputError(f"webdataset source {self.path!r}: no tar shards found")
         chosen = block(len(shards), part)
         for name, path, refusal in shards[chosen.start : chosen.stop]:
             if refusal is not None:
@@ -750,11 +751,13 @@ def open_source(kind: str, path: str | os.PathLike[str], **options: Any) -> Imag
     """
     cls = SOURCE_KINDS.get(kind)
     if cls is None:
-        raise ValueError(f"unknown image source kind {kind!r}; use one of {sorted(SOURCE_KINDS)}")
+        raise ParameterError(
+            f"unknown image source kind {kind!r}; use one of {sorted(SOURCE_KINDS)}"
+        )
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "path")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise ParameterError(
             f"image source kind {kind!r} does not take option(s) {unknown}; it takes {accepted}"
         )
     return cls(path, **options)
@@ -785,7 +788,7 @@ def iter_images(
         zip(manifest["source"].astype(str), manifest["image_id"].astype(str), strict=True)
     )
     if len(wanted) != len(manifest):
-        raise ValueError("manifest has repeated 'source' refs")
+        raise InputError("manifest has repeated 'source' refs")
     if not wanted:
         return
     for record in source.iter_records(only=wanted.keys(), policy=VERIFIED):
@@ -794,18 +797,18 @@ def iter_images(
             continue
         if record.data is None:
             reason, detail = record.rejected or (Reason.UNREADABLE, "no data")
-            raise ValueError(f"{source!r}: manifest item {record.ref!r} is now {reason}: {detail}")
+            raise InputError(f"{source!r}: manifest item {record.ref!r} is now {reason}: {detail}")
         if hashlib.sha256(record.data).hexdigest() != image_id:
-            raise ValueError(
+            raise InputError(
                 f"{source!r}: {record.ref!r} changed since ingest (sha256 != {image_id})"
             )
         try:
             image = decode_normalised(record.data, resolution, background)
         except ImageRejected as exc:
-            raise ValueError(f"{source!r}: {record.ref!r} no longer decodes: {exc}") from exc
+            raise InputError(f"{source!r}: {record.ref!r} no longer decodes: {exc}") from exc
         yield image_id, image
         if not wanted:
             return
     if wanted:
         examples = list(wanted)[:3]
-        raise ValueError(f"{source!r}: {len(wanted)} manifest image(s) not found, e.g. {examples}")
+        raise InputError(f"{source!r}: {len(wanted)} manifest image(s) not found, e.g. {examples}")

@@ -6,6 +6,8 @@ import hashlib
 import math
 from collections.abc import Mapping
 
+from vlv_pipeline.errors import InputError
+
 SPLITS = ("train", "val", "test")
 
 _ALIASES = {
@@ -37,7 +39,7 @@ def canonical_split(value: object) -> str | None:
         return None
     split = _ALIASES.get(text.lower())
     if split is None:
-        raise ValueError(f"unknown split {value!r}; expected one of {sorted(_ALIASES)}")
+        raise InputError(f"unknown split {value!r}; expected one of {sorted(_ALIASES)}")
     return split
 
 

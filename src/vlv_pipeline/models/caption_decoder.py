@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from vlv_pipeline.errors import InputError, MissingInputError
+
 IGNORE = -100
 
 
@@ -35,7 +37,7 @@ class CaptionTokens(torch.utils.data.Dataset):
 
     def __init__(self, tokenizer, captions: list[str], max_tokens: int) -> None:
         if tokenizer.eos_token_id is None:
-            raise ValueError(
+            raise InputError(
                 "the stage-2 tokenizer has no eos_token_id: set one so captions can end"
             )
         self.tokenizer, self.captions, self.max_tokens = tokenizer, captions, max_tokens
@@ -65,7 +67,7 @@ def tokenize_captions(tokenizer, captions: list[str], max_tokens: int) -> dict[s
     """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the stage-2 tokenizer has no eos_token_id: set one so captions can end")
+        raise InputError("the stage-2 tokenizer has no eos_token_id: set one so captions can end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rows = []
     for caption in captions:
@@ -166,7 +168,7 @@ class CaptionDecoder(nn.Module):
         path = Path(path)
         for needed in ("llm", "psi.safetensors", "decoder.json"):
             if not (path / needed).exists():
-                raise FileNotFoundError(f"{path} is not a caption decoder directory: no {needed}")
+                raise MissingInputError(f"{path} is not a caption decoder directory: no {needed}")
         from vlv_pipeline.models.tensor_files import load_tensors, model_dir_hint, naming_damaged
 
         config = json.loads((path / "decoder.json").read_text())

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlv_pipeline.errors import MissingInputError
 from vlv_pipeline.models.caption_decoder import CaptionDecoder
 from vlv_pipeline.models.text_encoder import encode_embeddings
 from vlv_pipeline.models.vlv_encoder import VLVEncoder
@@ -85,7 +86,7 @@ class VLVCaptioner(nn.Module):
 
         path = Path(path)
         if not (path / CONFIG).is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{path} is not a VLV captioner directory (no {CONFIG}): train one with "
                 "`kedro run --pipeline stage2`"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vlv_pipeline.errors import InputError
+
 
 def diffusion_target(
     scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps
@@ -17,7 +19,7 @@ def diffusion_target(
         return scheduler.get_velocity(latents, noise, timesteps)
     if kind == "sample":
         return latents
-    raise ValueError(f"unsupported scheduler prediction_type {kind!r}")
+    raise InputError(f"unsupported scheduler prediction_type {kind!r}")
 
 
 def diffusion_loss(

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlv_pipeline.errors import UserError
+from vlv_pipeline.errors import MissingInputError, UserError
 from vlv_pipeline.models.weights import tied_names
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``.safetensors`` file, or a directory of safetensors (or ``.pt``) shards."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"published checkpoint {path} does not exist: download it ({DOWNLOAD})"
         )
     files = (
@@ -138,7 +138,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     )
     if not files:
-        raise FileNotFoundError(f"{path} holds no .safetensors, .pt or .bin weights")
+        raise MissingInputError(f"{path} holds no .safetensors, .pt or .bin weights")
     state: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":

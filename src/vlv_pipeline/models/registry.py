@@ -37,6 +37,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from vlv_pipeline.errors import InputNotADirectoryError, MissingInputError, ParameterError
+
 __all__ = ["KINDS", "ComponentSpec", "load_component", "load_processor"]
 
 DTYPES = {  # the dtype names conf may give (`dtype:`), and what they mean
@@ -116,7 +118,7 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
     path = Path(ref).expanduser()
     hub = not path.exists()
     if hub and looks_local(ref):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{kind}: pretrained path '{ref}' does not exist (resolved: {path.resolve()}). "
             f"Point 'pretrained' to a save_pretrained directory, or run the pipeline that "
             f"creates it."
@@ -124,11 +126,11 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
     if not hub:
         ref = str(path)
         if not path.is_dir():
-            raise NotADirectoryError(
+            raise InputNotADirectoryError(
                 f"{kind}: pretrained path '{ref}' is a file; expected a save_pretrained directory"
             )
         if spec.subfolder and not (path / spec.subfolder).is_dir():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{kind}: subfolder '{spec.subfolder}' not found in '{ref}' "
                 f"(it contains: {sorted(p.name for p in path.iterdir())})"
             )
@@ -143,7 +145,7 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
         if not offline:
             raise
         where = f"'{ref}'" + (f" (subfolder '{spec.subfolder}')" if spec.subfolder else "")
-        raise OSError(
+        raise MissingInputError(
             f"{kind}: {where} is not in the local Hugging Face cache and the hub is offline "
             f"(HF_HUB_OFFLINE=1). Download it where the network is reachable "
             f"(`hf download {ref}`) or point 'pretrained' to a local directory."
@@ -153,7 +155,7 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
 def _check_unused(kind: str, unused: dict[str, Any]) -> None:
     unused = {k: v for k, v in unused.items() if not k.startswith("_")}
     if unused:
-        raise ValueError(f"{kind}: unknown init config key(s) {sorted(unused)}")
+        raise ParameterError(f"{kind}: unknown init config key(s) {sorted(unused)}")
 
 
 def _check_config_keys(kind: str, config_cls: type, init: dict[str, Any]) -> None:
@@ -163,7 +165,7 @@ def _check_config_keys(kind: str, config_cls: type, init: dict[str, Any]) -> Non
     known = {f.name for f in dataclasses.fields(config_cls)} | _TRANSFORMERS_EXTRA_KEYS
     unknown = sorted(set(init) - known)
     if unknown:
-        raise ValueError(
+        raise ParameterError(
             f"{kind}: unknown init config key(s) {unknown} for {config_cls.__name__}; "
             f"valid keys include {sorted(known - _TRANSFORMERS_EXTRA_KEYS)[:12]}..."
         )
@@ -175,7 +177,7 @@ def _cast(model: Any, spec: ComponentSpec) -> Any:
 
 def _no_dtype(kind: str, spec: ComponentSpec) -> None:
     if spec.dtype is not None:
-        raise ValueError(f"{kind}: 'dtype' does not apply to a {kind}; remove it")
+        raise ParameterError(f"{kind}: 'dtype' does not apply to a {kind}; remove it")
 
 
 # --------------------------------------------------------------------------- loaders
@@ -203,7 +205,7 @@ def _scheduler_class(name: str) -> type:
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         valid = ["DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "PNDMScheduler"]
-        raise ValueError(
+        raise ParameterError(
             f"scheduler: unknown scheduler class '{name}'; use a diffusers scheduler class "
             f"name such as {valid}"
         )
@@ -259,16 +261,16 @@ def _auto_config(init: dict[str, Any]) -> type:
 
     model_type = init.get("model_type")
     if model_type is None:
-        raise ValueError("causal_lm: 'init' needs a 'model_type' (e.g. qwen2)")
+        raise ParameterError("causal_lm: 'init' needs a 'model_type' (e.g. qwen2)")
     if model_type not in CONFIG_MAPPING:
-        raise ValueError(f"causal_lm: unknown model_type '{model_type}' (e.g. qwen2, llama)")
+        raise ParameterError(f"causal_lm: unknown model_type '{model_type}' (e.g. qwen2, llama)")
     return CONFIG_MAPPING[model_type]
 
 
 def _tokenizer(kind: str, spec: ComponentSpec) -> Any:
     _no_dtype(kind, spec)
     if spec.init is not None:
-        raise ValueError(
+        raise ParameterError(
             "tokenizer: 'init' is not supported for tokenizers; give 'pretrained' "
             "(a hub id or a tokenizer directory saved with save_pretrained)"
         )
@@ -312,7 +314,7 @@ def load_processor(spec: ComponentSpec | dict[str, Any]) -> Any:
     spec = _as_spec(spec)
     _no_dtype("processor", spec)
     if spec.init is not None:
-        raise ValueError("processor: only 'pretrained' is supported")
+        raise ParameterError("processor: only 'pretrained' is supported")
     from transformers import AutoProcessor
 
     return _pretrained("processor", spec, AutoProcessor.from_pretrained)

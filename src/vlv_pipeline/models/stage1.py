@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
 from vlv_pipeline.models.text_encoder import encode_embeddings
 from vlv_pipeline.world.data import to_unit_range
@@ -65,7 +66,9 @@ class Stage1Objective(nn.Module):
         self.noise_draws = noise_draws
         self.diversity_weight = diversity_weight
         if features_from_cache and not getattr(encoder, "reads_vae_latents", False):
-            raise ValueError("features_from_cache needs an encoder whose vision tower is the VAE")
+            raise ParameterError(
+                "features_from_cache needs an encoder whose vision tower is the VAE"
+            )
         self.features_from_cache = features_from_cache
         self.stratified_timesteps = stratified_timesteps
 

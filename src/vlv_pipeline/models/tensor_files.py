@@ -16,8 +16,10 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from vlv_pipeline.errors import UserError
 
-class DamagedWeightsError(ValueError):
+
+class DamagedWeightsError(UserError, ValueError):
     """A safetensors file is truncated, empty or not safetensors at all."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import create_causal_mask
 
+from vlv_pipeline.errors import ParameterError
+
 
 def encode_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
     """``last_hidden_state`` of ``text_encoder`` (a ``CLIPTextModel``) for (B, N, d) embeddings.
@@ -22,7 +24,7 @@ def encode_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor
     model = getattr(text_encoder, "text_model", text_encoder)  # older transformers nest it
     limit = model.config.max_position_embeddings
     if inputs_embeds.shape[1] > limit:
-        raise ValueError(
+        raise ParameterError(
             f"{inputs_embeds.shape[1]} caption embeddings exceed the text encoder's "
             f"max_position_embeddings ({limit}): lower the number of queries"
         )

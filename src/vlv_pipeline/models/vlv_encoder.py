@@ -25,6 +25,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from vlv_pipeline.errors import InputError
+
 
 def pil_bicubic(image: np.ndarray, side: int) -> np.ndarray:
     """An (H, W, 3) uint8 image resized to ``side`` x ``side`` with PIL's bicubic filter, as
@@ -264,7 +266,7 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         head = load_tensors(path / "head.safetensors", what_to_do=model_dir_hint(path))
         missing, unexpected = encoder.load_state_dict(head, strict=False)
         if unexpected or any(not k.startswith("florence.") for k in missing):
-            raise ValueError(
+            raise InputError(
                 f"{path}/head.safetensors does not match the encoder: {unexpected or missing}"
             )
         return encoder.eval()
@@ -323,7 +325,7 @@ class VLVEncoder:
         name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
         classes = {cls.__name__: cls for cls in ENCODERS.values()}
         if name not in classes:
-            raise ValueError(
+            raise InputError(
                 f"{path}: config.json names {name!r}, not a VLV encoder ({sorted(classes)})"
             )
         return classes[name].from_pretrained(path, **kwargs)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.params import StrictModel
 
 # Study 1: caption pairs as a percentage of the train images, each with two seeds (the seed
@@ -131,7 +132,7 @@ def expand_points(parameters: dict[str, Any]) -> dict[str, Any]:
     if "study" not in parameters:
         return parameters
     if DERIVED_KEY in parameters:
-        raise ValueError(
+        raise ParameterError(
             f"parameters: `{DERIVED_KEY}` is written by the study from `study` and the "
             "pipelines' sections; remove it from conf"
         )

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlv_pipeline.errors import InputError, MissingInputError, UserError
 from vlv_pipeline.models.weights import tied_names
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -52,7 +53,7 @@ START_FRESH = (
 )
 
 
-class CheckpointRefusedError(ValueError):
+class CheckpointRefusedError(UserError, ValueError):
     """A checkpoint holds something resuming will not read (a pickle, an unreadable file)."""
 
 
@@ -111,7 +112,7 @@ def _copy_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) 
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in tied_names(module)] if missing else missing
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {source} does not match the model being trained (missing "
             f"{missing[:3]}, unexpected {unexpected[:3]}): it was written for another "
             "architecture; delete that checkpoint folder or set training.resume: false"
@@ -156,7 +157,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
         if (directory / LEGACY_FILE).is_file():
             _copy_into(objective, _read(directory / LEGACY_FILE, directory), directory)
             return
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"checkpoint {directory} has none of {expected}: it is incomplete or was written "
             "for another setup; delete it (the run resumes from the one before) or set "
             "training.resume: false"
@@ -165,7 +166,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
         state = _read(directory / TRAINABLE_FILE, directory)
         expected = _loose_tensors(objective)
         if set(state) != set(expected):
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {directory / TRAINABLE_FILE} holds other parameters than the "
                 f"objective trains ({sorted(set(state) ^ set(expected))[:3]}...); delete that "
                 "checkpoint folder or set training.resume: false"
@@ -182,7 +183,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
             adapter = directory / name / "adapter_model.safetensors"
             result = set_peft_model_state_dict(module, _read(adapter, directory))
             if getattr(result, "unexpected_keys", None):
-                raise ValueError(f"{adapter}: keys the model lacks: {result.unexpected_keys[:3]}")
+                raise InputError(f"{adapter}: keys the model lacks: {result.unexpected_keys[:3]}")
         else:
             from vlv_pipeline.models.tensor_files import naming_damaged
 
@@ -333,7 +334,7 @@ def convert_pickled_ema(directory: str | Path) -> list[Path]:
     if not folders and directory.is_dir():
         folders = sorted(p for p in directory.iterdir() if pickled_custom_states(p))
     if not folders:
-        raise FileNotFoundError(f"no custom_checkpoint_*.pkl in {directory} or its folders")
+        raise MissingInputError(f"no custom_checkpoint_*.pkl in {directory} or its folders")
     written = []
     for folder in folders:
         found = pickled_custom_states(folder)

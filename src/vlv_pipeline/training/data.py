@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vlv_pipeline.errors import InputError
 from vlv_pipeline.imaging.checks import ImageRejected, decode_normalised
 from vlv_pipeline.imaging.random_access import byte_reader, manifest_locations
 from vlv_pipeline.imaging.sources import ImageSource
@@ -66,11 +67,11 @@ class ImagePixels(Dataset):
         expected = self.image_ids[i].decode("ascii")
         source = self.reader.source
         if hashlib.sha256(data).hexdigest() != expected:
-            raise ValueError(f"{source!r}: item {i} changed since ingest (sha256 != {expected})")
+            raise InputError(f"{source!r}: item {i} changed since ingest (sha256 != {expected})")
         try:
             image = decode_normalised(data, self.resolution)
         except ImageRejected as error:
-            raise ValueError(
+            raise InputError(
                 f"{source!r}: item {i} ({expected}) no longer decodes: {error}"
             ) from error
         return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vlv_pipeline.errors import UserError
+from vlv_pipeline.errors import ParameterError, UnwritableError, UserError
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.tracking import flatten
 from vlv_pipeline.training import checkpoint
@@ -153,7 +153,9 @@ def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
     """Endless micro-batches, reshuffled each epoch, starting at micro-batch ``start_micro``."""
     per_epoch = len(loader)
     if per_epoch == 0:
-        raise ValueError("the training set is smaller than one batch: lower batch_size or add data")
+        raise ParameterError(
+            "the training set is smaller than one batch: lower batch_size or add data"
+        )
     epoch, offset = divmod(start_micro, per_epoch)
     while True:
         if hasattr(loader, "set_epoch"):
@@ -186,7 +188,7 @@ def _save_checkpoint(
         from vlv_pipeline.files import unwritable
 
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(error.errno, unwritable(final, error)) from error
+        raise UnwritableError(error.errno, unwritable(final, error)) from error
     if accelerator.is_main_process:
         for _, old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

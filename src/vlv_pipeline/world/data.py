@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vlv_pipeline.errors import MissingEntryError
 from vlv_pipeline.world.scene import N_CELLS
 
 
@@ -78,7 +79,7 @@ def load_world_tensors(
     for image_id, image in iter_images(source, manifest, None):
         ref = ref_of[image_id]
         if ref not in by_file.index:
-            raise KeyError(
+            raise MissingEntryError(
                 f"image {ref!r} of the manifest has no row in the world's labels table: "
                 "rerun `kedro run --pipeline world` then `--pipeline ingest`"
             )

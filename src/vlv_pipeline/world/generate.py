@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.world.render import render_scene
 from vlv_pipeline.world.scene import SceneObject, Vocabulary, caption, sample_scene
@@ -51,7 +52,7 @@ def generate_labels(params: WorldParams) -> pd.DataFrame:
                     seen.add(digest)
                     break
             else:
-                raise ValueError(
+                raise ParameterError(
                     f"world: could not find a new distinct image for {split}/{index:06d} after "
                     f"{_MAX_REDRAWS} draws; lower world.counts or widen the vocabulary"
                 )

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from vlv_pipeline.distributed import each_rank, share
+from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
@@ -27,7 +28,7 @@ REJECTED_KEY = "rejected"  # in the JSON: {file: "reason: detail"} of files not 
 
 def screen_user_images(images: ImageSource, ingest: IngestParams) -> pd.DataFrame:
     """Every user image's verdict, exactly as ingest screens a source (``params:ingest``)."""
-    return screen_images(images, ingest)
+    return screen_images(images, ingest, pipeline="caption")
 
 
 def choose_captioner(trained, published, params: CaptionParams):
@@ -38,7 +39,7 @@ def choose_captioner(trained, published, params: CaptionParams):
         captioner = lazy()
     except Exception as error:  # no version yet: say which pipeline makes one
         make = "stage2" if params.model == "trained" else "import_published"
-        raise ValueError(
+        raise InputError(
             f"caption.model is {params.model!r} but {lazy.where} has no usable captioner "
             f"({error}); run `kedro run --pipeline {make}` first"
         ) from error
@@ -81,7 +82,7 @@ def captions_json(user_captions: pd.DataFrame) -> dict:
 
 def open_user_images(params: CaptionParams) -> ImageSource:
     if not params.source:
-        raise ValueError(
+        raise ParameterError(
             "caption.source is not set: run `kedro run --pipeline caption --params "
             "caption.source=PATH` with a folder of images (or set caption.kind for a parquet "
             "file or webdataset shards)"
@@ -94,7 +95,7 @@ def _input_side(captioner, params: CaptionParams) -> int:
         return params.resolution
     side = getattr(captioner.encoder.config, "image_size", None)
     if side is None:
-        raise ValueError("set caption.resolution: the captioner does not say its input size")
+        raise ParameterError("set caption.resolution: the captioner does not say its input size")
     return int(side)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vlv_pipeline.distributed import each_rank, gather_lists, share
+from vlv_pipeline.errors import ParameterError, SetupError
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.frechet import frechet_distance
 from vlv_pipeline.metrics.plots import image_grid
@@ -63,7 +64,7 @@ class EvalData:
 def load_eval_data(raw_images, image_manifest: pd.DataFrame, params: EvaluateParams) -> EvalData:
     rows = image_manifest[image_manifest["split"] == params.split].sort_values("image_id")
     if len(rows) < 2:
-        raise ValueError(
+        raise ParameterError(
             f"evaluate.split {params.split!r} has {len(rows)} images in the manifest; need >= 2"
         )
     rows = rows.head(params.images)
@@ -264,7 +265,7 @@ def _fid_clip_metrics(params: EvaluateParams):
         fid = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False)
         clip = CLIPScore(model_name_or_path=params.clip_model)
     except (ImportError, ModuleNotFoundError, OSError, RuntimeError) as error:
-        raise RuntimeError(
+        raise SetupError(
             "judge fid_clip needs torchmetrics with torch-fidelity (pip install "
             "'torchmetrics[image]' torch-fidelity), the Inception weights torch-fidelity "
             "downloads (weights-inception-2015-12-05-6726825d.pth into the torch hub cache) and the "
@@ -344,7 +345,9 @@ def score_evaluation(
         from vlv_pipeline.world.scene import Vocabulary
 
         if not params.probe:
-            raise ValueError("evaluate.judge is probe but evaluate.probe names no probe directory")
+            raise ParameterError(
+                "evaluate.judge is probe but evaluate.probe names no probe directory"
+            )
         probe = AttributeProbe.from_pretrained(params.probe).eval()
         cfg = probe.config
         vocab = Vocabulary(tuple(cfg.shapes), tuple(cfg.colours), tuple(cfg.sizes))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.published import build_captioner, read_state_dict
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.published import ImportParams
@@ -15,7 +16,7 @@ def import_published_captioner(params: ImportParams):
     """The published captioner as a ``VLVCaptioner`` (saved as ``published_captioner``, a
     model of its own: ``evaluate`` never picks it up in place of the trained one)."""
     if not params.checkpoint:
-        raise ValueError(
+        raise ParameterError(
             "import_published.checkpoint is not set: download the published captioner with "
             "`hf download lambertxiao/Vision-Language-Vision-Captioner-Qwen2.5-3B --local-dir "
             "data/01_raw/published` and run `kedro run --env paper --pipeline import_published "

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlv_pipeline.datasets.latent_cache import CacheRows, LatentCache, vae_fingerprint
+from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.device import inference_device
@@ -79,7 +80,7 @@ def check_cache_made_by(latent_cache: LatentCache, t2i: str, resolution: int | N
     vae = load_component("vae", {"pretrained": t2i, "subfolder": "vae", "dtype": "float32"})
     expected = vae_fingerprint(vae, resolution)
     if latent_cache.fingerprint != expected:
-        raise ValueError(
+        raise InputError(
             f"latent cache {latent_cache.path} was not made by the VAE of {t2i} at resolution "
             f"{resolution} (cache: {latent_cache.fingerprint}); point cache.vae and "
             "cache.resolution at the same model and size, then run `kedro run --pipeline cache`"
@@ -92,7 +93,7 @@ def load_stage1_data(
     check_cache_made_by(latent_cache, params.t2i, params.resolution)
     data = split_references(raw_images, image_manifest, latent_cache, params.resolution)
     if "train" not in data:
-        raise ValueError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
+        raise InputError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
     return data
 
 
@@ -151,7 +152,7 @@ def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Sp
     if name is None:
         return next(data[n] for n in ("test", "val", "train") if len(data.get(n, ())))
     if not len(data.get(name, ())):
-        raise ValueError(
+        raise ParameterError(
             f"stage1.validation.split is {name!r} but the manifest has no such images "
             f"(splits: {sorted(k for k in data if len(data[k]))}); set it to one of those or null"
         )

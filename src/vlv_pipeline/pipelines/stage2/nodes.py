@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint
+from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.text import caption_text_metrics
@@ -48,7 +49,7 @@ def load_stage2_data(
 ) -> Stage2Data:
     unknown = set(caption_pairs["image_id"]) - set(image_manifest["image_id"])
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"{len(unknown)} caption pairs name images that are not in the manifest; rerun "
             "`kedro run --pipeline synthesize`"
         )
@@ -80,7 +81,7 @@ def pairs_sha256(pair_ids: list[str], captions: list[str]) -> str:
 def _tokenizer(params: Stage2Params):
     tokenizer = load_component("tokenizer", params.tokenizer)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"stage2.tokenizer {params.tokenizer} has no EOS token")
+        raise ParameterError(f"stage2.tokenizer {params.tokenizer} has no EOS token")
     return tokenizer
 
 
@@ -133,7 +134,7 @@ def _training_set(
         return objective, BoundedCache(Zipped(data.pair_pixels, tokens), cache_bytes)
     if embedding_cache is None or embedding_cache.fingerprint != fingerprint:
         where = "no embedding cache" if embedding_cache is None else embedding_cache.path
-        raise ValueError(
+        raise InputError(
             f"embedding cache {where} was not made by this VLV encoder "
             f"and text encoder at resolution {params.resolution}; rerun "
             "`kedro run --pipeline synthesize` after stage 1"
@@ -228,7 +229,7 @@ def _fit_batch(run: CaptionerRun, pairs: int, at_most_pairs: bool) -> CaptionerR
     if pairs >= run.training.batch_size:
         return run
     if not at_most_pairs:
-        raise ValueError(
+        raise ParameterError(
             f"stage2: {pairs} caption pairs are fewer than one batch "
             f"(training.batch_size {run.training.batch_size}) for {run.name}: caption more "
             "images (synthesize.fraction), lower the batch size, or set "

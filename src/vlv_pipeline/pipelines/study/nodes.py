@@ -14,6 +14,7 @@ from statistics import NormalDist
 
 import torch
 
+from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.plots import image_grid
 from vlv_pipeline.metrics.spatial import composition, disjoint_pairs
 from vlv_pipeline.models.device import inference_device
@@ -262,7 +263,7 @@ def spatial_fidelity_study(eval_metrics: dict, params: StudyParams) -> tuple[dic
             }
         )
     if not rows:
-        raise ValueError(
+        raise InputError(
             "eval_metrics has no spatial_* readings: they need evaluate.judge: probe and a "
             "current evaluation; rerun `kedro run --pipeline evaluate`"
         )
@@ -325,7 +326,7 @@ def composition_study(
     from vlv_pipeline.models.probe import AttributeProbe, caption_targets
 
     if not evaluate.probe:
-        raise ValueError("study 5 reads renders with the probe: set evaluate.probe")
+        raise ParameterError("study 5 reads renders with the probe: set evaluate.probe")
     probe = AttributeProbe.from_pretrained(evaluate.probe).eval()
     device = inference_device()
     t2i = FrozenT2I.load(evaluate.stage1_t2i, evaluate.t2i_dtype, device)
@@ -334,7 +335,7 @@ def composition_study(
     scenes = caption_targets(eval_data.references, probe)
     pairs = disjoint_pairs(scenes, params.composition_pairs, params.composition_seed)
     if not pairs:
-        raise ValueError("no two test images have their objects in different cells")
+        raise InputError("no two test images have their objects in different cells")
     encoder = vlv_encoder.eval().to(device)
     step = s.batch_size
     embeddings = torch.cat(

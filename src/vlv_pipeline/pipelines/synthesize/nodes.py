@@ -17,6 +17,7 @@ from vlv_pipeline.captioners import CaptionerError, CaptionFailure, CaptionFailu
 from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
 from vlv_pipeline.distributed import rank, share, together, world_size
+from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
@@ -38,7 +39,7 @@ def select_images(image_manifest: pd.DataFrame, params: SynthesizeParams) -> pd.
     """A seeded sample (``fraction`` of the split, at most ``max_images``) to caption."""
     rows = image_manifest[image_manifest["split"] == params.split]
     if rows.empty:
-        raise ValueError(
+        raise ParameterError(
             f"synthesize.split is {params.split!r} but the manifest has no such images "
             f"(splits: {sorted(image_manifest['split'].unique())})"
         )
@@ -104,7 +105,7 @@ def synthesize_captions(
     if params.captioner.backend == "manifest":
         missing = selection["caption"].isna()
         if missing.any():
-            raise ValueError(
+            raise ParameterError(
                 f"captioner backend `manifest`: {int(missing.sum())} selected images have no "
                 f"caption in the manifest (e.g. {selection.loc[missing, 'image_id'].iloc[0]}); "
                 "choose the transformers or openai backend"
@@ -276,7 +277,7 @@ def cache_pair_embeddings(
     vlv_encoder, text_encoder = vlv_encoder.eval().to(device), text_encoder.to(device)
     paired = image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])]
     if len(paired) != caption_pairs["image_id"].nunique():
-        raise ValueError(
+        raise InputError(
             "some caption pairs name images that are not in the manifest; rerun "
             "`kedro run --pipeline synthesize` after `ingest`"
         )

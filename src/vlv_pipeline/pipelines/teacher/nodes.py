@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from vlv_pipeline.errors import InputError
 from vlv_pipeline.metrics.plots import captioned_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.probe import AttributeProbe, ProbeObjective
@@ -47,7 +48,7 @@ def load_world_splits(
         list(world.sizes),
     )
     if "train" not in splits or "test" not in splits:
-        raise ValueError(
+        raise InputError(
             f"the teacher needs train and test images; the manifest has {sorted(splits)}"
         )
     return splits
