@@ -6,6 +6,7 @@ kedro run --pipeline caption --params caption.source=PATH
 from __future__ import annotations
 
 import logging
+import re
 
 import pandas as pd
 import torch
@@ -50,19 +51,23 @@ def choose_captioner(trained, published, params: CaptionParams):
     return captioner.to(getattr(torch, dtype))
 
 
+# where the official clean-up splits sentences: the whitespace after ".", "!" or "?"
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+
+
 def official_postprocess(caption: str) -> str:
-    """The official inference's clean-up of a caption: keep the text up to its last full
-    stop (when it does not end with one), then drop sentences that repeat an earlier one."""
-    text = caption.strip()
-    if "." not in text:
-        return text
-    if not text.endswith("."):
-        text = text[: text.rindex(".") + 1]
+    """The official inference's clean-up of a caption (``process_caption`` in its
+    train/Caption_inference.py): a caption that does not end with a full stop is cut just
+    after its last one (only "." counts there); the rest is split into sentences at the
+    whitespace after ".", "!" or "?" (so "3.5" stays whole), a sentence that repeats an
+    earlier one exactly is dropped, and the others are joined with one space."""
+    if not caption.endswith(".") and "." in caption:
+        caption = caption[: caption.rindex(".") + 1]
     kept: list[str] = []
-    for sentence in (s.strip() for s in text.split(".")):
+    for sentence in _SENTENCE_BREAK.split(caption):
         if sentence and sentence not in kept:
             kept.append(sentence)
-    return " ".join(f"{s}." for s in kept)
+    return " ".join(kept)
 
 
 def captions_json(user_captions: pd.DataFrame) -> dict:
