@@ -665,6 +665,62 @@ def test_rate_limits_that_outlast_the_retries_stop_the_stream(server):
     assert server.attempts()["img0"] == 2
 
 
+# ---------------------------------------------------------------- a bad key answered with 400
+
+
+def _bad_key(request):
+    # some OpenAI-compatible servers answer a bad key with 400, which reads as the image's fault
+    return 400, {}, {"error": {"message": "Incorrect API key provided: sk-te****6789"}}
+
+
+def test_a_run_whose_first_answers_all_fail_stops_with_the_servers_message(server):
+    server.respond = _bad_key
+    cap = captioner(server, max_concurrency=2, stop_after_first_failures=4)
+    got = []
+    with pytest.raises(CaptionerError) as info:
+        for result in cap.caption_stream(make_images(40)):
+            got.append(result)
+
+    text = str(info.value)
+    assert got == []  # no image is given up on (and so recorded as failed) for a bad key
+    assert "first 4 answers" in text and "no caption" in text
+    assert "HTTP 400" in text and "Incorrect API key provided" in text  # the last answer
+    assert "conf/local/credentials.yml" in text and "stop_after_first_failures" in text
+    assert KEY not in text
+    assert len(server.requests) <= 4 + 2  # the 4 answers and those in flight, no more
+    assert _no_captioner_threads_left()
+
+
+def test_a_caption_before_the_kth_failure_lets_the_run_go_on(server):
+    def respond(request):
+        if request.image_id in ("img0", "img1", "img4"):
+            return _bad_key(request)
+        return answer(caption_for(request))
+
+    server.respond = respond
+    cap = captioner(server, max_concurrency=1, stop_after_first_failures=3)
+    results = dict(cap.caption_stream(make_images(6)))
+
+    assert sorted(results) == [f"img{i}" for i in range(6)]  # the held failures come too
+    failed = sorted(i for i, r in results.items() if isinstance(r, CaptionFailure))
+    assert failed == ["img0", "img1", "img4"]
+    assert "Incorrect API key" in results["img0"].reason
+
+
+def test_fewer_answers_than_the_guard_are_all_reported(server):
+    server.respond = _bad_key
+    cap = captioner(server, max_concurrency=2, stop_after_first_failures=8)
+    results = dict(cap.caption_stream(make_images(3)))
+    assert sorted(results) == ["img0", "img1", "img2"]
+    assert all(isinstance(r, CaptionFailure) for r in results.values())
+
+
+def test_the_guard_is_off_by_default(server):
+    server.respond = _bad_key
+    results = list(captioner(server, max_concurrency=2).caption_stream(make_images(12)))
+    assert len(results) == 12 and all(isinstance(r, CaptionFailure) for _, r in results)
+
+
 # ---------------------------------------------------------------- resumability with the journal
 
 
@@ -732,6 +788,7 @@ def test_describe_names_the_backend_without_the_key(server):
         ({"max_tokens": 0}, "max_tokens"),
         ({"bad_answer_attempts": 0}, "bad_answer_attempts"),
         ({"image_format": "GIF"}, "image_format"),
+        ({"stop_after_first_failures": -1}, "stop_after_first_failures"),
     ],
 )
 def test_bad_arguments_are_rejected_by_name(overrides, name):

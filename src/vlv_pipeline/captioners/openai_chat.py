@@ -18,6 +18,15 @@ Failures come in two kinds:
   sent, retries waiting are dropped, and the answers to the requests in flight are yielded
   before the error (they are paid for).
 
+A bad key that the server answers with HTTP 400 (some OpenAI-compatible servers do) reads
+as a refused image, image after image. With ``stop_after_first_failures = K`` (the pipeline
+sets ``synthesize.stop_after_first_failures``; 0, the class default, is off) the first
+failures of a stream are held back until a caption arrives: when the first K answers are all
+failures, the stream stops as for a setting's failure (``CaptionerError`` naming the last
+answer and the credentials), and none of those images is yielded as failed. A caption
+before that releases the held failures and turns the guard off; a stream with fewer than K
+answers, all failures, yields them at its end.
+
 Each request has two time limits: ``timeout_s`` for each socket operation (connect, each
 read) and ``deadline_s`` for the whole exchange, enforced by a timer that shuts the
 connection down, so a server that trickles its answer a byte at a time is cut off too.
@@ -303,6 +312,7 @@ class OpenAICaptioner:
         image_format: str = "PNG",
         bad_answer_attempts: int = 2,
         deadline_s: float = 120,
+        stop_after_first_failures: int = 0,
     ):
         _check_text("base_url", base_url)
         if not base_url.strip().lower().startswith(("http://", "https://")):
@@ -324,6 +334,9 @@ class OpenAICaptioner:
         self.max_tokens = _check_int("max_tokens", max_tokens, 1)
         self.bad_answer_attempts = _check_int("bad_answer_attempts", bad_answer_attempts, 1)
         self.deadline_s = _check_number("deadline_s", deadline_s, positive=True)
+        self.stop_after_first_failures = _check_int(
+            "stop_after_first_failures", stop_after_first_failures, 0
+        )
         key = image_format.upper() if isinstance(image_format, str) else None
         if key not in _IMAGE_FORMATS:
             raise ParameterError(
@@ -363,8 +376,13 @@ class OpenAICaptioner:
         unreachable server that outlast the retries) raises ``CaptionerError``: no new
         request is sent and the retries waiting are dropped, but the answers to the requests
         already in flight (each ends within ``deadline_s``) are yielded before it is raised.
+        So does a stream whose first ``stop_after_first_failures`` answers are all failures
+        (module docstring): those failures are not yielded.
         """
         source = iter(items)
+        guard = self.stop_after_first_failures  # 0: off
+        held: list[tuple[str, CaptionFailure]] = []  # failures before the first caption
+        captioned = False
         window = 2 * self.max_concurrency
         cancel = threading.Event()
         pool = ThreadPoolExecutor(
@@ -392,7 +410,25 @@ class OpenAICaptioner:
                         continue
                     exc = future.exception()
                     if exc is None:
-                        yield image_id, future.result()
+                        result = future.result()
+                        if not guard or captioned:
+                            yield image_id, result
+                        elif not isinstance(result, CaptionFailure):
+                            if fatal is None:  # the key works: the failures are the images'
+                                captioned = True
+                                yield from held
+                                held.clear()
+                            yield image_id, result
+                        elif fatal is None:
+                            held.append((image_id, result))
+                            if len(held) >= guard:
+                                # every answer so far failed: the setting's fault, not the
+                                # images'; stop as for a bad key (below), yielding none of them
+                                fatal = self._first_failures_error(held)
+                                cancel.set()
+                                for queued in [f for f in pending if f.cancel()]:
+                                    del pending[queued]
+                        # else: the stream is stopping; a failure in flight is not yielded
                     elif not isinstance(exc, _Cancelled) and fatal is None:
                         # stop: the queued images are never sent, the requests in flight
                         # are waited for and their answers yielded (they are paid for)
@@ -401,6 +437,7 @@ class OpenAICaptioner:
                             del pending[queued]
             if fatal is not None:
                 raise fatal
+            yield from held  # fewer answers than the guard, all failures: the images' own
         finally:
             # done, failed, or the caller stopped early: stop retries now, drop what has not
             # started, and do not wait for requests in flight (at most deadline_s each)
@@ -408,6 +445,17 @@ class OpenAICaptioner:
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _first_failures_error(self, held: list[tuple[str, CaptionFailure]]) -> CaptionerError:
+        image_id, last = held[-1]
+        return CaptionerError(
+            f"openai captioner: the first {len(held)} answers of this run were all failures and "
+            f"no caption arrived; the last, for image {image_id!r}: {last.reason}. Every image "
+            f"failing is rarely the images' fault: {CREDENTIALS_HINT} (some servers answer a "
+            "bad key with HTTP 400), synthesize.captioner.openai.base_url and model. None of "
+            "these images was recorded as failed; if they really are unusable, set "
+            "synthesize.stop_after_first_failures to 0 (off) or higher."
+        )
 
     # ------------------------------------------------------------------ one image
 

@@ -68,5 +68,12 @@ class SynthesizeParams(StrictModel):
     max_failed_fraction: float = Field(
         0.05, ge=0, le=1, description="more failed images than this share fail the run"
     )
+    stop_after_first_failures: int = Field(
+        8,
+        ge=0,
+        description="a run whose first N answers all fail, before any caption, stops with the "
+        "server's message and records nothing failed (a bad key some servers answer with HTTP "
+        "400 looks like N refused images); 0: off",
+    )
     embedding_batch_size: int = Field(256, ge=1)
     embedding_shard_size: int = Field(4096, ge=1)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -169,8 +170,8 @@ class ChatStub:
     """A chat-completions server on 127.0.0.1 that knows the world's images by their pixels.
 
     ``behave[image_id]`` (else ``default``) says how it answers an image: ``ok``, ``slow``
-    (0.3 s, then a caption), ``500``, ``json`` (invalid JSON), ``empty`` (an empty caption) or
-    ``401``. ``sent`` counts the requests per image; ``captioned`` lists the images it sent
+    (0.3 s, then a caption), ``500``, ``json`` (invalid JSON), ``empty`` (an empty caption),
+    ``401`` or ``400key`` (a bad key, answered with 400 as some endpoints do). ``sent`` counts the requests per image; ``captioned`` lists the images it sent
     a caption for (the answers a real API would bill)."""
 
     def __init__(self, images: dict):
@@ -206,6 +207,8 @@ class ChatStub:
             return 500, json.dumps({"error": {"message": "internal error"}}).encode()
         if how == "401":
             return 401, json.dumps({"error": {"message": "invalid api key"}}).encode()
+        if how == "400key":
+            return 400, json.dumps({"error": {"message": "Incorrect API key provided"}}).encode()
         if how == "json":
             return 200, b'{"choices": [{"message": '
         content = "" if how == "empty" else f"caption of {image_id[:8]}"
@@ -364,6 +367,44 @@ def test_a_fatal_error_journals_the_answers_in_flight_first(tiny_world, chat, tm
     assert sorted(journal.read()) == sorted(chat.captioned)  # none of them was thrown away
     assert not failures.exists()  # a bad key is not the image's fault: nothing marked failed
     assert str(journal.path) in str(info.value) and KEY not in str(info.value)
+
+
+def test_a_bad_key_answered_with_400_stops_the_run_before_images_are_marked_failed(
+    tiny_world, chat, tmp_path
+):
+    """A server that answers a bad key with HTTP 400 makes every image look refused: the run
+    stops once its first answers are all failures, with the server's message and where the
+    key lives, and records no image as failed (the fraction allowed would not have stopped
+    it before every image was tried)."""
+    source, manifest = tiny_world
+    params = _api(tmp_path, chat, max_failed_fraction=1.0, stop_after_first_failures=3)
+    selection = nodes.select_images(manifest, params)
+    chat.default = "400key"
+
+    with pytest.raises(CaptionerError) as info:
+        nodes.synthesize_captions(source, selection, params, {"api_key": KEY})
+
+    assert not isinstance(info.value, CaptionFailuresError)
+    text = str(info.value)
+    assert "Incorrect API key provided" in text and "HTTP 400" in text
+    assert "conf/local/credentials.yml" in text and "stop_after_first_failures" in text
+    assert KEY not in text and len(text.splitlines()) <= 3
+    chat.settle()
+    assert sum(chat.sent.values()) <= 3 + 2 < len(selection)  # 2: max_concurrency in flight
+    journal, failures = _failures_file(params)
+    assert not failures.exists()  # nothing marked failed: a rerun sends these images again
+    chat.default, chat.sent = "ok", Counter()
+    pairs = nodes.synthesize_captions(source, selection, params, {"api_key": KEY})
+    assert pairs["image_id"].tolist() == selection["image_id"].tolist()
+
+
+def test_the_first_failures_guard_is_on_by_default_in_conf():
+    import yaml
+
+    root = Path(__file__).resolve().parents[3]
+    conf = yaml.safe_load((root / "conf/base/parameters_synthesize.yml").read_text())
+    conf = conf["synthesize"]
+    assert conf["stop_after_first_failures"] == SynthesizeParams().stop_after_first_failures == 8
 
 
 def test_failures_live_beside_the_journal_and_apart_from_its_captions(tmp_path):

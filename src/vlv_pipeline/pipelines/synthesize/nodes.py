@@ -68,7 +68,11 @@ def make_captioner(params: SynthesizeParams, credentials: dict):
                 "calling %s without one",
                 spec.openai.base_url,
             )
-        return OpenAICaptioner(api_key=key, **spec.openai.model_dump())
+        return OpenAICaptioner(
+            api_key=key,
+            stop_after_first_failures=params.stop_after_first_failures,
+            **spec.openai.model_dump(),
+        )
     raise ValueError(f"no captioner object for backend {spec.backend!r}")
 
 
