@@ -112,7 +112,9 @@ def looks_local(ref: str) -> bool:
 
 
 def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwargs: Any) -> Any:
-    """Call ``load(ref, subfolder=..., **kwargs)`` with clear errors for missing sources."""
+    """Call ``load(ref, subfolder=..., **kwargs)`` with clear errors for missing sources and,
+    in a local directory, for damaged safetensors files (``DamagedWeightsError`` naming
+    them)."""
     ref = spec.pretrained
     assert ref is not None
     path = Path(ref).expanduser()
@@ -140,7 +142,15 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
     if offline:
         kwargs["local_files_only"] = True
     try:
-        return load(ref, **kwargs)
+        if hub:
+            return load(ref, **kwargs)
+        from vlv_pipeline.models.tensor_files import naming_damaged
+
+        # a truncated or foreign safetensors file is refused by name (the libraries say
+        # "Error while deserializing header" or name no cause)
+        folder = path / spec.subfolder if spec.subfolder else path
+        with naming_damaged(folder, what_to_do=_damaged_hint(kind, folder)):
+            return load(ref, **kwargs)
     except OSError as exc:
         if not offline:
             raise
@@ -150,6 +160,13 @@ def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwar
             f"(HF_HUB_OFFLINE=1). Download it where the network is reachable "
             f"(`hf download {ref}`) or point 'pretrained' to a local directory."
         ) from exc
+
+
+def _damaged_hint(kind: str, folder: Path) -> str:
+    return (
+        f"{kind}: the pretrained directory {folder} is damaged: download it again, or make it "
+        "again with the pipeline that wrote it (or restore it from a copy)"
+    )
 
 
 def _check_unused(kind: str, unused: dict[str, Any]) -> None:
@@ -303,6 +320,7 @@ def load_component(kind: str, spec: ComponentSpec | dict[str, Any]) -> Any:
         ValueError: unknown ``kind``, invalid spec, or unknown init config keys.
         FileNotFoundError: a local ``pretrained`` path (or its subfolder) does not exist.
         OSError: a hub id is not cached while the hub is offline.
+        DamagedWeightsError: a safetensors file of a local directory does not read (named).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown component kind '{kind}'; valid kinds: {sorted(KINDS)}")
