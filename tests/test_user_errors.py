@@ -150,6 +150,18 @@ def test_damaged_or_refused_weights_are_user_errors():
         assert issubclass(error, UserError) and issubclass(error, ValueError)
 
 
+def test_saving_into_the_users_own_images_is_a_user_error(tmp_path):
+    from kedro.io import DatasetError
+    from PIL import Image
+
+    from vlv_pipeline.datasets.image_source import ImageSourceDataset
+    from vlv_pipeline.errors import SaveError
+
+    dataset = ImageSourceDataset(kind="folder", path=str(tmp_path))
+    error = _raised(lambda: dataset.save({"a.png": Image.new("RGB", (8, 8))}))
+    assert isinstance(error, SaveError) and isinstance(error, DatasetError), repr(error)
+
+
 def test_a_missing_cache_entry_says_its_message_unquoted():
     from vlv_pipeline.errors import MissingEntryError, UserError
 

@@ -41,7 +41,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
-from vlv_pipeline.errors import ParameterError
+from vlv_pipeline.errors import ParameterError, SaveError
 from vlv_pipeline.imaging.sources import ImageSource, open_source
 
 
@@ -84,7 +84,7 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
         them in its labels table); shards carry them as ``{key}.txt``.
         """
         if not self._writable:
-            raise DatasetError(
+            raise SaveError(
                 f"{self._path} is a read-only image source (your own data): nothing writes to it. "
                 "Only the shapes world's `world` pipeline writes raw images, through a catalog "
                 "entry with `writable: true`; with your own data run `kedro run --pipeline vlv`."
