@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 import pytest
-from kedro.io import DataCatalog, MemoryDataset, Version
+from kedro.io import DataCatalog, DatasetError, MemoryDataset, Version
 from kedro.pipeline import Node, Pipeline
 from test_end_to_end import copy_project
 
@@ -366,6 +366,150 @@ def test_producers_leave_out_composite_pipelines(tmp_path):
     assert producers.of("nothing") == []
 
 
+# --------------------------------------------------------------------------- provenance
+# A model directory the run reads says what it was made for (models/provenance.py): the
+# preflight compares that record (JSON only) with the run's parameters.
+
+SD21 = "stabilityai/stable-diffusion-2-1-base"
+PAPER_PARAMETERS = {
+    "stage1": {
+        "t2i": SD21,
+        "encoder": {"backbone": "florence2", "num_queries": 77},
+        "resolution": 384,
+    },
+    "stage2": {"t2i": SD21, "resolution": 384, "llm": {"pretrained": "Qwen/Qwen2.5-3B"}},
+    "caption": {"source": "photos", "model": "trained", "resolution": 384},
+}
+CHOOSE = ["caption_trained_captioner", "caption_published_captioner", "params:caption"]
+
+
+@pytest.fixture(scope="module")
+def shapes_dirs(tmp_path_factory):
+    """A shapes-world captioner saved with its record and without (as before records)."""
+    from shapes_captioner import TEACHER, TINY_QWEN2, save_captioner, shapes_captioner
+
+    from vlv_pipeline.models.provenance import captioner_record
+
+    folder = tmp_path_factory.mktemp("shapes")
+    captioner = shapes_captioner()
+    save_captioner(captioner, folder / "legacy" / "vlv_captioner")
+    captioner.provenance = captioner_record(
+        captioner,
+        t2i=str(TEACHER),
+        resolution=None,
+        llm={"init": {"model_type": "qwen2", **TINY_QWEN2}},
+        model="vlv_captioner",
+    )
+    save_captioner(captioner, folder / "recorded" / "vlv_captioner")
+    return folder
+
+
+def _provenance_catalog(tmp_path, shapes_dirs, which, parameters=PAPER_PARAMETERS):
+    import shutil
+
+    shutil.copytree(shapes_dirs / which / "vlv_captioner", tmp_path / "data/vlv_captioner")
+    (tmp_path / "photos").mkdir()  # caption.source
+    catalog = _catalog(tmp_path)
+    catalog["parameters"] = MemoryDataset(parameters)
+    catalog["params:caption"] = MemoryDataset(parameters["caption"])
+    registry = {**_registry(), "vlv": _registry()["__default__"]}
+    return catalog, registry
+
+
+def test_a_model_made_for_another_setting_is_named_with_what_makes_the_right_one(
+    tmp_path, monkeypatch, hub_cache, shapes_dirs
+):
+    monkeypatch.chdir(tmp_path)
+    catalog, registry = _provenance_catalog(tmp_path, shapes_dirs, "recorded")
+    pipeline = Pipeline([Node(_f, CHOOSE, "out", name="choose")])
+    (finding,) = check(pipeline, catalog, registry, "paper")
+    version = next((tmp_path / "data/vlv_captioner").iterdir()).name
+    assert finding.mismatch and not finding.download
+    assert finding.what == f"caption_trained_captioner (data/vlv_captioner, version {version})"
+    assert finding.problem.startswith("trained for 32 px images against "), finding.problem
+    assert (
+        f"; this run captions at 384 px against {SD21}, with a florence2 encoder, 77 queries "
+        "and LLM Qwen/Qwen2.5-3B" in finding.problem
+    ), finding.problem
+    assert "with a small encoder, 16 queries and a qwen2 LLM built from a config" in (
+        finding.problem
+    )
+    assert finding.fix == (
+        "`kedro run --env paper --pipeline vlv` (or `--params caption.model=published`, after "
+        "`kedro run --env paper --pipeline import_published`)"
+    )
+    text = preflight.message([finding], "kedro run --env paper --pipeline caption", True)
+    assert text.startswith(
+        "`kedro run --env paper --pipeline caption` cannot start: 1 model was made for another "
+        "setting (nothing was run).\n  - caption_trained_captioner"
+    ), text
+    missing = Finding("x", "not found", "make x")
+    assert preflight.message([missing, finding], "kedro run", True).startswith(
+        "`kedro run` cannot start: 1 piece is missing and 1 model was made for another setting"
+    )
+
+
+def test_a_captioner_made_for_this_setting_passes(tmp_path, monkeypatch, hub_cache, shapes_dirs):
+    """The shapes world's own run, its T2I named by another path: the fingerprint agrees."""
+    from shapes_captioner import TEACHER, TINY_QWEN2
+
+    monkeypatch.chdir(tmp_path)
+    shapes = {
+        "stage1": {
+            "t2i": str(TEACHER),
+            "encoder": {"backbone": "small", "num_queries": 16, "small": {"image_size": 32}},
+            "resolution": None,
+        },
+        "stage2": {
+            "t2i": str(TEACHER),
+            "resolution": None,
+            "llm": {"init": {"model_type": "qwen2", **TINY_QWEN2}},
+        },
+        "caption": {"source": "photos", "model": "trained", "resolution": None},
+    }
+    catalog, registry = _provenance_catalog(tmp_path, shapes_dirs, "recorded", shapes)
+    pipeline = Pipeline([Node(_f, CHOOSE, "out", name="choose")])
+    assert check(pipeline, catalog, registry, None) == []
+    # stage 2 changed its LLM since: only the captioner is stale, stage 2 remakes it
+    shapes["stage2"]["llm"] = {"pretrained": "Qwen/Qwen2.5-0.5B"}
+    catalog["parameters"] = MemoryDataset(shapes)
+    (finding,) = check(pipeline, catalog, registry, None)
+    assert finding.fix.startswith("`kedro run --pipeline stage2` (or"), finding.fix
+    assert "LLM Qwen/Qwen2.5-0.5B" in finding.problem
+
+
+def test_a_directory_saved_before_records_is_judged_by_its_configs(
+    tmp_path, monkeypatch, hub_cache, shapes_dirs
+):
+    monkeypatch.chdir(tmp_path)
+    catalog, registry = _provenance_catalog(tmp_path, shapes_dirs, "legacy")
+    pipeline = Pipeline([Node(_f, CHOOSE, "out", name="choose")])
+    (finding,) = check(pipeline, catalog, registry, "paper")
+    assert finding.mismatch
+    assert finding.problem.startswith("trained for 32 px images, with a small encoder"), (
+        finding.problem
+    )
+    assert "this run captions at 384 px, with a florence2 encoder and 77 queries" in finding.problem
+
+
+def test_with_the_check_off_the_hook_still_tells_the_loader_what_to_expect(
+    tmp_path, monkeypatch, hub_cache, shapes_dirs
+):
+    from vlv_pipeline.models.provenance import ProvenanceError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VLV_SKIP_PREFLIGHT", "1")
+    catalog, registry = _provenance_catalog(tmp_path, shapes_dirs, "recorded")
+    pipeline = Pipeline([Node(_f, CHOOSE, "out", name="choose")])
+    PreflightHook(registry).before_pipeline_run(_run_params(), pipeline, catalog)
+    with pytest.raises(DatasetError) as error:  # the catalog puts the dataset's name first
+        catalog.load("caption_trained_captioner")
+    assert isinstance(error.value.__cause__, ProvenanceError)
+    assert str(error.value).startswith("caption_trained_captioner: data/vlv_captioner, version ")
+    assert "this run captions at 384 px" in str(error.value)
+    assert "-> `kedro run --env paper --pipeline vlv`" in str(error.value)
+
+
 # --------------------------------------------------------------------------- the hook
 
 
@@ -487,7 +631,7 @@ def test_a_paper_caption_run_without_a_captioner_says_what_is_missing(project):
         "Error: `kedro run --env paper --pipeline caption` cannot start: 2 pieces are missing"
     )
     assert (
-        "captioner (data/06_models/vlv_captioner): no saved version -> "
+        "captioner (data/paper/06_models/vlv_captioner): no saved version -> "
         "`kedro run --env paper --pipeline stage2`" in message
     )
     if "caption_trained_captioner" in message:  # caption.model chooses the captioner
@@ -545,7 +689,7 @@ def test_in_a_session_the_default_run_passes_quickly_and_the_paper_run_stops(pro
         assert findings == []
         assert seconds < 0.5, seconds
         with KedroSession.create(project_path=root, env="paper") as session:
-            with pytest.raises(MissingComponentsError, match="data/06_models/vlv_captioner"):
+            with pytest.raises(MissingComponentsError, match="data/paper/06_models/vlv_captioner"):
                 session.run(pipeline_names=["caption"])
     finally:
         os.chdir(cwd)
@@ -569,4 +713,4 @@ def test_under_accelerate_launch_rank_0_says_it_once_and_every_rank_stops(projec
     out = run.stdout + run.stderr
     assert run.returncode != 0
     assert out.count("cannot start: 2 pieces are missing") == 1, out[-3000:]
-    assert "captioner (data/06_models/vlv_captioner): no saved version" in out
+    assert "captioner (data/paper/06_models/vlv_captioner): no saved version" in out

@@ -16,11 +16,19 @@ will need and cannot make itself:
 - **the fid_clip judge**: torchmetrics with torch-fidelity, its Inception weights in the torch
   hub cache, and the CLIP model.
 - **caption.source** for the ``caption`` pipeline.
+- **what each model was made for**: every model directory the run reads that exists (a VLV
+  encoder or captioner) says, in its ``provenance.json`` (``models/provenance.py``; read as
+  JSON, never its weights), the T2I model, encoder, image size, queries, embedding width
+  and LLM it was made for; one made for another setting than the run's parameters is named
+  with what differs and the command that makes the right one. A directory saved before these
+  records is judged by what its own configs say. The hook also gives each of those datasets
+  the same check for when it loads (``ModelDirectoryDataset.check_provenance_with``), even
+  with the preflight switched off.
 
 Offline (``HF_HUB_OFFLINE=1``) every gap stops the run; online, what a download provides is
 logged ("will download: ...") and the run goes on, while the rest (trained models, data,
-credentials, packages) still stops it. The stop is one :class:`MissingComponentsError`,
-listing each missing piece with what provides it; the ``kedro`` command line prints it as
+credentials, packages, models made for another setting) still stops it. The stop is one
+:class:`MissingComponentsError`, listing each missing piece with what provides it; the ``kedro`` command line prints it as
 one message, without a traceback. Under ``accelerate launch`` every rank checks, the ranks
 agree, every rank stops, and only rank 0 prints.
 
@@ -58,6 +66,7 @@ __all__ = [
     "check_t2i",
     "check_datasets",
     "check_parameters",
+    "check_provenance",
     "check_references",
     "references",
     "t2i_disagreement",
@@ -98,12 +107,14 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 @dataclass(frozen=True)
 class Finding:
-    """One missing piece: what, why, and what provides it. ``download``: a download does."""
+    """One missing piece: what, why, and what provides it. ``download``: a download does.
+    ``mismatch``: it is there, but made for another setting (models/provenance.py)."""
 
     what: str
     problem: str
     fix: str
     download: bool = False
+    mismatch: bool = False
 
     def line(self) -> str:
         return f"{self.what}: {self.problem} -> {self.fix}"
@@ -592,6 +603,136 @@ def _check_published_checkpoint(block: str, value: Any, env: str | None) -> list
     return [Finding(f"import_published.checkpoint = {checkpoint}", "no such file", fix)]
 
 
+# --------------------------------------------------------------------------- provenance
+
+
+def _run_parameters(catalog: Any, blocks: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's parameters (conf's with ``--params``), the blocks its nodes read on top."""
+    everything = _dataset(catalog, "parameters")
+    try:
+        parameters = dict(everything.load()) if everything is not None else {}
+    except Exception:  # noqa: BLE001 - no parameters dataset: the blocks alone
+        parameters = {}
+    parameters.update({name: _plain(value) for name, value in blocks.items()})
+    return parameters
+
+
+def provenance_checks(
+    pipeline: Any,
+    catalog: Any,
+    producers: Producers,
+    env: str | None,
+    blocks: Mapping[str, Any] | None = None,
+    registry: Mapping[str, Any] | None = None,
+) -> dict[str, tuple[Any, Any]]:
+    """``{dataset name: (dataset, ProvenanceCheck)}`` for every model directory a node of
+    ``pipeline`` reads: what the run's parameters want of it, and what to run if it differs."""
+    from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+    from vlv_pipeline.models.provenance import MODELS, ProvenanceCheck, wanted_settings
+
+    blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
+    names = sorted({i for n in pipeline.nodes for i in n.inputs if not i.startswith("params:")})
+    models = {
+        name: dataset
+        for name in names
+        if isinstance(dataset := _dataset(catalog, name), ModelDirectoryDataset)
+    }
+    if not models:
+        return {}
+    parameters = _run_parameters(catalog, blocks)
+    settings: dict[str | None, dict] = {}
+    checks = {}
+    for name, dataset in models.items():
+        readers = [n for n in pipeline.nodes if name in n.inputs]
+        captions = any("params:caption" in n.inputs for n in readers)
+        side = _plain(parameters.get("caption") or {}).get("resolution") if captions else "unset"
+        key = side if captions else None
+        if key not in settings:
+            settings[key] = wanted_settings(parameters, side)
+        where = _location(dataset)
+        kind = where.name if where is not None and where.name in MODELS else None
+        checks[name] = (
+            dataset,
+            ProvenanceCheck(
+                _shown(where) if where is not None else name,
+                name=name,
+                settings=settings[key],
+                model=kind,
+                verb="captions" if captions else "reads it",
+                fix_chain=_chain_fix(name, dataset, producers, env, registry),
+                fix_own=_dataset_fix(name, dataset, producers, env),
+                alternative=_alternative(name, readers, producers, env),
+            ),
+        )
+    return checks
+
+
+def _chain_fix(
+    name: str, dataset: Any, producers: Producers, env: str | None, registry: Any
+) -> str:
+    """The composite pipeline ``vlv`` (stage 1 on, on this environment's data) when it
+    writes ``dataset``'s folder; else the pipelines that write it."""
+    chain = (registry or {}).get("vlv") if registry is not None else None
+    where = _location(dataset)
+    if chain is not None and where is not None:
+        for output in chain.all_outputs():
+            written = _dataset(producers._catalog, output)
+            location = None if written is None else _location(written)
+            if location is not None and _under(where, location):
+                return _commands(env, ["vlv"])
+    return _dataset_fix(name, dataset, producers, env)
+
+
+def check_provenance(
+    pipeline: Any,
+    catalog: Any,
+    producers: Producers,
+    env: str | None,
+    blocks: Mapping[str, Any] | None = None,
+) -> list[Finding]:
+    """The model directories ``pipeline`` reads and does not write, that exist, and were made
+    for another setting than the run's parameters (their records, JSON only)."""
+    blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
+    written = written_locations(pipeline, catalog)
+    findings = []
+    free = pipeline.inputs()
+    checks = provenance_checks(pipeline, catalog, producers, env, blocks, producers._registry)
+    for name, (dataset, check) in checks.items():
+        readers = [n for n in pipeline.nodes if name in n.inputs]
+        if name not in free or (readers and all(_unread(name, n, blocks) for n in readers)):
+            continue
+        where = _location(dataset)
+        if where is not None and any(where == w for w in written):
+            continue
+        try:
+            if not dataset.exists():
+                continue  # check_datasets says it is missing
+            directory = Path(dataset._get_load_path())
+        except Exception:  # noqa: BLE001 - check_datasets reports what cannot be read
+            continue
+        found = check.problem(directory)
+        if found is not None:
+            problem, fix, _ = found
+            findings.append(Finding(check.what(directory), problem, fix, mismatch=True))
+    return findings
+
+
+def attach_provenance_checks(pipeline: Any, catalog: Any, registry: Any, env: str | None) -> None:
+    """Give every model directory ``pipeline`` reads the check its loader runs before it
+    loads (what the run's parameters want of it): a version written later in the run, or a
+    run with the preflight off, is checked too."""
+    blocks = {}
+    for name in sorted(i for i in pipeline.inputs() if i.startswith("params:")):
+        dataset = _dataset(catalog, name)
+        if dataset is not None:
+            blocks[name.removeprefix("params:")] = dataset.load()
+    producers = Producers(registry, catalog)
+    for dataset, check in provenance_checks(
+        pipeline, catalog, producers, env, blocks, registry
+    ).values():
+        dataset.check_provenance_with(check)
+
+
 # --------------------------------------------------------------------------- the check
 
 
@@ -616,13 +757,22 @@ def check(
     ]
     written = written_locations(pipeline, catalog)
     findings += check_parameters(blocks, producers, env, written, credentials or None)
+    findings += check_provenance(pipeline, catalog, producers, env, blocks)
     return findings
 
 
 def message(findings: list[Finding], command: str, offline: bool) -> str:
     """The one message: the command, each missing piece with what provides it."""
-    noun = "piece is" if len(findings) == 1 else "pieces are"
-    lines = [f"`{command}` cannot start: {len(findings)} {noun} missing (nothing was run)."]
+    missing = sum(1 for f in findings if not f.mismatch)
+    other = len(findings) - missing
+    counts = []
+    if missing:
+        counts.append(f"{missing} {'piece is' if missing == 1 else 'pieces are'} missing")
+    if other:
+        counts.append(
+            f"{other} {'model was' if other == 1 else 'models were'} made for another setting"
+        )
+    lines = [f"`{command}` cannot start: {' and '.join(counts)} (nothing was run)."]
     lines += [f"  - {f.line()}" for f in findings]
     if offline and any(f.download for f in findings):
         lines.append(
@@ -644,7 +794,9 @@ def _every_rank(findings: list[Finding]) -> list[Finding]:
         for finding in found:
             where.setdefault(finding, []).append(number)
     return [
-        f if 0 in ranks else Finding(f"{f.what} ({_ranks(ranks)})", f.problem, f.fix, f.download)
+        f
+        if 0 in ranks
+        else Finding(f"{f.what} ({_ranks(ranks)})", f.problem, f.fix, f.download, f.mismatch)
         for f, ranks in where.items()
     ]
 
@@ -772,14 +924,16 @@ class PreflightHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         check_t2i(pipeline, catalog)  # parameters only: always, even with the check off
         _warn_unread(run_params, pipeline, self._loader)
-        if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
-            return
         registry = self._registry
         if registry is None:
             from kedro.framework.project import pipelines
 
             registry = pipelines
         env = run_params.get("env")
+        # the loaders refuse a model made for another setting, even with the check off
+        attach_provenance_checks(pipeline, catalog, registry, env)
+        if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
+            return
         names = run_params.get("pipeline_names") or []
         command = run_command(env, ",".join(names) if names else None)
         if len(names) > 1:

@@ -380,3 +380,128 @@ class TestModelDirectoryDatasetVersioned:
     ) -> None:
         with pytest.raises(DatasetError, match=f"{load_version}/clip' does not exist"):
             versioned_dataset.load()
+
+
+# --------------------------------------------------------------------------- damaged weights
+
+
+def test_a_truncated_safetensors_file_is_refused_by_name(tmp_path: Path) -> None:
+    """transformers' own error ("Error while deserializing header") never says which file."""
+    from vlv_pipeline.models.tensor_files import DamagedWeightsError
+
+    ds = ModelDirectoryDataset(filepath=tmp_path / "clip", load_class=CLIP)
+    ds.save(tiny_clip())
+    weights = tmp_path / "clip" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a full disk or a copy
+    with pytest.raises(DatasetError) as error:  # Kedro wraps what a load raises
+        ds.load()
+    assert isinstance(error.value.__cause__, DamagedWeightsError)
+    assert str(weights) in str(error.value)
+    assert "make it again with the pipeline that wrote it" in str(error.value)
+
+
+# --------------------------------------------------------------------------- provenance
+# What a model directory was made for (models/provenance.py): a loader told what this run
+# expects refuses a model made for another setting, naming what differs; a directory saved
+# before models recorded it is judged by what its own configs say, and accepted with a
+# warning naming what could not be checked.
+
+SD21 = "stabilityai/stable-diffusion-2-1-base"
+
+
+def _shapes_captioner_dir(tmp_path: Path, *, record: bool = True) -> Path:
+    from shapes_captioner import TEACHER_REF, TINY_QWEN2, save_captioner, shapes_captioner
+
+    from vlv_pipeline.models.provenance import captioner_record
+
+    captioner = shapes_captioner()
+    if record:
+        captioner.provenance = captioner_record(
+            captioner,
+            t2i=TEACHER_REF,
+            resolution=None,
+            llm={"init": {"model_type": "qwen2", **TINY_QWEN2}},
+            model="vlv_captioner",
+        )
+    save_captioner(captioner, tmp_path / "vlv_captioner")
+    return tmp_path / "vlv_captioner"
+
+
+def _captioner_dataset(folder: Path, expect: dict | None) -> ModelDirectoryDataset:
+    return ModelDirectoryDataset(
+        filepath=str(folder),
+        load_class="vlv_pipeline.models.captioner.VLVCaptioner",
+        version=Version(None, None),
+        expect=expect,
+    )
+
+
+def test_the_captioner_directory_records_what_it_was_made_for(tmp_path: Path) -> None:
+    import json
+
+    from shapes_captioner import TEACHER, TEACHER_REF
+
+    from vlv_pipeline.models.provenance import RECORD, t2i_fingerprint
+
+    folder = _shapes_captioner_dir(tmp_path)
+    version = next(folder.glob(f"*/vlv_captioner/{RECORD}"))
+    record = json.loads(version.read_text())
+    assert record["model"] == "vlv_captioner" and record["made_by"] == "stage2"
+    assert record["t2i"] == TEACHER_REF
+    assert record["t2i_fingerprint"] == t2i_fingerprint(TEACHER)["fingerprint"]
+    assert record["t2i_fingerprint"] is not None
+    assert (record["encoder"], record["resolution"]) == ("small", 32)
+    assert (record["num_queries"], record["embedding_width"]) == (16, 64)
+    assert record["llm"] == "a qwen2 LLM built from a config" and record["llm_fingerprint"]
+    loaded = _captioner_dataset(folder, None).load()
+    assert loaded.provenance == record  # the record travels with the loaded model
+
+
+def test_a_loader_refuses_a_model_made_for_another_setting(tmp_path: Path) -> None:
+    from vlv_pipeline.errors import UserError
+    from vlv_pipeline.models.provenance import ProvenanceError
+
+    folder = _shapes_captioner_dir(tmp_path)
+    paper = {"t2i": SD21, "resolution": 384, "encoder": "florence2", "num_queries": 77}
+    with pytest.raises(ProvenanceError) as error:
+        _captioner_dataset(folder, paper).load()
+    assert isinstance(error.value, UserError)
+    message = str(error.value)
+    for piece in (
+        "trained for 32 px images against src/vlv_pipeline/assets/teacher",
+        f"this run reads it at 384 px against {SD21}",
+        "a small encoder",
+        "16 queries",
+        "a florence2 encoder",
+        "77 queries",
+    ):
+        assert piece in message, message
+    # the same setting, the T2I named by another path (moved): its fingerprint agrees
+    from shapes_captioner import TEACHER
+
+    same = {"t2i": str(TEACHER.resolve()), "resolution": 32, "encoder": "small"}
+    assert _captioner_dataset(folder, same).load().provenance["resolution"] == 32
+
+
+def test_a_directory_without_a_record_is_judged_by_its_configs(tmp_path: Path) -> None:
+    """Saved before models recorded their setting: the encoder's and text encoder's configs
+    still say the size, the queries and the text encoder; a mismatch there is refused."""
+    from vlv_pipeline.models.provenance import RECORD, ProvenanceError
+
+    folder = _shapes_captioner_dir(tmp_path, record=False)
+    assert not list(folder.glob(f"*/*/{RECORD}"))
+    with pytest.raises(ProvenanceError, match="32 px images.*384 px"):
+        _captioner_dataset(folder, {"t2i": SD21, "resolution": 384}).load()
+
+
+def test_a_directory_without_a_record_is_accepted_with_a_warning(tmp_path: Path, caplog) -> None:
+    import logging
+
+    folder = _shapes_captioner_dir(tmp_path, record=False)
+    with caplog.at_level(logging.WARNING):
+        loaded = _captioner_dataset(folder, {"t2i": SD21, "resolution": 32}).load()
+    assert loaded.provenance is None
+    warning = caplog.text
+    assert "no provenance.json" in warning and "could not be checked" in warning, warning
+    assert f"the T2I model ({SD21})" in warning, warning
+    assert "checked: 32 px images" in warning, warning  # what its configs could tell

@@ -4,7 +4,14 @@ scheduler, or any object with ``save_pretrained``/``from_pretrained``.
 
 Saves are atomic (written to a hidden temporary sibling, then renamed into place) and
 safetensors-only: pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.ckpt``)
-are refused on save and on load. Local filesystem only.
+are refused on save and on load. A damaged safetensors file is refused by name
+(``models/tensor_files.naming_damaged``). Local filesystem only.
+
+What a model was made for: a VLV encoder or captioner directory holds ``provenance.json``
+(``models/provenance.py``). Given what the run expects (``expect:`` in the catalog, or set by
+the preflight for every model directory a run reads, from its parameters), ``load`` reads that
+record first (JSON only) and refuses a model made for another setting with a
+``ProvenanceError`` naming what differs and what makes the right one.
 
 Example catalog entry::
 
@@ -27,6 +34,15 @@ Example catalog entry::
         dtype: bfloat16    # names a torch dtype (diffusers classes: torch_dtype)
       save_args:
         max_shard_size: 2GB
+
+    vlv_captioner:
+      type: vlv_pipeline.datasets.ModelDirectoryDataset
+      filepath: ${globals:data}/06_models/vlv_captioner
+      load_class: vlv_pipeline.models.captioner.VLVCaptioner
+      versioned: true
+      expect:                  # optional: refuse a captioner made for another setting
+        t2i: ${globals:t2i}    # its T2I model (compared by architecture fingerprint)
+        resolution: 384        # also: encoder, num_queries, embedding_width, llm
 """
 
 from __future__ import annotations
@@ -133,6 +149,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         version: Version | None = None,
         metadata: dict[str, Any] | None = None,
         lazy: bool = False,
+        expect: dict[str, Any] | None = None,
     ) -> None:
         """Creates a new ``ModelDirectoryDataset`` for a local directory.
 
@@ -150,6 +167,10 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             lazy: ``load()`` returns a ``LazyModel``: calling it loads the model. For a node
                 that chooses one of several models by a parameter (``caption.model``), so
                 the one not chosen is never read and need not exist.
+            expect: What the model must have been made for (``models/provenance.py``'s
+                fields: ``t2i``, ``resolution``, ``encoder``, ``num_queries``,
+                ``embedding_width``, ``llm``); a directory whose ``provenance.json`` says
+                otherwise is refused. The preflight sets this from the run's parameters.
         """
         protocol, path = get_protocol_and_path(filepath, version)
         if protocol != "file":
@@ -166,7 +187,18 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         self.metadata = metadata
         self._lazy = lazy
+        self._expect = dict(expect) if expect else None
+        self._provenance_check = None
+        if expect:
+            from vlv_pipeline.models.provenance import ProvenanceCheck
+
+            self._provenance_check = ProvenanceCheck(str(path), settings={"*": self._expect})
         super().__init__(filepath=PurePosixPath(path), version=version)
+
+    def check_provenance_with(self, check) -> None:
+        """Before each load, ``check(directory)`` (a ``provenance.ProvenanceCheck``): it
+        raises when the model was made for another setting."""
+        self._provenance_check = check
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -176,6 +208,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             "save_args": self._save_args,
             "version": self._version,
             "lazy": self._lazy,
+            **({"expect": self._expect} if self._expect else {}),
         }
 
     # ------------------------------------------------------------------ load
@@ -200,9 +233,9 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
     def load(self) -> Any:
         if self._lazy:
             return LazyModel(self._load_now, str(self._filepath))
-        return self._load_now()
+        return self._load_now(named=False)  # the catalog names the dataset in its errors
 
-    def _load_now(self) -> Any:
+    def _load_now(self, named: bool = True) -> Any:
         path = self._checked_load_path()
         pickles = _pickle_files(path)
         if pickles:
@@ -211,11 +244,16 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                 f"dataset loads safetensors only. Re-save the model with "
                 f"save_pretrained(..., safe_serialization=True) and delete the pickle files."
             )
+        if self._provenance_check is not None:
+            self._provenance_check(path, named)  # the record only: before any weight
         cls = _import_class(self._load_class)
         kwargs = _resolve_dtypes(dict(self._load_args))
         if _takes_use_safetensors(cls):
             kwargs.setdefault("use_safetensors", True)
-        return cls.from_pretrained(str(path), **kwargs)
+        from vlv_pipeline.models.tensor_files import model_dir_hint, naming_damaged
+
+        with naming_damaged(path, what_to_do=model_dir_hint(path)):
+            return cls.from_pretrained(str(path), **kwargs)
 
     # ------------------------------------------------------------------ save
 

@@ -3,6 +3,8 @@
 Saved as one self-contained directory, so inference needs nothing else::
 
     config.json        the class, and the generation defaults
+    provenance.json    what it was made for (models/provenance.py: the T2I model, the
+                       encoder, the image size, queries, embedding width, the LLM)
     encoder/           the VLV encoder (stage 1; fine-tuned in stage 2 if it was trained)
     text_encoder/      the T2I model's frozen CLIP text encoder
     decoder/           psi + the causal LLM (models/caption_decoder.py)
@@ -26,6 +28,10 @@ CONFIG = "config.json"
 
 
 class VLVCaptioner(nn.Module):
+    # what it was made for (models/provenance.py): set by stage 2 and the import, saved as
+    # provenance.json, read back on load (None for a directory saved before records)
+    provenance: dict | None = None
+
     def __init__(self, encoder, text_encoder, decoder: CaptionDecoder, tokenizer, **generation):
         super().__init__()
         self.encoder = encoder
@@ -79,6 +85,9 @@ class VLVCaptioner(nn.Module):
         (path / CONFIG).write_text(
             json.dumps({"_class_name": type(self).__name__, "generation": self.generation})
         )
+        from vlv_pipeline.models.provenance import write_record
+
+        write_record(path, self.provenance)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> VLVCaptioner:
@@ -101,4 +110,7 @@ class VLVCaptioner(nn.Module):
                 AutoTokenizer.from_pretrained(path / "tokenizer"),
                 **config.get("generation", {}),
             )
+        from vlv_pipeline.models.provenance import read_record
+
+        captioner.provenance = read_record(path)
         return captioner.eval()

@@ -409,4 +409,11 @@ def build_captioner(
     fill(modules, mapped)
     _tie(modules)  # assigning gave each name its own tensor: one again
     captioner = VLVCaptioner(encoder, clip, decoder, tokenizer, **generation)
+    from vlv_pipeline.models.provenance import captioner_record
+
+    # the paper's setting, as the import's configs name it (SD 2.1 base's text encoder,
+    # Florence-2, the crop side, Qwen2.5): saved with the directory as provenance.json
+    captioner.provenance = captioner_record(
+        captioner, t2i=text_encoder, resolution=crop_size, llm=llm, model="published_captioner"
+    )
     return captioner.eval()

@@ -12,7 +12,9 @@ queries to caption embeddings. Those enter the frozen CLIP text encoder as
   encoder, the N queries into the decoder as ``inputs_embeds``; lm_head unused (frozen).
 
 Both are diffusers ``ModelMixin``s, so ``save_pretrained``/``from_pretrained`` give a
-self-describing directory (config.json + safetensors) that stage 2 and inference load.
+self-describing directory (config.json + safetensors) that stage 2 and inference load. An
+encoder's ``provenance`` (what it was trained for: ``models/provenance.py``, set by stage 1)
+is saved beside it as ``provenance.json`` and read back on load (None when there is none).
 """
 
 from __future__ import annotations
@@ -37,6 +39,26 @@ def pil_bicubic(image: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(resized)
 
 
+class _Recorded:
+    """Saves and loads the encoder's ``provenance`` record with its directory."""
+
+    provenance: dict | None = None
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        from vlv_pipeline.models.provenance import write_record
+
+        super().save_pretrained(save_directory, **kwargs)
+        write_record(save_directory, self.provenance)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        from vlv_pipeline.models.provenance import read_record
+
+        model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model.provenance = read_record(pretrained_model_name_or_path)
+        return model
+
+
 def projector(width: int, out_dim: int) -> nn.Sequential:
     """phi: Linear, GELU, Linear (the paper's Linear(1024,1024), GELU, Linear(1024,1024))."""
     return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out_dim))
@@ -47,7 +69,7 @@ def vae_config_of(vae) -> dict:
     return {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
 
 
-class SmallVLVEncoder(ModelMixin, ConfigMixin):
+class SmallVLVEncoder(_Recorded, ModelMixin, ConfigMixin):
     """A compact CNN + transformer + query decoder, for the shapes world.
 
     With ``vae_config`` set, the vision tower is instead the encoder half of an
@@ -159,6 +181,8 @@ class SmallVLVEncoder(ModelMixin, ConfigMixin):
 class Florence2VLVEncoder(ModelMixin, ConfigMixin):
     """Florence-2 as the paper uses it (native transformers ``Florence2ForConditionalGeneration``)."""
 
+    provenance: dict | None = None  # what it was trained for (models/provenance.py)
+
     @register_to_config
     def __init__(
         self,
@@ -244,6 +268,9 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
         }
         save_file(head, str(path / "head.safetensors"))
         self.save_config(path)
+        from vlv_pipeline.models.provenance import write_record
+
+        write_record(path, self.provenance)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -269,6 +296,9 @@ class Florence2VLVEncoder(ModelMixin, ConfigMixin):
             raise InputError(
                 f"{path}/head.safetensors does not match the encoder: {unexpected or missing}"
             )
+        from vlv_pipeline.models.provenance import read_record
+
+        encoder.provenance = read_record(path)
         return encoder.eval()
 
     def processor_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
+from vlv_pipeline.models.provenance import ProvenanceError
 from vlv_pipeline.models.published import official_crop
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
@@ -38,6 +39,8 @@ def choose_captioner(trained, published, params: CaptionParams):
     lazy = trained if params.model == "trained" else published
     try:
         captioner = lazy()
+    except ProvenanceError:  # made for another setting: its message names what makes one
+        raise
     except Exception as error:  # no version yet: say which pipeline makes one
         make = "stage2" if params.model == "trained" else "import_published"
         raise InputError(

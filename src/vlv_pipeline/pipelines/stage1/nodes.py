@@ -15,6 +15,7 @@ from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.encoders import build_encoder
+from vlv_pipeline.models.provenance import encoder_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.t2i import FrozenT2I
@@ -137,6 +138,8 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
     if result.ema is not None:
         result.ema.copy_to([p for p in encoder.parameters() if p.requires_grad])
     encoder.eval()
+    # what it was trained for, saved with it (provenance.json): loaders refuse it elsewhere
+    encoder.provenance = encoder_record(encoder, t2i=params.t2i, resolution=params.resolution)
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     return encoder, {
         "history": result.history,

@@ -19,6 +19,7 @@ from vlv_pipeline.models.caption_decoder import CaptionDecoder, CaptionTokens
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.encoders import build_encoder
+from vlv_pipeline.models.provenance import captioner_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.params.stage1 import Stage1Params
@@ -199,6 +200,14 @@ def _train_captioner(
         tokenizer,
         max_new_tokens=params.generation.max_new_tokens,
         num_beams=params.generation.num_beams,
+    )
+    # what it is made for, saved with it (provenance.json): loaders refuse it elsewhere
+    captioner.provenance = captioner_record(
+        captioner,
+        t2i=params.t2i,
+        resolution=params.resolution,
+        llm=params.llm,
+        model="baseline_captioner" if run.name == "stage2_baseline" else "vlv_captioner",
     )
     pairs_hash = pairs_sha256(data.pair_ids, data.pair_captions)
     result = train(
