@@ -28,13 +28,14 @@ will need and cannot make itself:
 Offline (``HF_HUB_OFFLINE=1``) every gap stops the run; online, what a download provides is
 logged ("will download: ...") and the run goes on, while the rest (trained models, data,
 credentials, packages, models made for another setting) still stops it. The stop is one
-:class:`MissingComponentsError`, listing each missing piece with what provides it; the ``kedro`` command line prints it as
-one message, without a traceback. Under ``accelerate launch`` every rank checks, the ranks
-agree, every rank stops, and only rank 0 prints.
+:class:`MissingComponentsError`, listing each missing piece with what provides it; the
+``kedro`` command line prints it as one message, without a traceback. Under ``accelerate
+launch`` every rank checks, the ranks agree, every rank stops, and only rank 0 prints.
 
-``VLV_SKIP_PREFLIGHT=1`` turns the check off. Nothing here downloads, imports a model, or
-reads more than a few file names; a run whose components are local directories that exist
-(the shapes world) is checked in milliseconds.
+``VLV_SKIP_PREFLIGHT=1`` turns the check off (not the T2I agreement, nor the loaders'
+provenance checks). Nothing here downloads, imports a model, or reads more than a few file
+names and small JSON files (records and configs); a run whose components are local
+directories that exist (the shapes world) is checked in milliseconds.
 """
 
 from __future__ import annotations
@@ -710,7 +711,7 @@ def check_provenance(
             directory = Path(dataset._get_load_path())
         except Exception:  # noqa: BLE001 - check_datasets reports what cannot be read
             continue
-        found = check.problem(directory)
+        found = check.problem(directory, warn=False)  # the loader warns, once
         if found is not None:
             problem, fix, _ = found
             findings.append(Finding(check.what(directory), problem, fix, mismatch=True))

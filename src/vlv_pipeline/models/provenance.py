@@ -243,7 +243,7 @@ def _t2i_reference(t2i: Any) -> tuple[str | None, dict[str, str]]:
         name = str(spec["pretrained"])
         parts = t2i_fingerprint(name)["parts"]
         subfolder = spec.get("subfolder")
-        if subfolder and subfolder != "text_encoder":
+        if subfolder != "text_encoder":  # the text encoder lies elsewhere (or is the folder)
             config = config_of(name, subfolder)
             parts.pop("text_encoder", None)
             if config is not None:
@@ -647,11 +647,17 @@ class ProvenanceCheck:
         fix = (self.fix_chain if chain else self.fix_own) or self.fix_own or self.fix_chain
         if not fix:
             fix = f"make it again for this run's setting (`kedro run --pipeline {made_by}`)"
+        if fields == ["resolution"] and self.verb == "captions" and record.get("resolution"):
+            # only the side differs: caption at the model's own
+            fix += f" (or `--params caption.resolution={record['resolution']}`)"
         return fix + self.alternative
 
-    def problem(self, directory: str | os.PathLike) -> tuple[str, str, dict] | None:
+    def problem(
+        self, directory: str | os.PathLike, warn: bool = True
+    ) -> tuple[str, str, dict] | None:
         """(what differs, the fix, the record) when the directory was made for another
-        setting; None when it agrees (or records nothing this run fixes)."""
+        setting; None when it agrees (or records nothing this run fixes). ``warn``: log what
+        could not be checked (the loader does; the preflight leaves that to it)."""
         record = record_of(directory, self.model)
         wanted = None if record is None else self.wanted(record)
         if record is None or wanted is None:
@@ -659,7 +665,7 @@ class ProvenanceCheck:
         differ, unknown = compare(record, wanted)
         if differ:
             return describe(record, wanted, differ, self.verb), self.fix(record, differ), record
-        if unknown:
+        if unknown and warn:
             self._warn(self.what(directory), record, wanted, unknown)
         return None
 
