@@ -347,10 +347,10 @@ def record_of(directory: str | os.PathLike, model: str | None = None) -> dict | 
     config = _json_file(path / "config.json") or {}
     kind = config.get("_class_name")
     if kind in ENCODER_KINDS:
-        found = _legacy_encoder(path, config)
+        found = _legacy_encoder(config)
         model = model if model in MODELS else "vlv_encoder"
     elif kind == CAPTIONER_CLASS:
-        found = _legacy_encoder(path / "encoder", _json_file(path / "encoder/config.json") or {})
+        found = _legacy_encoder(_json_file(path / "encoder/config.json") or {})
         text = _json_file(path / "text_encoder/config.json")
         if text is not None:
             found["t2i_parts"] = {"text_encoder": part_fingerprint("text_encoder", text)}
@@ -362,7 +362,8 @@ def record_of(directory: str | os.PathLike, model: str | None = None) -> dict | 
     return {"format": 0, "model": model, "made_by": MADE_BY[model], "legacy": True, **found}
 
 
-def _legacy_encoder(path: Path, config: Mapping) -> dict:
+def _legacy_encoder(config: Mapping) -> dict:
+    """What an encoder's own config.json says of its setting."""
     found: dict[str, Any] = {
         "encoder": ENCODER_KINDS.get(config.get("_class_name")),
         "resolution": config.get("image_size"),
