@@ -62,6 +62,7 @@ from kedro.io.core import (
 )
 from kedro_datasets._typing import TablePreview
 
+from vlv_pipeline.errors import SaveError
 from vlv_pipeline.files import fsync_file, remove_quietly, remove_stale, temporary_for, unwritable
 
 MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
@@ -273,7 +274,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         try:
             tmp.mkdir(parents=True)
         except OSError as error:
-            raise DatasetError(unwritable(tmp_root, error)) from error
+            raise SaveError(unwritable(tmp_root, error)) from error
         try:
             kwargs = dict(self._save_args)
             if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
@@ -289,7 +290,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                 fsync_file(file)  # on disk before the rename makes it a version
             self._publish(tmp, save_path)
         except OSError as error:  # disk full, permissions, quota: say where, keep nothing half
-            raise DatasetError(unwritable(save_path, error)) from error
+            raise SaveError(unwritable(save_path, error)) from error
         finally:
             remove_quietly(tmp)
 

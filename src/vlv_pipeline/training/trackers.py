@@ -5,7 +5,8 @@ Every ``log_every`` steps: ``loss``, ``lr``, ``grad_norm`` (before clipping) and
 validation metric and its image grid.
 
 - ``tensorboard`` (the default, offline): event files under ``<run folder>/logs/<stage>``.
-  Watch every run at once with ``tensorboard --logdir data/06_models/checkpoints``.
+  Watch every run at once with ``tensorboard --logdir data/06_models/checkpoints`` (conf/paper:
+  ``data/paper/06_models/checkpoints``; each environment has its own data root).
 - MLflow, when the tracking extra is on (``VLV_MLFLOW=1``, see ``vlv_pipeline.tracking``)
   and kedro-mlflow has opened a run: the same numbers go into that run, prefixed with the
   stage (``stage1/loss``), so one MLflow run holds the parameters, the training curves and
