@@ -10,13 +10,13 @@ import re
 
 import pandas as pd
 import torch
+from kedro.io import DatasetError
 
 from vlv_pipeline.distributed import each_rank, share
-from vlv_pipeline.errors import InputError, ParameterError
+from vlv_pipeline.errors import InputError, MissingInputError, ParameterError, UserError
 from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
-from vlv_pipeline.models.provenance import ProvenanceError
 from vlv_pipeline.models.published import official_crop
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
@@ -39,19 +39,26 @@ def choose_captioner(trained, published, params: CaptionParams):
     lazy = trained if params.model == "trained" else published
     try:
         captioner = lazy()
-    except ProvenanceError:  # made for another setting: its message names what makes one
+    except MissingInputError as error:
+        raise _no_captioner(lazy, params, error) from error
+    except UserError:  # damaged, or made for another setting: its own message says what to do
         raise
-    except Exception as error:  # no version yet: say which pipeline makes one
-        make = "stage2" if params.model == "trained" else "import_published"
-        raise InputError(
-            f"caption.model is {params.model!r} but {lazy.where} has no usable captioner "
-            f"({error}); run `kedro run --pipeline {make}` first"
-        ) from error
+    except DatasetError as error:  # no version saved, or no model directory there
+        raise _no_captioner(lazy, params, error) from error
     dtype = params.dtype
     if dtype == "auto":
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         dtype = "bfloat16" if bf16 else "float32"
     return captioner.to(getattr(torch, dtype))
+
+
+def _no_captioner(lazy, params: CaptionParams, error: BaseException) -> InputError:
+    """No captioner saved where ``caption.model`` reads: which pipeline makes one."""
+    make = "stage2" if params.model == "trained" else "import_published"
+    return InputError(
+        f"caption.model is {params.model!r} but {lazy.where} has no usable captioner "
+        f"({error}); run `kedro run --pipeline {make}` first"
+    )
 
 
 # where the official clean-up splits sentences: the whitespace after ".", "!" or "?"
