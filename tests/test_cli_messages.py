@@ -127,7 +127,7 @@ def test_a_secret_under_another_key_is_masked_everywhere(project):
 
 
 def test_masking_a_text():
-    from vlv_pipeline.errors import mask_secrets
+    from vlv_pipeline.masking import mask_secrets
 
     assert SK_KEY not in mask_secrets(f"input_value='{SK_KEY}', input_type=str")
     shortened = "input_value={'model': 'sk-proj-abcdef...vwxyz', 'max_tokens': 0}"
@@ -143,7 +143,7 @@ def test_masking_a_text():
 
 def test_the_secrets_filter_masks_records_on_every_root_handler():
     import vlv_pipeline.settings  # noqa: F401 - installs the filter
-    from vlv_pipeline.errors import SecretsFilter, install_log_masking, remember_secret
+    from vlv_pipeline.masking import SecretsFilter, install_log_masking, remember_secret
 
     install_log_masking()
     handlers = logging.getLogger().handlers

@@ -11,7 +11,7 @@ of Kedro's ``run`` (they are Kedro's own, so they follow Kedro's version) plus `
   command exits 1.
 - ``--verbose`` or ``VLV_TRACEBACK=1`` prints the traceback of user errors too.
 - Secrets are masked in everything printed here and in every log record
-  (``errors.install_log_masking``).
+  (``masking.install_log_masking``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from typing import Any
 import click
 from kedro.framework.cli import project as _kedro_project
 
-from vlv_pipeline.errors import UserError, install_log_masking, mask_secrets, parameter_message
+from vlv_pipeline.errors import UserError
+from vlv_pipeline.masking import install_log_masking, mask_secrets
+from vlv_pipeline.param_messages import parameter_message
 
 TRACEBACK_ENV = "VLV_TRACEBACK"
 _TRUE = {"1", "true", "yes", "on"}
@@ -49,12 +51,15 @@ def is_user_error(error: BaseException) -> bool:
     """Whether the user fixes ``error`` (module docstring)."""
     from kedro.config import MissingConfigException
     from kedro.io import DatasetError
+    from kedro.io.core import VersionNotFoundError
     from kedro.validation.exceptions import ParameterValidationError
 
     if isinstance(
         error, UserError | ParameterValidationError | MissingConfigException | click.ClickException
     ):
         return True
+    if isinstance(error, VersionNotFoundError):
+        return True  # a versioned dataset never saved (or a pinned version that is not there)
     if isinstance(error, DatasetError) and error.__cause__ is not None:
         return is_user_error(error.__cause__)  # Kedro wraps what a dataset's load raises
     text = str(error)

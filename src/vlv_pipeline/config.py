@@ -9,7 +9,7 @@ and the checks on ``--params`` that must run before any work.
   is set in the catalog, not with ``--params``). Keys inside a block are checked by the
   block's pydantic model (``params/``: unknown keys are errors).
 - The credentials' values and secret-keyed ``--params`` values are remembered, so that
-  ``errors.mask_secrets`` hides them in every message and log.
+  ``masking.mask_secrets`` hides them in every message and log.
 """
 
 from __future__ import annotations
@@ -21,16 +21,9 @@ from typing import Any
 
 from kedro.config import OmegaConfigLoader
 
-from vlv_pipeline.errors import (
-    MASK,
-    ParameterError,
-    SecretParameterError,
-    UnknownParameterError,
-    format_parameter_errors,
-    remember_secrets_in,
-    secret_keys,
-    validation_error_lines,
-)
+from vlv_pipeline.errors import ParameterError, SecretParameterError, UnknownParameterError
+from vlv_pipeline.masking import MASK, remember_secrets_in, secret_keys
+from vlv_pipeline.param_messages import format_parameter_errors, validation_error_lines
 from vlv_pipeline.params.study import DERIVED_KEY, expand_points
 
 # what Kedro's resolver reads: `${runtime_params:t2i,...}` -> t2i

@@ -916,7 +916,7 @@ class PreflightHook:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        from vlv_pipeline.errors import install_log_masking
+        from vlv_pipeline.masking import install_log_masking
 
         install_log_masking()  # on whatever handlers logging has now
         self._loader = context.config_loader

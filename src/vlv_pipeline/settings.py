@@ -6,9 +6,9 @@ import warnings
 # Nothing in the default environment may reach a model hub or phone home.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 
-# Secrets are masked in every log record, on every handler (errors.py; the console and
+# Secrets are masked in every log record, on every handler (masking.py; the console and
 # info.log of conf/logging.yml, or the handlers of your own KEDRO_LOGGING_CONFIG).
-from vlv_pipeline.errors import install_log_masking  # noqa: E402
+from vlv_pipeline.masking import install_log_masking  # noqa: E402
 
 install_log_masking()
 # Kedro 1.7's own config loader calls OmegaConf's deprecated register_new_resolver: four
