@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
+from regression_run import Regression, regression_data, regression_model, regression_params
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training.loop import (
@@ -14,48 +14,7 @@ from vlv_pipeline.training.loop import (
     train,
 )
 
-
-class Regression(nn.Module):
-    """y = w x: a loss the loop must drive down; can be told to blow up or crash."""
-
-    def __init__(self, nan_at: int | None = None, crash_at: int | None = None):
-        super().__init__()
-        self.linear = nn.Linear(4, 1)
-        self.frozen = nn.Linear(4, 4).requires_grad_(False)
-        self.calls, self.nan_at, self.crash_at = 0, nan_at, crash_at
-
-    def forward(self, batch):
-        self.calls += 1
-        if self.crash_at is not None and self.calls > self.crash_at:
-            raise KeyboardInterrupt("simulated kill")
-        x, y = batch
-        loss = ((self.linear(x) - y) ** 2).mean() + 0 * self.frozen(x).sum()
-        if self.nan_at is not None and self.calls > self.nan_at:
-            loss = loss * float("nan")
-        return loss
-
-
-def _data(n=64):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 4, generator=g)
-    return TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1)
-
-
-def _params(**overrides):
-    base = dict(
-        steps=12,
-        batch_size=8,
-        learning_rate=0.05,
-        checkpoint_every=4,
-        keep_checkpoints=2,
-        log_every=2,
-    )
-    return TrainParams(**{**base, **overrides})
-
-
-def _model(seed=0, **kw):
-    torch.manual_seed(seed)
-    return Regression(**kw)
+_data, _params, _model = regression_data, regression_params, regression_model
 
 
 def test_training_reduces_the_loss_and_keeps_frozen_parts_frozen():

@@ -7,49 +7,19 @@ import sys
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
+from regression_run import regression_data, regression_model, regression_params
 
-from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training.loop import list_checkpoints, train
 
-
-class Regression(nn.Module):
-    def __init__(self, crash_at: int | None = None):
-        super().__init__()
-        self.linear = nn.Linear(4, 1)
-        self.calls, self.crash_at = 0, crash_at
-
-    def forward(self, batch):
-        self.calls += 1
-        if self.crash_at is not None and self.calls > self.crash_at:
-            raise KeyboardInterrupt("simulated kill")
-        x, y = batch
-        return ((self.linear(x) - y) ** 2).mean()
-
-
-def _data(n=64):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 4, generator=g)
-    return TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1)
+_data = regression_data
 
 
 def _params(**overrides):
-    base = dict(
-        steps=12,
-        batch_size=8,
-        learning_rate=0.05,
-        checkpoint_every=4,
-        keep_checkpoints=3,
-        log_every=2,
-        ema_decay=0.9,
-    )
-    return TrainParams(**{**base, **overrides})
+    return regression_params(**{"keep_checkpoints": 3, "ema_decay": 0.9, **overrides})
 
 
 def _model(**kw):
-    torch.manual_seed(0)
-    return Regression(**kw)
+    return regression_model(**kw)
 
 
 def _killed_at_6(directory):
