@@ -8,7 +8,7 @@ import pytest
 from kedro.io import DatasetError
 from kedro.io.core import VersionNotFoundError
 
-from vlv_pipeline.errors import InputError, MissingInputError, UserError
+from vlv_pipeline.errors import InputError, MissingInputError, ModelDirectoryError, UserError
 from vlv_pipeline.models.provenance import ProvenanceError
 from vlv_pipeline.models.tensor_files import DamagedWeightsError
 from vlv_pipeline.params.evaluate import CaptionParams
@@ -38,8 +38,9 @@ def _choose(error: BaseException, model: str = "trained"):
         VersionNotFoundError("Did not find any versions for ModelDirectoryDataset(...)"),
         DatasetError("Model directory 'x' does not exist. Run the pipeline that saves it"),
         MissingInputError("no such directory"),
+        ModelDirectoryError("'x' is not a save_pretrained directory"),
     ],
-    ids=["no-version", "no-directory", "missing-input"],
+    ids=["no-version", "no-directory", "missing-input", "not-a-model-directory"],
 )
 @pytest.mark.parametrize(
     ("model", "make"), [("trained", "stage2"), ("published", "import_published")]

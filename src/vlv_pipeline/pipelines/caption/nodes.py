@@ -13,7 +13,13 @@ import torch
 from kedro.io import DatasetError
 
 from vlv_pipeline.distributed import each_rank, share
-from vlv_pipeline.errors import InputError, MissingInputError, ParameterError, UserError
+from vlv_pipeline.errors import (
+    InputError,
+    MissingInputError,
+    ModelDirectoryError,
+    ParameterError,
+    UserError,
+)
 from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
 from vlv_pipeline.models.device import inference_device
@@ -39,7 +45,7 @@ def choose_captioner(trained, published, params: CaptionParams):
     lazy = trained if params.model == "trained" else published
     try:
         captioner = lazy()
-    except MissingInputError as error:
+    except (MissingInputError, ModelDirectoryError) as error:  # nothing usable saved there
         raise _no_captioner(lazy, params, error) from error
     except UserError:  # damaged, or made for another setting: its own message says what to do
         raise
