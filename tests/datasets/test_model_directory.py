@@ -428,12 +428,17 @@ def _shapes_captioner_dir(tmp_path: Path, *, record: bool = True) -> Path:
 
 
 def _captioner_dataset(folder: Path, expect: dict | None) -> ModelDirectoryDataset:
-    return ModelDirectoryDataset(
+    """The captioner's dataset, told (as the preflight hook tells it) what the run expects."""
+    from vlv_pipeline.models.provenance import ProvenanceCheck
+
+    dataset = ModelDirectoryDataset(
         filepath=str(folder),
         load_class="vlv_pipeline.models.captioner.VLVCaptioner",
         version=Version(None, None),
-        expect=expect,
     )
+    if expect is not None:
+        dataset.check_provenance_with(ProvenanceCheck(str(folder), settings={"*": expect}))
+    return dataset
 
 
 def test_the_captioner_directory_records_what_it_was_made_for(tmp_path: Path) -> None:

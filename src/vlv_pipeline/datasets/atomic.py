@@ -17,8 +17,8 @@ Catalog (local paths; other protocols save as kedro-datasets does)::
 
 from __future__ import annotations
 
+import glob
 import inspect
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -28,20 +28,14 @@ from kedro_datasets.pandas import ParquetDataset as _ParquetDataset
 from kedro_datasets.pillow import ImageDataset as _ImageDataset
 from kedro_datasets.text import TextDataset as _TextDataset
 
-from vlv_pipeline.errors import SaveError
-from vlv_pipeline.files import (
-    fsync_file,
-    remove_quietly,
-    remove_stale,
-    temporary_for,
-    unwritable,
-)
+from vlv_pipeline.files import atomic_target, remove_stale
 
 
 class AtomicSave:
     """Mixin for a kedro-datasets file dataset: ``save()`` runs the class's own save with
     ``_get_save_path()`` pointing at a hidden temporary beside the real path, flushes it to
-    disk, then renames it into place. Put it before the kedro-datasets class in the bases."""
+    disk (a file, or a folder of figures and everything in it), then renames it into place
+    (``files.atomic_target``). Put it before the kedro-datasets class in the bases."""
 
     _atomic_target: PurePosixPath | None = None
 
@@ -61,19 +55,12 @@ class AtomicSave:
         versioned = bool(getattr(self, "_version", None))
         folder_was_there = final.parent.exists()
         self._remove_stale_temporaries(final, versioned)
-        tmp = temporary_for(final)
-        self._atomic_target = PurePosixPath(tmp)
         try:
-            self._write(data)
-            if tmp.is_file():
-                fsync_file(tmp)
-            _publish(tmp, final)
-        except OSError as error:  # disk full, permissions, quota: say where, keep nothing
-            raise SaveError(unwritable(final, error)) from error
+            with atomic_target(final, sweep=False) as tmp:
+                self._atomic_target = PurePosixPath(tmp)
+                self._write(data)
         finally:
             self._atomic_target = None
-            if tmp.exists() or tmp.is_symlink():
-                remove_quietly(tmp)
             if versioned and not folder_was_there and not final.exists():
                 try:
                     final.parent.rmdir()  # the empty version folder this save made
@@ -83,7 +70,7 @@ class AtomicSave:
     def _remove_stale_temporaries(self, final: Path, versioned: bool) -> None:
         """Temporaries of this dataset that no live writer will finish (``files.is_stale``),
         e.g. after a killed run; a version folder they leave empty goes with them."""
-        pattern = f".{final.name}.tmp*"
+        pattern = f".{glob.escape(final.name)}.tmp*"
         if not versioned:
             remove_stale(final.parent.glob(pattern))
             return
@@ -92,22 +79,6 @@ class AtomicSave:
                 tmp.parent.rmdir()
             except OSError:
                 pass  # not empty: a real version lives there
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename the finished ``tmp`` to ``final``: one ``os.replace`` for a file (or a folder that
-    is new); an existing folder is swapped out, and put back if the swap fails."""
-    if not (tmp.is_dir() and final.exists()):
-        os.replace(tmp, final)
-        return
-    old = temporary_for(final)
-    os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        os.replace(old, final)
-        raise
-    remove_quietly(old)
 
 
 class ParquetDataset(AtomicSave, _ParquetDataset):

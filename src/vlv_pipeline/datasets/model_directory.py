@@ -2,14 +2,23 @@
 transformers model, a pipeline (e.g. ``StableDiffusionPipeline``), a tokenizer, a
 scheduler, or any object with ``save_pretrained``/``from_pretrained``.
 
-Saves are atomic (written to a hidden temporary sibling, then renamed into place) and
-safetensors-only: pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.ckpt``)
+Saves are atomic (written to a hidden temporary sibling, flushed to disk, then renamed into
+place: ``files.atomic_target``) and safetensors-only: pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ``*.ckpt``)
 are refused on save and on load. A damaged safetensors file is refused by name
 (``models/tensor_files.naming_damaged``). Local filesystem only.
 
+A save replacing an unversioned directory moves the previous one aside, renames the new one
+in, then removes the previous (``files.replace_tree``); if the process dies between those two
+renames, the next load or save puts the previous one back (``files.restore_backup``).
+
+A directory that is not there, is not a ``save_pretrained`` directory, or holds pickle weights
+(or a save that would write them) is refused with a ``ModelDirectoryError`` (a ``UserError``:
+``kedro run`` prints its message alone); a versioned one never saved, with
+``NoSavedVersionError`` (Kedro's ``VersionNotFoundError``, worded for the user).
+
 What a model was made for: a VLV encoder or captioner directory holds ``provenance.json``
-(``models/provenance.py``). Given what the run expects (``expect:`` in the catalog, or set by
-the preflight for every model directory a run reads, from its parameters), ``load`` reads that
+(``models/provenance.py``). The preflight hook hands every model directory a run reads what
+the run's parameters expect of it (``check_provenance_with``); ``load`` then reads that
 record first (JSON only) and refuses a model made for another setting with a
 ``ProvenanceError`` naming what differs and what makes the right one.
 
@@ -40,9 +49,6 @@ Example catalog entry::
       filepath: ${globals:data}/06_models/vlv_captioner
       load_class: vlv_pipeline.models.captioner.VLVCaptioner
       versioned: true
-      expect:                  # optional: refuse a captioner made for another setting
-        t2i: ${globals:t2i}    # its T2I model (compared by architecture fingerprint)
-        resolution: 384        # also: encoder, num_queries, embedding_width, llm
 """
 
 from __future__ import annotations
@@ -58,12 +64,13 @@ from kedro.io.core import (
     AbstractVersionedDataset,
     DatasetError,
     Version,
+    VersionNotFoundError,
     get_protocol_and_path,
 )
 from kedro_datasets._typing import TablePreview
 
-from vlv_pipeline.errors import SaveError
-from vlv_pipeline.files import fsync_file, remove_quietly, remove_stale, temporary_for, unwritable
+from vlv_pipeline.errors import ModelDirectoryError
+from vlv_pipeline.files import atomic_target, restore_backup
 
 MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -110,6 +117,10 @@ def _takes_use_safetensors(cls: type) -> bool:
     return "use_safetensors" in inspect.signature(cls.from_pretrained).parameters
 
 
+class NoSavedVersionError(ModelDirectoryError, VersionNotFoundError):
+    """A versioned model directory with no saved version yet."""
+
+
 class LazyModel:
     """A model not loaded yet: ``lazy()`` loads it (the latest version, checked as usual)."""
 
@@ -150,7 +161,6 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         version: Version | None = None,
         metadata: dict[str, Any] | None = None,
         lazy: bool = False,
-        expect: dict[str, Any] | None = None,
     ) -> None:
         """Creates a new ``ModelDirectoryDataset`` for a local directory.
 
@@ -168,10 +178,6 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             lazy: ``load()`` returns a ``LazyModel``: calling it loads the model. For a node
                 that chooses one of several models by a parameter (``caption.model``), so
                 the one not chosen is never read and need not exist.
-            expect: What the model must have been made for (``models/provenance.py``'s
-                fields: ``t2i``, ``resolution``, ``encoder``, ``num_queries``,
-                ``embedding_width``, ``llm``); a directory whose ``provenance.json`` says
-                otherwise is refused. The preflight sets this from the run's parameters.
         """
         protocol, path = get_protocol_and_path(filepath, version)
         if protocol != "file":
@@ -188,12 +194,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
         self.metadata = metadata
         self._lazy = lazy
-        self._expect = dict(expect) if expect else None
         self._provenance_check = None
-        if expect:
-            from vlv_pipeline.models.provenance import ProvenanceCheck
-
-            self._provenance_check = ProvenanceCheck(str(path), settings={"*": self._expect})
         super().__init__(filepath=PurePosixPath(path), version=version)
 
     def check_provenance_with(self, check) -> None:
@@ -209,22 +210,35 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             "save_args": self._save_args,
             "version": self._version,
             "lazy": self._lazy,
-            **({"expect": self._expect} if self._expect else {}),
         }
 
     # ------------------------------------------------------------------ load
 
+    def _load_path(self) -> Path:
+        """The directory to load (the latest version, or the one asked for), put back from
+        the backup a killed save left (``files.restore_backup``)."""
+        try:
+            path = Path(self._get_load_path())
+        except VersionNotFoundError as error:
+            raise NoSavedVersionError(
+                f"Did not find any versions of model directory '{self._filepath}' (no "
+                f"<version>/{self._filepath.name} folder there): run the pipeline that saves "
+                f"it first."
+            ) from error
+        restore_backup(path)
+        return path
+
     def _checked_load_path(self) -> Path:
         """The directory to load, after checking it looks like a model directory."""
-        path = Path(self._get_load_path())
+        path = self._load_path()
         if not path.is_dir():
             what = "is a file, not a directory" if path.exists() else "does not exist"
-            raise DatasetError(
+            raise ModelDirectoryError(
                 f"Model directory '{path}' {what}. Run the pipeline that saves it, or point "
                 f"'filepath' to a save_pretrained directory."
             )
         if not any((path / name).is_file() for name in MARKER_FILES):
-            raise DatasetError(
+            raise ModelDirectoryError(
                 f"'{path}' is not a save_pretrained directory: it has none of {MARKER_FILES} "
                 f"(it contains {sorted(p.name for p in path.iterdir())[:10]}). Point 'filepath' "
                 f"to the directory that holds one of them."
@@ -240,7 +254,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         path = self._checked_load_path()
         pickles = _pickle_files(path)
         if pickles:
-            raise DatasetError(
+            raise ModelDirectoryError(
                 f"Refusing to load '{path}': it contains pickle weights {pickles[:5]} and this "
                 f"dataset loads safetensors only. Re-save the model with "
                 f"save_pretrained(..., safe_serialization=True) and delete the pickle files."
@@ -267,60 +281,34 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         save_path = Path(self._get_save_path())  # versioned: raises if it exists
         # Hidden names: kedro finds versions with glob('<filepath>/*/<name>'), which
         # skips dot-entries, so a half-written directory is never taken for a version.
-        tmp_root = Path(self._filepath) if self._version else save_path.parent
-        tmp = temporary_for(tmp_root / save_path.name)
-        if tmp_root.is_dir():  # what a killed save left (files.is_stale: no live writer)
-            remove_stale(tmp_root.glob(f".{save_path.name}.tmp*"))
+        beside = Path(self._filepath) if self._version else save_path.parent
+        version_folder = save_path.parent if self._version else None
+        made_version = version_folder is not None and not version_folder.exists()
         try:
-            tmp.mkdir(parents=True)
-        except OSError as error:
-            raise SaveError(unwritable(tmp_root, error)) from error
-        try:
-            kwargs = dict(self._save_args)
-            if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
-                kwargs.setdefault("safe_serialization", True)
-            data.save_pretrained(str(tmp), **kwargs)
-            pickles = _pickle_files(tmp)
-            if pickles:
-                raise DatasetError(
-                    f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
-                    f"safetensors only (check save_args: safe_serialization must stay True)."
-                )
-            for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-                fsync_file(file)  # on disk before the rename makes it a version
-            self._publish(tmp, save_path)
-        except OSError as error:  # disk full, permissions, quota: say where, keep nothing half
-            raise SaveError(unwritable(save_path, error)) from error
+            with atomic_target(save_path, beside=beside) as tmp:
+                tmp.mkdir(parents=True)
+                kwargs = dict(self._save_args)
+                if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
+                    kwargs.setdefault("safe_serialization", True)
+                data.save_pretrained(str(tmp), **kwargs)
+                pickles = _pickle_files(tmp)
+                if pickles:
+                    raise ModelDirectoryError(
+                        f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
+                        f"safetensors only (check save_args: safe_serialization must stay True)."
+                    )
+                if version_folder is not None:
+                    version_folder.mkdir(parents=True, exist_ok=True)
         finally:
-            remove_quietly(tmp)
-
-    def _publish(self, tmp: Path, save_path: Path) -> None:
-        """Rename the finished ``tmp`` directory to ``save_path`` atomically."""
-        if self._version:
-            made = not save_path.parent.exists()
-            save_path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.replace(tmp, save_path)
-            except OSError:
-                if made:
-                    save_path.parent.rmdir()  # no empty version folder either
-                raise
-            return
-        if not save_path.exists():
-            os.replace(tmp, save_path)
-            return
-        old = temporary_for(save_path)
-        os.replace(save_path, old)
-        try:
-            os.replace(tmp, save_path)
-        except OSError:
-            os.replace(old, save_path)  # put the previous directory back
-            raise
-        remove_quietly(old)
+            if made_version and not save_path.exists():
+                try:
+                    version_folder.rmdir()  # no empty version folder either
+                except OSError:
+                    pass
 
     def _exists(self) -> bool:
         try:
-            path = Path(self._get_load_path())
+            path = self._load_path()
         except DatasetError:
             return False
         return path.is_dir() and any((path / name).is_file() for name in MARKER_FILES)
