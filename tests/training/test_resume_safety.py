@@ -2,8 +2,10 @@
 refused (issue 26, item 2), and resume with EMA stays exact."""
 
 import os
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +138,221 @@ def test_a_damaged_checkpoint_file_is_named(tmp_path, name):
         train(_model(), _data(), _params(), checkpoint_dir=tmp_path / "run")
     assert str(checkpoint / name) in str(error.value)
     assert "training.resume: false" in str(error.value)
+
+
+def _reading_everything_first(reads):
+    """An ``Accelerator.load_state`` that unpickles the checkpoint's files before anything
+    else, as DeepSpeed's engine does (torch.load(weights_only=False), before Accelerate's
+    load hooks run)."""
+
+    def load_state(self, input_dir=None, **kwargs):
+        for path in sorted(Path(input_dir).rglob("*")):
+            if path.name == ".metadata":  # torch.distributed.checkpoint: a plain pickle
+                reads.append(path.name)
+                pickle.loads(path.read_bytes())
+            elif path.is_file() and path.suffix in {".pkl", ".bin", ".pt"}:
+                reads.append(path.name)
+                torch.load(path, weights_only=False)
+
+    return load_state
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "custom_checkpoint_0.pkl",
+        "optimizer.bin",
+        "scheduler.bin",
+        "random_states_0.pkl",
+        "pytorch_model_fsdp.bin",
+        "scaler.pt",
+    ],
+)
+def test_the_checks_run_before_accelerate_reads_anything(tmp_path, monkeypatch, name):
+    from accelerate import Accelerator
+
+    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
+
+    checkpoint = _killed_at_6(tmp_path / "run")
+    marker = tmp_path / "payload-ran"
+    torch.save({"state": Payload(marker)}, checkpoint / name)
+    reads: list[str] = []
+    monkeypatch.setattr(Accelerator, "load_state", _reading_everything_first(reads))
+    with pytest.raises(CheckpointRefusedError) as refused:
+        train(_model(), _data(), _params(), checkpoint_dir=tmp_path / "run")
+    assert not marker.exists(), f"the payload planted as {name} ran on resume"
+    assert reads == []  # refused before load_state was called
+    message = str(refused.value)
+    assert str(checkpoint) in message and name in message  # names the refused file itself
+    assert "one of the files" not in message
+
+
+def _accelerator_as(monkeypatch, backend: str, sharded: bool = False):
+    """A real Accelerator (CPU) that reports running under ``backend``."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    accelerator = Accelerator(cpu=True)
+    monkeypatch.setattr(
+        Accelerator, "distributed_type", property(lambda self: DistributedType[backend])
+    )
+    kind = "SHARDED_STATE_DICT" if sharded else "FULL_STATE_DICT"
+    plugin = SimpleNamespace(state_dict_type=SimpleNamespace(name=kind))
+    monkeypatch.setattr(accelerator.state, "fsdp_plugin", plugin, raising=False)
+    return accelerator
+
+
+@pytest.mark.parametrize(
+    ("backend", "sharded", "engine_file"),
+    [
+        ("DEEPSPEED", False, "pytorch_model/mp_rank_00_model_states.pt"),
+        ("FSDP", True, "pytorch_model_fsdp_0/.metadata"),
+    ],
+)
+def test_an_engine_that_unpickles_its_files_resumes_only_when_trusted(
+    tmp_path, monkeypatch, backend, sharded, engine_file
+):
+    from accelerate import Accelerator
+
+    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
+    from vlv_pipeline.training.loop import _resume
+
+    checkpoint = _killed_at_6(tmp_path / "run")
+    marker = tmp_path / "payload-ran"
+    (checkpoint / engine_file).parent.mkdir()
+    if engine_file.endswith(".metadata"):  # torch.distributed.checkpoint pickles it plainly
+        (checkpoint / engine_file).write_bytes(pickle.dumps({"module": Payload(marker)}))
+    else:
+        torch.save({"module": Payload(marker)}, checkpoint / engine_file)
+    reads: list[str] = []
+    monkeypatch.setattr(Accelerator, "load_state", _reading_everything_first(reads))
+    accelerator = _accelerator_as(monkeypatch, backend, sharded)
+
+    with pytest.raises(CheckpointRefusedError) as refused:
+        _resume(accelerator, tmp_path / "run", _params(), "test")
+    assert not marker.exists() and reads == []
+    message = str(refused.value)
+    assert str(checkpoint) in message and "training.trust_engine_checkpoints: true" in message
+    assert "training.resume: false" in message
+
+    # the user's own run folder: trusted on request (and then the engine reads what it finds)
+    start, *_ = _resume(accelerator, tmp_path / "run", _params(trust_engine_checkpoints=True), "t")
+    assert start == 4 and Path(engine_file).name in reads and marker.exists()
+
+
+def test_full_state_fsdp_checkpoints_need_no_trust(tmp_path, monkeypatch):
+    """FSDP with full state dicts reads plain tensors (torch.load(weights_only=True)), which
+    are vetted first like the optimizer's."""
+    from accelerate import Accelerator
+
+    from vlv_pipeline.training.loop import _resume
+
+    checkpoint = _killed_at_6(tmp_path / "run")
+    torch.save({"weight": torch.ones(2)}, checkpoint / "pytorch_model_fsdp.bin")
+    reads: list[str] = []
+    monkeypatch.setattr(Accelerator, "load_state", _reading_everything_first(reads))
+    start, *_ = _resume(_accelerator_as(monkeypatch, "FSDP"), tmp_path / "run", _params(), "t")
+    assert start == 4 and "pytorch_model_fsdp.bin" in reads
+
+
+def test_trusting_engine_checkpoints_keeps_the_run_folder(tmp_path):
+    from vlv_pipeline.training.loop import run_directory
+
+    trusted = _params(trust_engine_checkpoints=True)
+    assert run_directory(tmp_path, "s", _params()) == run_directory(tmp_path, "s", trusted)
+
+
+def _rewrite_ema_metadata(path, text):
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(path), metadata={"ema": text})
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('{"decay": "x"}', "decay"),
+        ('{"optimization_step": 1.5}', "optimization_step"),
+        ('{"decay": NaN}', "decay"),
+        ("[1, 2]", "ema"),
+        ('{"shadow_params": 3}', "shadow_params"),
+        ("{not json", "ema"),
+    ],
+)
+def test_bad_ema_counters_are_refused_by_name(tmp_path, text, named):
+    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
+
+    checkpoint = _killed_at_6(tmp_path / "run")
+    _rewrite_ema_metadata(checkpoint / "ema.safetensors", text)
+    with pytest.raises(CheckpointRefusedError) as refused:
+        train(_model(), _data(), _params(), checkpoint_dir=tmp_path / "run")
+    message = str(refused.value)
+    assert str(checkpoint / "ema.safetensors") in message and named in message
+    assert "training.resume: false" in message
+
+
+def _old_pickled_ema(checkpoint):
+    """Rewrite a checkpoint's EMA as Accelerate pickled it before: custom_checkpoint_0.pkl."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(checkpoint / "ema.safetensors"))
+    state = {"decay": 0.9, "optimization_step": 4}
+    state["shadow_params"] = [tensors["linear.weight"], tensors["linear.bias"]]
+    torch.save(state, checkpoint / "custom_checkpoint_0.pkl")
+    (checkpoint / "ema.safetensors").unlink()
+    return checkpoint / "custom_checkpoint_0.pkl"
+
+
+def test_the_converter_names_a_truncated_pickle(tmp_path, capsys):
+    from vlv_pipeline.training import convert_ema
+    from vlv_pipeline.training.checkpoint import CheckpointRefusedError, convert_pickled_ema
+
+    checkpoint = _killed_at_6(tmp_path / "run")
+    pickled = _old_pickled_ema(checkpoint)
+    data = pickled.read_bytes()
+    pickled.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointRefusedError, match="custom_checkpoint_0.pkl"):
+        convert_pickled_ema(checkpoint)
+    assert convert_ema.main([str(tmp_path / "run")]) == 1
+    stderr = capsys.readouterr().err
+    assert str(pickled) in stderr and "Traceback" not in stderr
+    assert pickled.exists() and not (checkpoint / "ema.safetensors").exists()
+
+
+def test_the_converter_writes_atomically(tmp_path, monkeypatch):
+    from vlv_pipeline.training import checkpoint as module
+    from vlv_pipeline.training.checkpoint import convert_pickled_ema
+
+    checkpoint = _killed_at_6(tmp_path / "run")
+    pickled = _old_pickled_ema(checkpoint)
+    real_save = module.save_file
+
+    def half_written(tensors, filename, metadata=None):  # the disk fills up midway
+        real_save(tensors, filename, metadata=metadata)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", half_written)
+    with pytest.raises(OSError):
+        convert_pickled_ema(checkpoint)
+    assert not (checkpoint / "ema.safetensors").exists()  # never a half-written file
+    assert pickled.exists()  # nor a lost pickle
+    assert sorted(p.name for p in checkpoint.iterdir() if p.name.startswith(".")) == []
+
+    monkeypatch.setattr(module, "save_file", real_save)
+    replaced = []
+    real_replace = os.replace
+
+    def recording_replace(source, target):
+        replaced.append((Path(source), Path(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(module.os, "replace", recording_replace)
+    assert convert_pickled_ema(checkpoint) == [checkpoint / "ema.safetensors"]
+    assert [(s.parent, t) for s, t in replaced] == [(checkpoint, checkpoint / "ema.safetensors")]
+    assert not pickled.exists()
+    result = train(_model(), _data(), _params(), checkpoint_dir=tmp_path / "run")
+    assert result.resumed_from == 4

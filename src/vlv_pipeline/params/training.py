@@ -31,6 +31,11 @@ class TrainParams(StrictModel):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     resume: bool = True
+    # resume under an engine that unpickles its own checkpoint files (DeepSpeed, Megatron-LM,
+    # FSDP with sharded state dicts): code in a file planted there would run, so such a
+    # resume is refused unless this is true. Set it only where nobody else can write under
+    # the run folder. Not part of a run's checkpoint folder name.
+    trust_engine_checkpoints: bool = False
     seed: int = 0
     log_every: int = Field(10, ge=1)
     # where loss, lr, grad norm, images/s (and validation) go while training: Accelerate

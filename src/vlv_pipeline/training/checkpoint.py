@@ -19,19 +19,33 @@ store them. It stores
 ``register(accelerator, objective, ema)`` installs the save and load hooks that make
 ``accelerator.save_state``/``load_state`` do this instead of pickling the whole objective
 (single process and DDP; DeepSpeed and FSDP keep their engines' own checkpoint format for
-the weights; the EMA file and the checks below apply to them too).
+the weights; the EMA file applies to them too).
 
-Nothing in a checkpoint is unpickled as code. Accelerate reads its optimizer, schedule and
-RNG files with ``torch.load(weights_only=True)``; it would read an object registered with
-``register_for_checkpointing`` (``custom_checkpoint_<i>.pkl``) with ``weights_only=False``,
-so the loop registers none, and loading refuses a checkpoint that holds such a file (it
-was written by an older version, or planted) before anything is read. ``convert_ema``
-turns an old one into ``ema.safetensors``, reading tensors only.
+Nothing in a checkpoint is unpickled as code, unless the user says the engine's own files
+may be. ``check_before_loading`` runs before ``accelerator.load_state`` is called (the
+loop's resume calls it; Accelerate's load hooks come too late for this: under DeepSpeed and
+FSDP the engine has read its files before they run). It
+
+- refuses a checkpoint that holds ``custom_checkpoint_<i>.pkl``: what Accelerate saves for
+  an object registered with ``register_for_checkpointing`` and reads back with
+  ``weights_only=False``. The loop registers none, so such a file was written by an older
+  version (the EMA) or planted; ``convert_ema`` turns an old one into ``ema.safetensors``,
+  reading tensors only;
+- refuses a checkpoint under an engine that unpickles its own files (DeepSpeed's
+  ``pytorch_model/*.pt`` with ``torch.load(weights_only=False)``, Megatron-LM's, FSDP's
+  sharded ``.metadata`` with ``pickle.load``), which nothing here can vet, unless the run
+  sets ``training.trust_engine_checkpoints: true``;
+- reads every ``*.bin``/``*.pt``/``*.pkl`` file of the folder (optimizer, schedule,
+  sampler, scaler, every rank's RNG state, FSDP's full state dict) with
+  ``torch.load(weights_only=True)``, memory-mapped, and refuses the first that does not
+  load that way by name (Accelerate would skip an unreadable RNG file without a word).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
 import re
 from pathlib import Path
@@ -130,10 +144,12 @@ def _read(path: Path, directory: Path) -> dict[str, torch.Tensor]:
     """A safetensors file of a checkpoint; a damaged one is named, with what to do."""
     from vlv_pipeline.models.tensor_files import load_tensors
 
-    return load_tensors(path, what_to_do=_damaged_hint(directory))
+    return load_tensors(path, what_to_do=resume_from_the_one_before(directory))
 
 
-def _damaged_hint(directory: Path) -> str:
+def resume_from_the_one_before(directory: str | Path) -> str:
+    """What to do about a checkpoint folder that cannot be resumed from."""
+    directory = Path(directory)
     return (
         f"delete that checkpoint folder ({directory}: the run resumes from the one before), "
         + START_FRESH.format(run=directory.parent)
@@ -159,8 +175,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
             return
         raise MissingInputError(
             f"checkpoint {directory} has none of {expected}: it is incomplete or was written "
-            "for another setup; delete it (the run resumes from the one before) or set "
-            "training.resume: false"
+            "for another setup; " + resume_from_the_one_before(directory)
         )
     if not parts:
         state = _read(directory / TRAINABLE_FILE, directory)
@@ -187,7 +202,7 @@ def load_trained(objective: nn.Module, directory: str | Path) -> None:
         else:
             from vlv_pipeline.models.tensor_files import naming_damaged
 
-            with naming_damaged(directory / name, what_to_do=_damaged_hint(directory)):
+            with naming_damaged(directory / name, what_to_do=resume_from_the_one_before(directory)):
                 saved = type(module).from_pretrained(directory / name)
             _copy_into(module, saved.state_dict(), directory / name)
             del saved
@@ -198,15 +213,56 @@ def _ema_names(objective: nn.Module) -> list[str]:
     return [n for n, p in objective.named_parameters() if p.requires_grad]
 
 
-_EMA_SCALARS = (
-    "decay",
-    "min_decay",
-    "optimization_step",
-    "update_after_step",
-    "use_ema_warmup",
-    "inv_gamma",
-    "power",
-)
+# what each EMA counter must be (diffusers' EMAModel.load_state_dict); JSON has no other
+# numbers than int and float, and a bool is not a number here
+_EMA_KINDS: dict[str, tuple[type, ...]] = {
+    "decay": (int, float),
+    "min_decay": (float,),
+    "optimization_step": (int,),
+    "update_after_step": (int,),
+    "use_ema_warmup": (bool,),
+    "inv_gamma": (int, float),
+    "power": (int, float),
+}
+
+
+def _ema_counters(text: str, path: Path) -> dict:
+    """The EMA's counters from the ``ema`` metadata of ``ema.safetensors``: a JSON object of
+    known names, each of the type the EMA keeps (``decay`` within [0, 1]); anything else is
+    refused, naming the file and the counter."""
+    hint = resume_from_the_one_before(path.parent)
+    try:
+        scalars = json.loads(text)
+    except ValueError as error:
+        raise CheckpointRefusedError(
+            f"{path}: its metadata 'ema' (the EMA's counters) is not JSON ({error}); " + hint
+        ) from None
+    if not isinstance(scalars, dict):
+        raise CheckpointRefusedError(
+            f"{path}: its metadata 'ema' is {type(scalars).__name__}, not an object of the "
+            "EMA's counters; " + hint
+        )
+    for name, value in scalars.items():
+        kinds = _EMA_KINDS.get(name)
+        if kinds is None:
+            raise CheckpointRefusedError(
+                f"{path}: its metadata 'ema' holds {name!r}, which is not one of the EMA's "
+                f"counters ({', '.join(_EMA_KINDS)}); " + hint
+            )
+        fits = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if isinstance(value, float):
+            fits = fits and math.isfinite(value)
+        if name == "decay" and fits:
+            fits = 0.0 <= value <= 1.0
+        if not fits:
+            raise CheckpointRefusedError(
+                f"{path}: the EMA counter {name!r} is {value!r}, not "
+                f"{' or '.join(k.__name__ for k in kinds)}"
+                + (" within [0, 1]" if name == "decay" else "")
+                + "; "
+                + hint
+            )
+    return scalars
 
 
 def save_ema(ema, names: list[str], directory: str | Path) -> Path:
@@ -215,7 +271,7 @@ def save_ema(ema, names: list[str], directory: str | Path) -> Path:
     if len(shadow) != len(names):
         raise ValueError(f"the EMA follows {len(shadow)} tensors but {len(names)} are named")
     state = ema.state_dict()
-    scalars = {k: state[k] for k in _EMA_SCALARS if k in state}
+    scalars = {k: state[k] for k in _EMA_KINDS if k in state}
     path = Path(directory) / EMA_FILE
     save_file(
         {n: t.detach().contiguous().cpu() for n, t in zip(names, shadow, strict=True)},
@@ -240,11 +296,13 @@ def load_ema(ema, names: list[str], directory: str | Path, device=None) -> None:
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:
-            scalars = json.loads((handle.metadata() or {}).get("ema", "{}"))
+            text = (handle.metadata() or {}).get("ema", "{}")
     except Exception as error:
         raise CheckpointRefusedError(
-            f"{path} is not a readable EMA file ({type(error).__name__}: {error}); " + fresh
+            f"{path} is not a readable EMA file ({type(error).__name__}: {error}); "
+            + resume_from_the_one_before(directory)
         ) from error
+    scalars = _ema_counters(text, path)
     positional = [f"shadow.{i}" for i in range(len(names))]
     if set(tensors) == set(names):
         shadow = [tensors[n] for n in names]
@@ -261,7 +319,13 @@ def load_ema(ema, names: list[str], directory: str | Path, device=None) -> None:
         raise CheckpointRefusedError(
             f"{path} holds EMA tensors of other shapes than this run trains; " + fresh
         )
-    ema.load_state_dict({**scalars, "shadow_params": shadow})
+    try:
+        ema.load_state_dict({**scalars, "shadow_params": shadow})
+    except (ValueError, TypeError) as error:  # diffusers' own checks, should ours miss one
+        raise CheckpointRefusedError(
+            f"{path}: the EMA refused its counters ({error}); "
+            + resume_from_the_one_before(directory)
+        ) from None
     ema.to(device)
 
 
@@ -274,8 +338,8 @@ def pickled_custom_states(directory: str | Path) -> list[str]:
 
 
 def refuse_pickled_custom_states(directory: str | Path) -> None:
-    """Stop before Accelerate reads a ``custom_checkpoint_<i>.pkl`` (with
-    ``weights_only=False``: code in it would run). Nothing in the folder is read."""
+    """Refuse a checkpoint that holds a ``custom_checkpoint_<i>.pkl`` (Accelerate reads it
+    with ``weights_only=False``: code in it would run). Only the folder is listed."""
     found = pickled_custom_states(directory)
     if found:
         directory = Path(directory)
@@ -289,11 +353,20 @@ def refuse_pickled_custom_states(directory: str | Path) -> None:
         )
 
 
-def torch_loaded_files(directory: str | Path) -> list[str]:
-    """The files of a checkpoint that Accelerate reads with ``torch.load(weights_only=True)``
-    (optimizer, schedule, sampler, scaler, RNG states)."""
-    pattern = re.compile(r"^(optimizer|scheduler|sampler|dl_state_dict|scaler|random_states)")
-    return sorted(p.name for p in Path(directory).iterdir() if pattern.match(p.name))
+# what torch.save writes in a checkpoint folder: Accelerate's optimizer, scheduler, sampler,
+# dataloader and scaler states, every rank's RNG state, FSDP's state dicts (all read with
+# torch.load(weights_only=True)); custom_checkpoint_<i>.pkl is refused before, unread
+TORCH_SUFFIXES = frozenset({".bin", ".pt", ".pkl"})
+
+
+def torch_loaded_files(directory: str | Path) -> list[Path]:
+    """The files of a checkpoint folder (not its subfolders) that resuming reads with
+    ``torch.load``: every ``*.bin``, ``*.pt`` and ``*.pkl`` but the custom pickles."""
+    return sorted(
+        p
+        for p in Path(directory).iterdir()
+        if p.is_file() and p.suffix in TORCH_SUFFIXES and not PICKLED_CUSTOM.match(p.name)
+    )
 
 
 def refusal_reason(error: BaseException) -> str:
@@ -304,31 +377,141 @@ def refusal_reason(error: BaseException) -> str:
     return (telling or [type(error).__name__])[0][:200]
 
 
-def _check_rng_state(directory: Path, process_index: int) -> None:
-    """Accelerate skips an RNG file it cannot read (``weights_only``) without a word, and
-    the resumed run is then not the run it continues: refuse it instead."""
-    from accelerate.utils import RNG_STATE_NAME
+def _first_line(error: BaseException) -> str:
+    """The first sentence of an error's message (torch's go on with advice)."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(error).__name__
+
+
+def _load_plain(path: Path) -> None:
+    """``torch.load(path, weights_only=True)`` as Accelerate calls it (numpy's RNG types
+    allowed), memory-mapped: the pickle is checked, the tensors' bytes are not read."""
     from accelerate.utils import load as accelerate_load
 
-    path = directory / f"{RNG_STATE_NAME}_{process_index}.pkl"
-    if not path.is_file():
+    try:
+        accelerate_load(path, map_location="cpu", mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        accelerate_load(path, map_location="cpu")  # saved before torch's zip format
+
+
+def vet_torch_files(directory: str | Path) -> None:
+    """Load every ``torch_loaded_files`` file with ``weights_only=True`` and refuse the
+    checkpoint at the first that does not load that way, naming it. Accelerate would read
+    the same files the same way (so nothing in them could run), but it skips an RNG file it
+    cannot read without a word (the resumed run is then not the run it continues), and
+    reports any other as an error that names no file."""
+    directory = Path(directory)
+    for path in torch_loaded_files(directory):
+        try:
+            _load_plain(path)
+        except pickle.UnpicklingError as error:  # weights_only refused something
+            raise CheckpointRefusedError(
+                f"{path} is not plain tensors: torch.load("
+                f"weights_only=True) refused it ({refusal_reason(error)}); nothing in it was "
+                "run; " + resume_from_the_one_before(directory)
+            ) from None
+        except OSError:
+            raise
+        except Exception as error:  # cut short, or not a torch file at all
+            raise CheckpointRefusedError(
+                f"{path} does not read as a torch file "
+                f"({_first_line(error)}): it may be cut short or damaged; "
+                + resume_from_the_one_before(directory)
+            ) from None
+
+
+def engine_reading_pickles(accelerator) -> str | None:
+    """What, under ``accelerator``'s backend, reads the engine's own checkpoint files by
+    unpickling them inside ``load_state`` (code in them would run, and nothing here can
+    vet them: they hold the engine's objects, not plain tensors); None where nothing does."""
+    from accelerate.utils import DistributedType
+
+    backend = accelerator.distributed_type
+    if backend == DistributedType.DEEPSPEED:
+        return "DeepSpeed reads its pytorch_model/*.pt files with torch.load(weights_only=False)"
+    if backend == DistributedType.MEGATRON_LM:
+        return "Megatron-LM reads its own checkpoint files, which nothing here can vet"
+    if backend == DistributedType.FSDP:
+        plugin = getattr(accelerator.state, "fsdp_plugin", None)
+        kind = getattr(plugin, "state_dict_type", None)
+        if str(getattr(kind, "name", kind)).upper().endswith("SHARDED_STATE_DICT"):
+            return (
+                "FSDP with sharded state dicts reads torch.distributed.checkpoint's .metadata "
+                "files with pickle.load"
+            )
+    return None
+
+
+TRUST_ENGINE = "training.trust_engine_checkpoints: true"
+
+
+def check_before_loading(directory: str | Path, accelerator, *, trust_engine: bool) -> None:
+    """Every check of a checkpoint folder, run before ``accelerator.load_state`` is called
+    (its load hooks come too late: under DeepSpeed and FSDP the engine reads its files
+    before them). In order: no ``custom_checkpoint_<i>.pkl`` (only the folder is listed);
+    no engine that unpickles its own files, unless ``trust_engine``; every torch file loads
+    with ``weights_only=True`` (``vet_torch_files``). Each refusal names what it refused."""
+    directory = Path(directory)
+    refuse_pickled_custom_states(directory)
+    engine = engine_reading_pickles(accelerator)
+    if engine and not trust_engine:
+        raise CheckpointRefusedError(
+            f"checkpoint {directory} is not resumed: {engine}, before anything here can check "
+            "them, so a file someone planted there would run code. If nobody else can write "
+            f"under {directory.parent}, resume it with {TRUST_ENGINE} (the run folder stays "
+            "the same); " + START_FRESH.format(run=directory.parent)
+        )
+    vet_torch_files(directory)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
         return
     try:
-        accelerate_load(path)  # weights_only=True, plus the numpy types RNG states hold
-    except Exception as error:
-        raise CheckpointRefusedError(
-            f"checkpoint {directory}: {path.name} is not an RNG state torch.load("
-            f"weights_only=True) can read ({refusal_reason(error)}); nothing in it was run. "
-            "Delete that checkpoint folder (the run resumes from the one before), "
-            + START_FRESH.format(run=directory.parent)
-        ) from None
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _write_ema_file(folder: Path, shadow: list[torch.Tensor], scalars: dict) -> Path:
+    """``ema.safetensors`` (by position) written atomically: a temporary in ``folder``,
+    flushed to the disk, renamed into place."""
+    from vlv_pipeline.errors import UnwritableError
+    from vlv_pipeline.files import fsync_file, remove_quietly, temporary_for, unwritable
+
+    final = folder / EMA_FILE
+    temporary = temporary_for(final)
+    try:
+        save_file(  # by position: the names of the parameters are not in the pickle
+            {f"shadow.{i}": t.contiguous() for i, t in enumerate(shadow)},
+            str(temporary),
+            metadata={"ema": json.dumps(scalars)},
+        )
+        fsync_file(temporary)
+        os.replace(temporary, final)
+    except OSError as error:
+        remove_quietly(temporary)
+        raise UnwritableError(error.errno, unwritable(final, error)) from error
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+    _fsync_folder(folder)
+    return final
 
 
 def convert_pickled_ema(directory: str | Path) -> list[Path]:
     """Rewrite the ``custom_checkpoint_0.pkl`` of an old checkpoint (or of every checkpoint
     in a run folder) as ``ema.safetensors``. The pickle is read with
-    ``torch.load(weights_only=True)``: tensors, numbers and lists only; anything else is
-    refused and the file left as it was. Returns the files written."""
+    ``torch.load(weights_only=True)``: tensors, numbers and lists only; anything else, or a
+    file that does not read, is refused and the file left as it was. ``ema.safetensors``
+    is written atomically, then the pickle deleted. Returns the files written."""
     directory = Path(directory)
     folders = [directory] if pickled_custom_states(directory) else []
     if not folders and directory.is_dir():
@@ -341,7 +524,7 @@ def convert_pickled_ema(directory: str | Path) -> list[Path]:
         if found != ["custom_checkpoint_0.pkl"]:
             raise CheckpointRefusedError(
                 f"{folder} holds {found}: the loop only ever saved one (the EMA, "
-                "custom_checkpoint_0.pkl); start fresh instead"
+                "custom_checkpoint_0.pkl); " + resume_from_the_one_before(folder)
             )
         source = folder / found[0]
         try:
@@ -349,29 +532,36 @@ def convert_pickled_ema(directory: str | Path) -> list[Path]:
         except pickle.UnpicklingError as error:
             raise CheckpointRefusedError(
                 f"{source} is not a plain EMA state (torch.load(weights_only=True) refused "
-                f"it: {refusal_reason(error)}); nothing in it was run. Delete it "
-                "and start fresh"
+                f"it: {refusal_reason(error)}); nothing in it was run and nothing was "
+                "converted; " + resume_from_the_one_before(folder)
+            ) from None
+        except OSError:
+            raise
+        except Exception as error:  # cut short, or not a torch file at all
+            raise CheckpointRefusedError(
+                f"{source} does not read as a torch file ({_first_line(error)}): "
+                "it may be cut short or damaged; nothing was converted; "
+                + resume_from_the_one_before(folder)
             ) from None
         shadow = state.get("shadow_params") if isinstance(state, dict) else None
         if not isinstance(shadow, list) or not all(isinstance(t, torch.Tensor) for t in shadow):
             raise CheckpointRefusedError(f"{source} is not an EMA state (no shadow_params list)")
-        scalars = {k: state[k] for k in _EMA_SCALARS if k in state}
-        save_file(  # by position: the names of the parameters are not in the pickle
-            {f"shadow.{i}": t.contiguous() for i, t in enumerate(shadow)},
-            str(folder / EMA_FILE),
-            metadata={"ema": json.dumps(scalars)},
-        )
+        scalars = {k: state[k] for k in _EMA_KINDS if k in state}
+        written.append(_write_ema_file(folder, shadow, scalars))
         source.unlink()
-        written.append(folder / EMA_FILE)
     return written
 
 
 def register(accelerator, objective: nn.Module, ema=None) -> bool:
-    """Make ``accelerator.save_state``/``load_state`` store only what trains (see above),
-    the EMA (when given) in ``ema.safetensors``, and refuse pickled custom states.
+    """Make ``accelerator.save_state``/``load_state`` store only what trains (see above)
+    and the EMA (when given) in ``ema.safetensors``.
 
     Under DeepSpeed, FSDP or Megatron the engine shards the weights and saves them itself,
-    in its own format: the checkpoint is then Accelerate's (returns False)."""
+    in its own format: the checkpoint is then Accelerate's (returns False).
+
+    The load hook runs inside ``load_state``, after the engine has read its files and before
+    Accelerate reads the optimizer, RNG and custom files: call ``check_before_loading``
+    first (the loop's resume does)."""
     from accelerate.utils import DistributedType
 
     sharding = {DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM}
@@ -388,9 +578,9 @@ def register(accelerator, objective: nn.Module, ema=None) -> bool:
                 save_ema(ema, names, output_dir)
 
     def load_hook(models, input_dir):
-        # runs before Accelerate reads anything of the checkpoint
+        # again, for a caller that skipped check_before_loading: Accelerate reads the custom
+        # pickles after this hook (only the folder is listed here)
         refuse_pickled_custom_states(input_dir)
-        _check_rng_state(Path(input_dir), accelerator.process_index)
         if models_here:
             if models:
                 models.pop()

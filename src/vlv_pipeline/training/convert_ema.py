@@ -5,8 +5,10 @@
 Checkpoints written before the EMA state was kept in safetensors hold it as Accelerate's
 ``custom_checkpoint_0.pkl``, which resuming refuses (unpickling can run code). This reads
 it with ``torch.load(weights_only=True)`` (tensors, numbers and lists only: a file with
-anything else is refused and left as it was), writes ``ema.safetensors`` beside it and
-deletes the pickle. Run it only on checkpoints you wrote yourself.
+anything else, or one that does not read, is refused and left as it was), writes
+``ema.safetensors`` beside it (a temporary in the same folder, flushed to the disk, then
+renamed into place: never half a file) and only then deletes the pickle. Run it only on
+checkpoints you wrote yourself.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlv_pipeline.training.checkpoint import CheckpointRefusedError, convert_pickled_ema
+from vlv_pipeline.errors import UserError
+from vlv_pipeline.training.checkpoint import convert_pickled_ema
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = convert_pickled_ema(args.folder)
-    except (CheckpointRefusedError, FileNotFoundError) as error:
+    except (UserError, OSError) as error:  # refused, not found, or not writable
         print(f"convert_ema: {error}", file=sys.stderr)
         return 1
     for path in written:

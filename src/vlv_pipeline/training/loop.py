@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -52,7 +51,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 _HISTORY = "history.json"
 # TrainParams keys that change how batches are read, not which: left out of run folders' names
-# (nor do where progress is logged, or recomputing activations to save memory)
+# (nor do where progress is logged, recomputing activations to save memory, or trusting the
+# run folder's engine checkpoints: resuming with it must find the same folder)
 READING_KEYS = frozenset(
     {
         "num_workers",
@@ -61,6 +61,7 @@ READING_KEYS = frozenset(
         "cache_mb",
         "trackers",
         "gradient_checkpointing",
+        "trust_engine_checkpoints",
     }
 )
 
@@ -265,16 +266,10 @@ def _resume(accelerator, directory: Path | None, params: TrainParams, desc: str)
     if not checkpoints:
         return 0, [], 0.0, None
     start, path = checkpoints[-1]
-    try:
-        accelerator.load_state(str(path))
-    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) refused a file
-        raise checkpoint.CheckpointRefusedError(
-            f"checkpoint {path}: one of the files Accelerate reads with torch.load "
-            f"({', '.join(checkpoint.torch_loaded_files(path))}) is not plain tensors "
-            f"and was refused ({checkpoint.refusal_reason(error)}); nothing in it was run. "
-            "Delete that checkpoint folder (the run resumes from the one before), "
-            + checkpoint.START_FRESH.format(run=path.parent)
-        ) from None
+    # before load_state: under DeepSpeed and FSDP the engine reads its files before the
+    # load hooks run (a refusal names the file; every rank refuses alike)
+    checkpoint.check_before_loading(path, accelerator, trust_engine=params.trust_engine_checkpoints)
+    accelerator.load_state(str(path))
     record = json.loads((path / _HISTORY).read_text())
     logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
     return start, record["history"], record.get("seconds", 0.0), start
