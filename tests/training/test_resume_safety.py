@@ -129,7 +129,9 @@ def test_the_converter_refuses_a_payload_without_running_it(tmp_path):
     assert (checkpoint / "custom_checkpoint_0.pkl").exists()  # left as it was
 
 
-@pytest.mark.parametrize("name", ["trainable.safetensors", "ema.safetensors"])
+@pytest.mark.parametrize(
+    "name", ["trainable.safetensors", "ema.safetensors", "optimizer.bin", "random_states_0.pkl"]
+)
 def test_a_damaged_checkpoint_file_is_named(tmp_path, name):
     checkpoint = _killed_at_6(tmp_path / "run")
     data = (checkpoint / name).read_bytes()

@@ -383,6 +383,12 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0][:200] if text else type(error).__name__
 
 
+def _file_error(error: BaseException) -> bool:
+    """An OSError about the file itself (missing, not permitted), not about what it holds:
+    torch reports a cut-short file as an OSError too (a seek past its end), naming no file."""
+    return isinstance(error, OSError) and error.filename is not None
+
+
 def _load_plain(path: Path) -> None:
     """``torch.load(path, weights_only=True)`` as Accelerate calls it (numpy's RNG types
     allowed), memory-mapped: the pickle is checked, the tensors' bytes are not read."""
@@ -390,10 +396,10 @@ def _load_plain(path: Path) -> None:
 
     try:
         accelerate_load(path, map_location="cpu", mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise
-        accelerate_load(path, map_location="cpu")  # saved before torch's zip format
+    except pickle.UnpicklingError:
+        raise
+    except Exception:  # not the zip format, or damaged (mapping it fails in other ways)
+        accelerate_load(path, map_location="cpu")  # says what is wrong, if anything is
 
 
 def vet_torch_files(directory: str | Path) -> None:
@@ -412,9 +418,9 @@ def vet_torch_files(directory: str | Path) -> None:
                 f"weights_only=True) refused it ({refusal_reason(error)}); nothing in it was "
                 "run; " + resume_from_the_one_before(directory)
             ) from None
-        except OSError:
-            raise
         except Exception as error:  # cut short, or not a torch file at all
+            if _file_error(error):
+                raise
             raise CheckpointRefusedError(
                 f"{path} does not read as a torch file "
                 f"({_first_line(error)}): it may be cut short or damaged; "
@@ -535,9 +541,9 @@ def convert_pickled_ema(directory: str | Path) -> list[Path]:
                 f"it: {refusal_reason(error)}); nothing in it was run and nothing was "
                 "converted; " + resume_from_the_one_before(folder)
             ) from None
-        except OSError:
-            raise
         except Exception as error:  # cut short, or not a torch file at all
+            if _file_error(error):
+                raise
             raise CheckpointRefusedError(
                 f"{source} does not read as a torch file ({_first_line(error)}): "
                 "it may be cut short or damaged; nothing was converted; "
