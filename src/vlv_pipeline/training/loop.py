@@ -259,7 +259,12 @@ def _validate(accelerator, validation: Validation, step: int, trainable, ema) ->
 
 
 def _resume(accelerator, directory: Path | None, params: TrainParams, desc: str):
-    """(start step, history, seconds so far, resumed-from step) from the latest checkpoint."""
+    """(start step, history, seconds so far, resumed-from step) from the latest checkpoint.
+
+    The checkpoint is checked before Accelerate reads any of it (``checkpoint.
+    check_before_loading``: no custom pickle, no engine that unpickles its own files unless
+    ``params.trust_engine_checkpoints``, every torch file plain tensors); a refusal names
+    the file and says what to do. Then ``accelerator.load_state`` loads it."""
     if directory is None or not params.resume:
         return 0, [], 0.0, None
     checkpoints = list_checkpoints(directory)
