@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-import fsspec.implementations.local
 import pandas as pd
 import pytest
 import yaml
@@ -79,50 +78,16 @@ def _dataset(name: str, root: Path, save_version: str | None):
     return AbstractDataset.from_config(name, config, save_version=save_version)
 
 
-class FillingFile:
-    """A file on a disk with ``room`` bytes left: a write past them writes what fits, then
-    fails with ENOSPC (as a real full disk does)."""
-
-    def __init__(self, file, room: int):
-        self._file, self._room = file, room
-
-    def write(self, data):
-        if len(data) > self._room:
-            self._file.write(data[: self._room])
-            self._file.flush()
-            self._room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._room -= len(data)
-        return self._file.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._file.close()
-
-
-def _fill_disk_after(monkeypatch, room: int) -> None:
-    real_open = open
-
-    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
-        file = real_open(path, mode, *args, **kwargs)
-        return FillingFile(file, room) if ("w" in mode or "a" in mode) else file
-
-    monkeypatch.setattr(fsspec.implementations.local, "open", open_on_a_full_disk, raising=False)
-
-
 @pytest.mark.parametrize("name", list(CASES))
-def test_a_full_disk_midway_keeps_the_previous_latest_version(tmp_path, monkeypatch, name):
+def test_a_full_disk_midway_keeps_the_previous_latest_version(
+    tmp_path, monkeypatch, full_disk, name
+):
     old, new, same_as_old = CASES[name]
     _dataset(name, tmp_path, OLD).save(old)
     files_before = sorted(p for p in tmp_path.rglob("*"))
     old_bytes = {p: p.read_bytes() for p in files_before if p.is_file()}
 
-    _fill_disk_after(monkeypatch, room=100)
+    full_disk(room=100)
     with pytest.raises(DatasetError) as failed:
         _dataset(name, tmp_path, NEW).save(new)
     monkeypatch.undo()

@@ -8,7 +8,6 @@ import os
 import subprocess
 import time
 
-import fsspec.implementations.local
 import pytest
 import torch
 from kedro.io import DatasetError
@@ -19,46 +18,14 @@ from vlv_pipeline.files import MACHINE, is_stale, temporary_for
 FP = {"weights_sha256": "a", "resolution": None}
 
 
-class FullDiskFile:
-    """A file on a disk with ``room`` bytes left: a write past them fails with ENOSPC, and so
-    does closing it (flushing what is buffered), as on a real full disk."""
-
-    def __init__(self, file, room: int):
-        self._file, self._room = file, room
-
-    def write(self, data):
-        if len(data) > self._room:
-            self._file.write(data[: self._room])
-            self._room = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._room -= len(data)
-        return self._file.write(data)
-
-    def close(self):
-        self._file.close()
-        if self._room == 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-
-def _fill_disk_after(monkeypatch, room: int) -> None:
-    real_open = open
-
-    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
-        file = real_open(path, mode, *args, **kwargs)
-        return FullDiskFile(file, room) if "w" in mode else file
-
-    monkeypatch.setattr(fsspec.implementations.local, "open", open_on_a_full_disk, raising=False)
-
-
-def test_a_full_disk_while_writing_a_shard_gives_the_projects_message(tmp_path, monkeypatch):
+def test_a_full_disk_while_writing_a_shard_gives_the_projects_message(
+    tmp_path, monkeypatch, full_disk
+):
     cache = LatentCache(tmp_path / "cache")
     cache.reset(FP)
     cache.add(["a"], torch.zeros(1, 4, 8, 8), torch.ones(1, 4, 8, 8))
     before = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    _fill_disk_after(monkeypatch, room=700)
+    full_disk(room=700)
     with pytest.raises(DatasetError) as failed:  # not a raw OSError from the clean-up
         cache.add(["b", "c"], torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8))
     monkeypatch.undo()

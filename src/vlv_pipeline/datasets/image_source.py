@@ -24,16 +24,21 @@ The shapes world's `world` pipeline writes its images through such an entry, so 
 renders IS the raw source that `ingest` reads; a user's own data stays read-only. A
 writable webdataset entry writes shards as img2dataset does (``{key}.jpg``, ``{key}.txt``,
 ``{key}.json``; ``samples_per_shard`` per tar): the rehearsal environment's input.
+
+A save is atomic as a whole (``files.atomic_target``): every image (or tar) is written into a
+hidden temporary folder beside the source, the folder is flushed to disk (each file in it,
+``files.fsync_tree``) and then renamed into place, swapping out the previous folder
+(``files.replace_tree``). The files inside are written in place within that temporary folder:
+no reader sees them before the rename, and a crash before it leaves only a stale temporary
+that the next save removes. A crash between the swap's two renames leaves the previous folder
+as a backup that the next load or save puts back (``files.restore_backup``).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import tarfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -42,6 +47,7 @@ from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
 from vlv_pipeline.errors import ParameterError, SaveError
+from vlv_pipeline.files import atomic_target, restore_backup
 from vlv_pipeline.imaging.sources import ImageSource, open_source
 
 
@@ -71,6 +77,8 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
         self.metadata = metadata
 
     def load(self) -> ImageSource:
+        if self._writable:  # a save killed mid-swap left the previous folder aside
+            restore_backup(self._path)
         return self._source
 
     def save(self, data: Mapping[str, Any]) -> None:
@@ -78,10 +86,11 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
 
         A value is an image or a callable returning one (with an optional ``caption``
         attribute, as the world's ``LazyImage`` has). Images are
-        written one at a time (callables are called lazily) into a hidden sibling folder
-        that then replaces the old one, so a crash leaves the previous folder intact and no
-        stale images survive a smaller rewrite. A folder ignores captions (the world keeps
-        them in its labels table); shards carry them as ``{key}.txt``.
+        written one at a time (callables are called lazily) into a hidden sibling folder,
+        flushed to disk, that then replaces the old one (module docstring), so a crash leaves
+        the previous folder intact and no stale images survive a smaller rewrite. A folder
+        ignores captions (the world keeps them in its labels table); shards carry them as
+        ``{key}.txt``. A write that fails (a full disk) is a ``SaveError`` naming the folder.
         """
         if not self._writable:
             raise SaveError(
@@ -89,35 +98,27 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
                 "Only the shapes world's `world` pipeline writes raw images, through a catalog "
                 "entry with `writable: true`; with your own data run `kedro run --pipeline vlv`."
             )
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.parent / f".{self._path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_target(self._path) as tmp:
+            tmp.mkdir(parents=True)
             if self._kind == "webdataset":
                 self._write_shards(tmp, data)
             else:
-                for relative, value in data.items():
-                    rel = PurePosixPath(relative)
-                    if rel.is_absolute() or ".." in rel.parts or not rel.suffix:
-                        raise DatasetError(
-                            f"bad image path {relative!r}: need a relative file name with a suffix"
-                        )
-                    target = tmp / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    _image(value).save(target)
-            old = None
-            if self._path.exists():
-                old = self._path.parent / f".{self._path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self._path, old)
-            os.replace(tmp, self._path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                self._write_images(tmp, data)
+
+    def _write_images(self, folder: Path, data: Mapping[str, Any]) -> None:
+        """Each image at its relative path under ``folder``."""
+        for relative, value in data.items():
+            rel = PurePosixPath(relative)
+            if rel.is_absolute() or ".." in rel.parts or not rel.suffix:
+                raise DatasetError(
+                    f"bad image path {relative!r}: need a relative file name with a suffix"
+                )
+            target = folder / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _image(value).save(target)
 
     def _write_shards(self, folder: Path, data: Mapping[str, Any]) -> None:
         """img2dataset's layout: ``00000.tar`` holding ``000000000.jpg/.txt/.json``, ..."""
-        folder.mkdir(parents=True)
         items = list(data.items())
         for start in range(0, len(items), self._per_shard):
             shard = start // self._per_shard
@@ -149,6 +150,8 @@ class ImageSourceDataset(AbstractDataset[Any, ImageSource]):
         return self._source.describe()
 
     def _exists(self) -> bool:
+        if self._writable:
+            restore_backup(self._path)
         return self._source.exists()
 
 

@@ -11,15 +11,19 @@ Layout of a cache directory::
 Shards are memory-mapped Arrow files (``datasets.Dataset.from_file``), so reading a row
 touches only that row's pages and several processes share the page cache. Each shard lists
 its own image ids; the index names shards only, so rewriting it after a shard costs
-O(shards), not O(images). Shards are written one at a time, each to a temporary name then
-renamed, and the index is rewritten (atomically) after every shard, so an interrupted
-encoding keeps every finished shard and a rerun continues from there. The fingerprint
+O(shards), not O(images). Shards are written one at a time, each to a temporary name,
+flushed to disk, then renamed, and the index is rewritten (atomically, flushed too) after
+every shard, so an interrupted encoding keeps every finished shard and a rerun continues from
+there. The fingerprint
 records what made the latents (the VAE's weights hash, its config, the resolution); a cache
 with another fingerprint, or of an older format, is discarded rather than mixed.
 
 What an index says is not trusted blindly: a shard name must be ``shard-<hex>.arrow`` (no
-path, so no index makes the cache read or delete a file outside its folder), and each shard's
-size and CRC-32 are checked once per process before Arrow reads it. Writes go through hidden
+path, so no index makes the cache read or delete a file outside its folder), each entry must
+have the index's shape (else ``CorruptCacheError`` naming the index and the rebuild command),
+and each shard's size and CRC-32 are checked once per process before Arrow reads it. Starting
+afresh (another fingerprint) deletes only ``shard-<hex>.arrow`` files (and the earlier
+layout's ``shard-<hex>.safetensors``), never anything else in the folder. Writes go through hidden
 temporaries named by their writer (``vlv_pipeline.files``); the run that extends the cache
 removes the stale ones and drops missing or damaged shards, whose images it encodes again.
 
@@ -39,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import uuid
 import zlib
@@ -54,20 +57,16 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._typing import TablePreview
 
 from vlv_pipeline.distributed import barrier, rank, together, world_size
-from vlv_pipeline.errors import MissingEntryError, SaveError, UserError
-from vlv_pipeline.files import (
-    fsync_file,
-    remove_quietly,
-    remove_stale,
-    temporary_for,
-    unwritable,
-)
+from vlv_pipeline.errors import MissingEntryError, UserError
+from vlv_pipeline.files import atomic_target, remove_quietly, remove_stale
 
 logger = logging.getLogger(__name__)
 
 INDEX = "index.json"
 PART_INDEX = re.compile(r"index\.rank(\d+)\.json")  # one writer's shards, not yet merged
 SHARD_NAME = re.compile(r"shard-[0-9a-f]{1,64}\.arrow")  # the only names an index may hold
+# what ``reset`` deletes: shards, and those of the project's earlier layout (safetensors)
+OWN_FILE = re.compile(r"shard-[0-9a-f]{1,64}\.(?:arrow|safetensors)")
 FORMAT = "arrow"
 CHECKSUM_CHUNK = 16 * 2**20
 # shards whose checksum this process has verified, by (device, inode, size, mtime, checksum):
@@ -130,14 +129,10 @@ class CorruptCacheError(UserError, DatasetError):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """``text`` to ``path`` through a temporary and a rename: the old file or the new one."""
-    tmp = temporary_for(path)
-    try:
+    """``text`` to ``path`` through a temporary, flushed to disk, and a rename: the old file
+    or the new one (``files.atomic_target``; a failed write is a ``SaveError``)."""
+    with atomic_target(path, sweep=False) as tmp:  # begin_extension sweeps the folder
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as error:
-        remove_quietly(tmp)
-        raise SaveError(unwritable(path, error)) from error
 
 
 def _close_quietly(writer) -> None:
@@ -193,14 +188,23 @@ class LatentCache:
             except json.JSONDecodeError as error:
                 raise CorruptCacheError(
                     f"{self.KIND} index {index_path} is not valid JSON ({error}); delete "
-                    f"{self.path} to rebuild it"
+                    f"{self.path} and rerun {self.REBUILD} to rebuild it"
                 ) from error
+            fingerprint = index.get("fingerprint") if isinstance(index, dict) else None
+            if not isinstance(fingerprint, dict | None):
+                index = None
+            if not isinstance(index, dict):
+                raise CorruptCacheError(
+                    f"{self.KIND} index {index_path} is not an index (an object with format, "
+                    f"fingerprint and shards): it was edited or damaged; delete {self.path} and "
+                    f"rerun {self.REBUILD} to rebuild it"
+                )
         else:
             index = {"format": FORMAT, "fingerprint": None, "shards": []}
         # a cache written by an older version of the project has no fingerprint to match:
         # the node that extends it rebuilds it, and readers say to
         self.outdated = index.get("format") != FORMAT
-        self.fingerprint: dict | None = None if self.outdated else index["fingerprint"]
+        self.fingerprint: dict | None = None if self.outdated else index.get("fingerprint")
         self.shards: list[dict] = (
             [] if self.outdated else self._checked_names(index.get("shards"), index_path)
         )
@@ -216,7 +220,8 @@ class LatentCache:
     def _checked_names(self, shards: Any, where: Path) -> list[dict]:
         """``shards`` (an index's list), after checking that each names a shard file of this
         cache: a plain ``shard-<hex>.arrow`` name, so nothing an index says can make the cache
-        read or delete a file outside its folder."""
+        read or delete a file outside its folder; and that each entry has the index's shape
+        (``_check_entry``), so a hand-edited index gives this error, not a crash later."""
         if not isinstance(shards, list):
             raise CorruptCacheError(
                 f"{self.KIND} index {where} has no list of shards; delete {self.path} and rerun "
@@ -231,7 +236,35 @@ class LatentCache:
                     f"index was edited or damaged: delete {where} (or all of {self.path}) and "
                     f"rerun {self.REBUILD} to rebuild what it listed"
                 )
+            self._check_entry(shard, where)
         return shards
+
+    def _check_entry(self, shard: Any, where: Path) -> None:
+        """One entry of an index's shard list: ``{"file": str, "count": int, "bytes": int,
+        "checksum": str}`` (``bytes`` and ``checksum`` may be missing: written before they
+        were recorded)."""
+        wanted = {"file": str, "count": int, "bytes": int, "checksum": str}
+        wrong = None
+        if not isinstance(shard, dict):
+            wrong = f"is {type(shard).__name__} {shard!r}, not an object"
+        elif "count" not in shard:
+            wrong = "has no count"
+        else:
+            for key, kind in wanted.items():
+                value = shard.get(key)
+                if key in shard and (not isinstance(value, kind) or isinstance(value, bool)):
+                    wrong = f"has {key} {value!r}, not a {kind.__name__}"
+                    break
+                if kind is int and isinstance(value, int) and value < 0:
+                    wrong = f"has {key} {value!r}, a negative number"
+                    break
+        if wrong is not None:
+            raise CorruptCacheError(
+                f'{self.KIND} index {where}: a shard entry {wrong} (each is {{"file": '
+                f'"shard-<hex>.arrow", "count": <int>, "bytes": <int>, "checksum": '
+                f'"crc32:<hex>"}}). The index was edited or damaged: delete {where} (or all of '
+                f"{self.path}) and rerun {self.REBUILD} to rebuild what it listed"
+            )
 
     def _shard_path(self, shard: dict) -> Path:
         """Where ``shard`` is, refused when it resolves outside the cache folder (a link)."""
@@ -273,12 +306,14 @@ class LatentCache:
             table = Dataset.from_file(str(path))
         except Exception as error:  # pyarrow raises several types for a damaged file
             raise CorruptCacheError(
-                f"{self.KIND} shard {path} is corrupt ({error}); delete {self.path} to rebuild"
+                f"{self.KIND} shard {path} is corrupt ({error}); run {self.REBUILD}: it drops "
+                f"the damaged shard and encodes its images again"
             ) from error
         if len(table) != shard["count"] or not set(self.FIELDS) <= set(table.column_names):
             raise CorruptCacheError(
                 f"{self.KIND} shard {path} does not hold {shard['count']} rows of "
-                f"{self.FIELDS}; delete {self.path} to rebuild"
+                f"{self.FIELDS}; run {self.REBUILD}: it drops the damaged shard and encodes its "
+                f"images again"
             )
         return table
 
@@ -330,8 +365,11 @@ class LatentCache:
 
     # -- writing -----------------------------------------------------------------------
     def reset(self, fingerprint: dict) -> None:
-        """Start afresh for latents made by ``fingerprint``; old shards and parts are removed."""
-        old = [p for p in self.path.glob("shard-*") if p.is_file()] if self.path.is_dir() else []
+        """Start afresh for latents made by ``fingerprint``; old shards and parts are removed:
+        ``shard-<hex>.arrow`` (and the earlier layout's ``shard-<hex>.safetensors``), nothing
+        else the folder holds."""
+        found = self.path.iterdir() if self.path.is_dir() else ()
+        old = [p for p in found if OWN_FILE.fullmatch(p.name) and p.is_file()]
         old += self.part_files()
         self.path.mkdir(parents=True, exist_ok=True)
         self.fingerprint, self.shards, self._ids, self.outdated = fingerprint, [], None, False
@@ -352,32 +390,26 @@ class LatentCache:
             )
         name = f"shard-{uuid.uuid4().hex[:12]}.arrow"
         final = self.path / name
-        tmp = temporary_for(final)  # hidden; names its writer (files.is_stale)
         arrays = [t.detach().float().cpu().numpy() for t in tensors]
-        writer, published = None, False
-        try:
+        # a hidden temporary naming its writer (files.is_stale), flushed, renamed into place;
+        # a failed write (disk full, permissions) is a SaveError and the index still lists
+        # only whole shards
+        with atomic_target(final, sweep=False) as tmp:
             writer = ArrowWriter(path=str(tmp), features=_features(self.FIELDS, tensors))
-            writer.write_batch(
-                {
-                    "image_id": list(image_ids),
-                    **{f: list(a) for f, a in zip(self.FIELDS, arrays, strict=True)},
-                }
-            )
-            writer.finalize()
-            writer.close()
-            writer = None
-            fsync_file(tmp)
+            try:
+                writer.write_batch(
+                    {
+                        "image_id": list(image_ids),
+                        **{f: list(a) for f, a in zip(self.FIELDS, arrays, strict=True)},
+                    }
+                )
+                writer.finalize()
+                writer.close()
+            except BaseException:
+                _close_quietly(writer)  # never raises: the error to report is the write's
+                raise
             checksum = _file_checksum(tmp)
             size = tmp.stat().st_size
-            os.replace(tmp, final)
-            published = True
-        except OSError as error:  # disk full, permissions: the index still lists only whole shards
-            raise SaveError(unwritable(final, error)) from error
-        finally:  # never raises: the error to report is the write's
-            if not published:
-                if writer is not None:
-                    _close_quietly(writer)
-                remove_quietly(tmp)
         shard = {"file": name, "count": len(image_ids), "bytes": size, "checksum": checksum}
         _VERIFIED.add(_identity(final, checksum))  # hashed just now, from what was written
         own = self.shards if self.part is None else self._part_shards
@@ -638,8 +670,8 @@ class CacheRows:
         except Exception as error:  # a file damaged after it was opened
             path = self.cache.path / self.cache.shards[number]["file"]
             raise CorruptCacheError(
-                f"{self.cache.KIND} shard {path} is corrupt or missing ({error}); delete "
-                f"{self.cache.path} to rebuild"
+                f"{self.cache.KIND} shard {path} is corrupt or missing ({error}); run "
+                f"{self.cache.REBUILD}: it drops the damaged shard and encodes its images again"
             ) from error
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -169,27 +168,34 @@ def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
 def _save_checkpoint(
     accelerator: Accelerator, directory: Path, step: int, history, keep: int, seconds: float
 ):
-    """Save the training state to ``checkpoint-<step>`` atomically; prune old ones. What
-    goes in (the trained models only, optimizer, RNG...): ``training/checkpoint.py``."""
+    """Save the training state to ``checkpoint-<step>`` atomically (``vlv_pipeline.files``: a
+    hidden temporary naming its writer, flushed to disk, renamed into place, a checkpoint
+    already there swapped out only once the new one is whole); prune old ones. What goes in
+    (the trained models only, optimizer, RNG...): ``training/checkpoint.py``."""
+    from accelerate.utils import broadcast_object_list
+
+    from vlv_pipeline import files
+
     final = directory / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = directory / f".tmp-{CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    name = [None]
+    if accelerator.is_main_process:  # before any rank writes: none of the stale ones is theirs
+        files.restore_backups(directory)  # a checkpoint a killed swap left aside
+        files.remove_stale(
+            [*directory.glob(f".{CHECKPOINT_PREFIX}*.tmp*"), *directory.glob(".tmp-checkpoint-*")]
+        )
+        name = [str(files.temporary_for(final))]
+    tmp = Path(broadcast_object_list(name)[0])  # every rank writes its RNG state there
     try:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: all first
         if accelerator.is_main_process:
             record = {"step": step, "history": history, "seconds": seconds}
             (tmp / _HISTORY).write_text(json.dumps(record))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            files.fsync_tree(tmp)
+            files.replace_tree(tmp, final)
     except OSError as error:
-        from vlv_pipeline.files import unwritable
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UnwritableError(error.errno, unwritable(final, error)) from error
+        files.remove_quietly(tmp)
+        raise UnwritableError(error.errno, files.unwritable(final, error)) from error
     if accelerator.is_main_process:
         for _, old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -161,12 +161,12 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
     assert shard.column_names == ["image_id", "mean", "std"]
     assert len(shard) == index["shards"][0]["count"]
     # the project's earlier layout (safetensors shards, an index without "format")
-    (cache_dir / "shard-old.safetensors").write_bytes(b"old")
+    (cache_dir / "shard-0123456789ab.safetensors").write_bytes(b"old")
     (cache_dir / "index.json").write_text(
         json.dumps(
             {
                 "fingerprint": cache.fingerprint,
-                "shards": [{"file": "shard-old.safetensors", "count": 4}],
+                "shards": [{"file": "shard-0123456789ab.safetensors", "count": 4}],
             }
         )
     )
@@ -174,7 +174,7 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
     with pytest.raises(CorruptCacheError, match="older version of this project.*pipeline cache"):
         old.rows(manifest["image_id"])
     rebuilt = encode_latents(source, manifest, old, _params(vae_dir))
-    assert len(rebuilt) == 4 and not (cache_dir / "shard-old.safetensors").exists()
+    assert len(rebuilt) == 4 and not (cache_dir / "shard-0123456789ab.safetensors").exists()
 
 
 def test_a_rerun_after_a_killed_multi_process_run_encodes_only_the_rest(tmp_path, vae_dir):
