@@ -107,11 +107,13 @@ def test_ingest_records_where_tar_members_lie_so_training_need_not_scan(tmp_path
     monkeypatch.setattr(TarReader, "_scan", no_scan)
     reader = byte_reader(source, list(manifest["source"]), manifest_locations(manifest))
     assert [reader.read(i) for i in range(len(reader))] == [expected[r] for r in manifest["source"]]
-    # an older manifest (no offsets) and a folder's manifest (null offsets) still work
+    # an older manifest (no offsets) and a folder's manifest (null offsets) still work; a
+    # folder's items have their size, which caps their read-back
     assert manifest_locations(manifest.drop(columns=["offset", "length"])) is None
     folder = FolderSource(write_tree(tmp_path / "f", {"a.png": png(RED)}))
     kept = build_manifest(screen_images(folder, params), params)
-    assert kept["offset"].isna().all() and manifest_locations(kept) == [None]
+    assert kept["offset"].isna().all() and manifest_locations(kept) == [(None, len(png(RED)))]
+    assert manifest_locations(kept.assign(length=pd.NA)) == [None]
 
 
 def test_a_compressed_shard_records_no_location(tmp_path):

@@ -10,12 +10,19 @@ A ``ReadPolicy`` is the trust boundary of the image sources (``sources.py``). By
   (``outside_source``) unless ``allow_outside``;
 - no file (folder file, tar member, parquet cell) over ``max_bytes`` is read
   (``too_large``): its size is known before its bytes are (``stat``, the tar header, the
-  Arrow offsets), so a 3 GB sparse file costs nothing.
+  parquet page headers: ``parquet_pages.py``), so a 3 GB sparse file costs nothing, and a
+  parquet row group with a page over the cap is not decompressed.
 
 Ingest and caption screen a source with the policy ``params:ingest`` gives
 (``screen_table.read_policy``). Later stages read back only what screening kept and check
-every item's sha256 against its image id, so they read under ``VERIFIED`` (no cap, links
-and outside paths as recorded), which still never opens anything but a regular file.
+every item's sha256 against its image id. They read under ``VERIFIED``: links and parquet
+paths outside the folder are followed, because screening may have been allowed to follow
+them (``ingest.follow_links``, ``ingest.allow_outside_paths``) and the manifest does not
+say which items it reached that way; but nothing is read past the size screening recorded
+for the item (``read_back``; ``DEFAULT_MAX_FILE_BYTES`` for a manifest that records none),
+and only a regular file is opened. So a kept file swapped for a link to anything, a larger
+file or a FIFO is refused from its metadata, unread, and whatever else is read is used only
+if its sha256 is the image id: never more than the bytes screening kept.
 """
 
 from __future__ import annotations
@@ -40,24 +47,56 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class ReadPolicy:
-    """What a source may read (see the module docstring); ``max_bytes=None``: no cap."""
+    """What a source may read (see the module docstring); ``max_bytes=None``: no cap.
+
+    ``recorded``: the cap is the size screening recorded for the item (a read-back), not
+    ``ingest.max_file_bytes``; only the message of a refusal differs."""
 
     max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
     follow_links: bool = False
     allow_outside: bool = False
+    recorded: bool = False
+
+    def too_large(self, size: int, what: str = "") -> Refusal:
+        assert self.max_bytes is not None
+        return too_large(size, self.max_bytes, what, self.recorded)
 
 
 #: Screening's default (``params:ingest``'s defaults).
 SCREENING = ReadPolicy()
-#: Reading back items screening kept; each is then checked against its sha256.
-VERIFIED = ReadPolicy(max_bytes=None, follow_links=True, allow_outside=True)
+#: Reading back items screening kept (each then checked against its sha256), when the
+#: manifest records no size: links and outside paths as screening may have followed them,
+#: and ``ingest.max_file_bytes``'s default cap.
+VERIFIED = ReadPolicy(follow_links=True, allow_outside=True)
+
+
+def read_back(size: int | None, policy: ReadPolicy = VERIFIED) -> ReadPolicy:
+    """The policy one kept item is read back with: ``policy`` capped at ``size``, the bytes
+    screening read for it (the manifest's ``length``), where it is known."""
+    if size is None or size < 0:
+        return policy
+    return ReadPolicy(size, policy.follow_links, policy.allow_outside, recorded=True)
+
+
+def read_back_cap(sizes) -> int:
+    """The cap a whole read-back works under (a parquet row group's pages, an item without a
+    recorded size): the largest recorded size, and at least ``DEFAULT_MAX_FILE_BYTES``
+    (screening may have kept larger files under a raised ``ingest.max_file_bytes``)."""
+    known = [int(s) for s in sizes if s is not None and s >= 0]
+    return max([DEFAULT_MAX_FILE_BYTES, *known])
 
 
 def mib(size: int) -> str:
     return f"{size / (1 << 20):.4g} MiB"
 
 
-def too_large(size: int, cap: int, what: str = "") -> Refusal:
+def too_large(size: int, cap: int, what: str = "", recorded: bool = False) -> Refusal:
+    if recorded:
+        return (
+            Reason.TOO_LARGE,
+            f"{what}{size} bytes ({mib(size)}) > {cap} bytes, its size when ingest kept it: "
+            "not read (it changed since ingest; re-run ingest if that was meant)",
+        )
     return (
         Reason.TOO_LARGE,
         f"{what}{size} bytes ({mib(size)}) > max_file_bytes {cap} ({mib(cap)}): not read "
@@ -146,7 +185,7 @@ def read_file(
         refusal = _refuse(st, policy)
         if refusal is not None:
             return None, refusal
-        return _read_bounded(fd, st.st_size, policy.max_bytes)
+        return _read_bounded(fd, st.st_size, policy)
     except OSError as error:
         return None, unreadable(error)
     finally:
@@ -157,12 +196,13 @@ def _refuse(st: os.stat_result, policy: ReadPolicy) -> Refusal | None:
     if not stat.S_ISREG(st.st_mode):
         return not_a_file(st.st_mode)
     if policy.max_bytes is not None and st.st_size > policy.max_bytes:
-        return too_large(st.st_size, policy.max_bytes)
+        return policy.too_large(st.st_size)
     return None
 
 
-def _read_bounded(fd: int, size: int, cap: int | None) -> tuple[bytes | None, Refusal | None]:
-    """The file's bytes; a file that grows past ``cap`` while read is refused."""
+def _read_bounded(fd: int, size: int, policy: ReadPolicy) -> tuple[bytes | None, Refusal | None]:
+    """The file's bytes; a file that grows past the cap while read is refused."""
+    cap = policy.max_bytes
     parts: list[bytes] = []
     total = 0
     want = size + 1  # one more than the size, to see the end in the same read
@@ -176,7 +216,17 @@ def _read_bounded(fd: int, size: int, cap: int | None) -> tuple[bytes | None, Re
         parts.append(chunk)
         total += len(chunk)
         if cap is not None and total > cap:
-            return None, too_large(total, cap, "grew while read: at least ")
+            return None, policy.too_large(total, "grew while read: at least ")
+
+
+def ref_path(root: str | os.PathLike[str], ref: str) -> str | None:
+    """The path of a folder source's ``ref`` (``a/b.png``, posix, relative) under ``root``;
+    ``None`` for a ref no folder walk gives (empty parts, ``.`` or ``..``, absolute), which
+    would name something else than a file under the folder."""
+    parts = ref.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    return os.path.join(root, *parts)
 
 
 def inside(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:

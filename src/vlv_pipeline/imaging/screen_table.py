@@ -82,7 +82,9 @@ def _row(s: Screened) -> tuple:
         s.caption,
         s.split,
         s.location[0] if s.location else None,
-        s.location[1] if s.location else None,
+        # where the bytes lie in a plain tar (with offset), and for every kept image the
+        # size a read-back may not exceed
+        s.size if s.size is not None else (s.location[1] if s.location else None),
     )
 
 

@@ -24,6 +24,8 @@ class Screened:
     caption: str | None = None
     split: str | None = None
     location: tuple[int, int] | None = None  # see Record.location
+    # the bytes read, of a kept image: later stages read it back no further (issue 26)
+    size: int | None = None
 
     @property
     def kept(self) -> bool:
@@ -71,7 +73,9 @@ class Screener:
         if verdict.reason is not None:
             return Screened(ref, verdict.reason, verdict.detail, image_id, None, caption, split)
         self._first_ref[image_id] = ref
-        return Screened(ref, None, "", image_id, verdict.info, caption, split, record.location)
+        return Screened(
+            ref, None, "", image_id, verdict.info, caption, split, record.location, len(record.data)
+        )
 
     def summary(self) -> str:
         """``kept N, rejected M (reason=n, ...)``."""

@@ -20,7 +20,13 @@ screen one source together: the blocks in order are the whole stream, in its ord
 ``iter_records(policy=...)`` says what may be read (``reading.ReadPolicy``: links, paths
 outside the source's folder, a byte cap per file). What the policy refuses still gets its
 record, with its reason, and is never opened or read: every entry under a folder (hidden
-ones, links, FIFOs, names that are not UTF-8) gets exactly one record.
+ones, links, FIFOs, names that are not UTF-8) gets exactly one record. A parquet row group
+is sized from its page headers before it is read (``parquet_pages.py``): one with a page
+over the cap gives each of its rows a ``too_large`` record, unread, and the others are read
+a few rows at a time, so a batch stays under the cap.
+
+A read-back (``iter_images``) passes ``only`` as a mapping of each ref to the size
+screening recorded for it: an item is then read no further than that size.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import stat
 import tarfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -51,18 +58,23 @@ from vlv_pipeline.imaging.checks import (
     Reason,
     decode_normalised,
 )
+from vlv_pipeline.imaging.parquet_pages import GroupPlan, leaf_columns, plan_row_group
 from vlv_pipeline.imaging.reading import (
+    _FLAGS,
     SCREENING,
     VERIFIED,
     ReadPolicy,
     Refusal,
     broken_link,
+    file_kind,
     inside,
     link_refused,
     not_a_file,
+    read_back,
+    read_back_cap,
     read_file,
+    ref_path,
     safe_name,
-    too_large,
     unreadable,
 )
 from vlv_pipeline.imaging.splits import canonical_split, split_from_dirname
@@ -97,6 +109,14 @@ def block(units: int, part: tuple[int, int] | None) -> range:
     size, extra = divmod(units, n)
     start = k * size + min(k, extra)
     return range(start, start + size + (k < extra))
+
+
+def _policy_for(policy: ReadPolicy, only: Container[str] | None, ref: str) -> ReadPolicy:
+    """``policy`` for one ref: a read-back's ``only`` maps each ref to the size screening
+    recorded for it (None where it recorded none)."""
+    if isinstance(only, Mapping):
+        return read_back(only.get(ref), policy)
+    return policy
 
 
 def _is_image_name(name: str) -> bool:
@@ -330,6 +350,7 @@ class FolderSource(ImageSource):
     def _record(
         self, ref: str, path: str, refusal: Refusal | None, labels, policy: ReadPolicy
     ) -> Record:
+        """``ref``'s record; ``policy`` is this item's (``_policy_for``)."""
         caption, split = self._label(ref, labels)
         if refusal is not None:
             return Record(ref, None, caption, split, refusal)
@@ -367,7 +388,7 @@ class FolderSource(ImageSource):
         for ref, path, refusal in entries:
             if only is not None and ref not in only:
                 continue
-            yield self._record(ref, path, refusal, labels, policy)
+            yield self._record(ref, path, refusal, labels, _policy_for(policy, only, ref))
 
     def _named(
         self, root: Path, only: Iterable[str], labels, policy: ReadPolicy
@@ -375,12 +396,11 @@ class FolderSource(ImageSource):
         """The records of the refs in ``only`` that exist, in the walk's order, without
         listing the folder (a later stage reading back what ingest kept)."""
         for ref in sorted({str(r) for r in only}, key=lambda r: r.split("/")):
-            parts = ref.split("/")
-            if any(p in ("", ".", "..") for p in parts):
+            path = ref_path(root, ref)
+            if path is None:
                 continue  # no ref this source gives: not found
-            path = os.path.join(root, *parts)
             if os.path.lexists(path):
-                yield self._record(ref, path, None, labels, policy)
+                yield self._record(ref, path, None, labels, _policy_for(policy, only, ref))
 
 
 # --------------------------------------------------------------------------- parquet
@@ -426,14 +446,14 @@ class ParquetSource(ImageSource):
         self, value: object, policy: ReadPolicy = VERIFIED
     ) -> tuple[bytes | None, Refusal | None]:
         if isinstance(value, _Oversized):
-            return None, too_large(value.size, value.cap, "a cell of ")
+            return None, value.refusal
         if isinstance(value, dict):  # {"bytes": ..., "path": ...}
             value = value.get("bytes") or value.get("path")
         if value is None:
             return None, (Reason.EMPTY_FILE, f"null {self.image_column!r} value")
         if isinstance(value, bytes | bytearray | memoryview):
             if policy.max_bytes is not None and len(value) > policy.max_bytes:
-                return None, too_large(len(value), policy.max_bytes, "a cell of ")
+                return None, policy.too_large(len(value), "a cell of ")
             return bytes(value), None
         return self._read_path(str(value), policy)  # the decoder decides, not the suffix
 
@@ -471,7 +491,9 @@ class ParquetSource(ImageSource):
         if all(n is None or n <= cap for n in lengths):
             return column.to_pylist()
         return [
-            _Oversized(n, cap) if n is not None and n > cap else column[i].as_py()
+            _Oversized(policy.too_large(n, "a cell of "))
+            if n is not None and n > cap
+            else column[i].as_py()
             for i, n in enumerate(lengths)
         ]
 
@@ -481,12 +503,10 @@ class ParquetSource(ImageSource):
         part: tuple[int, int] | None = None,
         policy: ReadPolicy | None = None,
     ) -> Iterator[Record]:
-        import pyarrow.parquet as pq
-
         policy = policy or SCREENING
         if not Path(self.path).is_file():
             raise MissingInputError(f"parquet source {self.path!r} does not exist")
-        with pq.ParquetFile(self.path) as parquet:
+        with open_parquet(self.path) as (fd, parquet):
             names = parquet.schema_arrow.names
             columns = [self.image_column, self.caption_column, self.split_column]
             wanted = [c for c in columns if c is not None]
@@ -495,39 +515,80 @@ class ParquetSource(ImageSource):
                 raise InputError(f"parquet source {self.path}: no column(s) {missing}; has {names}")
             groups = block(parquet.num_row_groups, part)
             # refs are row numbers in the whole file: count the rows of the groups before
-            index = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
-            batches = parquet.iter_batches(
-                batch_size=self.batch_size, columns=wanted, row_groups=list(groups)
+            first = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
+            leaves = leaf_columns(parquet.metadata.schema, wanted)
+            for group in groups:
+                plan = self.plan(fd, parquet, group, first, leaves, policy)
+                first += plan.rows
+                refs = [str(row) for row in range(plan.first_row, plan.first_row + plan.rows)]
+                if only is not None and not any(ref in only for ref in refs):
+                    continue  # a read-back: nothing wanted in this group, not even sized
+                if plan.refusal is not None:
+                    for ref in refs:
+                        if only is None or ref in only:
+                            yield Record(ref, None, rejected=plan.refusal)
+                    continue
+                yield from self._group_records(parquet, group, plan, refs, wanted, only, policy)
+
+    def plan(self, fd: int, parquet, group: int, first_row: int, leaves, policy) -> GroupPlan:
+        """How row ``group`` may be read under ``policy``'s cap (``parquet_pages``)."""
+        if policy.max_bytes is None:
+            rows = parquet.metadata.row_group(group).num_rows
+            return GroupPlan(first_row, rows, self.batch_size)
+        return plan_row_group(
+            fd, parquet.metadata, group, first_row, leaves, policy.max_bytes, self.batch_size
+        )
+
+    def _group_records(self, parquet, group, plan, refs, wanted, only, policy):
+        refs = iter(refs)
+        batches = parquet.iter_batches(
+            batch_size=plan.batch_rows, columns=wanted, row_groups=[group]
+        )
+        for batch in batches:
+            images = self._cells(batch.column(self.image_column), policy)
+            captions = (
+                batch.column(self.caption_column).to_pylist()
+                if self.caption_column
+                else [None] * len(images)
             )
-            for batch in batches:
-                images = self._cells(batch.column(self.image_column), policy)
-                captions = (
-                    batch.column(self.caption_column).to_pylist()
-                    if self.caption_column
-                    else [None] * len(images)
-                )
-                splits = (
-                    batch.column(self.split_column).to_pylist()
-                    if self.split_column
-                    else [None] * len(images)
-                )
-                for value, caption, split in zip(images, captions, splits, strict=True):
-                    ref = str(index)
-                    index += 1
-                    if only is not None and ref not in only:
-                        continue
-                    data, rejected = self._image_bytes(value, policy)
-                    yield Record(
-                        ref, data, _clean_caption(caption), canonical_split(split), rejected
-                    )
+            splits = (
+                batch.column(self.split_column).to_pylist()
+                if self.split_column
+                else [None] * len(images)
+            )
+            for value, caption, split in zip(images, captions, splits, strict=True):
+                ref = next(refs)
+                if only is not None and ref not in only:
+                    continue
+                data, rejected = self._image_bytes(value, _policy_for(policy, only, ref))
+                yield Record(ref, data, _clean_caption(caption), canonical_split(split), rejected)
 
 
 @dataclass(frozen=True, slots=True)
 class _Oversized:
     """A parquet cell over the byte cap, in place of its bytes."""
 
-    size: int
-    cap: int
+    refusal: Refusal
+
+
+@contextmanager
+def open_parquet(path: str, buffer_size: int = 1 << 20):
+    """``(descriptor, pq.ParquetFile)`` of the parquet file ``path``, opened once: the page
+    headers are sized (``parquet_pages``) from the very file Arrow then reads. A FIFO or a
+    device is refused without blocking; Arrow reads a column chunk ``buffer_size`` at a time,
+    not whole."""
+    import pyarrow.parquet as pq
+
+    fd = os.open(path, _FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"parquet source {path}: {file_kind(mode)}, not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            with pq.ParquetFile(file, buffer_size=buffer_size) as parquet:
+                yield fd, parquet
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------- webdataset
@@ -619,7 +680,6 @@ class WebDatasetSource(ImageSource):
         current: str | None = None
         group = _Group()
         seen = 0
-        cap = policy.max_bytes
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
             with os.fdopen(fd, "rb") as raw:
@@ -648,10 +708,11 @@ class WebDatasetSource(ImageSource):
                                 member.name
                             )
                         group.members[ext] = None
+                        mine = _policy_for(policy, only, f"{shard}/{member.name}")
                         if not member.isfile():
                             group.refused[ext] = (Reason.NOT_A_FILE, _member_kind(member))
-                        elif needed and cap is not None and member.size > cap:
-                            group.refused[ext] = too_large(member.size, cap, "a tar member of ")
+                        elif needed and mine.max_bytes is not None and member.size > mine.max_bytes:
+                            group.refused[ext] = mine.too_large(member.size, "a tar member of ")
                         elif needed:
                             fileobj = tar.extractfile(member)
                             group.members[ext] = fileobj.read() if fileobj is not None else None
@@ -766,6 +827,14 @@ def open_source(kind: str, path: str | os.PathLike[str], **options: Any) -> Imag
 # --------------------------------------------------------------------- iter_images
 
 
+def recorded_sizes(manifest: pd.DataFrame) -> list[int | None]:
+    """The byte size screening recorded for each manifest row (its ``length``), None where
+    it recorded none (a manifest written before sizes were recorded)."""
+    if "length" not in manifest.columns:
+        return [None] * len(manifest)
+    return [None if pd.isna(n) else int(n) for n in manifest["length"].tolist()]
+
+
 def iter_images(
     source: ImageSource,
     manifest: pd.DataFrame,
@@ -778,20 +847,25 @@ def iter_images(
     rows by ``ref`` = the manifest's ``source`` column; stops as soon as every row is found.
     A folder's files are opened by name, without listing the folder. Pass a filtered
     manifest (e.g. one split) to get a subset. Items are read under ``reading.VERIFIED``:
-    what screening kept, as it kept it (through a link it was allowed to follow), each
-    checked against its sha256; never a FIFO or device.
+    what screening kept, as it kept it (through a link it was allowed to follow), each no
+    further than the size screening recorded for it (the manifest's ``length``; the default
+    ``ingest.max_file_bytes`` where there is none) and checked against its sha256; never a
+    FIFO or device.
 
-    Raises ``ValueError`` if an item's bytes no longer hash to its ``image_id``, no longer
-    decode, or if some manifest rows are not found in the source.
+    Raises ``ValueError`` naming the item if it is now refused (larger than it was, not a
+    file), if its bytes no longer hash to its ``image_id``, no longer decode, or if some
+    manifest rows are not found in the source.
     """
-    wanted = dict(
-        zip(manifest["source"].astype(str), manifest["image_id"].astype(str), strict=True)
-    )
+    refs = manifest["source"].astype(str).tolist()
+    wanted = dict(zip(refs, manifest["image_id"].astype(str), strict=True))
     if len(wanted) != len(manifest):
         raise InputError("manifest has repeated 'source' refs")
     if not wanted:
         return
-    for record in source.iter_records(only=wanted.keys(), policy=VERIFIED):
+    sizes = recorded_sizes(manifest)
+    caps = dict(zip(refs, sizes, strict=True))
+    policy = ReadPolicy(read_back_cap(sizes), follow_links=True, allow_outside=True)
+    for record in source.iter_records(only=caps, policy=policy):
         image_id = wanted.pop(record.ref, None)
         if image_id is None:
             continue
