@@ -472,25 +472,17 @@ def check_before_loading(directory: str | Path, accelerator, *, trust_engine: bo
     vet_torch_files(directory)
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def _write_ema_file(folder: Path, shadow: list[torch.Tensor], scalars: dict) -> Path:
     """``ema.safetensors`` (by position) written atomically: a temporary in ``folder``,
     flushed to the disk, renamed into place."""
     from vlv_pipeline.errors import UnwritableError
-    from vlv_pipeline.files import fsync_file, remove_quietly, temporary_for, unwritable
+    from vlv_pipeline.files import (
+        fsync_file,
+        fsync_folder,
+        remove_quietly,
+        temporary_for,
+        unwritable,
+    )
 
     final = folder / EMA_FILE
     temporary = temporary_for(final)
@@ -508,7 +500,7 @@ def _write_ema_file(folder: Path, shadow: list[torch.Tensor], scalars: dict) -> 
     except BaseException:
         remove_quietly(temporary)
         raise
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return final
 
 
