@@ -544,6 +544,41 @@ def test_with_the_check_off_the_hook_still_tells_the_loader_what_to_expect(
     assert "-> `kedro run --env paper --pipeline vlv`" in str(error.value)
 
 
+def test_the_hook_builds_each_models_check_once_for_the_loader_and_the_preflight(
+    tmp_path, monkeypatch, hub_cache, shapes_dirs
+):
+    """Building the checks reads the T2I's configs (from the HF cache): once per run, and the
+    preflight's finding comes from the very check the loader holds."""
+    from vlv_pipeline.models import provenance
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VLV_SKIP_PREFLIGHT", raising=False)
+    catalog, registry = _provenance_catalog(tmp_path, shapes_dirs, "recorded")
+    built = []
+    real = provenance.wanted_settings
+
+    def counted(*args, **kwargs):
+        built.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(provenance, "wanted_settings", counted)
+    attached = {}
+    real_problem = provenance.ProvenanceCheck.problem
+
+    def problem(self, directory, warn=True):
+        attached.setdefault("preflight", []).append(self)
+        return real_problem(self, directory, warn)
+
+    monkeypatch.setattr(provenance.ProvenanceCheck, "problem", problem)
+    pipeline = Pipeline([Node(_f, CHOOSE, "out", name="choose")])
+    with pytest.raises(MissingComponentsError) as error:
+        PreflightHook(registry).before_pipeline_run(_run_params(), pipeline, catalog)
+    assert [f.mismatch for f in error.value.findings] == [True]
+    assert len(built) == 1, built  # one caption side: one setting, built once
+    loader = preflight._dataset(catalog, "caption_trained_captioner")._provenance_check
+    assert attached["preflight"] == [loader]
+
+
 # --------------------------------------------------------------------------- the hook
 
 

@@ -690,14 +690,18 @@ def check_provenance(
     producers: Producers,
     env: str | None,
     blocks: Mapping[str, Any] | None = None,
+    checks: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> list[Finding]:
     """The model directories ``pipeline`` reads and does not write, that exist, and were made
-    for another setting than the run's parameters (their records, JSON only)."""
+    for another setting than the run's parameters (their records, JSON only). ``checks``:
+    ``provenance_checks``' answer when the caller has it (the hook built them for the
+    loaders), else built here."""
     blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
     written = written_locations(pipeline, catalog)
     findings = []
     free = pipeline.inputs()
-    checks = provenance_checks(pipeline, catalog, producers, env, blocks, producers._registry)
+    if checks is None:
+        checks = provenance_checks(pipeline, catalog, producers, env, blocks, producers._registry)
     for name, (dataset, check) in checks.items():
         readers = [n for n in pipeline.nodes if name in n.inputs]
         if name not in free or (readers and all(_unread(name, n, blocks) for n in readers)):
@@ -718,29 +722,37 @@ def check_provenance(
     return findings
 
 
-def attach_provenance_checks(pipeline: Any, catalog: Any, registry: Any, env: str | None) -> None:
+def attach_provenance_checks(
+    pipeline: Any, catalog: Any, registry: Any, env: str | None
+) -> dict[str, tuple[Any, Any]]:
     """Give every model directory ``pipeline`` reads the check its loader runs before it
     loads (what the run's parameters want of it): a version written later in the run, or a
-    run with the preflight off, is checked too."""
+    run with the preflight off, is checked too. Returns them (``provenance_checks``), for the
+    preflight to run the same checks without building them again."""
     blocks = {}
     for name in sorted(i for i in pipeline.inputs() if i.startswith("params:")):
         dataset = _dataset(catalog, name)
         if dataset is not None:
             blocks[name.removeprefix("params:")] = dataset.load()
     producers = Producers(registry, catalog)
-    for dataset, check in provenance_checks(
-        pipeline, catalog, producers, env, blocks, registry
-    ).values():
+    checks = provenance_checks(pipeline, catalog, producers, env, blocks, registry)
+    for dataset, check in checks.values():
         dataset.check_provenance_with(check)
+    return checks
 
 
 # --------------------------------------------------------------------------- the check
 
 
 def check(
-    pipeline: Any, catalog: Any, registry: Mapping[str, Any], env: str | None
+    pipeline: Any,
+    catalog: Any,
+    registry: Mapping[str, Any],
+    env: str | None,
+    provenance: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> list[Finding]:
-    """Every finding for running ``pipeline`` with ``catalog`` (nothing found: [])."""
+    """Every finding for running ``pipeline`` with ``catalog`` (nothing found: []).
+    ``provenance``: the model directories' checks (``attach_provenance_checks``), when built."""
     from vlv_pipeline.datasets.credentials import CredentialsDataset
 
     producers = Producers(registry, catalog)
@@ -758,7 +770,7 @@ def check(
     ]
     written = written_locations(pipeline, catalog)
     findings += check_parameters(blocks, producers, env, written, credentials or None)
-    findings += check_provenance(pipeline, catalog, producers, env, blocks)
+    findings += check_provenance(pipeline, catalog, producers, env, blocks, provenance)
     return findings
 
 
@@ -931,15 +943,16 @@ class PreflightHook:
 
             registry = pipelines
         env = run_params.get("env")
-        # the loaders refuse a model made for another setting, even with the check off
-        attach_provenance_checks(pipeline, catalog, registry, env)
+        # the loaders refuse a model made for another setting, even with the check off; the
+        # check below runs the same ones (built once: each reads the T2I's configs)
+        provenance = attach_provenance_checks(pipeline, catalog, registry, env)
         if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
             return
         names = run_params.get("pipeline_names") or []
         command = run_command(env, ",".join(names) if names else None)
         if len(names) > 1:
             command = command.replace("--pipeline ", "--pipelines ")
-        findings = _every_rank(check(pipeline, catalog, registry, env))
+        findings = _every_rank(check(pipeline, catalog, registry, env, provenance))
         offline = hub_offline()
         stopping = [f for f in findings if offline or not f.download]
         if rank() == 0:
