@@ -229,6 +229,7 @@ def replace_tree(tmp: Path, final: Path) -> None:
             raise
         fsync_folder(final.parent)
         remove_quietly(old)
+        restore_backup(final)  # and the backups earlier swaps of it left behind
     else:
         os.replace(tmp, final)
         fsync_folder(final.parent)
@@ -312,8 +313,9 @@ def atomic_target(
     writes, a file or a folder; then it is flushed (``fsync_tree``) and renamed into place
     (``replace_tree``). If anything fails the temporary is removed and ``final`` is as it was;
     an ``OSError`` (a full disk, permissions) becomes ``error`` (default ``errors.SaveError``)
-    with ``unwritable``'s message. Before writing, a backup a killed swap left is put back
-    (``restore_backup``) and, with ``sweep``, the stale temporaries of ``final`` removed.
+    with ``unwritable``'s message. Before writing, when nothing is at ``final``, a backup a
+    killed swap left is put back (``restore_backup``) and, with ``sweep``, the stale
+    temporaries of ``final`` are removed.
 
     ``beside``: the folder the temporary goes in (default ``final``'s); on the same file
     system. A versioned dataset writes beside its versions, not in the new version's folder."""
@@ -321,7 +323,8 @@ def atomic_target(
 
     final = Path(final)
     folder = final.parent if beside is None else Path(beside)
-    restore_backup(final)
+    if not _there(final):  # only a folder's swap leaves a backup, and only with no folder
+        restore_backup(final)
     if sweep:
         remove_stale(folder.glob(f".{glob.escape(final.name)}.tmp*"))
     tmp = temporary_for(folder / final.name)

@@ -198,6 +198,22 @@ def test_a_live_writers_backup_is_left_alone(tmp_path):
     assert backup.exists() and not target.exists()
 
 
+def test_a_backup_left_after_the_second_rename_goes_with_the_next_save(tmp_path):
+    """Killed after the new folder was in place, before its backup was removed: the next
+    save (or load) removes that backup, nobody's any more."""
+    target = tmp_path / "probe"
+    dataset = ModelDirectoryDataset(filepath=str(target), load_class=PROBE)
+    dataset.save(_probe(0))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = target.with_name(f".probe.old-{files.MACHINE}-{dead.pid}-0123abcd")
+    left.mkdir()
+    (left / "config.json").write_text("{}")
+    dataset.save(_probe(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe"]
+    assert _same(dataset.load(), _probe(1))
+
+
 # --------------------------------------------------------------------------- flushed to disk
 
 
