@@ -192,6 +192,36 @@ def test_the_pages_a_group_may_hold_and_the_batches_it_is_read_in(tmp_path, monk
     assert "row group 1" in got.loc["3", "detail"]
 
 
+def test_a_page_header_that_cannot_be_parsed_refuses_its_group_not_the_run(tmp_path):
+    path = tmp_path / "p.parquet"
+    pd.DataFrame({"image": [png(RED), png(BLUE), png(GREEN)]}).to_parquet(path, row_group_size=2)
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    start = min(chunk.dictionary_page_offset or chunk.data_page_offset, chunk.data_page_offset)
+    with open(path, "r+b") as f:  # the second group's first page header: garbage
+        f.seek(start)
+        f.write(b"\xff" * 8)
+    table = screen_images(ParquetSource(path), IngestParams(min_side=8)).set_index("source")
+    assert table["reason"].fillna("kept").to_dict() == {"0": "kept", "1": "kept", "2": "corrupt"}
+    assert "page header" in table.loc["2", "detail"]
+
+
+def test_a_sparse_parquet_file_whose_footer_claims_gigabytes_is_refused_at_once(tmp_path):
+    """Arrow reads a parquet footer whole, and its length is the file's last bytes: a 3 GiB
+    sparse file (nothing on disk) made it read 3 GiB of zeros (17 s, 3 GiB resident)."""
+    path = tmp_path / "sparse.parquet"
+    with open(path, "wb") as f:
+        f.write(b"PAR1")
+        f.truncate(3 << 30)
+        f.seek((3 << 30) - 8)
+        f.write(((3 << 30) - 1000).to_bytes(4, "little") + b"PAR1")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="sparse.parquet: its footer claims 3221224472 bytes"):
+        list(ParquetSource(path).iter_records())
+    with pytest.raises(ValueError, match="footer claims"):
+        byte_reader(ParquetSource(path), ["0"])
+    assert time.perf_counter() - start < 5
+
+
 # ------------------------------------------- item 2: read-backs keep the byte cap
 
 

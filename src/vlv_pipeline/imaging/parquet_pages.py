@@ -27,6 +27,7 @@ group (``corrupt``), as Arrow would fail on it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from vlv_pipeline.imaging.checks import Reason
@@ -38,6 +39,7 @@ PAGE_OVERHEAD = 4096
 #: Arrow refuses a page header larger than this (``kDefaultMaxPageHeaderSize``).
 MAX_HEADER = 16 << 20
 _FIRST_READ = 1 << 10
+_PARQUET_816_PADDING = 100  # Arrow's kMaxDictHeaderSize
 
 # PageHeader field ids (parquet.thrift)
 _TYPE, _UNCOMPRESSED, _COMPRESSED = 1, 2, 3
@@ -163,23 +165,42 @@ def _int(header: dict[int, object], field: int) -> int:
     return value
 
 
-def largest_page(fd: int, column) -> int:
-    """The largest page (uncompressed, or as stored where larger) of a column chunk, from
-    its pages' headers; ``column`` is pyarrow's ``ColumnChunkMetaData``."""
+def page_sizes(fd: int, column, padding: int = 0) -> tuple[int, int]:
+    """``(largest, total)``: the largest page of a column chunk and the sum of its pages
+    (each uncompressed, or as stored where larger), from the pages' headers; ``column`` is
+    pyarrow's ``ColumnChunkMetaData``.
+
+    The pages are walked as Arrow walks them: from the same first byte, until the chunk's
+    values are all seen or its bytes (plus Arrow's ``padding`` for old parquet-mr files)
+    end."""
     start = column.data_page_offset
     dictionary = column.dictionary_page_offset
     if column.has_dictionary_page and dictionary is not None and 0 < dictionary < start:
         start = dictionary
-    end = start + column.total_compressed_size
-    largest = 0
+    end = start + column.total_compressed_size + padding
+    largest = total = seen = 0
     pos = start
-    while pos < end:
+    while pos < end and seen < column.num_values:
         header, used = _header(fd, pos, end)
         stored = _int(header, _COMPRESSED)
-        if header.get(_TYPE) != _INDEX_PAGE:
-            largest = max(largest, _int(header, _UNCOMPRESSED), stored)
+        kind = header.get(_TYPE)
+        if kind != _INDEX_PAGE:
+            size = max(_int(header, _UNCOMPRESSED), stored)
+            largest, total = max(largest, size), total + size
+        if kind in (_DATA_PAGE, _DATA_PAGE_V2):
+            detail = header.get(5 if kind == _DATA_PAGE else 8)
+            seen += _int(detail, 1) if isinstance(detail, dict) else 0
         pos += used + stored
-    return largest
+    return largest, total
+
+
+def arrow_padding(metadata) -> int:
+    """The bytes Arrow reads past a column chunk's end in files of parquet-mr before 1.2.9,
+    whose chunk sizes left out the dictionary page header (PARQUET-816)."""
+    match = re.match(r"parquet-mr version (\d+)\.(\d+)\.(\d+)", metadata.created_by or "")
+    if match and tuple(int(n) for n in match.groups()) < (1, 2, 9):
+        return _PARQUET_816_PADDING
+    return 0
 
 
 def leaf_columns(schema, names: list[str]) -> dict[str, list[tuple[int, bool]]]:
@@ -212,26 +233,28 @@ def plan_row_group(
     rows = meta.num_rows
     where = f"row group {group} (rows {first_row}-{first_row + rows - 1})"
     per_row = 0
+    padding = arrow_padding(metadata)
     for name, columns in leaves.items():
         for j, repeated in columns:
             chunk = meta.column(j)
             try:
-                largest = largest_page(fd, chunk)
+                largest, total = page_sizes(fd, chunk, padding)
             except (ValueError, OSError) as error:
                 detail = f"{where}: column {name!r} cannot be sized from its page headers ({error})"
                 return GroupPlan(first_row, rows, 0, (Reason.CORRUPT, detail))
-            if largest > cap + PAGE_OVERHEAD:
-                return GroupPlan(first_row, rows, 0, _too_big(where, name, largest, cap))
-            # a repeated field's row may span pages: bound it by the whole chunk
-            per_row += chunk.total_uncompressed_size if repeated else largest
+            bound = total if repeated else largest  # a list's row may span pages
+            if bound > cap + PAGE_OVERHEAD:
+                what = "pages of" if repeated else "a page of"
+                return GroupPlan(first_row, rows, 0, _too_big(where, name, bound, cap, what))
+            per_row += bound
     batch_rows = max(1, min(batch_size, cap // max(per_row, 1)))
     return GroupPlan(first_row, rows, batch_rows)
 
 
-def _too_big(where: str, name: str, size: int, cap: int) -> Refusal:
+def _too_big(where: str, name: str, size: int, cap: int, what: str) -> Refusal:
     return (
         Reason.TOO_LARGE,
-        f"{where} has a page of {size} bytes ({mib(size)}) uncompressed in column {name!r}, "
+        f"{where} has {what} {size} bytes ({mib(size)}) uncompressed in column {name!r}, "
         f"> max_file_bytes {cap} ({mib(cap)}): a cell in it may be that large, and no row of "
         "the group can be read without decompressing it whole, so none is read (rewrite the "
         "parquet file with smaller row groups and pages, e.g. pyarrow's row_group_size and "

@@ -280,7 +280,7 @@ class ParquetReader(ByteReader):
         self.rows = np.array([int(r) for r in refs], dtype=np.int64)
         self.sizes = _sizes(refs, locations)
         self.cap = read_back_cap(_size(self.sizes, i) for i in range(len(refs)))
-        with open_parquet(source.path) as (_, parquet):
+        with open_parquet(source.path, self.cap) as (_, parquet):
             sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
             if source.image_column not in parquet.schema_arrow.names:
                 raise InputError(f"parquet source {source.path}: no column {source.image_column!r}")
@@ -313,7 +313,7 @@ class ParquetReader(ByteReader):
         """``[(first row in the group, column)]``: the whole group's batches while they decode
         to at most ``GROUP_CACHE_BYTES``, else just the one holding ``offset``."""
         column = self.source.image_column
-        with open_parquet(self.source.path) as (fd, parquet):
+        with open_parquet(self.source.path, self.cap) as (fd, parquet):
             leaves = leaf_columns(parquet.metadata.schema, [column])
             plan = plan_row_group(
                 fd, parquet.metadata, group, int(self.starts[group]), leaves, self.cap, 1 << 16

@@ -69,6 +69,7 @@ from vlv_pipeline.imaging.reading import (
     file_kind,
     inside,
     link_refused,
+    mib,
     not_a_file,
     read_back,
     read_back_cap,
@@ -506,7 +507,7 @@ class ParquetSource(ImageSource):
         policy = policy or SCREENING
         if not Path(self.path).is_file():
             raise MissingInputError(f"parquet source {self.path!r} does not exist")
-        with open_parquet(self.path) as (fd, parquet):
+        with open_parquet(self.path, policy.max_bytes) as (fd, parquet):
             names = parquet.schema_arrow.names
             columns = [self.image_column, self.caption_column, self.split_column]
             wanted = [c for c in columns if c is not None]
@@ -572,18 +573,27 @@ class _Oversized:
 
 
 @contextmanager
-def open_parquet(path: str, buffer_size: int = 1 << 20):
+def open_parquet(path: str, max_footer: int | None, buffer_size: int = 1 << 20):
     """``(descriptor, pq.ParquetFile)`` of the parquet file ``path``, opened once: the page
     headers are sized (``parquet_pages``) from the very file Arrow then reads. A FIFO or a
-    device is refused without blocking; Arrow reads a column chunk ``buffer_size`` at a time,
-    not whole."""
+    device is refused without blocking; a footer (which Arrow reads whole) longer than
+    ``max_footer`` is refused from the length the file's last bytes give (a sparse file can
+    claim gigabytes); Arrow reads a column chunk ``buffer_size`` at a time, not whole."""
     import pyarrow.parquet as pq
 
     fd = os.open(path, _FLAGS)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise InputError(f"parquet source {path}: {file_kind(mode)}, not a regular file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"parquet source {path}: {file_kind(st.st_mode)}, not a regular file")
+        tail = os.pread(fd, 8, max(st.st_size - 8, 0))
+        footer = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+        if max_footer is not None and footer > max_footer:
+            raise InputError(
+                f"parquet source {path}: its footer claims {footer} bytes ({mib(footer)}), "
+                f"> max_file_bytes {max_footer} ({mib(max_footer)}): not read (a parquet "
+                "file's footer is read whole; raise ingest.max_file_bytes if it is real)"
+            )
         with os.fdopen(fd, "rb", closefd=False) as file:
             with pq.ParquetFile(file, buffer_size=buffer_size) as parquet:
                 yield fd, parquet
