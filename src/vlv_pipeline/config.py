@@ -129,7 +129,7 @@ class StudyConfigLoader(OmegaConfigLoader):
             self._check_runtime_keys()
         config = super().__getitem__(key)
         if key == "credentials":
-            remember_secrets_in(config, everything=True)
+            remember_secrets_in(config, credentials=True)
         if key != "parameters":
             return config
         try:

@@ -7,8 +7,12 @@ and ``mask_secrets`` hides, in any text:
 - the values of secret-looking keys (``api_key=...``, ``"token": "..."``, ``Bearer ...``);
 - values shaped like provider keys (``sk-...``, ``AIza...``, ``hf_...``, ``ghp_...``,
   ``xox?-...``, ``AKIA...``);
-- every value ``remember_secret`` was given (the credentials' values and any secret-keyed
-  ``--params`` value, whatever its shape).
+- every value ``remember_secret`` was given (the credentials' and ``--params``' values
+  under secret-looking keys, whatever their shape).
+
+One vocabulary (``SECRET_WORDS``, ``TOKEN_KINDS``) says which keys are secret-looking, for
+the refusal and for the masking alike; ``pad_token``, ``eos_token``, ``max_new_tokens`` are
+not, and their values stay visible. ``KEY_SHAPES`` lists the providers' key shapes once.
 
 ``SecretsFilter`` applies it to every log record on the root logger's handlers (console and
 ``info.log``), the exception text of a logged traceback included; ``install_log_masking``
@@ -37,36 +41,77 @@ __all__ = [
 
 MASK = "***"
 
-# a parameter key that holds a secret (strict: refusing one must never hit a real parameter;
-# `max_new_tokens`, `tokenizer`, `pad_token`, `num_key_value_heads` are not secrets)
-_SECRET_KEY = re.compile(
-    r"(?i)^(?:[\w-]*[_-])?(?:api[_-]?key|apikey|secret(?:[_-]?key)?|password|passwd|passphrase"
-    r"|private[_-]?key|access[_-]?key)$"
-    r"|^(?:(?:access|auth|api|bearer|refresh|session|id|hf|github|gh|openai)[_-]?)?token$"
+# The one vocabulary of secrets. A key names a secret when it ends in one of SECRET_WORDS
+# (`api_key`, `OPENAI_API_KEY`, `db_password`, `client_secret`), or is `token` alone or a
+# TOKEN_KINDS token (`hf_token`, `GITHUB_TOKEN`, `access_token`). Strict, because a
+# `--params` key that names a secret is refused: `pad_token`, `eos_token`, `max_new_tokens`,
+# `tokenizer`, `num_key_value_heads` are parameters, not secrets. The same names decide which
+# values `mask_secrets` hides after `key=` or `key:` in a text.
+SECRET_WORDS = (
+    r"api[_-]?key",
+    r"secret(?:[_-]?(?:access[_-]?)?key)?",
+    r"passw(?:or)?d",
+    r"passphrase",
+    r"private[_-]?key",
+    r"access[_-]?key",
+    r"account[_-]?key",
 )
-# values shaped like providers' keys, wherever they appear
-_KEY_SHAPED = re.compile(
-    r"(?<![\w-])(?:sk-[\w-]{16,}|AIza[\w-]{30,}|hf_[A-Za-z0-9]{30,}|gh[pousr]_[A-Za-z0-9]{30,}"
-    r"|xox[abposr]-[\w-]{10,}|AKIA[0-9A-Z]{16}(?![0-9A-Z]))"
+TOKEN_KINDS = (
+    "access",
+    "auth",
+    "api",
+    "bearer",
+    "bot",
+    "refresh",
+    "session",
+    "id",
+    "hf",
+    "github",
+    "gh",
+    "openai",
+    "sas",
 )
+_SECRET_NAME = (
+    rf"[\w-]*(?:{'|'.join(SECRET_WORDS)})"
+    rf"|(?:[\w-]*[_-])?(?:{'|'.join(TOKEN_KINDS)})[_-]?token|token"
+)
+_SECRET_KEY = re.compile(rf"(?i)(?:{_SECRET_NAME})")
+# in credentials, a `key` or a `token` of any kind is a secret too (`key`, `sas_token`)
+_CREDENTIAL_KEY = re.compile(rf"(?i)(?:{_SECRET_NAME}|(?:[\w-]*[_-])?(?:key|token))")
 # `api_key=v`, `api_key: v`, `'api_key': 'v'`, `--params x.token=v`: the value (not a
-# placeholder such as <your key>, ${oc.env:...}, null, ... or an already masked one)
+# placeholder such as <your key>, ${oc.env:...}, null, ... or an already masked one); the
+# key's last part is a whole secret name (`pad_token=...` is not masked)
 _KEYED_VALUE = re.compile(
-    r"(?i)(\b[\w.-]*(?:api[_-]?key|apikey|passw(?:or)?d|passphrase|secret|token"
-    r"|private[_-]?key|access[_-]?key)[\"']?\s*[:=]\s*[\"']?)"
+    rf"(?i)((?<![\w.-])(?:[\w-]+\.)*(?:{_SECRET_NAME})[\"']?\s*[:=]\s*[\"']?)"
     r"(?!<|\$\{|\.\.\.|\*\*\*|null\b|none\b)([^\s\"',;}\])]+)"
 )
+# Providers' keys: how each starts, and what follows. A value of this shape is masked
+# wherever it appears, and so is a shortened value (`sk-proj-abc...xyz`) that starts like one.
+KEY_SHAPES = (
+    (r"sk-", r"[\w-]{16,}"),
+    (r"AIza", r"[\w-]{30,}"),
+    (r"hf_", r"[A-Za-z0-9]{30,}"),
+    (r"gh[pousr]_", r"[A-Za-z0-9]{30,}"),
+    (r"xox[abposr]-", r"[\w-]{10,}"),
+    (r"AKIA", r"[0-9A-Z]{16}(?![0-9A-Z])"),
+)
+_KEY_SHAPED = re.compile(
+    r"(?<![\w-])(?:" + "|".join(start + rest for start, rest in KEY_SHAPES) + ")"
+)
+_KEY_START = re.compile("^(?:" + "|".join(start for start, _ in KEY_SHAPES) + ")")
 _BEARER = re.compile(r"(?i)(\bbearer\s+)(?!\*\*\*)[\w.~+/=-]+")
-# pydantic shortens long values in its errors: 'sk-proj-abcdef...vwxyz' (head...tail)
-_SHORTENED = re.compile(r"([^\s'\"{}\[\](),:=*]{3,})\.\.\.([^\s'\"{}\[\](),:=]*)")
-_KEY_START = re.compile(r"^(?:sk-|AIza|hf_|gh[pousr]_|xox[abposr]-|AKIA)")
+# pydantic shortens long values in its errors: 'sk-proj-abcdef...vwxyz' (head...tail); the
+# head starts where a value starts (tried once per value: linear in a long one)
+_SHORTENED = re.compile(
+    r"(?<![^\s'\"{}\[\](),:=*])([^\s'\"{}\[\](),:=*]{3,})\.\.\.([^\s'\"{}\[\](),:=]*)"
+)
 _remembered: set[str] = set()
 _MIN_REMEMBERED = 5  # shorter values would mask ordinary words
 
 
 def is_secret_key(name: str) -> bool:
     """``name`` (one key, not a dotted path) names a secret: ``api_key``, ``hf_token``..."""
-    return bool(_SECRET_KEY.match(str(name)))
+    return bool(_SECRET_KEY.fullmatch(str(name)))
 
 
 def _flat(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -89,11 +134,13 @@ def remember_secret(value: Any) -> None:
         _remembered.add(text)
 
 
-def remember_secrets_in(tree: Any, everything: bool = False) -> None:
-    """Remember the values of ``tree`` under secret-looking keys (all of them with
-    ``everything``: credentials) and every key-shaped value."""
+def remember_secrets_in(tree: Any, credentials: bool = False) -> None:
+    """Remember the values of ``tree`` under secret-looking keys, and every key-shaped value.
+    ``credentials``: ``tree`` is Kedro's credentials, where a ``key`` or a ``token`` of any
+    kind (``sas_token``) is a secret too; a ``base_url`` or an account name is not."""
+    secret = _CREDENTIAL_KEY if credentials else _SECRET_KEY
     for key, value in _flat(tree):
-        if everything or is_secret_key(key.rsplit(".", 1)[-1]):
+        if secret.fullmatch(key.rsplit(".", 1)[-1]):
             remember_secret(value)
         elif isinstance(value, str) and _KEY_SHAPED.search(value):
             remember_secret(value)
