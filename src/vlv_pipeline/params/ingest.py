@@ -56,7 +56,9 @@ class IngestParams(StrictModel):
     max_file_bytes: PositiveInt = Field(
         64 * 1024 * 1024,
         description="a file (folder file, tar member, parquet cell) larger than this is "
-        "rejected as too_large from its size, before any byte is read (default 64 MiB)",
+        "rejected as too_large from its size, before any byte is read (default 64 MiB); a "
+        "parquet row group with a page larger than this is not read (its rows too_large); "
+        "later stages read each kept image back no further than its recorded size",
     )
     follow_links: Annotated[bool, Field(strict=True)] = Field(
         False,
