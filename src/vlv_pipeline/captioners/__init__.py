@@ -31,6 +31,13 @@ class CaptionFailuresError(CaptionerError):
     """More images failed than ``synthesize.max_failed_fraction`` allows."""
 
 
+def truncate(text: str, limit: int) -> str:
+    """``text`` (stripped) cut to ``limit`` characters, saying so: for a server's answer or a
+    failure's reason in a message."""
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + "... [truncated]"
+
+
 @dataclass(frozen=True)
 class CaptionFailure:
     """What a backend yields in place of a caption for an image it gave up on."""

@@ -59,7 +59,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlv_pipeline.captioners import CaptionerError, CaptionFailure
+from vlv_pipeline.captioners import CaptionerError, CaptionFailure, truncate
 from vlv_pipeline.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -267,11 +267,6 @@ def parse_retry_after(value: str | None) -> float | None:
     if seconds != seconds or seconds < 0:  # NaN or negative
         return None
     return min(seconds, MAX_RETRY_AFTER_S)
-
-
-def _truncate(text: str, limit: int = ERROR_TEXT_CHARS) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[:limit] + "... [truncated]"
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -508,7 +503,7 @@ class OpenAICaptioner:
                 text = err["message"]
             elif isinstance(err, str):
                 text = err
-        return _truncate(self._scrub(text)) or "(empty body)"
+        return truncate(self._scrub(text), ERROR_TEXT_CHARS) or "(empty body)"
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -571,7 +566,7 @@ class OpenAICaptioner:
             log.warning(
                 "openai captioner: image %r: %s; retry %d in %.2f s",
                 image_id,
-                _truncate(what, 200),
+                truncate(what, 200),
                 attempt,
                 delay,
             )
@@ -645,7 +640,7 @@ class OpenAICaptioner:
                 raise self._late() from None
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             raise _Transient(
-                _truncate(self._scrub(f"{type(e).__name__}: {e}")),
+                truncate(self._scrub(f"{type(e).__name__}: {e}"), ERROR_TEXT_CHARS),
                 unreachable=isinstance(reason, ConnectionRefusedError | socket.gaierror),
             ) from None
 
@@ -664,7 +659,7 @@ class OpenAICaptioner:
         )
 
     def _parse_answer(self, raw: bytes) -> str:
-        snippet = _truncate(self._scrub(raw.decode("utf-8", errors="replace")), 200)
+        snippet = truncate(self._scrub(raw.decode("utf-8", errors="replace")), 200)
         try:
             data = json.loads(raw)
         except ValueError:

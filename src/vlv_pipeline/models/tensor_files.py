@@ -27,6 +27,14 @@ def _reason(error: BaseException) -> str:
     return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
+def _damaged(where: object, error: BaseException, what_to_do: str) -> DamagedWeightsError:
+    """The error for damaged safetensors file(s) ``where`` (a path, or the paths joined)."""
+    return DamagedWeightsError(
+        f"{where} is not a readable safetensors file ({_reason(error)}): it may be cut "
+        f"short or not safetensors at all; {what_to_do}"
+    )
+
+
 def load_tensors(path: str | Path, *, what_to_do: str, device: str = "cpu") -> dict:
     """``safetensors.torch.load_file(path)``; a damaged file raises ``DamagedWeightsError``
     naming it, followed by ``what_to_do``."""
@@ -35,10 +43,7 @@ def load_tensors(path: str | Path, *, what_to_do: str, device: str = "cpu") -> d
     try:
         return load_file(str(path), device=device)
     except SafetensorError as error:
-        raise DamagedWeightsError(
-            f"{path} is not a readable safetensors file ({_reason(error)}): it may be cut "
-            f"short or not safetensors at all; {what_to_do}"
-        ) from None
+        raise _damaged(path, error, what_to_do) from None
 
 
 def damaged_files(directory: str | Path) -> list[Path]:
@@ -70,10 +75,7 @@ def naming_damaged(directory: str | Path, *, what_to_do: str) -> Iterator[None]:
         if not bad and not isinstance(error, SafetensorError):
             raise  # an OSError about something else (a missing file...): as it was
         where = ", ".join(str(b) for b in bad) or f"a safetensors file under {directory}"
-        raise DamagedWeightsError(
-            f"{where} is not a readable safetensors file ({_reason(error)}): it may be cut "
-            f"short or not safetensors at all; {what_to_do}"
-        ) from None
+        raise _damaged(where, error, what_to_do) from None
 
 
 def model_dir_hint(directory: str | Path) -> str:

@@ -13,7 +13,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from vlv_pipeline.captioners import CaptionerError, CaptionFailure, CaptionFailuresError
+from vlv_pipeline.captioners import (
+    CaptionerError,
+    CaptionFailure,
+    CaptionFailuresError,
+    truncate,
+)
 from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
 from vlv_pipeline.distributed import rank, share, together, world_size
@@ -196,7 +201,7 @@ def synthesize_captions(
     lost = [i for i in ids if i not in done and i in failed]
     if len(lost) > allowed or (lost and not captioned):
         example = lost[0]
-        reason = _truncate(failed[example]["reason"], 200)
+        reason = truncate(failed[example]["reason"], 200)
         share_text = f"{len(lost) / len(selection):.1%}"
         verdict = (
             f"more than synthesize.max_failed_fraction = {params.max_failed_fraction:g} "
@@ -243,10 +248,6 @@ def synthesize_captions(
             "created_at": [r["created_at"] for r in records],
         }
     )[PAIR_COLUMNS]
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @torch.no_grad()
