@@ -100,3 +100,40 @@ class FailureJournal(CaptionJournal):
 
     def append(self, image_id: str, reason: str, attempts: int = 1) -> None:  # type: ignore[override]
         self._append({"image_id": image_id, "reason": reason, "attempts": attempts})
+
+
+def take_over(journal: CaptionJournal, earlier: str | Path) -> list[Path]:
+    """Moves the journal at ``earlier`` (the same captions under another name: its rank files
+    and the failures beside them too) under ``journal``'s name: a file is renamed where
+    ``journal`` has none of its kind, else its lines are appended to that one (a record is
+    keyed by its image, so a line read twice does no harm). Returns the files taken over.
+    One process only (rank 0 under ``accelerate launch``, before any rank reads)."""
+    old, new = CaptionJournal(earlier), CaptionJournal(journal.path)
+    moved = []
+    for source_of, target_of in (
+        (old, new),
+        (FailureJournal.beside(old), FailureJournal.beside(new)),
+    ):
+        for path in source_of.files():
+            target = target_of.path.with_name(
+                path.name.replace(source_of.path.stem, target_of.path.stem, 1)
+            )
+            if not target.exists():
+                os.replace(path, target)
+            else:
+                _append_file(path, target)
+                path.unlink()
+            moved.append(path)
+    return moved
+
+
+def _append_file(source: Path, target: Path) -> None:
+    """``source``'s lines at the end of ``target`` (on a line of their own), fsynced."""
+    text = source.read_bytes()
+    with target.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        ends_torn = f.tell() > 0 and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n"
+    with target.open("ab") as f:
+        f.write((b"\n" if ends_torn else b"") + text)
+        f.flush()
+        os.fsync(f.fileno())

@@ -423,42 +423,116 @@ def test_failures_live_beside_the_journal_and_apart_from_its_captions(tmp_path):
     assert records["c"]["reason"] == "empty caption"
 
 
-def test_settings_that_do_not_change_captions_keep_the_journal(tmp_path):
-    """``deadline_s`` and ``bad_answer_attempts`` change how a run behaves, not its captions:
-    changing them (or their arrival in this version) keeps the journal that holds the
-    captions already paid for."""
-    openai = {"base_url": "http://127.0.0.1:1/v1", "model": "m"}
-    params = SynthesizeParams(
-        journal_dir=str(tmp_path), captioner={"backend": "openai", "openai": openai}
+def _openai(tmp_path, **settings) -> SynthesizeParams:
+    openai = {"base_url": "http://127.0.0.1:1/v1", "model": "m", **settings}
+    return SynthesizeParams(
+        fraction=0.5,
+        journal_dir=str(tmp_path / "journal"),
+        captioner={"backend": "openai", "openai": openai},
+        max_failed_fraction=0.5,
     )
-    # the name a journal had before these settings existed
-    before = {
-        "backend": "openai",
-        "transformers": None,
-        "openai": {
-            "base_url": "http://127.0.0.1:1/v1",
-            "model": "m",
-            "prompt": "Describe this image in one detailed paragraph.",
-            "max_concurrency": 8,
-            "timeout_s": 60.0,
-            "max_retries": 5,
-            "backoff_s": 1.0,
-            "max_tokens": 300,
-        },
+
+
+def _journal_path(params: SynthesizeParams) -> Path:
+    return nodes._journal(params, params.captioner.model_dump(mode="json")).path
+
+
+def _old_journal_path(params: SynthesizeParams) -> Path:
+    """The name a journal had before (issue 26, review): the captioner's settings hashed,
+    all but ``deadline_s`` and ``bad_answer_attempts`` (the concurrency, timeouts, retries
+    included); before those two existed, the same name."""
+    setting = params.captioner.model_dump(mode="json")
+    setting["openai"] = {
+        k: v for k, v in setting["openai"].items() if k not in ("deadline_s", "bad_answer_attempts")
     }
-    key = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
-    journal = nodes._journal(params, params.captioner.model_dump(mode="json"))
-    assert journal.path.name == f"openai-{key}.jsonl"
-    changed = SynthesizeParams(
-        journal_dir=str(tmp_path),
-        captioner={
-            "backend": "openai",
-            "openai": {**openai, "deadline_s": 7, "bad_answer_attempts": 4},
-        },
+    key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(params.journal_dir) / f"openai-{key}.jsonl"
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"max_concurrency": 2},
+        {"timeout_s": 5},
+        {"max_retries": 0},
+        {"backoff_s": 3.5},
+        {"deadline_s": 7},
+        {"bad_answer_attempts": 4},
+    ],
+)
+def test_settings_that_do_not_change_captions_keep_the_journal(tmp_path, changed):
+    """How a run goes (concurrency, timeouts, retries, backoff, deadline, bad answers)
+    changes no caption: changing it keeps the journal that holds the captions paid for."""
+    assert _journal_path(_openai(tmp_path, **changed)) == _journal_path(_openai(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"prompt": "Say what you see."},
+        {"model": "m2"},
+        {"max_tokens": 50},
+        {"base_url": "http://127.0.0.1:2/v1"},
+    ],
+)
+def test_settings_that_change_captions_start_a_new_journal(tmp_path, changed):
+    assert _journal_path(_openai(tmp_path, **changed)) != _journal_path(_openai(tmp_path))
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_a_journal_named_the_old_way_is_still_read(tiny_world, tmp_path, monkeypatch):
+    """A journal (its rank files and failures too) written before the run settings left its
+    name is taken over under the new name: nothing in it is captioned again, now or after
+    the concurrency changes."""
+    source, manifest = tiny_world
+    params = _openai(tmp_path, max_concurrency=4)
+    selection = nodes.select_images(manifest, params)
+    ids = selection["image_id"].tolist()
+    old = _old_journal_path(params)
+    assert old != _journal_path(params)
+    made = "2026-01-01T00:00:00+00:00"
+    _write(old, [{"image_id": ids[0], "caption": "paid for", "created_at": made}])
+    _write(
+        old.with_name(f"{old.stem}.rank1.jsonl"),
+        [{"image_id": ids[1], "caption": "paid for on rank 1", "created_at": made}],
     )
-    assert nodes._journal(changed, changed.captioner.model_dump(mode="json")).path == journal.path
-    other = SynthesizeParams(
-        journal_dir=str(tmp_path),
-        captioner={"backend": "openai", "openai": {**openai, "prompt": "Say what you see."}},
+    _write(
+        old.with_name(f"{old.stem}.failed.jsonl"),
+        [{"image_id": ids[2], "reason": "HTTP 400", "attempts": 1, "created_at": made}],
     )
-    assert nodes._journal(other, other.captioner.model_dump(mode="json")).path != journal.path
+    fake = FakeCaptioner()
+    monkeypatch.setattr(nodes, "make_captioner", lambda p, c: fake)
+    pairs = nodes.synthesize_captions(source, selection, params, {}).set_index("image_id")
+    assert sorted(fake.seen) == sorted(ids[3:])  # the old captions and failure are kept
+    assert pairs.loc[ids[0], "caption"] == "paid for"
+    assert pairs.loc[ids[1], "caption"] == "paid for on rank 1"
+    assert pairs.loc[ids[0], "created_at"] == made and ids[2] not in pairs.index
+    assert not any(p.name.startswith(old.stem) for p in old.parent.iterdir())
+    # the concurrency changes: still the same journal, nothing sent again
+    again = FakeCaptioner()
+    monkeypatch.setattr(nodes, "make_captioner", lambda p, c: again)
+    nodes.synthesize_captions(source, selection, _openai(tmp_path, max_concurrency=1), {})
+    assert again.seen == []
+
+
+def test_an_old_journal_beside_a_new_one_is_merged_into_it(tiny_world, tmp_path, monkeypatch):
+    source, manifest = tiny_world
+    params = _openai(tmp_path)
+    selection = nodes.select_images(manifest, params)
+    ids = selection["image_id"].tolist()
+    new, old = _journal_path(params), _old_journal_path(params)
+    _write(new, [{"image_id": ids[0], "caption": "new", "created_at": "t"}])
+    with new.open("a") as f:
+        f.write('{"image_id": "torn')  # a killed run's last line
+    _write(old, [{"image_id": ids[1], "caption": "old", "created_at": "t"}])
+    fake = FakeCaptioner()
+    monkeypatch.setattr(nodes, "make_captioner", lambda p, c: fake)
+    pairs = nodes.synthesize_captions(source, selection, params, {}).set_index("image_id")
+    assert sorted(fake.seen) == sorted(ids[2:])
+    assert pairs.loc[ids[0], "caption"] == "new" and pairs.loc[ids[1], "caption"] == "old"
+    assert not old.exists()

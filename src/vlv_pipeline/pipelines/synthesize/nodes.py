@@ -19,7 +19,7 @@ from vlv_pipeline.captioners import (
     CaptionFailuresError,
     truncate,
 )
-from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
+from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal, take_over
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
 from vlv_pipeline.distributed import rank, share, together, world_size
 from vlv_pipeline.errors import InputError, ParameterError
@@ -36,7 +36,19 @@ PAIR_COLUMNS = ["image_id", "caption", "captioner", "prompt", "created_at"]
 
 # captioner settings that change how a run goes, not which captions it makes: they are left
 # out of the journal's name, so changing them (or their arrival) keeps the captions made
-RUN_ONLY_SETTINGS = {"openai": ("deadline_s", "bad_answer_attempts")}
+RUN_ONLY_SETTINGS = {
+    "openai": (
+        "max_concurrency",
+        "timeout_s",
+        "max_retries",
+        "backoff_s",
+        "deadline_s",
+        "bad_answer_attempts",
+    )
+}
+# what the journal's name left out before (issue 26, review): a journal named that way is
+# taken over under today's name, so no caption paid for is paid again
+EARLIER_RUN_ONLY_SETTINGS = {"openai": ("deadline_s", "bad_answer_attempts")}
 RETRY_FAILED = "`--params synthesize.retry_failed=true`"
 
 
@@ -81,23 +93,43 @@ def make_captioner(params: SynthesizeParams, credentials: dict):
     raise ValueError(f"no captioner object for backend {spec.backend!r}")
 
 
-def _journal(params: SynthesizeParams, setting: dict) -> CaptionJournal:
-    """One journal per captioner setting (backend, model, prompt, generation): any change
-    starts a new journal, so old captions are never reused for a different setting. Under
-    ``accelerate launch`` each rank appends to its own file beside it."""
+def _setting_key(setting: dict, left_out: dict[str, tuple[str, ...]]) -> str:
+    """A hash of the captioner's ``setting``, the run-only settings ``left_out``."""
     setting = {
         name: (
-            {k: v for k, v in value.items() if k not in RUN_ONLY_SETTINGS.get(name, ())}
+            {k: v for k, v in value.items() if k not in left_out.get(name, ())}
             if isinstance(value, dict)
             else value
         )
         for name, value in setting.items()
     }
-    key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _journal(params: SynthesizeParams, setting: dict) -> CaptionJournal:
+    """One journal per captioner setting (backend, model, prompt, generation): any change
+    starts a new journal, so old captions are never reused for a different setting; a change
+    of how a run goes (``RUN_ONLY_SETTINGS``: concurrency, timeouts, retries) keeps it. Under
+    ``accelerate launch`` each rank appends to its own file beside it."""
+    key = _setting_key(setting, RUN_ONLY_SETTINGS)
     return CaptionJournal(
         Path(params.journal_dir) / f"{setting['backend']}-{key}.jsonl",
         rank=rank() if world_size() > 1 else None,
     )
+
+
+def _take_over_earlier_journal(journal: CaptionJournal, params, setting: dict) -> None:
+    """The journal of the same setting named as before (``EARLIER_RUN_ONLY_SETTINGS``, with
+    this run's values), its rank files and failures, moved under ``journal``'s name."""
+    key = _setting_key(setting, EARLIER_RUN_ONLY_SETTINGS)
+    earlier = Path(params.journal_dir) / f"{setting['backend']}-{key}.jsonl"
+    if earlier != journal.path and take_over(journal, earlier):
+        logger.info(
+            "synthesize: the journal %s (named by an earlier version) is now %s; its captions "
+            "and failures are kept",
+            earlier,
+            journal.path,
+        )
 
 
 def synthesize_captions(
@@ -129,8 +161,10 @@ def synthesize_captions(
             }
         )
         return pairs[PAIR_COLUMNS]
-    journal = _journal(params, params.captioner.model_dump(mode="json"))
+    setting = params.captioner.model_dump(mode="json")
+    journal = _journal(params, setting)
     failures = FailureJournal.beside(journal)
+    together(lambda: _take_over_earlier_journal(journal, params, setting) if rank() == 0 else None)
     # every rank has its captioner and has read the journals before any rank appends to them
     captioner, done, failed = together(
         lambda: (make_captioner(params, credentials), journal.read(), failures.read())
