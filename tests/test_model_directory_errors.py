@@ -64,7 +64,7 @@ def _tokenizer_folder(root: Path, files: dict[str, bytes]) -> None:
         (  # a versioned model directory never saved (NoSavedVersionError, worded for the user)
             ["--pipelines", "evaluate", "--nodes", "reconstruct"],
             None,
-            ["Did not find any versions", "vlv_encoder", "run the pipeline that saves it"],
+            ["Did not find any versions", "vlv_encoder", "the pipeline that saves it"],
         ),
         (  # any other versioned dataset never saved: Kedro's own VersionNotFoundError
             ["--pipelines", "stage1", "--nodes", "load_stage1_data"],

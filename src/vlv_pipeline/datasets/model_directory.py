@@ -221,9 +221,9 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
             path = Path(self._get_load_path())
         except VersionNotFoundError as error:
             raise NoSavedVersionError(
-                f"Did not find any versions of model directory '{self._filepath}' (no "
-                f"<version>/{self._filepath.name} folder there): run the pipeline that saves "
-                f"it first."
+                f"Did not find any versions of model directory '{self._filepath}': no "
+                f"<version>/{self._filepath.name} folder there yet (the pipeline that saves it "
+                f"makes one)"
             ) from error
         restore_backup(path)
         return path
