@@ -147,7 +147,11 @@ def remove_quietly(path: Path) -> None:
 
 
 def _there(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
+    """Whether anything (a link too) is at ``path``; one that cannot be looked at counts."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return True
 
 
 def remove_stale(candidates: Iterable[Path]) -> list[Path]:
@@ -156,10 +160,13 @@ def remove_stale(candidates: Iterable[Path]) -> list[Path]:
     removed = []
     try:
         for path in candidates:
-            if is_stale(path):
-                remove_quietly(path)
-                if not _there(path):
-                    removed.append(path)
+            try:
+                if is_stale(path):
+                    remove_quietly(path)
+                    if not _there(path):
+                        removed.append(path)
+            except OSError:  # not ours to look at: left as it is
+                continue
     except OSError:  # a folder that cannot be listed: nothing of it to remove
         pass
     return removed
