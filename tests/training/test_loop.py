@@ -29,7 +29,7 @@ def test_training_reduces_the_loss_and_keeps_frozen_parts_frozen():
 def test_checkpoints_are_written_and_pruned(tmp_path):
     train(_model(), _data(), _params(), checkpoint_dir=tmp_path)
     assert [step for step, _ in list_checkpoints(tmp_path)] == [8, 12]
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*"))  # no temporary or backup left
 
 
 def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):

@@ -28,8 +28,8 @@ MANIFEST_COLUMNS = (
     "format",
     "caption",
     "split",
-    "offset",  # where the image's bytes lie in a plain tar shard (null elsewhere), so
-    "length",  # training reads it with one seek instead of scanning the shard
+    "offset",  # where the image's bytes lie in a plain tar shard (null elsewhere): one seek
+    "length",  # bytes of every kept image; caps its read-back
 )
 REJECT_COLUMNS = ("source", "reason", "detail")
 
