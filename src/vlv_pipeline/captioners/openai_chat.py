@@ -249,8 +249,8 @@ class _Rejected(Exception):
 _SETTING_ERRORS = {
     401: CREDENTIALS_HINT,
     403: CREDENTIALS_HINT,
-    404: "check synthesize.captioner.openai.base_url and model",
-    405: "check synthesize.captioner.openai.base_url",
+    404: "check {settings}.base_url and model",
+    405: "check {settings}.base_url",
     407: "the proxy asks for credentials: check HTTPS_PROXY / HTTP_PROXY",
 }
 
@@ -291,6 +291,12 @@ def _check_text(name: str, value: Any) -> str:
 
 class OpenAICaptioner:
     """Caption images with a vision chat model behind ``POST {base_url}/chat/completions``."""
+
+    # what messages call it and where its settings live (a subclass used elsewhere, such as
+    # the rating judge, names its own)
+    label = "openai captioner"
+    settings = "synthesize.captioner.openai"
+    guard_setting = "synthesize.stop_after_first_failures"
 
     def __init__(
         self,
@@ -444,12 +450,12 @@ class OpenAICaptioner:
     def _first_failures_error(self, held: list[tuple[str, CaptionFailure]]) -> CaptionerError:
         image_id, last = held[-1]
         return CaptionerError(
-            f"openai captioner: the first {len(held)} answers of this run were all failures and "
+            f"{self.label}: the first {len(held)} answers of this run were all failures and "
             f"no caption arrived; the last, for image {image_id!r}: {last.reason}. Every image "
             f"failing is rarely the images' fault: {CREDENTIALS_HINT} (some servers answer a "
-            "bad key with HTTP 400), synthesize.captioner.openai.base_url and model. None of "
+            f"bad key with HTTP 400), {self.settings}.base_url and model. None of "
             "these images was recorded as failed; if they really are unusable, set "
-            "synthesize.stop_after_first_failures to 0 (off) or higher."
+            f"{self.guard_setting} to 0 (off) or higher."
         )
 
     # ------------------------------------------------------------------ one image
@@ -564,7 +570,8 @@ class OpenAICaptioner:
                 what = e.short()
             delay = self._backoff(attempt - 1, retry_after)
             log.warning(
-                "openai captioner: image %r: %s; retry %d in %.2f s",
+                "%s: image %r: %s; retry %d in %.2f s",
+                self.label,
                 image_id,
                 truncate(what, 200),
                 attempt,
@@ -577,18 +584,18 @@ class OpenAICaptioner:
         """Raise ``CaptionerError`` when the transient failure that outlasted the retries is
         not the image's: giving up image by image would mark every image failed."""
         text = (
-            f"openai captioner: image {image_id!r}: POST {self.url} failed after {attempts} "
+            f"{self.label}: image {image_id!r}: POST {self.url} failed after {attempts} "
             f"attempt(s); {e.last()}"
         )
         if e.unreachable:
             raise CaptionerError(
                 f"{text}. Is the server at {origin(self.url)} running, and is "
-                "synthesize.captioner.openai.base_url right?"
+                f"{self.settings}.base_url right?"
             )
         if e.status == 429:
             raise CaptionerError(
                 f"{text}. The server keeps rate-limiting: rerun later (the captions made so "
-                "far are kept), or lower synthesize.captioner.openai.max_concurrency or raise "
+                f"far are kept), or lower {self.settings}.max_concurrency or raise "
                 "its max_retries"
             )
 
@@ -626,8 +633,8 @@ class OpenAICaptioner:
                 message = self._server_message(error_body)
                 if status in _SETTING_ERRORS:
                     raise CaptionerError(
-                        f"openai captioner: image {image_id!r}: POST {self.url} -> "
-                        f"HTTP {status} ({_SETTING_ERRORS[status]}): {message}"
+                        f"{self.label}: image {image_id!r}: POST {self.url} -> HTTP {status} "
+                        f"({_SETTING_ERRORS[status].format(settings=self.settings)}): {message}"
                     ) from None
                 if status in (408, 429) or status >= 500:
                     retry_after = parse_retry_after(e.headers.get("Retry-After"))
@@ -652,10 +659,10 @@ class OpenAICaptioner:
         else:
             target = "a redirect without a Location"
         return CaptionerError(
-            f"openai captioner: image {image_id!r}: POST {self.url} -> HTTP {status}, "
+            f"{self.label}: image {image_id!r}: POST {self.url} -> HTTP {status}, "
             f"{target}. Redirects are not followed, so that the api key is sent to "
             f"{origin(self.url)} only. If the new address is the endpoint you mean, set "
-            "synthesize.captioner.openai.base_url to it; otherwise check base_url."
+            f"{self.settings}.base_url to it; otherwise check base_url."
         )
 
     def _parse_answer(self, raw: bytes) -> str:
