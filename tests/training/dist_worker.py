@@ -43,6 +43,7 @@ def main(out: str, checkpoints: str) -> None:
                 "losses": model.losses,
                 "rows": model.rows,
                 "history": [e["loss"] for e in result.history],
+                "lrs": [e["lr"] for e in result.history],
             },
             f,
         )

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from vlv_pipeline.params.training import TrainParams
+from vlv_pipeline.training.loop import lr_multiplier
+
 WORKER = Path(__file__).with_name("dist_worker.py")
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +34,10 @@ def test_two_ranks_train_their_shards_and_end_identical(tmp_path):
     mean = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"], strict=True)]
     assert ranks[0]["history"] == pytest.approx(mean, rel=1e-5)  # logged loss: mean over ranks
     assert ranks[1]["history"] == ranks[0]["history"]
+    # the schedule counts optimiser steps, not per-process batches: as on one process
+    params = TrainParams(steps=6, batch_size=8, learning_rate=0.05)
+    expected = [0.05 * lr_multiplier(params)(step) for step in range(1, 7)]
+    assert ranks[0]["lrs"] == pytest.approx(expected) and ranks[1]["lrs"] == ranks[0]["lrs"]
     checkpoints = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert checkpoints == ["checkpoint-3", "checkpoint-6", "logs"]  # nothing half-done
     # the trainable weights only (the worker's objective names no models), one file

@@ -8,8 +8,8 @@ from torch import nn
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training.loop import (
     TrainingDivergedError,
-    cosine_with_warmup,
     list_checkpoints,
+    lr_multiplier,
     run_directory,
     train,
 )
@@ -93,10 +93,11 @@ def test_ema_tracks_the_weights():
 
 def test_schedule_warms_up_then_decays_to_the_floor():
     params = _params(steps=100, warmup_steps=10, learning_rate=1.0, min_learning_rate=0.01)
-    assert cosine_with_warmup(0, params) == pytest.approx(0.1)
-    assert cosine_with_warmup(10, params) == pytest.approx(1.0)
-    assert cosine_with_warmup(100, params) == pytest.approx(0.01)
-    values = [cosine_with_warmup(s, params) for s in range(10, 101)]
+    multiplier = lr_multiplier(params)
+    assert multiplier(0) == pytest.approx(0.1)
+    assert multiplier(10) == pytest.approx(1.0)
+    assert multiplier(100) == pytest.approx(0.01)
+    values = [multiplier(s) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 

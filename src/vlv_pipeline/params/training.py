@@ -21,6 +21,9 @@ class TrainParams(StrictModel):
     learning_rate: float = Field(gt=0)
     min_learning_rate: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    # after the warm-up: cosine or linear decay to min_learning_rate, or a constant rate
+    # (transformers' schedule functions; training.loop.lr_multiplier)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
     # False: norms' weights and biases (1-d parameters) get no weight decay, as in nanoGPT

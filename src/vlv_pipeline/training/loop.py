@@ -7,10 +7,11 @@ keeps Accelerate's DDP wrapper in the gradient path, so the same code runs on on
 core or under ``accelerate launch`` on many GPUs.
 
 What the loop does: device placement, mixed precision, gradient accumulation, AdamW with
-warmup + cosine decay, gradient clipping, optional EMA of the trainable weights,
-``checkpoint-N`` folders every K steps (last M kept, written atomically), resume from
-the latest checkpoint, a NaN guard that stops before anything bad is saved, a progress
-bar on the main process, and the loss history for plots.
+warmup then a cosine, linear or constant schedule (transformers' schedule functions),
+gradient clipping, optional EMA of the trainable weights, ``checkpoint-N`` folders every K
+steps (last M kept, written atomically), resume from the latest checkpoint, a NaN guard that
+stops before anything bad is saved, a progress bar on the main process, and the loss history
+for plots.
 
 Batches come from a map-style ``Dataset`` through a seeded sampler, read in the loop or
 by ``num_workers`` DataLoader worker processes (``prefetch_factor`` batches each, pinned
@@ -63,6 +64,9 @@ READING_KEYS = frozenset(
         "trust_engine_checkpoints",
     }
 )
+# TrainParams keys added after run folders were first named, with the value that trains as
+# before they existed: left out of the name at that value, so those runs keep resuming
+LATER_KEYS = {"lr_schedule": "cosine"}
 
 
 class TrainingDivergedError(UserError, FloatingPointError):
@@ -80,14 +84,55 @@ class TrainResult:
     ema: object | None = None  # diffusers EMAModel when ema_decay is set
 
 
-def cosine_with_warmup(step: int, params: TrainParams) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine down to min_learning_rate."""
-    if step < params.warmup_steps:
-        return (step + 1) / params.warmup_steps
-    span = max(1, params.steps - params.warmup_steps)
-    progress = min(1.0, (step - params.warmup_steps) / span)
+# transformers' name of each `lr_schedule` (`transformers.get_scheduler`)
+_LIBRARY_SCHEDULES = {
+    "cosine": "cosine_with_min_lr",
+    "linear": "linear",
+    "constant": "constant_with_warmup",
+}
+
+
+def lr_multiplier(params: TrainParams) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimiser step ``step`` (counted from 0).
+
+    The shape is transformers' own schedule function for ``params.lr_schedule`` (taken from
+    ``transformers.get_scheduler``), composed as the loop has always scheduled:
+
+    - the warm-up counts the step being taken: step s < ``warmup_steps`` trains at
+      (s + 1) / warmup_steps of the rate (the library's s / warmup_steps spends step 0 at 0);
+    - ``cosine`` decays to ``min_learning_rate`` (the library's ``min_lr_rate``), ``linear``
+      to it too (the library's line ends at 0: it is rescaled onto [floor, 1]);
+      ``constant`` stays at the rate;
+    - past ``steps`` it stays where it ended (the library's cosine would rise again).
+
+    The default (``cosine``) gives exactly, step by step, the rates of the hand-written
+    schedule it replaced (tests/training/test_schedule.py).
+    """
+    from transformers import get_scheduler
+
+    warmup, steps = params.warmup_steps, params.steps
     floor = params.min_learning_rate / params.learning_rate
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    extra = {"min_lr_rate": floor} if params.lr_schedule == "cosine" else None
+    # the library builds a LambdaLR around its schedule function; only the function is kept
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    library = get_scheduler(
+        _LIBRARY_SCHEDULES[params.lr_schedule],
+        probe,
+        num_warmup_steps=warmup,
+        num_training_steps=steps,
+        scheduler_specific_kwargs=extra,
+    ).lr_lambdas[0]
+    rescale = params.lr_schedule == "linear"
+
+    def multiplier(step: int) -> float:
+        if step < warmup - 1:
+            return float(library(step + 1))
+        if step < warmup:
+            return 1.0  # the warm-up's last step trains at the full rate
+        value = float(library(min(step, steps)))
+        return value * (1 - floor) + floor if rescale else value
+
+    return multiplier
 
 
 def parameter_groups(trainable: list[nn.Parameter], params: TrainParams) -> list[dict]:
@@ -397,8 +442,11 @@ def _prepare(
     checkpoint.trained_models(objective)  # names every trainable weight, or fails here
     objective.to(accelerator.device)
     optimizer = _optimizer(trainable, params, accelerator.device)
+    # Accelerate's prepared schedule steps once per process at each optimiser step (it counts
+    # per-process batches); the multiplier counts optimiser steps
+    multiplier, processes = lr_multiplier(params), accelerator.num_processes
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_with_warmup(step, params)
+        optimizer, lambda index: multiplier(index // processes)
     )
     loader = DataLoader(
         dataset,
@@ -525,7 +573,11 @@ def run_directory(root: str | Path, name: str, *configs) -> Path:
     def plain(value):
         value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
         if isinstance(value, dict):  # how batches are read does not change the run
-            return {k: plain(v) for k, v in value.items() if k not in READING_KEYS}
+            return {
+                k: plain(v)
+                for k, v in value.items()
+                if k not in READING_KEYS and (k not in LATER_KEYS or LATER_KEYS[k] != v)
+            }
         return value
 
     blob = json.dumps([plain(c) for c in configs], sort_keys=True, default=str)
