@@ -14,7 +14,8 @@ Order of checks for one file, cheapest and most dangerous first:
    ``LOAD_TRUNCATED_IMAGES`` forced off, then orientation and conversion to RGB;
 5. ``too_small`` / ``bad_aspect_ratio`` - policy filters on the decoded, oriented size.
 
-``duplicate`` needs state across files and is decided by ``vlv_pipeline.imaging.screening``;
+``duplicate`` needs state across files and ``watermarked`` the source's metadata (LAION's
+``pwatermark``): both are decided by ``vlv_pipeline.imaging.screening``;
 the sources decide, before reading a byte, ``unsupported_extension``, ``unreadable`` and what
 their ``ReadPolicy`` refuses (``vlv_pipeline.imaging.reading``): ``too_large``, ``symlink``,
 ``broken_link``, ``not_a_file``, ``outside_source``, ``hidden`` and ``bad_name``.
@@ -55,6 +56,8 @@ class Reason(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"
     DUPLICATE = "duplicate"
     BAD_ASPECT_RATIO = "bad_aspect_ratio"
+    # LAION's pwatermark at or above ingest.watermark_below (decided by screening.py)
+    WATERMARKED = "watermarked"
     UNSUPPORTED_EXTENSION = "unsupported_extension"
     UNREADABLE = "unreadable"
     # refused by the source's ReadPolicy before any byte is read (imaging/reading.py)

@@ -106,10 +106,12 @@ def screen_images(
     row groups or shards, and every rank returns the same table as one process would.
     """
     params = as_params(params)
+    # the watermark filter chooses training images; captioning keeps every image it is given
+    watermark_below = params.watermark_below if pipeline == "ingest" else None
     if world_size() > 1:
-        screened = _screen_on_every_rank(source, params)
+        screened = _screen_on_every_rank(source, params, watermark_below)
     else:
-        screened = _screen_part(source, params, None)
+        screened = _screen_part(source, params, None, watermark_below)
     summary = summarise(screened)
     if not (screened["reason"].isna()).any():
         found = set(screened["reason"].dropna())
@@ -136,12 +138,15 @@ _HINTS = {
 }
 
 
-def _screen_part(source: ImageSource, params: IngestParams, part) -> pd.DataFrame:
+def _screen_part(
+    source: ImageSource, params: IngestParams, part, watermark_below: float | None = None
+) -> pd.DataFrame:
     """The verdicts on ``part`` of the source (all of it when None), in stream order."""
     screener = Screener(
         min_side=params.min_side,
         max_pixels=params.max_pixels,
         max_aspect_ratio=params.max_aspect_ratio,
+        watermark_below=watermark_below,
     )
     records = tqdm(
         source.iter_records(part=part, policy=read_policy(params)),
@@ -151,6 +156,16 @@ def _screen_part(source: ImageSource, params: IngestParams, part) -> pd.DataFram
         disable=rank() != 0,
     )
     rows = [_row(screener.screen(record)) for record in records]
+    if screener.unscored:
+        logger.warning(
+            "ingest.watermark_below is %g, but %d of %d images screened from %s carry no "
+            "watermark score (LAION's `pwatermark`: a field of img2dataset's key.json, saved "
+            "with --save_additional_columns, or a parquet column): they were kept unfiltered",
+            watermark_below,
+            screener.unscored,
+            screener.scored + screener.unscored,
+            source.path,
+        )
     return pd.DataFrame(rows, columns=list(SCREENED_DTYPES)).astype(SCREENED_DTYPES)
 
 
@@ -163,14 +178,16 @@ def summarise(screened: pd.DataFrame) -> str:
     )
 
 
-def _screen_on_every_rank(source: ImageSource, params: IngestParams) -> pd.DataFrame:
+def _screen_on_every_rank(
+    source: ImageSource, params: IngestParams, watermark_below: float | None = None
+) -> pd.DataFrame:
     """Each rank screens its block and leaves its rows in ``parts_dir`` (a file per rank,
     written atomically); every rank then reads all of them in rank order, and copies of an
     image kept on an earlier rank become duplicates, as one process would have found."""
     folder = Path(params.parts_dir) / broadcast(uuid.uuid4().hex)
 
     def screen_mine() -> None:
-        part = _screen_part(source, params, (rank(), world_size()))
+        part = _screen_part(source, params, (rank(), world_size()), watermark_below)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".rank{rank()}.parquet.tmp"
         part.to_parquet(tmp, index=False)

@@ -36,13 +36,24 @@ class Screener:
     """Screens records one at a time; remembers only the sha256 -> first ref of kept images.
 
     A byte-identical copy of an image kept earlier is a ``duplicate`` (detail names the
-    first) and is not decoded again. ``counts`` tallies ``kept`` and each reason.
+    first) and is not decoded again. With ``watermark_below`` set, an image whose record
+    carries a ``watermark`` at or above it is ``watermarked``, undecoded; ``scored`` and
+    ``unscored`` count the images that carried one and that carried none (not filtered). ``counts`` tallies ``kept`` and each reason.
     """
 
-    def __init__(self, *, min_side: int, max_pixels: int, max_aspect_ratio: float) -> None:
+    def __init__(
+        self,
+        *,
+        min_side: int,
+        max_pixels: int,
+        max_aspect_ratio: float,
+        watermark_below: float | None = None,
+    ) -> None:
         self.min_side = min_side
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio
+        self.watermark_below = watermark_below
+        self.scored = self.unscored = 0
         self.counts: Counter[str] = Counter()
         self._first_ref: dict[str, str] = {}
 
@@ -64,6 +75,15 @@ class Screener:
             return Screened(
                 ref, Reason.DUPLICATE, f"same bytes as {first}", image_id, None, caption, split
             )
+        if self.watermark_below is not None:
+            self.scored += record.watermark is not None
+            self.unscored += record.watermark is None
+            if record.watermark is not None and record.watermark >= self.watermark_below:
+                detail = (
+                    f"pwatermark {record.watermark:g} >= ingest.watermark_below "
+                    f"{self.watermark_below:g}"
+                )
+                return Screened(ref, Reason.WATERMARKED, detail, image_id, None, caption, split)
         verdict = inspect_image(
             record.data,
             min_side=self.min_side,

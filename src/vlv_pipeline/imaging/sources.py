@@ -83,6 +83,9 @@ from vlv_pipeline.imaging.splits import canonical_split, split_from_dirname
 logger = logging.getLogger(__name__)
 
 _WDS_META_EXTENSIONS = frozenset({"txt", "json", "cls"})
+#: LAION's watermark probability: a field of img2dataset's ``key.json`` (with
+#: ``--save_additional_columns`` naming it) or a parquet column (``ingest.watermark_below``)
+WATERMARK_FIELD = "pwatermark"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class Record:
     # (offset, length) of the bytes in the file, where a seek reaches them (plain tar shards):
     # ingest keeps it in the manifest, so training reads the item without scanning the shard
     location: tuple[int, int] | None = None
+    # LAION's pwatermark from the item's metadata, when it carries one (screening only)
+    watermark: float | None = None
 
 
 def block(units: int, part: tuple[int, int] | None) -> range:
@@ -122,6 +127,14 @@ def _policy_for(policy: ReadPolicy, only: Container[str] | None, ref: str) -> Re
 
 def _is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _watermark(value: object) -> float | None:
+    """A watermark probability from metadata: a finite number, else None (not known)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
 
 
 def _clean_caption(value: object) -> str | None:
@@ -415,6 +428,9 @@ class ParquetSource(ImageSource):
         image_column: binary image bytes, or a path relative to the parquet file's folder,
             or a struct with ``bytes``/``path`` fields (the Hugging Face ``Image`` layout).
         caption_column, split_column: optional column names.
+
+    A ``pwatermark`` column (LAION's watermark probability), when the file has one, gives
+    each record its ``watermark`` while screening.
     """
 
     kind = "parquet"
@@ -514,6 +530,8 @@ class ParquetSource(ImageSource):
             missing = [c for c in wanted if c not in names]
             if missing:
                 raise InputError(f"parquet source {self.path}: no column(s) {missing}; has {names}")
+            if only is None and WATERMARK_FIELD in names and WATERMARK_FIELD not in wanted:
+                wanted.append(WATERMARK_FIELD)  # screening: LAION's score, when it is there
             groups = block(parquet.num_row_groups, part)
             # refs are row numbers in the whole file: count the rows of the groups before
             first = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
@@ -557,12 +575,24 @@ class ParquetSource(ImageSource):
                 if self.split_column
                 else [None] * len(images)
             )
-            for value, caption, split in zip(images, captions, splits, strict=True):
+            marks = (
+                batch.column(WATERMARK_FIELD).to_pylist()
+                if WATERMARK_FIELD in wanted and WATERMARK_FIELD != self.image_column
+                else [None] * len(images)
+            )
+            for value, caption, split, mark in zip(images, captions, splits, marks, strict=True):
                 ref = next(refs)
                 if only is not None and ref not in only:
                     continue
                 data, rejected = self._image_bytes(value, _policy_for(policy, only, ref))
-                yield Record(ref, data, _clean_caption(caption), canonical_split(split), rejected)
+                yield Record(
+                    ref,
+                    data,
+                    _clean_caption(caption),
+                    canonical_split(split),
+                    rejected,
+                    watermark=_watermark(mark),
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,7 +647,8 @@ class WebDatasetSource(ImageSource):
 
     ``path`` is a tar file, a directory of ``*.tar`` files, or a glob. Each shard is read
     as a stream (``tarfile`` mode ``r|*``), grouping consecutive members by key. The caption
-    is ``key.txt``, else a string ``caption`` field of ``key.json``. A shard that cannot be
+    is ``key.txt``, else a string ``caption`` field of ``key.json``; a number ``pwatermark``
+    there is the record's ``watermark``. A shard that cannot be
     read to the end gives one ``corrupt`` record (ref = the shard) after its good members.
     A shard found in the directory or by the glob that the policy refuses (a link, a FIFO)
     gives one record (ref = the shard) and is never opened; a member over the byte cap, or
@@ -748,16 +779,19 @@ class WebDatasetSource(ImageSource):
             logger.warning(
                 "%s/%s.%s: %s; its caption is not read", shard, key, ext, refused[ext][1]
             )
+        meta = None
+        if members.get("json") is not None:
+            try:
+                meta = json.loads(members["json"])
+            except ValueError:
+                pass
+        meta = meta if isinstance(meta, dict) else {}
         caption = None
         if members.get("txt") is not None:
             caption = _clean_caption(members["txt"].decode("utf-8", errors="replace"))
-        elif members.get("json") is not None:
-            try:
-                meta = json.loads(members["json"])
-                if isinstance(meta, dict) and isinstance(meta.get("caption"), str):
-                    caption = _clean_caption(meta["caption"])
-            except ValueError:
-                pass
+        elif isinstance(meta.get("caption"), str):
+            caption = _clean_caption(meta["caption"])
+        watermark = _watermark(meta.get(WATERMARK_FIELD))
         images = [ext for ext in members if _is_image_name(f"x.{ext}")]
         for ext in images:
             ref = f"{shard}/{key}.{ext}"
@@ -766,7 +800,9 @@ class WebDatasetSource(ImageSource):
             if ext in refused:
                 yield Record(ref, None, caption, rejected=refused[ext])
                 continue
-            yield Record(ref, members[ext], caption, location=group.where.get(ext))
+            yield Record(
+                ref, members[ext], caption, location=group.where.get(ext), watermark=watermark
+            )
         if images or only is not None:
             return
         others = [ext for ext in members if ext not in _WDS_META_EXTENSIONS]

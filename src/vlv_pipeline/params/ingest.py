@@ -46,6 +46,16 @@ class IngestParams(StrictModel):
     max_aspect_ratio: float = Field(
         4.0, ge=1.0, allow_inf_nan=False, description="reject if long side / short side is larger"
     )
+    watermark_below: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="keep only images whose watermark probability (LAION's `pwatermark`, in an "
+        "img2dataset shard's key.json or a parquet column) is below this; the rest are "
+        "rejected as watermarked, and images without a score are kept (the run warns). "
+        "Applies to ingest only (captioning keeps every image). null: no filter",
+    )
     splits: SplitFractions = Field(default_factory=SplitFractions)
     background: tuple[Channel, Channel, Channel] = Field(
         (255, 255, 255), description="RGB colour transparency is composited on"
