@@ -21,6 +21,7 @@ from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.evaluate import EvaluateParams
+from vlv_pipeline.params.rating import RatingParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.params.world import WorldParams
@@ -61,6 +62,8 @@ def _params(tiny_sd: Path, tmp: Path) -> dict:
             probe=str(tmp / "probe"),
             grid_images=2,
         ),
+        "world": WorldParams(image_size=16, counts={"train": 16, "val": 0, "test": 4}),
+        "rating": RatingParams(images=3),
     }
 
 

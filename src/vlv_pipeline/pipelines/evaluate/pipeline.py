@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from vlv_pipeline.pipelines.evaluate import nodes
+from vlv_pipeline.pipelines.evaluate import nodes, rating
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -50,6 +50,42 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 "eval_report",
                 name="write_report",
+            ),
+            Node(
+                rating.sample_rating_items,
+                ["eval_data", "eval_captions", "params:rating"],
+                "rating_sample",
+                name="sample_rating_items",
+            ),
+            Node(
+                rating.judge_rating_items,
+                [
+                    "eval_data",
+                    "rating_sample",
+                    "params:rating",
+                    "params:world",
+                    "rating_credentials",
+                ],
+                "rating_judgements",
+                name="judge_rating_items",
+            ),
+            Node(
+                rating.write_rating_page,
+                ["eval_data", "rating_sample", "params:rating"],
+                "rating_page",
+                name="write_rating_page",
+            ),
+            Node(
+                rating.read_user_ratings,
+                ["rating_sample", "params:rating"],
+                "rating_users",
+                name="read_user_ratings",
+            ),
+            Node(
+                rating.rating_table,
+                ["rating_sample", "rating_judgements", "rating_users", "params:rating"],
+                "eval_table2",
+                name="rating_table",
             ),
             Node(
                 nodes.plot_report_preview,
