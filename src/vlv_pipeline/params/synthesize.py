@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
 
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024  # imaging.reading's, as ingest.max_file_bytes
+
 
 class TransformersCaptionerParams(StrictModel):
     """A local image-to-text model (``captioners/hf.py``)."""
@@ -40,10 +42,60 @@ class OpenAICaptionerParams(StrictModel):
     )
 
 
+class PairsDatasetParams(StrictModel):
+    """Caption pairs someone already made, from a local copy of an image-caption dataset
+    (the authors' 6M Gemini pairs: ``captioners/pairs_dataset.py``)."""
+
+    path: str = Field(
+        description="a parquet file, a folder of parquet files (found anywhere below it, as a "
+        "hub download's data/*.parquet), or a `datasets` save_to_disk folder"
+    )
+    split: str = Field(
+        "train", description="the split of a DatasetDict saved with save_to_disk"
+    )
+    caption_column: str = "caption"
+    image_column: str | None = Field(
+        "image",
+        description="the images: encoded bytes, or the Hugging Face Image struct (bytes, or "
+        "a path relative to the data file's folder); needed by match: sha256",
+    )
+    key_column: str | None = Field(
+        None, description="a name per row (e.g. img2dataset's key); needed by match: source|key"
+    )
+    match: Literal["sha256", "source", "key"] = Field(
+        "sha256",
+        description="sha256: the sha256 of the image bytes is the manifest's image_id (the "
+        "same files went through ingest); source: key_column is the manifest's `source` ref; "
+        "key: key_column is the file name of that ref up to its first dot (img2dataset's key)",
+    )
+    captioner: str = Field(
+        "pairs_dataset", description="what caption_pairs' captioner column says (who captioned)"
+    )
+    max_file_bytes: int = Field(
+        DEFAULT_MAX_FILE_BYTES,
+        ge=1,
+        description="a cell, parquet footer or page larger than this is not read",
+    )
+    follow_links: bool = Field(
+        False,
+        description="read data files that are symbolic links (a Hugging Face cache snapshot "
+        "links its files to blobs); off: refused, unread",
+    )
+
+    @model_validator(mode="after")
+    def _columns_for_the_match(self) -> PairsDatasetParams:
+        if self.match == "sha256" and self.image_column is None:
+            raise ValueError("match: sha256 needs image_column (the images' bytes)")
+        if self.match != "sha256" and self.key_column is None:
+            raise ValueError(f"match: {self.match} needs key_column")
+        return self
+
+
 class CaptionerParams(StrictModel):
-    backend: Literal["manifest", "transformers", "openai"] = "manifest"
+    backend: Literal["manifest", "transformers", "openai", "pairs_dataset"] = "manifest"
     transformers: TransformersCaptionerParams | None = None
     openai: OpenAICaptionerParams | None = None
+    pairs_dataset: PairsDatasetParams | None = None
 
     @model_validator(mode="after")
     def _backend_configured(self) -> CaptionerParams:

@@ -21,7 +21,7 @@ from vlv_pipeline.captioners import (
 )
 from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal, take_over
 from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
-from vlv_pipeline.distributed import rank, share, together, world_size
+from vlv_pipeline.distributed import broadcast, rank, share, together, world_size
 from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.device import inference_device
@@ -161,6 +161,8 @@ def synthesize_captions(
             }
         )
         return pairs[PAIR_COLUMNS]
+    if params.captioner.backend == "pairs_dataset":
+        return _pairs_from_dataset(selection, params, now)
     setting = params.captioner.model_dump(mode="json")
     journal = _journal(params, setting)
     failures = FailureJournal.beside(journal)
@@ -280,6 +282,49 @@ def synthesize_captions(
             "captioner": described.get("model", described["captioner"]),
             "prompt": described.get("prompt", ""),
             "created_at": [r["created_at"] for r in records],
+        }
+    )[PAIR_COLUMNS]
+
+
+def _pairs_from_dataset(
+    selection: pd.DataFrame, params: SynthesizeParams, now: str
+) -> pd.DataFrame:
+    """The selected images' captions from a local image-caption dataset (the authors' pairs:
+    ``captioners/pairs_dataset.py``). An image the dataset does not have gets no pair (the
+    paper captioned 6M of its 40M images), so select generously (``fraction: 1.0``); none
+    at all is an error. Rank 0 reads the dataset; every rank returns the same table."""
+    from vlv_pipeline.captioners.pairs_dataset import SETTING, PairsDataset
+
+    dataset = PairsDataset(**params.captioner.pairs_dataset.model_dump())
+    read = together(lambda: dataset.captions_for(selection) if rank() == 0 else None)
+    found, tally = broadcast(read)
+    skipped = ", ".join(f"{k}={v}" for k, v in sorted(tally.skipped.items()))
+    met = f"{tally.rows} rows read{f', not used: {skipped}' if skipped else ''}"
+    captioned = [i for i in selection["image_id"] if i in found]
+    if not captioned:
+        raise InputError(
+            f"{SETTING}: none of the {len(selection)} selected images is in {dataset.path} "
+            f"({met}; matched by {dataset.match}). By sha256 the dataset's image bytes must be "
+            "the very files ingest read (its id is their sha256); otherwise match by key or "
+            f"source ({SETTING}.match, key_column)"
+        )
+    logger.info(
+        "synthesize: %d of %d selected images have a caption in %s (matched by %s; %s); the "
+        "other %d get no pair",
+        len(captioned),
+        len(selection),
+        dataset.path,
+        dataset.match,
+        met,
+        len(selection) - len(captioned),
+    )
+    return pd.DataFrame(
+        {
+            "image_id": captioned,
+            "caption": [found[i] for i in captioned],
+            "captioner": dataset.captioner,
+            "prompt": "",
+            "created_at": now,
         }
     )[PAIR_COLUMNS]
 
