@@ -24,6 +24,7 @@ from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rating import RatingParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines import cache, evaluate, stage1, stage2, synthesize
 
@@ -64,6 +65,7 @@ def _params(tiny_sd: Path, tmp: Path) -> dict:
         ),
         "world": WorldParams(image_size=16, counts={"train": 16, "val": 0, "test": 4}),
         "rating": RatingParams(images=3),
+        "vqa": VQAParams(journal_dir=str(tmp / "vqa_journal")),
     }
 
 
@@ -155,3 +157,4 @@ def test_evaluate_pipeline_writes_the_report(trained_stage2):
     assert "from_embeddings" in metrics["reconstruction"]
     html = trained_stage2.load("eval_report")
     assert "VLV captioner" in html and "upper bound" in html
+    assert trained_stage2.load("eval_table3")["key"] == "table3"  # Table 3, caption-only VQA

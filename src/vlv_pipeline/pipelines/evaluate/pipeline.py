@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from vlv_pipeline.pipelines.evaluate import nodes, rating
+from vlv_pipeline.pipelines.evaluate import vqa as vqa_nodes
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -37,6 +38,34 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["eval_grid_items", "eval_captions", "params:evaluate"],
                 ["eval_grid", "eval_grid_figure"],
                 name="plot_eval_grid",
+            ),
+            Node(
+                vqa_nodes.select_vqa_questions,
+                ["eval_data", "params:vqa", "params:world"],
+                "vqa_questions",
+                name="select_vqa_questions",
+            ),
+            Node(
+                vqa_nodes.draw_vqa_examples, "params:vqa", "vqa_examples", name="draw_vqa_examples"
+            ),
+            Node(
+                vqa_nodes.answer_vqa_questions,
+                [
+                    "vqa_questions",
+                    "vqa_examples",
+                    "eval_captions",
+                    "vqa_credentials",
+                    "params:vqa",
+                    "params:world",
+                ],
+                "vqa_answers",
+                name="answer_vqa_questions",
+            ),
+            Node(
+                vqa_nodes.vqa_table,
+                ["vqa_answers", "vqa_examples", "params:vqa"],
+                "eval_table3",
+                name="vqa_table",
             ),
             Node(
                 nodes.write_report,
