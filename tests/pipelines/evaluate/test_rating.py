@@ -3,11 +3,14 @@ rating page, the raters' files read back (and refused when wrong), and the table
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from kedro.config import OmegaConfigLoader
 from rating_factory import WORLD, eval_set
 
+from vlv_pipeline import settings
 from vlv_pipeline.errors import InputError, MissingInputError, ParameterError
 from vlv_pipeline.metrics.rating_page import FORMAT, caption_order, page_id, page_items
 from vlv_pipeline.metrics.tables import PaperTable
@@ -288,3 +291,16 @@ def test_parameters_check_the_judge_and_take_one_path_or_many():
     assert RatingParams(ratings=["a", "b"]).ratings == ["a", "b"]
     with pytest.raises(ValueError, match="trials"):
         RatingParams(trials=3)
+
+
+@pytest.mark.parametrize("env", ["base", "paper", "rehearsal"])
+def test_each_environments_rating_block_validates(env):
+    root = Path(__file__).resolve().parents[3]
+    loader = OmegaConfigLoader(str(root / "conf"), env=env, **settings.CONFIG_LOADER_ARGS)
+    params = RatingParams(**loader["parameters"]["rating"])
+    assert params.images == 200 and params.ratings == []
+    if env == "paper":
+        assert params.judge == "vlm" and params.vlm.model == "gemini-2.0-flash"
+        assert params.journal_dir == "data/paper/07_model_output/rating_journal"
+    else:
+        assert params.judge == "rubric"
