@@ -417,3 +417,19 @@ def test_files_params_say_what_is_missing():
         datasets=[dict(name="vqav2", questions="q", annotations="a")],
         answerer=dict(base_url="http://127.0.0.1:1/v1", model="m"),
     )
+
+
+@pytest.mark.parametrize("env", ["base", "paper", "rehearsal"])
+def test_every_environment_has_a_valid_vqa_block(env):
+    from vlv_pipeline import settings
+
+    args = {k: v for k, v in settings.CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
+    args["default_run_env"] = "local" if env == "base" else env
+    params = VQAParams(**OmegaConfigLoader(str(ROOT / "conf"), **args)["parameters"]["vqa"])
+    if env == "paper":  # the paper's Table 3: both datasets, DeepSeek-V3, 0/4/32 shots
+        assert params.source == "files" and params.shots == [0, 4, 32]
+        assert [d.name for d in params.datasets] == ["vqav2", "okvqa"]
+        assert params.answerer.model == "deepseek-chat"
+        assert params.journal_dir.startswith("data/paper/")
+    else:  # the shapes world's questions, answered by the parser
+        assert params.source == "shapes"
