@@ -121,6 +121,17 @@ def test_missing_and_unreadable_files(tmp_path):
         load_annotations(tmp_path / "list.json")
 
 
+def test_a_file_over_the_cap_or_not_a_file_is_refused_unread(tmp_path, monkeypatch):
+    import vlv_pipeline.benchmarks.vqa as vqa
+
+    q, _ = write_vqa(tmp_path, ITEMS)
+    monkeypatch.setattr(vqa, "MAX_FILE_BYTES", 100)
+    with pytest.raises(InputError, match=r"questions file .* not read \(too_large"):
+        load_questions(q)
+    with pytest.raises(InputError, match=r"not read \(not_a_file"):
+        load_questions(tmp_path)
+
+
 def test_files_of_different_splits_do_not_join(tmp_path):
     q, _ = write_vqa(tmp_path, ITEMS)
     _, a = write_vqa(tmp_path, [(10, 1, "x", ["y"] * 10)], split="train2014")

@@ -30,6 +30,10 @@ import numpy as np
 import pandas as pd
 
 from vlv_pipeline.errors import InputError, MissingInputError
+from vlv_pipeline.imaging.reading import ReadPolicy, read_file
+
+#: VQAv2's training annotations are the largest file read (a few hundred MB).
+MAX_FILE_BYTES = 1024**3
 
 QUESTION_COLUMNS = [
     "dataset",
@@ -43,16 +47,20 @@ QUESTION_COLUMNS = [
 
 
 def read_json(path: str | Path, what: str) -> dict:
-    """A JSON object from ``path`` (``what`` says which file it should be, for messages)."""
+    """A JSON object from ``path`` (``what`` says which file it should be, for messages), read
+    as every input is (``imaging/reading.py``): a regular file (a link to one is followed),
+    at most ``MAX_FILE_BYTES``."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingInputError(
             f"{what} {path} is not there: download it (README: Reproduce the paper's tables) "
             "or correct the path in conf"
         )
+    raw, refusal = read_file(path, ReadPolicy(max_bytes=MAX_FILE_BYTES, follow_links=True))
+    if refusal is not None:
+        raise InputError(f"{what} {path}: not read ({refusal[0]}: {refusal[1]})")
     try:
-        with path.open(encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{what} {path} is not a JSON file: {error}") from None
     if not isinstance(data, dict):
