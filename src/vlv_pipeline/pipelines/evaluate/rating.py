@@ -372,7 +372,7 @@ def _judge_note(params: RatingParams, judgements: pd.DataFrame) -> str:
             for s in ("rated", "unparsed", "failed", "missing")
             if row.get(s, 0)
         )
-        for name, row in counts.iterrows()
+        for name, row in counts.loc[_order(list(counts.index))].iterrows()
     )
     if params.judge == "rubric":
         return (
