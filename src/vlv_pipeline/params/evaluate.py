@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.synthesize import OpenAICaptionerParams, TransformersCaptionerParams
 
 
 class RenderParams(StrictModel):
@@ -17,15 +19,127 @@ class RenderParams(StrictModel):
     batch_size: int = Field(128, ge=1)
 
 
+CaptionerKind = Literal[
+    "trained", "baseline", "reference", "chance", "published", "openai", "transformers", "file"
+]
+# the column of eval_captions each kind writes, where the kind fixes it (the column contract
+# of the evaluate pipeline: vlv, without_stage1, reference, chance)
+KIND_COLUMNS = {
+    "trained": "vlv",
+    "baseline": "without_stage1",
+    "reference": "reference",
+    "chance": "chance",
+    "published": "published",
+}
+KIND_LABELS = {
+    "trained": "VLV captioner",
+    "baseline": '"without stage 1"',
+    "reference": "reference captions (upper bound)",
+    "chance": "chance (another image's reference caption)",
+    "published": "VLV (published captioner)",
+}
+_COLUMN = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_RESERVED = {"image_id", *KIND_COLUMNS.values()}
+
+
+class EvalCaptionerRow(StrictModel):
+    """One captioner of the evaluation (a row of Table 1, a column of ``eval_captions``).
+
+    ``kind``: ``trained`` (stage 2's ``vlv_captioner``, column ``vlv``), ``baseline`` (the
+    "without stage 1" captioner, ``without_stage1``), ``reference`` (the evaluation set's own
+    captions), ``chance`` (another image's reference caption), ``published`` (the authors'
+    captioner from ``import_published``), ``openai`` (any OpenAI-compatible VLM, journaled),
+    ``transformers`` (a local image-to-text model, journaled), ``file`` (a ``{file: caption}``
+    JSON such as the ``caption`` pipeline's ``user_captions.json``).
+
+    ``optional``: a row that cannot be made (no published import, no API key, no caption
+    file, no model) is skipped with a warning; otherwise the run stops before it renders."""
+
+    kind: CaptionerKind
+    name: str | None = Field(
+        None, description="its column in eval_captions (fixed for the project's own kinds)"
+    )
+    label: str | None = Field(None, description="its row label in the tables")
+    optional: bool = False
+    openai: OpenAICaptionerParams | None = None
+    transformers: TransformersCaptionerParams | None = None
+    path: str | None = Field(None, description="kind file: a {file: caption} JSON file")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalCaptionerRow:
+        fixed = KIND_COLUMNS.get(self.kind)
+        if fixed is not None and self.name not in (None, fixed):
+            raise ValueError(f"kind {self.kind} is always the column {fixed!r} (drop `name`)")
+        if fixed is None:
+            if self.name is None:
+                raise ValueError(f"kind {self.kind} needs a `name` (its column, e.g. gpt4o)")
+            if not _COLUMN.fullmatch(self.name) or self.name in _RESERVED:
+                raise ValueError(
+                    f"name {self.name!r}: use lower-case letters, digits and _ (at most 40), "
+                    f"not one of {sorted(_RESERVED)}"
+                )
+        for block in ("openai", "transformers"):
+            if (getattr(self, block) is not None) != (self.kind == block):
+                verb = "needs" if self.kind == block else "takes no"
+                raise ValueError(f"kind {self.kind} {verb} `{block}:` block")
+        if (self.path is not None) != (self.kind == "file"):
+            verb = "needs" if self.kind == "file" else "takes no"
+            raise ValueError(f"kind {self.kind} {verb} `path`")
+        return self
+
+    @property
+    def column(self) -> str:
+        return self.name or KIND_COLUMNS[self.kind]
+
+    @property
+    def title(self) -> str:
+        """The row's label in the tables."""
+        return self.label or KIND_LABELS.get(self.kind) or self.column
+
+
+DEFAULT_CAPTIONERS = (
+    EvalCaptionerRow(kind="trained"),
+    EvalCaptionerRow(kind="baseline"),
+    EvalCaptionerRow(kind="reference"),
+    EvalCaptionerRow(kind="chance"),
+)
+
+
+class CocoParams(StrictModel):
+    """An evaluation set from the files COCO publishes: the captions annotation JSON
+    (``captions_val2014.json``) and the image folder (``val2014/``)."""
+
+    annotations: str = "data/01_raw/coco/annotations/captions_val2014.json"
+    images: str = "data/01_raw/coco/val2014"
+    sample: int = Field(30000, ge=2, description="images drawn (the paper: 30K)")
+    seed: int = 0
+    # the reading policy of every other source (imaging/reading.py): a file over this many
+    # bytes is not read; a symbolic link is not followed unless follow_links, and never to
+    # a file outside the folder
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    follow_links: bool = False
+
+
 class EvaluateParams(StrictModel):
     """Reconstruction from embeddings uses ``stage1_t2i`` (the embeddings live in its text
-    space); reconstruction from captions uses ``render_t2i`` (paper: SD 3.5 Medium)."""
+    space); reconstruction from captions uses ``render_t2i`` (paper: SD 3.5 Medium).
+
+    ``source``: ``split`` (the first ``images`` of the manifest's ``split``, by image_id) or
+    ``coco`` (a seeded sample of ``coco.sample`` images of a COCO captions file).
+    ``captioners``: the rows (see ``EvalCaptionerRow``), in the tables' order."""
 
     stage1_t2i: str
     render_t2i: str
     t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    source: Literal["split", "coco"] = "split"
     split: str = "test"
     images: int = Field(256, ge=2)
+    coco: CocoParams = CocoParams()
+    captioners: tuple[EvalCaptionerRow, ...] = DEFAULT_CAPTIONERS
+    journal_dir: str = Field(
+        "data/07_model_output/eval_caption_journal",
+        description="the openai and transformers rows' captions, kept as they arrive",
+    )
     resolution: int | None = Field(None, gt=0, description="encoder input side, as in stage 1")
     sampling: RenderParams = RenderParams()
     # probe: the shapes world's attribute probe; fid_clip: the paper's FID and CLIP score
@@ -35,6 +149,21 @@ class EvaluateParams(StrictModel):
     clip_model: str = "openai/clip-vit-large-patch14"
     grid_images: int = Field(8, ge=1)
     chance_seed: int = 0
+
+    @model_validator(mode="after")
+    def _rows_apart(self) -> EvaluateParams:
+        columns = [row.column for row in self.captioners]
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"captioners: two rows write the column {twice[0]!r}")
+        if self.source == "coco" and self.resolution is None:
+            raise ValueError(
+                "source coco needs `resolution` (COCO images differ in size; the paper: 384)"
+            )
+        return self
+
+    def row(self, column: str) -> EvalCaptionerRow | None:
+        return next((r for r in self.captioners if r.column == column), None)
 
 
 class CaptionParams(StrictModel):
