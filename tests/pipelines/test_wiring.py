@@ -22,6 +22,7 @@ from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rating import RatingParams
+from vlv_pipeline.params.rerender import RerenderParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.params.vqa import VQAParams
@@ -66,6 +67,7 @@ def _params(tiny_sd: Path, tmp: Path) -> dict:
         "world": WorldParams(image_size=16, counts={"train": 16, "val": 0, "test": 4}),
         "rating": RatingParams(images=3),
         "vqa": VQAParams(journal_dir=str(tmp / "vqa_journal")),
+        "rerender": RerenderParams(guidance=[1.0, 2.0], steps=2, scheduler="DDIMScheduler"),
     }
 
 
@@ -158,3 +160,7 @@ def test_evaluate_pipeline_writes_the_report(trained_stage2):
     html = trained_stage2.load("eval_report")
     assert "VLV captioner" in html and "upper bound" in html
     assert trained_stage2.load("eval_table3")["key"] == "table3"  # Table 3, caption-only VQA
+    table1 = trained_stage2.load("eval_table1")  # Table 1, re-rendered over the guidance sweep
+    assert table1["rows"][0]["label"] == "VLV captioner" and len(table1["columns"]) == 2
+    ids = trained_stage2.load("eval_captions")["image_id"].tolist()
+    assert trained_stage2.load("eval_set_ids")["image_ids"] == ids  # the set, written down

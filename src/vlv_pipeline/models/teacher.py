@@ -113,8 +113,9 @@ def render(
     guidance: float,
     seed: int | None = None,
     batch_size: int = 64,
-    scheduler: str = "DDIMScheduler",
+    scheduler: str | None = "DDIMScheduler",
     generator: torch.Generator | list[torch.Generator] | None = None,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Render with a Stable Diffusion pipeline; images in [-1, 1], (B, 3, H, W).
 
@@ -125,13 +126,17 @@ def render(
     batch by batch then gives the images one call over the whole split gives), or a list of
     generators, one per image: each image then draws only from its own, so its render does
     not depend on which other images share its batch or call.
-    """
-    import diffusers
 
+    Any diffusers text-to-image pipeline that takes ``prompt`` (Stable Diffusion 1/2, SD 3 and
+    3.5 with their three text encoders) renders captions. ``scheduler``: a diffusers scheduler
+    class name to sample with, or None for the pipeline's own (SD 3's flow matching); a
+    flow-matching pipeline and a noise-prediction scheduler (or the reverse) do not mix and are
+    refused. ``size``: the renders' side (None: the pipeline's default).
+    """
     if (captions is None) == (conditions is None):
         raise ValueError("render needs exactly one of captions or conditions")
     if scheduler and type(pipeline.scheduler).__name__ != scheduler:
-        pipeline.scheduler = getattr(diffusers, scheduler).from_config(pipeline.scheduler.config)
+        pipeline.scheduler = _scheduler(pipeline.scheduler, scheduler)
     pipeline.set_progress_bar_config(disable=True)
     if (seed is None) == (generator is None):
         raise ValueError("render needs exactly one of seed or generator")
@@ -149,6 +154,8 @@ def render(
             inputs = {"prompt_embeds": batch}
             if guidance > 1 and negative is not None:
                 inputs["negative_prompt_embeds"] = negative.expand(len(batch), -1, -1)
+        if size is not None:
+            inputs.update(height=size, width=size)
         images = pipeline(
             **inputs,
             num_inference_steps=steps,
@@ -160,6 +167,30 @@ def render(
         ).images
         out.append(images * 2 - 1)
     return torch.cat(out).clamp(-1, 1).float().cpu()
+
+
+def _flow_matching(name: str) -> bool:
+    return name.startswith("FlowMatch")
+
+
+def _scheduler(current, name: str):
+    """A ``name`` scheduler from ``current``'s config; a scheduler of the other family
+    (flow matching against noise prediction) would sample nonsense, and is refused."""
+    import diffusers
+
+    from vlv_pipeline.errors import ParameterError
+
+    made = getattr(diffusers, name, None)
+    if not (isinstance(made, type) and name.endswith("Scheduler")):
+        raise ParameterError(f"scheduler {name!r} is not a diffusers scheduler class")
+    own = type(current).__name__
+    if _flow_matching(own) != _flow_matching(name):
+        raise ParameterError(
+            f"scheduler {name!r} cannot sample a model trained for {own} "
+            "(flow matching and noise prediction do not mix): set the scheduler to null to "
+            "sample with the pipeline's own"
+        )
+    return made.from_config(current.config)
 
 
 def render_captions(pipeline, captions: list[str], **kwargs) -> torch.Tensor:

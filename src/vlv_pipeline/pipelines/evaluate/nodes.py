@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vlv_pipeline.distributed import each_rank, gather_lists, share
-from vlv_pipeline.errors import ParameterError, SetupError
+from vlv_pipeline.errors import InputError, ParameterError, SetupError, UserError
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.frechet import frechet_distance
 from vlv_pipeline.metrics.plots import image_grid
@@ -29,7 +29,7 @@ from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import render
-from vlv_pipeline.params.evaluate import EvaluateParams
+from vlv_pipeline.params.evaluate import EvalCaptionerRow, EvaluateParams
 from vlv_pipeline.training.data import ImagePixels
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
@@ -48,12 +48,14 @@ RECONSTRUCTIONS = {
 
 @dataclass
 class EvalData:
-    """The evaluation split's ids and reference captions (in memory) and a per-item reader
-    of its images (uint8): no stage of evaluate holds the split's pixels."""
+    """The evaluation set's ids and reference captions (in memory) and a per-item reader of
+    its images (uint8): no stage of evaluate holds the set's pixels. ``files``: each image's
+    path in its source (the manifest's ``source``, or the COCO ``file_name``)."""
 
     image_ids: list[str]
-    pixels: ImagePixels
+    pixels: ImagePixels | torch.utils.data.Dataset
     references: list[str | None]
+    files: list[str] | None = None
 
     def images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Images ``start:stop`` in [-1, 1]."""
@@ -62,6 +64,11 @@ class EvalData:
 
 
 def load_eval_data(raw_images, image_manifest: pd.DataFrame, params: EvaluateParams) -> EvalData:
+    """The evaluation set: ``evaluate.source`` ``split`` takes the first ``images`` images (by
+    image_id) of the manifest's ``split``; ``coco`` a seeded sample of ``coco.sample`` images
+    of the COCO captions file (``benchmarks/coco.py``), every file checked before any is read."""
+    if params.source == "coco":
+        return _coco_eval_data(params)
     rows = image_manifest[image_manifest["split"] == params.split].sort_values("image_id")
     if len(rows) < 2:
         raise ParameterError(
@@ -72,7 +79,61 @@ def load_eval_data(raw_images, image_manifest: pd.DataFrame, params: EvaluatePar
         rows["image_id"].astype(str).tolist(),
         ImagePixels.of_manifest(raw_images, rows, params.resolution),
         [None if pd.isna(c) else str(c) for c in rows["caption"]],
+        rows["source"].astype(str).tolist(),
     )
+
+
+def _coco_eval_data(params: EvaluateParams) -> EvalData:
+    from vlv_pipeline.benchmarks.coco import (
+        CocoPixels,
+        coco_policy,
+        image_paths,
+        read_coco_captions,
+        sample_ids,
+    )
+
+    coco = read_coco_captions(params.coco.annotations)
+    ids = sample_ids(coco, params.coco.sample, params.coco.seed)
+    files = [coco.files[i] for i in ids]
+    policy = coco_policy(params.coco.max_file_bytes, params.coco.follow_links)
+    paths = image_paths(params.coco.images, files, policy)
+    logger.info(
+        "evaluate: %d of the %d captioned COCO images of %s (seed %d)",
+        len(ids),
+        len(coco.captions),
+        coco.path,
+        params.coco.seed,
+    )
+    return EvalData(
+        [str(i) for i in ids],
+        CocoPixels(paths, params.resolution, policy),
+        [coco.reference(i) for i in ids],
+        files,
+    )
+
+
+def eval_set_ids(data: EvalData, previous: dict | None, params: EvaluateParams) -> dict:
+    """The evaluation set written down (the versioned ``eval_set_ids``): how it was drawn and
+    its image ids and files. The same parameters and source give the same set (the split's
+    first images; COCO's seeded sample), so a rerun, and every captioner, sees these images;
+    ``previous`` (the latest written) is compared, and a set that differs under the same
+    settings (the source changed) is reported."""
+    from vlv_pipeline.benchmarks.coco import differs_from
+
+    if params.source == "coco":
+        how = {
+            "source": "coco",
+            "annotations": params.coco.annotations,
+            "sample": params.coco.sample,
+            "seed": params.coco.seed,
+        }
+    else:
+        how = {"source": "split", "split": params.split, "images": params.images}
+    record = {**how, "image_ids": list(data.image_ids), "files": list(data.files or [])}
+    why = differs_from(record, previous)
+    if why:
+        logger.warning("evaluate: %s", why)
+    return record
 
 
 def _chance_order(n: int, seed: int) -> list[int]:
@@ -82,34 +143,226 @@ def _chance_order(n: int, seed: int) -> list[int]:
 
 
 def caption_eval_images(
-    vlv_captioner, baseline_captioner, data: EvalData, params: EvaluateParams
+    vlv_captioner,
+    baseline_captioner,
+    data: EvalData,
+    params: EvaluateParams,
+    published_captioner=None,
+    captioner_credentials: dict | None = None,
+    eval_credentials: dict | None = None,
 ) -> pd.DataFrame:
-    """The test images captioned by the VLV captioner and the "without stage 1" baseline,
-    one batch of images at a time; ``chance`` is another test image's reference caption.
-    Under ``accelerate launch`` each rank captions its own block; every rank gets the table."""
-    batch = params.sampling.batch_size
-    vlv_captioner, baseline_captioner = (
-        vlv_captioner.to(inference_device()),
-        baseline_captioner.to(inference_device()),
-    )
+    """The evaluation images captioned by every row of ``evaluate.captioners``: one column
+    each (``vlv``, ``without_stage1``, ``chance``, and the outside rows' names) beside
+    ``image_id`` and ``reference``.
+
+    Every row is made ready first (``_ready_rows``: the published captioner loaded, API keys,
+    caption files read and matched, local models loaded), so a row that cannot be made stops
+    the run before anything is captioned or rendered, or, marked ``optional``, is left out
+    with a warning. The project's captioners caption one batch of ``sampling.batch_size``
+    images at a time; ``chance`` is another image's reference caption; the ``openai`` and
+    ``transformers`` rows are journaled (``benchmarks/captioners.py``). Under ``accelerate
+    launch`` each rank captions its own block; every rank gets the table."""
+    ready = _ready_rows(
+        params, data, vlv_captioner, baseline_captioner, published_captioner,
+        captioner_credentials or {}, eval_credentials or {},
+    )  # fmt: skip
     table = pd.DataFrame({"image_id": data.image_ids, "reference": data.references})
+    models = {row.column: made for row, made in ready if row.kind in _OWN_MODELS}
+    captions = _caption_with_models(models, data, params.sampling.batch_size)
+    for row, made in ready:
+        if row.kind == "reference":
+            continue
+        if row.column in captions:
+            table[row.column] = captions[row.column]
+        elif row.kind == "chance":
+            order = _chance_order(len(table), params.chance_seed)
+            table["chance"] = [data.references[i] for i in order]
+        elif row.kind == "file":
+            table[row.column] = made
+        else:  # openai, transformers: journaled
+            texts = _journaled_row(row, made, data, params)
+            if texts is not None:
+                table[row.column] = texts
+    return table
+
+
+# the rows whose captioner is one of the project's VLVCaptioner models
+_OWN_MODELS = ("trained", "baseline", "published")
+
+
+def _caption_with_models(models: dict, data: EvalData, batch: int) -> dict[str, list[str]]:
+    """``{column: captions}`` of the project's captioners, batch by batch over this rank's
+    block of the set, gathered in rank order."""
+    if not models:
+        return {}
+    device = inference_device()
+    models = {column: model.to(device) for column, model in models.items()}
     mine = share(len(data.image_ids))
 
-    def caption_mine() -> list[tuple[str, str]]:
-        vlv, baseline = [], []
+    def caption_mine() -> list[tuple[str, ...]]:
+        out: dict[str, list[str]] = {column: [] for column in models}
         for start in range(mine.start, mine.stop, batch):
             pixels = data.images(start, min(start + batch, mine.stop))
-            vlv += vlv_captioner.caption(pixels, batch_size=batch)
-            baseline += baseline_captioner.caption(pixels, batch_size=batch)
-        return list(zip(vlv, baseline, strict=True))
+            for column, model in models.items():
+                out[column] += model.caption(pixels, batch_size=batch)
+        return list(zip(*out.values(), strict=True))
 
-    captions = [pair for part in each_rank(caption_mine) for pair in part]
-    table["vlv"] = [v for v, _ in captions]
-    table["without_stage1"] = [b for _, b in captions]
-    if all(r is not None for r in data.references):
-        order = _chance_order(len(table), params.chance_seed)
-        table["chance"] = [data.references[i] for i in order]
-    return table
+    rows = [row for part in each_rank(caption_mine) for row in part]
+    return {column: [r[k] for r in rows] for k, column in enumerate(models)}
+
+
+def _ready_rows(
+    params: EvaluateParams,
+    data: EvalData,
+    vlv_captioner,
+    baseline_captioner,
+    published_captioner,
+    captioner_credentials: dict,
+    eval_credentials: dict,
+) -> list[tuple[EvalCaptionerRow, object]]:
+    """``(row, what captions it)`` for every row that can be made: its model, its captioner,
+    its captions (a file's), or None (reference, chance). A row that cannot be made stops
+    the run with one message listing every such row and what to do, unless it is optional:
+    then a warning says why it is left out. References missing (a source without captions)
+    leave out the reference and chance rows, which need them."""
+    problems: list[str] = []
+    ready: list[tuple[EvalCaptionerRow, object]] = []
+    have_refs = all(r is not None for r in data.references)
+    for index, row in enumerate(params.captioners):
+        where = f"evaluate.captioners[{index}] ({row.kind} {row.column!r})"
+        try:
+            made = _make_row(
+                row, index, data, vlv_captioner, baseline_captioner, published_captioner,
+                captioner_credentials, eval_credentials, have_refs,
+            )  # fmt: skip
+        except UserError as error:
+            if row.optional:
+                logger.warning("evaluate: %s is left out (optional): %s", where, error)
+                continue
+            problems.append(f"  - {where}: {error}")
+            continue
+        if made is _NO_REFERENCES:
+            logger.warning(
+                "evaluate: %s is left out: the evaluation set has images without a reference "
+                "caption",
+                where,
+            )
+            continue
+        ready.append((row, made))
+    if problems:
+        raise InputError(
+            f"{len(problems)} of the evaluation's captioners cannot be made (nothing was "
+            "captioned or rendered; mark a row `optional: true` to go on without it):\n"
+            + "\n".join(problems)
+        )
+    return ready
+
+
+_NO_REFERENCES = object()
+
+
+def _make_row(
+    row: EvalCaptionerRow,
+    index: int,
+    data: EvalData,
+    vlv_captioner,
+    baseline_captioner,
+    published_captioner,
+    captioner_credentials: dict,
+    eval_credentials: dict,
+    have_refs: bool,
+):
+    """What captions ``row`` (see ``_ready_rows``); a ``UserError`` says why it cannot."""
+    from vlv_pipeline.benchmarks import captioners as outside
+
+    if row.kind in ("reference", "chance"):
+        return None if have_refs else _NO_REFERENCES
+    if row.kind == "trained":
+        return vlv_captioner
+    if row.kind == "baseline":
+        return baseline_captioner
+    if row.kind == "published":
+        return _published(published_captioner)
+    if row.kind == "file":
+        files = data.files or data.image_ids
+        return outside.match_captions(outside.read_caption_file(row.path), files, row.path)
+    key = None
+    if row.kind == "openai":
+        key = outside.api_key(row, captioner_credentials, eval_credentials)
+        if not key and not outside.loopback(row.openai.base_url):
+            raise InputError(
+                f"no api key for {row.openai.base_url}: add `eval_captioners: {{{row.column}: "
+                "{api_key: ...}}` (or `captioner: {api_key: ...}`) to "
+                "conf/local/credentials.yml"
+            )
+    return outside.make_captioner(row, index, key)
+
+
+def _published(lazy):
+    """The published captioner (``import_published``), loaded now (a ``LazyModel``)."""
+    from kedro.io import DatasetError
+
+    from vlv_pipeline.errors import MissingInputError, ModelDirectoryError
+
+    fix = (
+        "run `kedro run --pipeline import_published --params import_published.checkpoint=FILE` "
+        "with the authors' checkpoint first"
+    )
+    if lazy is None:
+        raise MissingInputError(f"no published captioner was given: {fix}")
+    if not callable(lazy):
+        return lazy
+    try:
+        return lazy()
+    except (MissingInputError, ModelDirectoryError) as error:  # nothing usable saved there
+        where = getattr(lazy, "where", "published_captioner")
+        raise MissingInputError(f"{where} has no usable captioner ({error}): {fix}") from error
+    except UserError:  # damaged, or made for another setting: its own message says what to do
+        raise
+    except DatasetError as error:  # no version saved, or no model directory there
+        where = getattr(lazy, "where", "published_captioner")
+        raise MissingInputError(f"{where} has no usable captioner ({error}): {fix}") from error
+
+
+def _journaled_row(row: EvalCaptionerRow, captioner, data: EvalData, params) -> list[str] | None:
+    """An ``openai`` or ``transformers`` row's captions of every image (journaled), or None
+    for an optional row some images got no caption from (a warning says so)."""
+    from PIL import Image
+
+    from vlv_pipeline.benchmarks.captioners import journal_of, journaled_captions
+
+    journal = journal_of(row, params.journal_dir, params.resolution)
+
+    def image(i: int):
+        return Image.fromarray(data.pixels[i].permute(1, 2, 0).numpy())
+
+    try:
+        got, missing = journaled_captions(captioner, journal, data.image_ids, image)
+    except UserError as error:
+        if not row.optional:
+            raise
+        logger.warning("evaluate: row %r is left out (optional): %s", row.column, error)
+        return None
+    if missing:
+        message = (
+            f"evaluate: the {row.kind} row {row.column!r} has no caption for {len(missing)} of "
+            f"{len(data.image_ids)} images (e.g. {missing[0]!r}; the reasons are in "
+            f"{journal.path.with_name(journal.path.stem + '.failed.jsonl')}); every row must "
+            "caption every image. A rerun asks for them again"
+        )
+        if row.optional:
+            logger.warning("%s; the row is left out (optional)", message)
+            return None
+        from vlv_pipeline.captioners import CaptionerError
+
+        raise CaptionerError(message)
+    return [got[i] for i in data.image_ids]
+
+
+def caption_columns(captions: pd.DataFrame) -> list[str]:
+    """The captioners' columns of ``eval_captions`` (every column but image_id and
+    reference), in the table's order."""
+    return [c for c in captions.columns if c not in ("image_id", "reference")]
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -152,8 +405,8 @@ class EvalRenders:
     def _texts(self) -> dict[str, pd.Series | None]:
         captions = self.captions
         texts = {
-            "from_caption": captions["vlv"],
-            "without_stage1": captions["without_stage1"],
+            "from_caption": captions.get("vlv"),
+            "without_stage1": captions.get("without_stage1"),
             "ground_truth_caption": captions["reference"],
             "chance": captions.get("chance"),
         }
@@ -183,7 +436,7 @@ class EvalRenders:
             pipeline = t2i.pipeline()
         else:  # another model (e.g. SD 3.5 Medium) samples with its own scheduler
             dtype = getattr(torch, params.t2i_dtype)
-            pipeline = DiffusionPipeline.from_pretrained(params.render_t2i, torch_dtype=dtype)
+            pipeline = DiffusionPipeline.from_pretrained(params.render_t2i, dtype=dtype)
             pipeline.to(device)
             scheduler = None
         for name, column in self._texts().items():
@@ -352,8 +605,8 @@ def score_evaluation(
         cfg = probe.config
         vocab = Vocabulary(tuple(cfg.shapes), tuple(cfg.colours), tuple(cfg.sizes))
         targets = caption_targets(data.references, probe)
-    for name in CAPTIONERS:
-        if name not in captions or not have_refs:
+    for name in caption_columns(captions):
+        if not have_refs or captions[name].isna().any():
             continue
         corpus, each = caption_text_metrics(captions[name].tolist(), data.references)
         if vocab is not None:
@@ -437,7 +690,8 @@ def plot_eval_grid(grid: dict[str, torch.Tensor], captions: pd.DataFrame, params
     labels["from_caption"] = "from caption"
     items = {labels[k]: tensor_to_uint8(v) for k, v in grid.items() if k in labels}
     n = len(grid["original"])
-    texts = [f"{c}" for c in captions["vlv"].head(n)]
+    shown = captions["vlv"] if "vlv" in captions else captions["reference"]
+    texts = [f"{c}" for c in shown.head(n)]
     figure = image_grid(items, captions=texts, title="evaluation: original | reconstructions")
     return figure, figure
 

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from vlv_pipeline.pipelines.evaluate import nodes, rating
+from vlv_pipeline.pipelines.evaluate import nodes, rating, rerender
 from vlv_pipeline.pipelines.evaluate import vqa as vqa_nodes
 
 
@@ -16,8 +16,22 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="load_eval_data",
             ),
             Node(
+                nodes.eval_set_ids,
+                ["eval_data", "eval_set_ids_previous", "params:evaluate"],
+                "eval_set_ids",
+                name="eval_set_ids",
+            ),
+            Node(
                 nodes.caption_eval_images,
-                ["vlv_captioner", "baseline_captioner", "eval_data", "params:evaluate"],
+                [
+                    "vlv_captioner",
+                    "baseline_captioner",
+                    "eval_data",
+                    "params:evaluate",
+                    "eval_published_captioner",
+                    "captioner_credentials",
+                    "eval_captioner_credentials",
+                ],
                 "eval_captions",
                 name="caption_eval_images",
             ),
@@ -32,6 +46,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
                 ["eval_metrics", "eval_samples", "eval_grid_items"],
                 name="score_evaluation",
+            ),
+            Node(
+                rerender.rerender_table1,
+                ["eval_data", "eval_captions", "eval_metrics", "params:evaluate", "params:rerender"],
+                ["eval_table1", "eval_table1_companion"],
+                name="rerender_table1",
             ),
             Node(
                 nodes.plot_eval_grid,
