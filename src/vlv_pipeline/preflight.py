@@ -16,6 +16,10 @@ will need and cannot make itself:
 - **the fid_clip judge**: torchmetrics with torch-fidelity, its Inception weights in the torch
   hub cache, and the CLIP model.
 - **caption.source** for the ``caption`` pipeline.
+- **evaluate's set and rows**: the COCO files (``evaluate.source: coco``), and what Table 1's
+  rows (``evaluate.captioners``) need: the published captioner (``import_published``), an
+  api key for an ``openai`` row, a caption file, a local model; an ``optional`` row is not
+  checked (the node leaves it out, with a warning, when it cannot be made).
 - **what each model was made for**: every model directory the run reads that exists (a VLV
   encoder or captioner) says, in its ``provenance.json`` (``models/provenance.py``; read as
   JSON, never its weights), the T2I model, encoder, image size, queries, embedding width
@@ -361,6 +365,10 @@ def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
 
         trainable = stage2.get("trainable") if isinstance(stage2, Mapping) else None
         return isinstance(trainable, str) and "encoder" in trainable_parts(trainable)
+    if name == "eval_published_captioner" and "params:evaluate" in node.inputs:
+        # read only for a `published` row of evaluate.captioners (an optional one may fail)
+        rows = _evaluate_rows(blocks.get("evaluate"))
+        return not any(r.get("kind") == "published" and not r.get("optional") for r in rows)
     for block, (_, named, _) in DATASET_CHOICES.items():
         if f"params:{block}" in node.inputs and name in named.values():
             return named.get(_choice(block, blocks)) != name
@@ -505,9 +513,11 @@ def check_parameters(
     for name, value in blocks.items():
         refs.extend(references(name, value))
         refs.extend(judge_references(name, value))
+        refs.extend(evaluate_row_references(name, value))
     findings = check_references(refs, producers, env, written or [])
     for name, value in blocks.items():
         findings += _check_captioner_key(name, value, credentials)
+        findings += _check_evaluate_inputs(name, value, credentials)
         findings += _check_judge(name, value)
         findings += _check_caption_source(name, value, env)
         findings += _check_published_checkpoint(name, value, env)
@@ -537,6 +547,85 @@ def _check_captioner_key(
             "add `captioner: {api_key: ...}` to conf/local/credentials.yml",
         )
     ]
+
+
+def _evaluate_rows(value: Any) -> list[Mapping]:
+    """The rows of ``evaluate.captioners`` (Table 1's captioners), as mappings."""
+    rows = value.get("captioners") if isinstance(value, Mapping) else None
+    if not isinstance(rows, list | tuple):
+        return []
+    return [_plain(r) for r in rows if isinstance(_plain(r), Mapping)]
+
+
+def evaluate_row_references(block: str, value: Any) -> list[Reference]:
+    """The local models of evaluate's ``transformers`` rows (optional rows left out: the
+    node leaves them out, with a warning, when they cannot be made)."""
+    if block != "evaluate":
+        return []
+    return [
+        Reference(f"{block}.captioners[{i}].transformers.pretrained", str(model))
+        for i, row in enumerate(_evaluate_rows(value))
+        if row.get("kind") == "transformers"
+        and not row.get("optional")
+        and isinstance(model := (row.get("transformers") or {}).get("pretrained"), str)
+    ]
+
+
+def _check_evaluate_inputs(
+    block: str, value: Any, credentials: Iterable[Mapping[str, Any]] | None
+) -> list[Finding]:
+    """What the evaluation set and Table 1's rows need that no pipeline makes: the COCO files
+    (``source: coco``), a caption file for a ``file`` row, an API key for an ``openai`` row
+    (a loopback server may go without). The published captioner is a dataset (``_unread``)."""
+    if block.rsplit(".", 1)[-1] != "evaluate" or not isinstance(value, Mapping):
+        return []
+    from vlv_pipeline.benchmarks.coco import DOWNLOAD_HINT
+
+    findings = []
+    coco = value.get("coco") or {}
+    if value.get("source") == "coco":
+        for key, there in (("annotations", Path.is_file), ("images", Path.is_dir)):
+            path = coco.get(key)
+            if not path or not there(Path(str(path)).expanduser()):
+                findings.append(Finding(f"{block}.coco.{key} = {path}", "not there", DOWNLOAD_HINT))
+    if block != "evaluate":
+        return findings  # a study's slice reads the set, never the rows
+    from urllib.parse import urlparse
+
+    for i, row in enumerate(_evaluate_rows(value)):
+        where = f"{block}.captioners[{i}]"
+        if row.get("optional"):
+            continue
+        if row.get("kind") == "file" and not Path(str(row.get("path"))).expanduser().is_file():
+            findings.append(
+                Finding(
+                    f"{where}.path = {row.get('path')}",
+                    "no such file",
+                    "write it with `kedro run --pipeline caption --params caption.source=<the "
+                    "evaluation images>` (user_captions.json), or point it at your "
+                    "{file: caption} JSON",
+                )
+            )
+        if row.get("kind") == "openai" and credentials is not None:
+            base_url = str((row.get("openai") or {}).get("base_url") or "")
+            name = row.get("name")
+            if (urlparse(base_url).hostname or "") in LOOPBACK_HOSTS:
+                continue
+            if any(
+                (c or {}).get("api_key") or ((c or {}).get(name) or {}).get("api_key")
+                for c in credentials
+            ):
+                continue
+            findings.append(
+                Finding(
+                    f"{where} (openai {name}, {base_url})",
+                    "no api_key in the credentials",
+                    f"add `eval_captioners: {{{name}: {{api_key: ...}}}}` (or `captioner: "
+                    "{api_key: ...}`) to conf/local/credentials.yml, or mark the row "
+                    "`optional: true`",
+                )
+            )
+    return findings
 
 
 def _check_judge(block: str, value: Any) -> list[Finding]:
