@@ -40,6 +40,7 @@ logged; the run goes on with the rest.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -123,8 +124,8 @@ def data_files(path: str | os.PathLike[str], split: str = "train") -> list[Path]
         found += [Path(folder) / f for f in files if f.endswith(".parquet")]
     if not found:
         raise MissingInputError(
-            f"{SETTING}.path {path} has no .parquet or .arrow data files (nor a save_to_disk "
-            "state.json)"
+            f"{SETTING}.path {path} has no .parquet files below it, nor a save_to_disk "
+            "state.json (a single .arrow file may be named as the path)"
         )
     return sorted(found, key=lambda p: p.relative_to(path).as_posix())
 
@@ -220,8 +221,6 @@ class PairsDataset:
     def _rows(self, tally: _Tally) -> Iterator[tuple[str, str, str | None]]:
         """``(where, name, caption)`` per readable row: name is the sha256 of the image
         bytes, or the key column's value."""
-        import hashlib
-
         for path in self.files(tally):
             cells = _parquet_cells if path.suffix == ".parquet" else _arrow_cells
             for where, named, caption in cells(path, self._columns, self.policy, tally):

@@ -199,7 +199,7 @@ def test_bad_settings_and_inputs_say_what_to_fix(tiny_world, tmp_path):
     with pytest.raises(MissingInputError, match="pairs_dataset.path .*nowhere"):
         nodes.synthesize_captions(source, selection, _params(tmp_path / "nowhere"), {})
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MissingInputError, match="no .parquet or .arrow"):
+    with pytest.raises(MissingInputError, match="no .parquet files below it"):
         nodes.synthesize_captions(source, selection, _params(tmp_path / "empty"), {})
     path = tmp_path / "other.parquet"
     pd.DataFrame({"img": [_png(5)], "text": ["a caption"]}).to_parquet(path)
