@@ -50,9 +50,7 @@ class PairsDatasetParams(StrictModel):
         description="a parquet file, a folder of parquet files (found anywhere below it, as a "
         "hub download's data/*.parquet), or a `datasets` save_to_disk folder"
     )
-    split: str = Field(
-        "train", description="the split of a DatasetDict saved with save_to_disk"
-    )
+    split: str = Field("train", description="the split of a DatasetDict saved with save_to_disk")
     caption_column: str = "caption"
     image_column: str | None = Field(
         "image",
