@@ -143,19 +143,23 @@ def match_captions(captions: dict[str, str], files: Sequence[str], path) -> list
 # --------------------------------------------------------------------------- journaled rows
 
 
-def _setting(row: EvalCaptionerRow, resolution: int | None) -> dict:
+def _setting(row: EvalCaptionerRow, resolution: int | None, images: str) -> dict:
     if row.kind == "openai":
         block = {k: v for k, v in row.openai.model_dump().items() if k not in RUN_ONLY}
     else:
         block = row.transformers.model_dump()
-    return {"backend": row.kind, row.kind: block, "image_side": resolution}
+    return {"backend": row.kind, row.kind: block, "image_side": resolution, "images": images}
 
 
-def journal_of(row: EvalCaptionerRow, journal_dir: str, resolution: int | None) -> CaptionJournal:
+def journal_of(
+    row: EvalCaptionerRow, journal_dir: str, resolution: int | None, images: str = "split"
+) -> CaptionJournal:
     """The journal of an ``openai`` or ``transformers`` row: ``<backend>-<hash>.jsonl`` under
-    ``journal_dir``, the hash over what makes its captions (``_setting``). Under ``accelerate
+    ``journal_dir``, the hash over what makes its captions (``_setting``) and what the image
+    ids mean (``images``: ``split``, whose ids are the images' sha256, or ``coco:<digest of
+    the captions file>``, whose ids are only that file's numbers). Under ``accelerate
     launch`` each rank appends to its own file beside it."""
-    setting = json.dumps(_setting(row, resolution), sort_keys=True)
+    setting = json.dumps(_setting(row, resolution, images), sort_keys=True)
     key = hashlib.sha256(setting.encode()).hexdigest()[:16]
     return CaptionJournal(
         Path(journal_dir) / f"{row.kind}-{key}.jsonl", rank=rank() if world_size() > 1 else None

@@ -19,6 +19,7 @@ centre crop). An image's reference caption is its first caption (lowest annotati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ class CocoCaptions:
     path: Path
     files: dict[int, str]
     captions: dict[int, list[str]] = field(default_factory=dict)
+    digest: str = ""  # sha256 of the file's bytes (its first 16 hex digits)
 
     def ids(self) -> list[int]:
         """The ids of the images that have captions, ascending."""
@@ -116,7 +118,7 @@ def read_coco_captions(path: str | os.PathLike) -> CocoCaptions:
         texts = [c.strip() for _, c in sorted(items, key=lambda item: item[0])]
         if any(texts):
             captions[image_id] = [t for t in texts if t]
-    return CocoCaptions(path, files, captions)
+    return CocoCaptions(path, files, captions, hashlib.sha256(data).hexdigest()[:16])
 
 
 def sample_ids(coco: CocoCaptions, size: int, seed: int) -> list[int]:

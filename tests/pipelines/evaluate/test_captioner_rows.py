@@ -16,7 +16,7 @@ from table1_factory import coco_params, world_as_coco
 from vlv_pipeline.benchmarks.captioners import api_key, read_caption_file
 from vlv_pipeline.captioners import CaptionerError
 from vlv_pipeline.errors import InputError
-from vlv_pipeline.params.evaluate import EvalCaptionerRow
+from vlv_pipeline.params.evaluate import CocoParams, EvalCaptionerRow
 from vlv_pipeline.pipelines.evaluate import nodes
 
 
@@ -113,6 +113,16 @@ def test_an_openai_row_is_journaled_and_never_asked_twice(tiny_world, tiny_sd, c
         )
         nodes.caption_eval_images(None, None, data6, params6, None, {}, {})
         assert len(stub.requests) == 6
+        # another COCO-format file numbers its images 1, 2, ... too: its ids are not the same
+        # images, so it has a journal of its own
+        other = world_as_coco(tiny_world, tmp_path / "other", extra_captions=2)
+        coco = {**params.coco.model_dump(), "annotations": str(other[0]), "images": str(other[1])}
+        params_b = params.model_copy(update={"coco": CocoParams(**coco)})
+        data_b = nodes.load_eval_data(*tiny_world, params_b)
+        assert data_b.image_ids == data.image_ids
+        nodes.caption_eval_images(None, None, data_b, params_b, None, {}, {})
+        assert len(stub.requests) == 10
+        assert len(list((tmp_path / "journal").glob("openai-*.jsonl"))) == 2
 
 
 def test_an_image_the_vlm_refuses_fails_the_row_and_is_asked_again(

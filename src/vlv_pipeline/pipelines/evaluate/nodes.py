@@ -331,7 +331,12 @@ def _journaled_row(row: EvalCaptionerRow, captioner, data: EvalData, params) -> 
 
     from vlv_pipeline.benchmarks.captioners import journal_of, journaled_captions
 
-    journal = journal_of(row, params.journal_dir, params.resolution)
+    images = "split"
+    if params.source == "coco":  # COCO's ids are numbers of one captions file, not content
+        from vlv_pipeline.benchmarks.coco import read_coco_captions
+
+        images = f"coco:{read_coco_captions(params.coco.annotations).digest}"
+    journal = journal_of(row, params.journal_dir, params.resolution, images)
 
     def image(i: int):
         return Image.fromarray(data.pixels[i].permute(1, 2, 0).numpy())
