@@ -49,7 +49,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 rerender.rerender_table1,
-                ["eval_data", "eval_captions", "eval_metrics", "params:evaluate", "params:rerender"],
+                [
+                    "eval_data",
+                    "eval_captions",
+                    "eval_metrics",
+                    "params:evaluate",
+                    "params:rerender",
+                ],
                 ["eval_table1", "eval_table1_companion"],
                 name="rerender_table1",
             ),
