@@ -164,3 +164,5 @@ def test_evaluate_pipeline_writes_the_report(trained_stage2):
     assert table1["rows"][0]["label"] == "VLV captioner" and len(table1["columns"]) == 2
     ids = trained_stage2.load("eval_captions")["image_id"].tolist()
     assert trained_stage2.load("eval_set_ids")["image_ids"] == ids  # the set, written down
+    for title in ("Table 1", "Table 2: rated captions", "Table 3: caption-only VQA"):
+        assert title in html  # the report shows the three tables

@@ -37,7 +37,8 @@ STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.model td{font-weight:bold}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto}
+tr.model td{font-weight:bold}tr.paper td{color:#777}tr.reference td{font-style:italic}
+img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow:auto}
 """
 
 
@@ -95,8 +96,17 @@ def metrics_markdown(metrics: dict) -> str:
 
 
 def build_report(
-    metrics: dict, grid_png: str, loss_pngs: dict[str, str], parameters: dict, notes: list[str]
+    metrics: dict,
+    grid_png: str,
+    loss_pngs: dict[str, str],
+    parameters: dict,
+    notes: list[str],
+    tables: list[dict] | None = None,
 ) -> str:
+    """The page. ``tables``: the paper's Tables 1-3 as ``PaperTable.to_dict()`` (in order),
+    shown after the reconstructions in the paper's layout, the paper's numbers marked."""
+    from vlv_pipeline.metrics.tables import PaperTable, table_html
+
     recon_labels = {k: v.get("what", k) for k, v in metrics.get("reconstruction", {}).items()}
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>VLV evaluation report</title>",
@@ -112,6 +122,11 @@ def build_report(
             metrics.get("reconstruction", {}), RECONSTRUCTION_COLUMNS, recon_labels, "from_caption"
         ),
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
+    ]
+    if tables:
+        parts.append("<h2>The paper's tables, measured in this run</h2>")
+        parts += [table_html(PaperTable.from_dict(t)) for t in tables]
+    parts += [
         "<h2>Originals and reconstructions</h2>",
         f"<img src='{grid_png}' alt='original | from embeddings | from caption'>",
         "<h2>Training</h2>",

@@ -6,6 +6,7 @@ import pytest
 import torch
 from stage2_factory import trained_captioners
 
+from vlv_pipeline.metrics.tables import PaperTable, Row
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.pipelines.evaluate import nodes
@@ -64,6 +65,16 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
     assert report.startswith("<!doctype html>") and "VLV captioner" in report
     assert "without stage 1" in report and "upper bound" in report and "Frechet (probe)" in report
     assert report.count("data:image/png;base64,") == 3  # grid, stage-1 and stage-2 curves
+    assert "The paper's tables" not in report  # none handed over: no section
+    table = PaperTable(
+        "table2",
+        "Table 2: rated captions",
+        [("judge", "judge")],
+        [Row("VLV", {"judge": 5.5}, "model"), Row("VLV", {"judge": 5.18}, "paper")],
+    )
+    with_tables = nodes.write_report(metrics, grid, log, log, baseline_log, {}, table.to_dict())
+    assert "The paper's tables, measured in this run" in with_tables
+    assert '<tr class="paper"><td>VLV (paper)</td><td class="num">5.18</td>' in with_tables
     preview = nodes.plot_report_preview(metrics, grid)
     texts = {t.get_text() for ax in preview.axes for t in ax.texts} | {
         c.get_text().get_text()

@@ -715,8 +715,10 @@ def write_report(
     stage2_log: dict,
     stage2_baseline_log: dict,
     parameters: dict,
+    *tables: dict,
 ) -> str:
-    """The HTML report: tables with the baselines beside the model, grid, loss curves, params."""
+    """The HTML report: tables with the baselines beside the model, the paper's Tables 1-3
+    (``tables``: ``PaperTable.to_dict()`` each, in order), grid, loss curves, params."""
     import matplotlib.pyplot as plt
 
     from vlv_pipeline.metrics.plots import loss_curves
@@ -740,7 +742,7 @@ def write_report(
         "exact scene: a caption (or the probe's reading of a render) names exactly the "
         "original's objects with their position, shape, colour and size."
     )
-    return build_report(metrics, figure_png(grid), losses, parameters, notes)
+    return build_report(metrics, figure_png(grid), losses, parameters, notes, list(tables))
 
 
 def plot_report_preview(metrics: dict, grid):
