@@ -119,7 +119,10 @@ def screen_images(
         setting = SOURCE_SETTING.get(pipeline)
         named = f" ({setting})" if setting else ""
         screened_by = (
-            "" if pipeline == "ingest" else "; images are screened with the ingest.* parameters"
+            ""
+            if pipeline == "ingest"
+            else "; images are screened with the ingest.* parameters (caption.min_side and "
+            "caption.max_aspect_ratio replace ingest's)"
         )
         raise NoImagesKeptError(
             f"{pipeline} kept no images from {source.kind} source {source.path!r}{named}: "

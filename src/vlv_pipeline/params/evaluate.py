@@ -187,3 +187,11 @@ class CaptionParams(StrictModel):
     # the official inference's clean-up: cut after the last full stop, drop repeated
     # sentences. Off by default: it hides a model that never learned to stop
     postprocess: bool = False
+    # what an image to caption must be. Ingest's safety limits apply (params:ingest: bytes,
+    # pixels, links, paths); its curation of training data does not (an environment's
+    # ingest.min_side / max_aspect_ratio / watermark_below, e.g. conf/paper's 512 px, 0.5-2
+    # and pwatermark < 0.5): these two replace ingest's first two for captioning
+    min_side: int = Field(8, gt=0, description="shorter sides below this are too_small")
+    max_aspect_ratio: float = Field(
+        4.0, ge=1.0, allow_inf_nan=False, description="long side / short side above: rejected"
+    )

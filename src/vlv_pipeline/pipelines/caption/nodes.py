@@ -34,8 +34,16 @@ COLUMNS = ["file", "image_id", "caption", "rejected", "detail"]
 REJECTED_KEY = "rejected"  # in the JSON: {file: "reason: detail"} of files not captioned
 
 
-def screen_user_images(images: ImageSource, ingest: IngestParams) -> pd.DataFrame:
-    """Every user image's verdict, exactly as ingest screens a source (``params:ingest``)."""
+def screen_user_images(
+    images: ImageSource, ingest: IngestParams, params: CaptionParams | None = None
+) -> pd.DataFrame:
+    """Every user image's verdict, as ingest screens a source (``params:ingest``: the file,
+    pixel, link and path limits), with the caption block's own size and aspect-ratio limits
+    instead of the training data's (``caption.min_side``, ``caption.max_aspect_ratio``); no
+    watermark filter."""
+    if params is not None:
+        limits = {"min_side": params.min_side, "max_aspect_ratio": params.max_aspect_ratio}
+        ingest = ingest.model_copy(update=limits)
     return screen_images(images, ingest, pipeline="caption")
 
 

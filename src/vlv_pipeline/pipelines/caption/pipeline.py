@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(nodes.open_user_images, "params:caption", "user_images", name="open_user_images"),
             Node(
                 nodes.screen_user_images,
-                ["user_images", "params:ingest"],
+                ["user_images", "params:ingest", "params:caption"],
                 "user_images_screened",
                 name="screen_user_images",
             ),
