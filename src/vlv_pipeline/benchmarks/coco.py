@@ -6,6 +6,9 @@
 
 ``read_coco_captions`` loads and validates the JSON (a missing file, bad JSON, a missing key,
 a caption naming an image the file does not list: each an error naming the file and the key).
+It is the one reader of COCO's captions files: the evaluation set's (``captions_val2014.json``)
+and Table 3's few-shot examples' (``captions_train2014.json``, through
+``benchmarks.vqa.load_coco_captions``, which needs no ``images`` list).
 ``sample_ids`` draws a seeded sample of the images that have captions: the same file, size
 and seed give the same images, so a rerun and every captioner see them, and a larger sample
 holds every smaller one. The ids are written down (the catalog's ``eval_set_ids``, see
@@ -70,11 +73,18 @@ def _fail(path: Path, where: str, problem: str) -> InputError:
     return InputError(f"{path}: {where} {problem} (is it COCO's captions_*.json?)")
 
 
-def read_coco_captions(path: str | os.PathLike) -> CocoCaptions:
-    """The captions annotation file at ``path``, validated (see the module docstring)."""
+def read_coco_captions(
+    path: str | os.PathLike, *, need_images: bool = True, hint: str = DOWNLOAD_HINT
+) -> CocoCaptions:
+    """The captions annotation file at ``path``, validated (see the module docstring).
+
+    ``need_images``: the file must list its ``images`` (an evaluation set reads their files);
+    without it, an ``images`` list is still checked when there, and otherwise each caption's
+    ``image_id`` need only be an integer (``files`` is then empty). ``hint``: what the
+    message for a missing file says to do."""
     path = Path(path)
     if not path.exists():
-        raise MissingInputError(f"no COCO captions file at {path}: {DOWNLOAD_HINT}")
+        raise MissingInputError(f"no COCO captions file at {path}: {hint}")
     data, refusal = read_file(path, ReadPolicy(max_bytes=MAX_ANNOTATION_BYTES, follow_links=True))
     if refusal is not None:
         raise InputError(f"{path}: not read ({refusal[0]}: {refusal[1]})")
@@ -84,12 +94,13 @@ def read_coco_captions(path: str | os.PathLike) -> CocoCaptions:
         raise InputError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(document, dict):
         raise _fail(path, "the top level", f"is a {type(document).__name__}, not an object")
-    for key in ("images", "annotations"):
+    listed = need_images or "images" in document
+    for key in ("images", "annotations") if listed else ("annotations",):
         if not isinstance(document.get(key), list):
             problem = "is missing" if key not in document else "is not a list"
             raise _fail(path, f"key {key!r}", problem)
     files: dict[int, str] = {}
-    for i, image in enumerate(document["images"]):
+    for i, image in enumerate(document["images"] if listed else ()):
         where = f"images[{i}]"
         if not isinstance(image, dict):
             raise _fail(path, where, "is not an object")
@@ -109,10 +120,14 @@ def read_coco_captions(path: str | os.PathLike) -> CocoCaptions:
         image_id, caption = note.get("image_id"), note.get("caption")
         if not isinstance(caption, str):
             raise _fail(path, f"{where}.caption", f"is {caption!r}, not a string")
-        if image_id not in files:
+        if listed and image_id not in files:
             raise _fail(path, f"{where}.image_id", f"{image_id!r} is not in `images`")
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise _fail(path, f"{where}.image_id", f"is {image_id!r}, not an integer")
         order = note.get("id", i)
-        found.setdefault(image_id, []).append((order if isinstance(order, int) else i, caption))
+        if not isinstance(order, int) or isinstance(order, bool):
+            raise _fail(path, f"{where}.id", f"is {order!r}, not an integer")
+        found.setdefault(image_id, []).append((order, caption))
     captions: dict[int, list[str]] = {}
     for image_id, items in found.items():
         texts = [c.strip() for _, c in sorted(items, key=lambda item: item[0])]

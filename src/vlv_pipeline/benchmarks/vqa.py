@@ -35,6 +35,12 @@ from vlv_pipeline.imaging.reading import ReadPolicy, read_file
 #: VQAv2's training annotations are the largest file read (a few hundred MB).
 MAX_FILE_BYTES = 1024**3
 
+TRAIN_CAPTIONS_HINT = (
+    "download COCO 2014's annotations (http://images.cocodataset.org/annotations/"
+    "annotations_trainval2014.zip holds captions_train2014.json; README: Reproduce the paper's "
+    "tables) or correct the path in conf (vqa.datasets[].train_captions)"
+)
+
 QUESTION_COLUMNS = [
     "dataset",
     "question_id",
@@ -234,17 +240,13 @@ def questions_for_images(
 
 
 def load_coco_captions(path: str | Path) -> dict[int, str]:
-    """COCO image id -> its first caption (lowest annotation ``id``) of a COCO captions file."""
-    path = Path(path)
-    entries = _entries(read_json(path, "COCO captions file"), "annotations", path, "captions file")
-    first: dict[int, tuple[int, str]] = {}
-    for i, e in enumerate(entries):
-        image = _field(e, i, "image_id", int, path, "annotations")
-        number = _field(e, i, "id", int, path, "annotations")
-        text = _field(e, i, "caption", str, path, "annotations")
-        if image not in first or number < first[image][0]:
-            first[image] = (number, " ".join(text.split()))
-    return {image: text for image, (_, text) in first.items()}
+    """COCO image id -> its first caption (lowest annotation ``id``), white space collapsed,
+    of a COCO captions file (``captions_train2014.json``), read and validated by the one COCO
+    reader (``benchmarks.coco.read_coco_captions``; an ``images`` list is not needed)."""
+    from vlv_pipeline.benchmarks.coco import read_coco_captions
+
+    coco = read_coco_captions(path, need_images=False, hint=TRAIN_CAPTIONS_HINT)
+    return {image: " ".join(texts[0].split()) for image, texts in coco.captions.items()}
 
 
 def draw_examples(
