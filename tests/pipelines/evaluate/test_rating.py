@@ -164,9 +164,9 @@ def test_the_raters_files_come_back_into_the_table(data_and_captions, tmp_path):
     table = PaperTable.from_dict(rating.rating_table(sample, judged, users, params))
     assert [r.label for r in table.rows] == [
         "VLV captioner",
-        "without stage 1",
-        "chance (another image's caption)",
-        "reference captions",
+        '"without stage 1"',
+        "chance (another image's reference caption)",
+        "reference captions (upper bound)",
         "VLV",
         "GPT-4o",
     ]
@@ -174,8 +174,8 @@ def test_the_raters_files_come_back_into_the_table(data_and_captions, tmp_path):
     assert vlv.kind == "model" and vlv.values == {"judge": 6.0, "users": 5.0}
     assert vlv.count == {"judge": 4, "users": 4}
     assert vlv.intervals["users"] == (5.0, 5.0)
-    assert table.row("without stage 1").values["users"] == 3.0
-    assert table.row("reference captions").kind == "reference"
+    assert table.row('"without stage 1"').values["users"] == 3.0
+    assert table.row("reference captions (upper bound)").kind == "reference"
     paper = [r for r in table.rows if r.kind == "paper"]
     assert [(r.label, r.values) for r in paper] == [
         ("VLV", {"judge": 5.18, "users": 5.17}),
@@ -197,7 +197,7 @@ def test_without_ratings_the_users_column_is_empty_and_says_how(data_and_caption
     table = PaperTable.from_dict(rating.rating_table(sample, judged, users, params))
     assert [c for c, _ in table.columns] == ["judge", "users"]
     assert table.row("VLV captioner").values["users"] is None
-    assert table.row("without stage 1").intervals["judge"][0] <= 5
+    assert table.row('"without stage 1"').intervals["judge"][0] <= 5
     notes = " ".join(table.notes)
     assert "no rating file given" in notes and "bootstrap" in notes and "seed 0" in notes
 

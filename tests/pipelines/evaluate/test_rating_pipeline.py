@@ -11,6 +11,7 @@ from rating_factory import WORLD, eval_set
 
 from vlv_pipeline.metrics.rating_page import page_items
 from vlv_pipeline.metrics.tables import PaperTable
+from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rating import RatingParams
 from vlv_pipeline.pipelines.evaluate import create_pipeline
 
@@ -43,12 +44,15 @@ def test_the_rating_nodes_run_on_the_projects_catalog(tmp_path):
     params = RatingParams(images=6)
     catalog["params:rating"] = MemoryDataset(params, copy_mode="assign")
     catalog["params:world"] = MemoryDataset(WORLD, copy_mode="assign")
+    evaluate = EvaluateParams(stage1_t2i="t2i", render_t2i="t2i")
+    catalog["params:evaluate"] = MemoryDataset(evaluate, copy_mode="assign")
     pipeline = create_pipeline().only_nodes(*NODES)
     assert pipeline.inputs() == {
         "eval_data",
         "eval_captions",
         "params:rating",
         "params:world",
+        "params:evaluate",  # the rows' labels, as Tables 1 and 3 name them
         "rating_credentials",
     }
     SequentialRunner().run(pipeline, catalog)
@@ -61,6 +65,6 @@ def test_the_rating_nodes_run_on_the_projects_catalog(tmp_path):
     assert catalog.load("rating_users").empty
     table = PaperTable.from_dict(catalog.load("eval_table2"))
     assert table.key == "table2" and table.row("VLV captioner").values["judge"] == 6.0
-    assert table.row("reference captions").count["judge"] == 6
+    assert table.row("reference captions (upper bound)").count["judge"] == 6
     versions = list((tmp_path / "data/08_reporting/eval_table2.json").iterdir())
     assert len(versions) == 1  # versioned, like every evaluate output

@@ -19,6 +19,7 @@ from kedro.runner import SequentialRunner
 
 from vlv_pipeline.captioners import CaptionerError
 from vlv_pipeline.metrics.tables import PaperTable, table_markdown
+from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.evaluate import vqa as nodes
@@ -75,6 +76,8 @@ def test_shapes_world_table_through_the_catalog(tmp_path):
     catalog.save("eval_captions", captions)
     catalog["params:vqa"] = MemoryDataset(params, copy_mode="assign")
     catalog["params:world"] = MemoryDataset(WORLD, copy_mode="assign")
+    evaluate = EvaluateParams(stage1_t2i="t2i", render_t2i="t2i")  # the rows' labels
+    catalog["params:evaluate"] = MemoryDataset(evaluate, copy_mode="assign")
     pipeline = create_pipeline().only_nodes(*VQA_NODES)
     SequentialRunner().run(pipeline, catalog)
 
@@ -95,16 +98,16 @@ def test_shapes_world_table_through_the_catalog(tmp_path):
         "overall",
     ]
     assert [r.label for r in table.rows][0] == "VLV captioner"  # the model's row first
-    vlv, reference = table.row("VLV captioner"), table.row("reference captions")
+    vlv, reference = table.row("VLV captioner"), table.row("reference captions (upper bound)")
     assert vlv.kind == "model" and reference.kind == "reference"
     assert vlv.values["overall"] == 100.0 and reference.values == vlv.values
     assert vlv.count["overall"] == len(questions)
-    chance = table.row("chance (another image's caption)")
+    chance = table.row("chance (another image's reference caption)")
     assert chance.values["overall"] < 80
     low, high = chance.intervals["overall"]
     assert low < chance.values["overall"] < high
     # a colour-blind captioner (red read as blue) loses colour answers, not counts
-    blind = table.row("without stage 1")
+    blind = table.row('"without stage 1"')
     assert blind.values["colour"] < 100 and blind.values["count"] == 100
     assert not [r for r in table.rows if r.kind == "paper"]
     assert "not an LLM" in table.notes[0] and "58.55" in table.notes[2]
@@ -347,7 +350,10 @@ def test_files_path_against_a_stub_llm(tmp_path, stub):
     assert table.columns == [("vqav2_0", "VQAv2 0-shot"), ("vqav2_4", "VQAv2 4-shot")]
     row = table.row("VLV captioner")
     assert row.values["vqav2_0"] == pytest.approx(100 * 5 / 6) and row.count["vqav2_0"] == 6
-    assert table.row("chance (another image's caption)").values["vqav2_0"] < row.values["vqav2_0"]
+    assert (
+        table.row("chance (another image's reference caption)").values["vqav2_0"]
+        < row.values["vqav2_0"]
+    )
     assert table.row("VLV").kind == "paper"
     assert table.row("VLV").values == {"vqav2_0": 58.55, "vqav2_4": 61.72}
     assert any("answers failed" in n for n in table.notes)

@@ -29,7 +29,12 @@ from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import render
-from vlv_pipeline.params.evaluate import EvalCaptionerRow, EvaluateParams
+from vlv_pipeline.params.evaluate import (
+    KIND_COLUMNS,
+    KIND_LABELS,
+    EvalCaptionerRow,
+    EvaluateParams,
+)
 from vlv_pipeline.training.data import ImagePixels
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
@@ -362,6 +367,31 @@ def _journaled_row(row: EvalCaptionerRow, captioner, data: EvalData, params) -> 
 
         raise CaptionerError(message)
     return [got[i] for i in data.image_ids]
+
+
+# eval_captions' fixed columns -> the kind of row that writes them; a kind -> its tables' kind
+_KIND_OF_COLUMN = {column: kind for kind, column in KIND_COLUMNS.items()}
+_TABLE_KIND = {"trained": "model", "reference": "reference"}
+
+
+def captioner_label(column: str, params: EvaluateParams | None = None) -> tuple[str, str]:
+    """``(label, kind)`` of an ``eval_captions`` column in Tables 1, 2 and 3, so the three
+    name each captioner alike: the label of its row of ``evaluate.captioners``
+    (``EvalCaptionerRow.title``), or, for a fixed column no row names (e.g. ``reference``,
+    which Tables 2 and 3 always rate), its kind's label; a COCO set's own captions, unless
+    labelled, are "COCO captions". ``kind``: ``model`` for the trained captioner (first and
+    bold in every table), ``reference`` for the reference captions, else ``baseline``.
+    ``params`` None: the default rows."""
+    row = params.row(column) if params is not None else None
+    kind = row.kind if row is not None else _KIND_OF_COLUMN.get(column)
+    if row is not None:
+        label = row.title
+    else:
+        label = KIND_LABELS.get(kind, column) if kind is not None else column
+    coco = params is not None and params.source == "coco"
+    if column == "reference" and coco and (row is None or not row.label):
+        label = "COCO captions"
+    return label, _TABLE_KIND.get(kind, "baseline")
 
 
 def caption_columns(captions: pd.DataFrame) -> list[str]:

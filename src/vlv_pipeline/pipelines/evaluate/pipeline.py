@@ -89,7 +89,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 vqa_nodes.vqa_table,
-                ["vqa_answers", "vqa_examples", "params:vqa"],
+                ["vqa_answers", "vqa_examples", "params:vqa", "params:evaluate"],
                 "eval_table3",
                 name="vqa_table",
             ),
@@ -142,7 +142,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 rating.rating_table,
-                ["rating_sample", "rating_judgements", "rating_users", "params:rating"],
+                [
+                    "rating_sample",
+                    "rating_judgements",
+                    "rating_users",
+                    "params:rating",
+                    "params:evaluate",
+                ],
                 "eval_table2",
                 name="rating_table",
             ),

@@ -29,21 +29,16 @@ from vlv_pipeline.metrics.rating_page import (
 )
 from vlv_pipeline.metrics.rubric import mean_interval, rubric_hash, rubric_score, true_scene
 from vlv_pipeline.metrics.tables import PaperTable, Row
+from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rating import RatingParams
 from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.pipelines.evaluate.nodes import captioner_label
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ["image_id", "index", "captioner", "caption"]
 JUDGEMENT_COLUMNS = ["image_id", "captioner", "status", "score", "answer"]
 USER_COLUMNS = ["image_id", "captioner", "score", "rater"]
-LABELS = {
-    "vlv": "VLV captioner",
-    "without_stage1": "without stage 1",
-    "chance": "chance (another image's caption)",
-    "reference": "reference captions",
-}
-KINDS = {"vlv": "model", "reference": "reference"}
 # The paper's Table 2 (arXiv 2507.07104 v2, section 4.2): 200 COCO 2014 val images, a VLM
 # judge (Gemini 2.0 Flash) and 3 human raters, 0-6. Qwen2.5-VL-7B's row is published too but
 # its numbers are not filled in here (see PAPER_NOTE).
@@ -280,6 +275,7 @@ def read_user_ratings(sample: pd.DataFrame, params: RatingParams) -> pd.DataFram
 
 
 def _order(names: list[str]) -> list[str]:
+    """The model's row (``vlv``) first, the reference captions last."""
     first = [n for n in names if n == "vlv"]
     last = [n for n in names if n == "reference"]
     return first + [n for n in names if n not in ("vlv", "reference")] + last
@@ -290,10 +286,12 @@ def rating_table(
     judgements: pd.DataFrame,
     users: pd.DataFrame,
     params: RatingParams,
+    evaluate: EvaluateParams | None = None,
 ) -> dict:
     """Table 2: per captioner, the judge's mean score and the users' (each caption's mean
     over the raters, then the mean over captions), each with its 95% interval and the number
-    of captions it averages; the paper's published numbers below. ``PaperTable.to_dict()``."""
+    of captions it averages; the paper's published numbers below. Rows are labelled as in
+    Tables 1 and 3, from ``evaluate.captioners`` (``captioner_label``). ``PaperTable.to_dict()``."""
     names = _order(list(dict.fromkeys(sample["captioner"])))
     images = sample["image_id"].nunique()
     rows, notes = [], []
@@ -315,9 +313,8 @@ def rating_table(
                 intervals["users"] = interval
         else:
             values["users"] = None
-        rows.append(
-            Row(LABELS.get(name, name), values, KINDS.get(name, "baseline"), intervals, count)
-        )
+        label, kind = captioner_label(name, evaluate)
+        rows.append(Row(label, values, kind, intervals, count))
     columns = [("judge", _judge_header(params))] if judged else []
     columns.append(("users", "users (0-6)"))
     notes.append(
@@ -326,7 +323,7 @@ def rating_table(
         + (" (the paper rates 200)" if images < 200 else "")
         + "."
     )
-    notes.append(_judge_note(params, judgements))
+    notes.append(_judge_note(params, judgements, evaluate))
     notes.append(_interval_note(params))
     if len(users):
         notes.append(
@@ -361,12 +358,14 @@ def _judge_header(params: RatingParams) -> str:
     return f"VLM judge: {params.vlm.model} (0-6)"
 
 
-def _judge_note(params: RatingParams, judgements: pd.DataFrame) -> str:
+def _judge_note(
+    params: RatingParams, judgements: pd.DataFrame, evaluate: EvaluateParams | None = None
+) -> str:
     if params.judge == "none":
         return "judge: none (rating.judge none)."
     counts = judgements.groupby(["captioner", "status"]).size().unstack(fill_value=0)
     tally = "; ".join(
-        f"{LABELS.get(name, name)}: "
+        f"{captioner_label(name, evaluate)[0]}: "
         + ", ".join(
             f"{int(row.get(s, 0))} {s}"
             for s in ("rated", "unparsed", "failed", "missing")

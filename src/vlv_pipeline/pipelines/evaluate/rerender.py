@@ -44,6 +44,7 @@ from vlv_pipeline.pipelines.evaluate.nodes import (
     _probe_reading,
     _Scores,
     caption_columns,
+    captioner_label,
     image_generators,
 )
 
@@ -79,22 +80,14 @@ def column_key(guidance: float) -> str:
 
 def _rows(captions: pd.DataFrame, params: EvaluateParams) -> list[tuple[str, str, str]]:
     """``(column, label, kind)`` of every captioner with a caption for every image, in the
-    order of ``evaluate.captioners`` (then any other column of ``eval_captions``)."""
+    order of ``evaluate.captioners`` (then any other column of ``eval_captions``), the model's
+    row first; labels as in Tables 2 and 3 (``captioner_label``)."""
     present = ["reference", *caption_columns(captions)]
     complete = [c for c in present if c in captions and not captions[c].isna().any()]
-    out = []
-    for column in [r.column for r in params.captioners if r.column in complete] + [
-        c for c in complete if params.row(c) is None
-    ]:
-        row = params.row(column)
-        label = row.title if row is not None else column
-        if column == "reference" and params.source == "coco" and (row is None or not row.label):
-            label = "COCO captions"
-        kind = {"trained": "model", "reference": "reference"}.get(
-            row.kind if row else "", "baseline"
-        )
-        out.append((column, label, kind))
-    return out
+    ordered = [r.column for r in params.captioners if r.column in complete]
+    ordered += [c for c in complete if params.row(c) is None]
+    out = [(column, *captioner_label(column, params)) for column in ordered]
+    return sorted(out, key=lambda row: row[2] != "model")  # the model's row first
 
 
 def _scheduler_of_reconstructions(params: EvaluateParams) -> str | None:

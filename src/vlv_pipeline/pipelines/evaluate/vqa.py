@@ -45,9 +45,10 @@ from vlv_pipeline.metrics.vqa import (
     bootstrap_interval,
     vqa_accuracy,
 )
+from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.pipelines.evaluate.nodes import EvalData
+from vlv_pipeline.pipelines.evaluate.nodes import EvalData, captioner_label
 from vlv_pipeline.world.questions import QUESTION_KINDS, CaptionAnswerer, caption_questions
 from vlv_pipeline.world.scene import Vocabulary
 
@@ -64,13 +65,6 @@ ANSWER_COLUMNS = [
     "accuracy",
     "status",
 ]
-LABELS = {
-    "vlv": "VLV captioner",
-    "without_stage1": "without stage 1",
-    "chance": "chance (another image's caption)",
-    "reference": "reference captions",
-}
-KINDS = {"vlv": "model", "reference": "reference"}
 KNOWN_DATASETS = {"vqav2": "VQAv2", "okvqa": "OK-VQA"}
 RETRY_FAILED = "`--params vqa.retry_failed=true`"
 _ANSWER_TYPES = {"count": "number", "presence": "yes/no"}
@@ -360,10 +354,16 @@ def _cell(frame: pd.DataFrame, seed: int, resamples: int) -> tuple[float, tuple,
     return 100 * float(values.mean()), (100 * low, 100 * high), len(values)
 
 
-def vqa_table(answers: pd.DataFrame, examples: dict, params: VQAParams) -> dict:
+def vqa_table(
+    answers: pd.DataFrame,
+    examples: dict,
+    params: VQAParams,
+    evaluate: EvaluateParams | None = None,
+) -> dict:
     """Table 3 (``PaperTable.to_dict()``): the mean VQA accuracy (%) of every captioner,
     with a 95% bootstrap interval over images, by question kind and overall (shapes) or by
-    dataset and shot count (files), beside the paper's published numbers (files)."""
+    dataset and shot count (files), beside the paper's published numbers (files). Rows are
+    labelled as in Tables 1 and 2, from ``evaluate.captioners`` (``captioner_label``)."""
     shapes = params.source == "shapes"
     if shapes:
         columns = [(kind, kind) for kind in QUESTION_KINDS] + [("overall", "overall")]
@@ -376,7 +376,8 @@ def vqa_table(answers: pd.DataFrame, examples: dict, params: VQAParams) -> dict:
     rows = []
     for captioner in answers["captioner"].unique():
         mine = answers[answers["captioner"] == captioner]
-        row = Row(LABELS.get(captioner, captioner), {}, KINDS.get(captioner, "baseline"))
+        label, kind = captioner_label(captioner, evaluate)
+        row = Row(label, {}, kind)
         cells = {}
         if shapes:
             for kind in QUESTION_KINDS:
