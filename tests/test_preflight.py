@@ -263,6 +263,149 @@ def test_caption_source_and_the_published_checkpoint(tmp_path):
     assert check_parameters({"import_published": {"checkpoint": str(weights)}}) == []
 
 
+def test_each_key_is_looked_for_in_its_own_credentials_entry():
+    """By catalog entry (as ``check`` passes them), a key for the judge or the answerer never
+    stands in for the captioner's; an openai row of Table 1 reads its own entry or the
+    captioner's, as its node does."""
+    block = {
+        "captioner": {"backend": "openai", "openai": {"base_url": "https://api.example.com/v1"}}
+    }
+    others = {
+        "captioner_credentials": {"api_key": None},
+        "rating_credentials": {"api_key": "judge-key"},
+        "vqa_credentials": {"api_key": "answerer-key"},
+    }
+    (finding,) = check_parameters({"synthesize": block}, credentials=others)
+    assert finding.what.startswith("synthesize.captioner.backend = openai")
+    keyed = {**others, "captioner_credentials": {"api_key": "k"}}
+    assert check_parameters({"synthesize": block}, credentials=keyed) == []
+    evaluate = {
+        "stage1_t2i": ".",
+        "render_t2i": ".",
+        "captioners": [
+            {"kind": "openai", "name": "gpt4o", "openai": {"base_url": "https://x.example/v1"}}
+        ],
+    }
+    (finding,) = check_parameters({"evaluate": evaluate}, credentials=others)
+    assert "eval_captioners: {gpt4o: {api_key: ...}}" in finding.fix
+    for given in (
+        {"eval_captioner_credentials": {"gpt4o": {"api_key": "k"}}},
+        {"captioner_credentials": {"api_key": "k"}},
+    ):
+        assert check_parameters({"evaluate": evaluate}, credentials={**others, **given}) == []
+    wrong_row = {**others, "eval_captioner_credentials": {"claude": {"api_key": "k"}}}
+    assert len(check_parameters({"evaluate": evaluate}, credentials=wrong_row)) == 1
+
+
+def _judge(base_url="https://generativelanguage.googleapis.com/v1beta/openai", judge="vlm"):
+    return {"judge": judge, "vlm": {"base_url": base_url, "model": "gemini-2.0-flash"}}
+
+
+def _vqa(folder, base_url="https://api.deepseek.com/v1", shots=(0, 4), write=True):
+    datasets = []
+    for name in ("vqav2", "okvqa"):
+        paths = {
+            key: str(folder / f"{name}_{key}.json")
+            for key in ("questions", "annotations", "train_questions", "train_annotations")
+        }
+        paths["train_captions"] = str(folder / "captions_train2014.json")
+        if write:
+            for path in paths.values():
+                Path(path).write_text("{}")
+        datasets.append({"name": name, **paths})
+    return {
+        "source": "files",
+        "shots": list(shots),
+        "datasets": datasets,
+        "answerer": {"base_url": base_url, "model": "deepseek-chat"},
+    }
+
+
+def test_the_vlm_judge_and_the_answering_llm_need_their_own_keys(tmp_path):
+    none = {"rating_credentials": {"api_key": None}, "vqa_credentials": {"api_key": None}}
+    blocks = {"rating": _judge(), "vqa": _vqa(tmp_path)}
+    assert [f.line() for f in check_parameters(blocks, credentials=none)] == [
+        "rating.judge = vlm (https://generativelanguage.googleapis.com/v1beta/openai): no "
+        "api_key in the credentials -> add `judge: {api_key: ...}` to "
+        "conf/local/credentials.yml (or run without the VLM judge: `--params rating.judge=none`)",
+        "vqa.answerer (https://api.deepseek.com/v1): no api_key in the credentials -> add "
+        "`answerer: {api_key: ...}` to conf/local/credentials.yml",
+    ]
+    # each key in its own entry: the judge's does not serve the answerer, nor the reverse
+    swapped = {"rating_credentials": {"api_key": None}, "vqa_credentials": {"api_key": "k"}}
+    (finding,) = check_parameters(blocks, credentials=swapped)
+    assert finding.what.startswith("rating.judge = vlm")
+    keyed = {"rating_credentials": {"api_key": "j"}, "vqa_credentials": {"api_key": "a"}}
+    assert check_parameters(blocks, credentials=keyed) == []
+    # a server on this machine needs no key; no VLM judge, no shapes questions: nothing
+    local = {
+        "rating": _judge("http://127.0.0.1:8011/v1"),
+        "vqa": _vqa(tmp_path, "http://localhost:8012/v1"),
+    }
+    assert check_parameters(local, credentials=none) == []
+    quiet = {"rating": _judge(judge="rubric"), "vqa": {"source": "shapes", "answerer": None}}
+    assert check_parameters(quiet, credentials=none) == []
+    assert check_parameters(blocks) == []  # a run that takes no credentials: not checked
+
+
+def test_table3s_files_must_be_there_before_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = "http://127.0.0.1:8011/v1"
+    vqa = _vqa(Path("vqa"), local, write=False)
+    lines = [f.line() for f in check_parameters({"vqa": vqa}, credentials={})]
+    # two datasets, five files each (shots > 0 need the examples); one COCO captions file
+    assert len(lines) == 2 * 5 - 1
+    assert lines[0] == (
+        "vqa.datasets[0].questions = vqa/vqav2_questions.json: not there -> download it "
+        "(https://visualqa.org/download.html; README: Reproduce the paper's tables) or correct "
+        "the path in conf (vqa.datasets[0].questions)"
+    )
+    assert "https://okvqa.allenai.org/download.html" in lines[5]
+    assert lines[4].startswith(
+        "vqa.datasets[0].train_captions, vqa.datasets[1].train_captions = "
+        "vqa/captions_train2014.json: not there -> download COCO 2014's annotations "
+        "(http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
+    )
+    zero_shot = [f.what for f in check_parameters({"vqa": {**vqa, "shots": [0]}})]
+    assert zero_shot == [
+        "vqa.datasets[0].questions = vqa/vqav2_questions.json",
+        "vqa.datasets[0].annotations = vqa/vqav2_annotations.json",
+        "vqa.datasets[1].questions = vqa/okvqa_questions.json",
+        "vqa.datasets[1].annotations = vqa/okvqa_annotations.json",
+    ]
+    (tmp_path / "vqa").mkdir()
+    assert check_parameters({"vqa": _vqa(Path("vqa"), local)}) == []
+
+
+def test_the_hook_checks_each_credentials_entry_it_hands_a_node(tmp_path, monkeypatch):
+    """``check`` on a pipeline whose nodes take the judge's and the answerer's credentials:
+    one message lists every gap, each key found only in its own entry."""
+    monkeypatch.chdir(tmp_path)
+    catalog = DataCatalog(
+        datasets={
+            "params:rating": MemoryDataset(_judge()),
+            "params:vqa": MemoryDataset(_vqa(Path("vqa"), write=False)),
+            "rating_credentials": CredentialsDataset(credentials={}),
+            "vqa_credentials": CredentialsDataset(credentials={"api_key": "k"}),
+        }
+    )
+    pipeline = Pipeline(
+        [
+            Node(_f, ["params:rating", "rating_credentials"], "table2", name="judge"),
+            Node(_f, ["params:vqa", "vqa_credentials"], "table3", name="answer"),
+        ]
+    )
+    findings = check(pipeline, catalog, {}, "paper")
+    assert [f.what for f in findings][0] == (
+        "rating.judge = vlm (https://generativelanguage.googleapis.com/v1beta/openai)"
+    )
+    assert len(findings) == 1 + 9 and not any("vqa.answerer" in f.what for f in findings)
+    text = preflight.message(findings, "kedro run --env paper --pipeline evaluate", True)
+    assert text.startswith(
+        "`kedro run --env paper --pipeline evaluate` cannot start: 10 pieces are missing"
+    )
+
+
 # --------------------------------------------------------------------------- datasets
 
 

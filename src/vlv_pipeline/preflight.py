@@ -12,7 +12,12 @@ will need and cannot make itself:
   blocks the nodes take. An existing local directory passes; a hub id (``owner/name``) must
   be in the local Hugging Face cache (looked up on disk, never on the network); a local-looking
   path that does not exist is missing.
-- **credentials**: the ``openai`` caption backend needs ``captioner.api_key``.
+- **credentials**: each key in its own entry of ``conf/local/credentials.yml``: the
+  ``openai`` caption backend needs ``captioner.api_key``, Table 2's VLM judge
+  (``rating.judge: vlm``) ``judge.api_key``, Table 3's answering LLM (``vqa.source: files``)
+  ``answerer.api_key``; a server on this machine (127.0.0.1, localhost) needs none.
+- **Table 3's files** (``vqa.source: files``): every dataset's questions and annotations, and
+  for shots > 0 the training questions, annotations and COCO captions.
 - **the fid_clip judge**: torchmetrics with torch-fidelity, its Inception weights in the torch
   hub cache, and the CLIP model.
 - **caption.source** for the ``caption`` pipeline.
@@ -105,6 +110,19 @@ CONFIG_ONLY_BLOCKS = ("import_published",)
 # torch-fidelity's Inception weights, as torch.hub stores them (<hub dir>/checkpoints/).
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Each credentials entry a run may need (conf/local/credentials.yml) and the catalog entry
+# that hands it to its node (conf/base/catalog_*.yml: `credentials: <entry>`).
+CREDENTIALS_DATASETS = {
+    "captioner": "captioner_credentials",
+    "eval_captioners": "eval_captioner_credentials",
+    "judge": "rating_credentials",
+    "answerer": "vqa_credentials",
+}
+# Where a user downloads Table 3's files (vqa.datasets[].name -> page).
+VQA_DOWNLOADS = {
+    "vqav2": "https://visualqa.org/download.html",
+    "okvqa": "https://okvqa.allenai.org/download.html",
+}
 
 
 # --------------------------------------------------------------------------- findings
@@ -506,8 +524,10 @@ def check_parameters(
 ) -> list[Finding]:
     """What the ``params:`` blocks a run uses name: models, credentials, the judge, sources.
 
-    ``blocks`` maps a block's name (``stage1``) to its value; ``credentials`` are the values
-    of the run's credentials datasets (None: the run takes none)."""
+    ``blocks`` maps a block's name (``stage1``) to its value; ``credentials`` maps the run's
+    credentials datasets (``CREDENTIALS_DATASETS``' values) to their values, so each key is
+    looked for in its own entry (a plain list: values whose entries are not known, any of
+    which may hold a key); None: the run takes none."""
     blocks = {name: _plain(value) for name, value in blocks.items()}
     refs: list[Reference] = []
     for name, value in blocks.items():
@@ -518,15 +538,49 @@ def check_parameters(
     for name, value in blocks.items():
         findings += _check_captioner_key(name, value, credentials)
         findings += _check_evaluate_inputs(name, value, credentials)
+        findings += _check_rating_judge(name, value, credentials)
+        findings += _check_vqa_inputs(name, value, credentials)
         findings += _check_judge(name, value)
         findings += _check_caption_source(name, value, env)
         findings += _check_published_checkpoint(name, value, env)
     return findings
 
 
-def _check_captioner_key(
-    block: str, value: Any, credentials: Iterable[Mapping[str, Any]] | None
-) -> list[Finding]:
+Credentials = Mapping[str, Mapping[str, Any]] | Iterable[Mapping[str, Any]] | None
+
+
+def _loopback(url: str) -> bool:
+    """``url`` is a server on this machine: it needs no key."""
+    from urllib.parse import urlparse
+
+    return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
+
+
+def _key_given(credentials: Credentials, entry: str, row: str | None = None) -> bool | None:
+    """Whether the credentials hold the key a node reads from ``entry``
+    (``<entry>.api_key``; with ``row``, ``<entry>.<row>.api_key``); None when the run takes
+    no such entry. A plain list (entries unknown) answers whether any value holds a key."""
+    if credentials is None:
+        return None
+    if isinstance(credentials, Mapping):
+        dataset = CREDENTIALS_DATASETS[entry]
+        if dataset not in credentials:
+            return None
+        values = [credentials[dataset]]
+    else:
+        values = list(credentials)
+    for value in values:
+        value = value or {}
+        if row is not None and not isinstance(credentials, Mapping) and value.get("api_key"):
+            return True  # a list's values may be the shared entry (captioner:)
+        if row is not None:
+            value = value.get(row) or {}
+        if isinstance(value, Mapping) and value.get("api_key"):
+            return True
+    return False
+
+
+def _check_captioner_key(block: str, value: Any, credentials: Credentials) -> list[Finding]:
     """The ``openai`` backend needs ``captioner.api_key`` (a local, loopback server may not)."""
     captioner = value.get("captioner") if isinstance(value, Mapping) else None
     if credentials is None or not isinstance(captioner, Mapping):
@@ -534,11 +588,7 @@ def _check_captioner_key(
     if captioner.get("backend") != "openai":
         return []
     base_url = str((captioner.get("openai") or {}).get("base_url") or "")
-    from urllib.parse import urlparse
-
-    if (urlparse(base_url).hostname or "") in LOOPBACK_HOSTS:
-        return []
-    if any((c or {}).get("api_key") for c in credentials):
+    if _loopback(base_url) or _key_given(credentials, "captioner") in (None, True):
         return []
     return [
         Finding(
@@ -571,9 +621,7 @@ def evaluate_row_references(block: str, value: Any) -> list[Reference]:
     ]
 
 
-def _check_evaluate_inputs(
-    block: str, value: Any, credentials: Iterable[Mapping[str, Any]] | None
-) -> list[Finding]:
+def _check_evaluate_inputs(block: str, value: Any, credentials: Credentials) -> list[Finding]:
     """What the evaluation set and Table 1's rows need that no pipeline makes: the COCO files
     (``source: coco``), a caption file for a ``file`` row, an API key for an ``openai`` row
     (a loopback server may go without). The published captioner is a dataset (``_unread``)."""
@@ -590,8 +638,6 @@ def _check_evaluate_inputs(
                 findings.append(Finding(f"{block}.coco.{key} = {path}", "not there", DOWNLOAD_HINT))
     if block != "evaluate":
         return findings  # a study's slice reads the set, never the rows
-    from urllib.parse import urlparse
-
     for i, row in enumerate(_evaluate_rows(value)):
         where = f"{block}.captioners[{i}]"
         if row.get("optional"):
@@ -608,13 +654,11 @@ def _check_evaluate_inputs(
             )
         if row.get("kind") == "openai" and credentials is not None:
             base_url = str((row.get("openai") or {}).get("base_url") or "")
-            name = row.get("name")
-            if (urlparse(base_url).hostname or "") in LOOPBACK_HOSTS:
-                continue
-            if any(
-                (c or {}).get("api_key") or ((c or {}).get(name) or {}).get("api_key")
-                for c in credentials
-            ):
+            name = str(row.get("name"))
+            # the node's order: eval_captioners.<name>.api_key, else captioner.api_key
+            given = {_key_given(credentials, "eval_captioners", name)}
+            given.add(_key_given(credentials, "captioner"))
+            if _loopback(base_url) or True in given or given == {None}:
                 continue
             findings.append(
                 Finding(
@@ -625,6 +669,70 @@ def _check_evaluate_inputs(
                     "`optional: true`",
                 )
             )
+    return findings
+
+
+def _check_rating_judge(block: str, value: Any, credentials: Credentials) -> list[Finding]:
+    """Table 2's VLM judge (``rating.judge: vlm``) needs ``judge.api_key``, unless its
+    server is on this machine."""
+    if block != "rating" or not isinstance(value, Mapping) or value.get("judge") != "vlm":
+        return []
+    base_url = str((value.get("vlm") or {}).get("base_url") or "")
+    if _loopback(base_url) or _key_given(credentials, "judge") in (None, True):
+        return []
+    return [
+        Finding(
+            f"rating.judge = vlm ({base_url})",
+            "no api_key in the credentials",
+            "add `judge: {api_key: ...}` to conf/local/credentials.yml (or run without the VLM "
+            "judge: `--params rating.judge=none`)",
+        )
+    ]
+
+
+def _check_vqa_inputs(block: str, value: Any, credentials: Credentials) -> list[Finding]:
+    """Table 3 from the official files (``vqa.source: files``): every dataset's questions and
+    annotations there, and, for shots > 0, its training questions, annotations and COCO
+    captions (the examples); the answering LLM's ``answerer.api_key``, unless its server is
+    on this machine."""
+    if block != "vqa" or not isinstance(value, Mapping) or value.get("source") != "files":
+        return []
+    from vlv_pipeline.benchmarks.vqa import TRAIN_CAPTIONS_HINT
+
+    keys = ["questions", "annotations"]
+    if max(value.get("shots") or [0]) > 0:
+        keys += ["train_questions", "train_annotations", "train_captions"]
+    missing: dict[str, tuple[list[str], str]] = {}  # one finding per file, naming each key
+    for i, dataset in enumerate(value.get("datasets") or []):
+        dataset = _plain(dataset)
+        if not isinstance(dataset, Mapping):
+            continue
+        name = str(dataset.get("name"))
+        page = VQA_DOWNLOADS.get(name, "the dataset's site")
+        for key in keys:
+            path = dataset.get(key)
+            if path and Path(str(path)).expanduser().is_file():
+                continue
+            fix = (
+                TRAIN_CAPTIONS_HINT
+                if key == "train_captions"
+                else f"download it ({page}; README: Reproduce the paper's tables) or correct "
+                f"the path in conf (vqa.datasets[{i}].{key})"
+            )
+            missing.setdefault(str(path), ([], fix))[0].append(f"vqa.datasets[{i}].{key}")
+    findings = [
+        Finding(f"{_keys(named)} = {path}", "not there", fix)
+        for path, (named, fix) in missing.items()
+    ]
+    base_url = str((value.get("answerer") or {}).get("base_url") or "")
+    if base_url and not _loopback(base_url) and _key_given(credentials, "answerer") is False:
+        findings.append(
+            Finding(
+                f"vqa.answerer ({base_url})",
+                "no api_key in the credentials",
+                "add `answerer: {api_key: ...}` to conf/local/credentials.yml",
+            )
+        )
     return findings
 
 
@@ -852,11 +960,11 @@ def check(
         if dataset is not None:
             blocks[name.removeprefix("params:")] = dataset.load()
     findings = check_datasets(pipeline, catalog, producers, env, blocks)
-    credentials = [
-        ds.load()
+    credentials = {  # by catalog entry: each key is looked for where its node reads it
+        name: ds.load()
         for name in sorted(inputs)
         if isinstance(ds := _dataset(catalog, name), CredentialsDataset)
-    ]
+    }
     written = written_locations(pipeline, catalog)
     findings += check_parameters(blocks, producers, env, written, credentials or None)
     findings += check_provenance(pipeline, catalog, producers, env, blocks, provenance)
