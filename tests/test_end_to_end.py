@@ -1,18 +1,22 @@
-"""`kedro run` of the whole default chain in a tiny copy of the project, then the notebook on it.
+"""`kedro run` of the whole default chain in a tiny copy of the project, then the notebook on it;
+the rehearsal environment's paper path, and the paper's Tables 1-3 measured in it.
 
 Slow (about a minute): a scaled-down world (80 images), two steps of every training, two
-sampling steps. It proves the pipelines connect through the real catalog (every dataset
-persisted and reloaded), that the run announces its report, and that the results notebook
-runs against what the run wrote.
+sampling steps, Table 1 at two guidance values (the first the evaluation's own renders). It
+proves the pipelines connect through the real catalog (every dataset persisted and reloaded),
+that the run announces its report, and that the results notebook runs against what the run
+wrote. The rehearsal's tests share one `make rehearsal` run (trained once).
 """
 
 import os
 import shutil
 import subprocess
 import sys
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
+from openai_stub import OpenAIStub
 
 ROOT = Path(__file__).resolve().parents[1]
 KEDRO = str(Path(sys.executable).with_name("kedro"))
@@ -31,6 +35,9 @@ evaluate:
   images: 8
   grid_images: 4
   sampling: {steps: 2, batch_size: 8}
+rerender: {guidance: [1.0, 2.0], steps: 2, images: null, batch_size: 8}  # guidance 1: reused
+rating: {images: 8}
+vqa: {max_questions: 20}
 """
 
 
@@ -186,8 +193,42 @@ def test_the_study_runs_at_a_token_size_after_the_default_run(tiny_run):
     assert pairs[1] <= pairs[3] <= pairs[10] <= pairs[30]
 
 
+OFFLINE = {"KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _offline_env() -> dict[str, str]:
+    """The environment of an offline run: no telemetry, no hub, no proxy for 127.0.0.1."""
+    env = {**os.environ, **OFFLINE, "NO_PROXY": "127.0.0.1,localhost"}
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        env.pop(name, None)
+    return env
+
+
+def _rehearse(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    run = subprocess.run(
+        [KEDRO, "run", "--env", "rehearsal", *args],
+        cwd=project,
+        env=_offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def rehearsal_run(tmp_path_factory):
+    """`make rehearsal`'s two commands in a copy of the project (trained once, for every
+    rehearsal test below)."""
+    project = copy_project(tmp_path_factory.mktemp("rehearsal") / "project")
+    for args in (["--pipelines", "world,rehearsal"], ["--pipeline", "vlv"]):
+        _rehearse(project, *args)
+    return project
+
+
 @pytest.mark.slow
-def test_the_rehearsal_environment_runs_the_paper_path_offline(tmp_path):
+def test_the_rehearsal_environment_runs_the_paper_path_offline(rehearsal_run):
     """`make rehearsal`'s two commands in a copy of the project: the world as img2dataset
     shards at 384 px, the paper's model classes built tiny, every stage of `vlv`, nothing
     downloaded, everything under data/rehearsal/."""
@@ -195,23 +236,7 @@ def test_the_rehearsal_environment_runs_the_paper_path_offline(tmp_path):
 
     import pandas as pd
 
-    project = copy_project(tmp_path / "project")
-    env = {
-        **os.environ,
-        "KEDRO_DISABLE_TELEMETRY": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    for args in (["--pipelines", "world,rehearsal"], ["--pipeline", "vlv"]):
-        run = subprocess.run(
-            [KEDRO, "run", "--env", "rehearsal", *args],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    project = rehearsal_run
     data = project / "data"
     assert [p.name for p in data.iterdir()] == ["rehearsal"]  # the default run's data untouched
     shards = sorted((data / "rehearsal/01_raw/shards").glob("*.tar"))
@@ -227,3 +252,290 @@ def test_the_rehearsal_environment_runs_the_paper_path_offline(tmp_path):
     )
     assert metrics["judge"] == "pixels" and metrics["images"] >= 2
     assert "psnr" in metrics["reconstruction"]["from_caption"]
+
+
+# ------------------------------------------------ the paper's Tables 1-3 in the rehearsal
+
+JUDGE_KEY, ANSWERER_KEY = "sk-judge-REHEARSAL-0123", "sk-answerer-REHEARSAL-4567"
+VAL_IMAGES, TRAIN_IMAGES = 12, 8  # conf/rehearsal samples 8 of the 12 (evaluate.coco.sample)
+
+
+def _world_images(project: Path, count: int) -> list[tuple[object, str]]:
+    """The first ``count`` images of the rehearsal's own shards with their captions (the
+    world's, so the rehearsal's captioners caption what they were trained on)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    found = []
+    for shard in sorted((project / "data/rehearsal/01_raw/shards").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            for name in sorted(n for n in members if n.endswith(".jpg")):
+                text = tar.extractfile(members[name[:-4] + ".txt"]).read().decode().strip()
+                image = Image.open(io.BytesIO(tar.extractfile(members[name]).read()))
+                found.append((image.convert("RGB"), text))
+                if len(found) == count:
+                    return found
+    raise AssertionError(f"the shards hold fewer than {count} images")
+
+
+def _write_json(path: Path, value) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def _write_vqa(folder: Path, split: str, items) -> None:
+    """The official VQA layout: ``items`` are (question_id, COCO image id, question, ten
+    answers) -> questions_<split>.json and annotations_<split>.json."""
+    _write_json(
+        folder / f"questions_{split}.json",
+        {"questions": [{"question_id": q, "image_id": i, "question": t} for q, i, t, _ in items]},
+    )
+    _write_json(
+        folder / f"annotations_{split}.json",
+        {
+            "annotations": [
+                {
+                    "question_id": q,
+                    "image_id": i,
+                    "question_type": "what",
+                    "answer_type": "other",
+                    "multiple_choice_answer": answers[0],
+                    "answers": [{"answer": a, "answer_id": n + 1} for n, a in enumerate(answers)],
+                }
+                for q, i, _, answers in items
+            ]
+        },
+    )
+
+
+def _write_paper_inputs(project: Path) -> list[str]:
+    """A tiny COCO-format set of the rehearsal's world images (ids 1..12, the world's caption
+    first), COCO-format captions of 8 training images (ids 1001..), and VQAv2 / OK-VQA files
+    in the official layout with the shapes world's questions about them (two per image;
+    OK-VQA's drawn with another seed), where conf/rehearsal looks for them. Returns the val
+    images' reference captions."""
+    from vlv_pipeline.benchmarks.coco import write_coco_set
+    from vlv_pipeline.params.world import WorldParams
+    from vlv_pipeline.world import Vocabulary
+    from vlv_pipeline.world.questions import caption_questions
+
+    raw = project / "data/rehearsal/01_raw"
+    world = _world_images(project, VAL_IMAGES + TRAIN_IMAGES)
+    val, train = world[:VAL_IMAGES], world[VAL_IMAGES:]
+    write_coco_set(raw / "coco", [(image, [text, f"{text}, seen again"]) for image, text in val])
+    _write_json(
+        raw / "coco/annotations/captions_train2014.json",
+        {
+            "images": [
+                {"id": 1001 + k, "file_name": f"COCO_train2014_{1001 + k:012d}.jpg"}
+                for k in range(len(train))
+            ],
+            "annotations": [
+                {"id": 1 + k, "image_id": 1001 + k, "caption": text}
+                for k, (_, text) in enumerate(train)
+            ],
+        },
+    )
+    vocab = Vocabulary.from_params(WorldParams())
+    for folder, seed in (("vqa", 0), ("okvqa", 1)):
+        for split, captions, first_id in (("val2014", val, 1), ("train2014", train, 1001)):
+            asked = caption_questions([text for _, text in captions], vocab, seed)
+            per_image = 2 if split == "val2014" else 1
+            items = [
+                (100 * (first_id + index) + n, first_id + index, q.text, list(q.answers))
+                for index in range(len(captions))
+                for n, q in enumerate([q for i, q in asked if i == index][:per_image])
+            ]
+            _write_vqa(raw / folder, split, items)
+    return [text for _, text in val]
+
+
+def _stub_rule(body: dict) -> str:
+    """The stub's rule: the rating judge (an image beside the rubric) scores 6 a caption the
+    world's parser reads whole and 1 anything else, in the format it is asked for; the
+    answering LLM (text only) answers the last question from the last description with the
+    world's caption answerer."""
+    import re
+
+    from vlv_pipeline.params.world import WorldParams
+    from vlv_pipeline.world import Vocabulary
+    from vlv_pipeline.world.questions import CaptionAnswerer
+    from vlv_pipeline.world.scene import CaptionParser
+
+    vocab = Vocabulary.from_params(WorldParams())
+    content = body["messages"][0]["content"]
+    if isinstance(content, list):  # the judge: the rubric and the caption, then the image
+        caption = re.search(r'Caption:\n"""\n(.*)\n"""', content[0]["text"], re.S).group(1)
+        parsed = CaptionParser(vocab).parse(caption)
+        score = 6 if parsed.objects and parsed.complete else 1
+        return f"The caption names {len(parsed.objects)} objects.\nScore: {score}"
+    block = content.rsplit("\n\n", 1)[-1]
+    description = re.search(r"Description: (.*)\n", block).group(1)
+    question = re.search(r"Question: (.*)\n", block).group(1)
+    return CaptionAnswerer(vocab).answer(question, description)
+
+
+def _tables(project: Path) -> dict[str, dict]:
+    """The latest version of each of Tables 1-3 (and Table 1's companion), as written."""
+    import json
+
+    reporting = project / "data/rehearsal/08_reporting"
+    return {
+        name: json.loads(sorted((reporting / f"{name}.json").glob("*/*.json"))[-1].read_text())
+        for name in ("eval_table1", "eval_table1_companion", "eval_table2", "eval_table3")
+    }
+
+
+@pytest.mark.slow
+def test_the_rehearsal_measures_the_papers_three_tables_offline(rehearsal_run):
+    """issue 27's first "done when": `kedro run --env rehearsal --pipeline evaluate` with a
+    tiny COCO-format set (the rehearsal's world images), tiny VQAv2 / OK-VQA files and one
+    stub OpenAI-compatible server on 127.0.0.1 for the rating judge and the answering LLM
+    (each with its own key from the credentials) writes Tables 1, 2 and 3, and the report shows
+    them in the paper's layout beside the paper's numbers; a second run finds every answer in
+    the journals and asks the stub nothing."""
+    import json
+
+    import pandas as pd
+
+    from vlv_pipeline.metrics.tables import PaperTable
+
+    project = rehearsal_run
+    references = _write_paper_inputs(project)
+    # the keys where `--env rehearsal` reads credentials: Kedro reads conf/local only as the
+    # default run env, so a run with --env reads conf/base and conf/<env> (the copy's own)
+    (project / "conf/rehearsal/credentials.yml").write_text(
+        f"judge: {{api_key: {JUDGE_KEY}}}\nanswerer: {{api_key: {ANSWERER_KEY}}}\n"
+    )
+    with OpenAIStub(_stub_rule) as stub:
+        switches = ",".join(
+            [
+                "evaluate.source=coco",
+                "vqa.source=files",
+                f"vqa.answerer.base_url={stub.base_url}",
+                "rating.judge=vlm",
+                f"rating.vlm.base_url={stub.base_url}",
+            ]
+        )
+        run = _rehearse(project, "--pipeline", "evaluate", "--params", switches)
+        first = list(stub.requests)
+        tables = _tables(project)
+        # a second run (the captions made again, the judge and the answerer asked again)
+        # finds every answer in its journal: the stub hears nothing
+        again = _rehearse(
+            project,
+            "--pipeline",
+            "evaluate",
+            "--params",
+            switches,
+            "--nodes",
+            "load_eval_data,caption_eval_images,sample_rating_items,judge_rating_items,"
+            "read_user_ratings,rating_table,select_vqa_questions,draw_vqa_examples,"
+            "answer_vqa_questions,vqa_table",
+        )
+        assert len(stub.requests) == len(first)
+    output = run.stdout + run.stderr + again.stdout + again.stderr
+    assert JUDGE_KEY not in output and ANSWERER_KEY not in output
+
+    data = project / "data/rehearsal"
+    ids = json.loads(
+        sorted((data / "07_model_output/eval_set_ids.json").glob("*/*.json"))[-1].read_text()
+    )
+    assert ids["source"] == "coco" and len(ids["image_ids"]) == 8  # evaluate.coco.sample
+
+    # the stub: the judge saw every (image, caption) of the rating sample once, with an image,
+    # its key and its model; the answerer every prompt once, text only, with its own key
+    judged = [(b, h) for b, h in first if isinstance(b["messages"][0]["content"], list)]
+    answered = [(b, h) for b, h in first if isinstance(b["messages"][0]["content"], str)]
+    sample = pd.read_parquet(sorted((data / "08_reporting/rating_sample.parquet").glob("*/*"))[-1])
+    rated = sample[sample["caption"].notna()]
+    assert len(judged) == len(set(zip(rated["image_id"], rated["caption"], strict=True)))
+    assert sample["image_id"].nunique() == 8 and set(sample["captioner"]) == {
+        "vlv",
+        "without_stage1",
+        "reference",
+        "chance",
+    }
+    for body, headers in judged:
+        assert body["model"] == "stub-judge"
+        assert headers["Authorization"] == f"Bearer {JUDGE_KEY}"
+        assert body["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/")
+    prompts = [b["messages"][0]["content"] for b, _ in answered]
+    assert prompts and len(set(prompts)) == len(prompts)  # every prompt asked once
+    assert all(h["Authorization"] == f"Bearer {ANSWERER_KEY}" for _, h in answered)
+    assert all(b["model"] == "stub" and b["temperature"] == 0.0 for b, _ in answered)
+    assert any(f"Description: {r}\nQuestion:" in p for r in references for p in prompts)
+    assert {p.count("Description:") for p in prompts} == {1, 5}  # 0 and 4 shots
+    journals = [
+        *(data / "07_model_output/rating_journal").glob("*.jsonl"),
+        *(data / "03_primary/vqa_journal").glob("answers-stub-*.jsonl"),
+    ]
+    assert len(journals) == 2
+    assert not any(k in j.read_text() for j in journals for k in (JUDGE_KEY, ANSWERER_KEY))
+
+    # the tables, one label per captioner, the trained captioner's row first
+    labels = [
+        "VLV captioner",
+        '"without stage 1"',
+        "COCO captions",
+        "chance (another image's reference caption)",
+    ]
+    table1 = PaperTable.from_dict(tables["eval_table1"])
+    assert [r.label for r in table1.rows] == labels and table1.rows[0].kind == "model"
+    assert [h for _, h in table1.columns] == ["guidance 1", "guidance 2"]
+    assert all(v is not None for r in table1.rows for v in r.values.values())
+    assert any("FID 11.47 / 6.64 / 8.56 / 9.90" in n for n in table1.notes)
+    table2 = PaperTable.from_dict(tables["eval_table2"])
+    assert [r.label for r in table2.rows] == [*labels[:2], labels[3], labels[2], "VLV", "GPT-4o"]
+    assert table2.columns[0] == ("judge", "VLM judge: stub-judge (0-6)")
+    assert table2.row("COCO captions").values["judge"] == 6.0  # the world's own captions
+    assert table2.row("COCO captions").count["judge"] == 8
+    table3 = PaperTable.from_dict(tables["eval_table3"])
+    assert [h for _, h in table3.columns] == [
+        "VQAv2 0-shot",
+        "VQAv2 4-shot",
+        "OK-VQA 0-shot",
+        "OK-VQA 4-shot",
+    ]
+    assert table3.rows[0].label == "VLV captioner" and table3.rows[0].kind == "model"
+    assert set(labels) <= {r.label for r in table3.rows}
+    coco = table3.row("COCO captions")  # the questions were made from these captions
+    assert all(v == 100.0 for v in coco.values.values()) and coco.count["vqav2_0"] == 16
+    assert table3.row("VLV").values == {
+        "vqav2_0": 58.55,
+        "vqav2_4": 61.72,
+        "okvqa_0": 45.31,
+        "okvqa_4": 54.10,
+    }
+    assert _tables(project)["eval_table3"]["rows"] == tables["eval_table3"]["rows"]  # rerun
+
+    # the report: the three tables in the paper's layout, the paper's rows marked as its own
+    report = sorted((data / "08_reporting/report.html").glob("*/report.html"))[-1].read_text()
+    sections = {
+        key: report[report.index(f"<h3>{title}") :].split("</table>", 1)[0]
+        for key, title in (
+            ("table1", "Table 1: re-rendered captions (pixels judge)"),
+            ("table2", "Table 2: rated captions"),
+            ("table3", "Table 3: caption-only VQA"),
+        )
+    }
+    for key, section in sections.items():
+        first_row = section.split("</tr>", 2)[1]  # after the header
+        assert first_row.startswith('<tr class="model"><td>VLV captioner</td>'), key
+        for label in labels:
+            assert f"<td>{html_escape(label)}</td>" in section, (key, label)
+    assert '<tr class="paper"><td>VLV (paper)</td><td class="num">5.18</td>' in sections["table2"]
+    assert '<tr class="paper"><td>GPT-4o (paper)</td>' in sections["table2"]
+    assert (
+        '<tr class="paper"><td>VLV (paper)</td><td class="num">58.55</td><td class="num">61.72'
+        '</td><td class="num">45.31</td><td class="num">54.10</td></tr>'
+    ) in sections["table3"]
+    assert "the paper rates 200" in report  # Table 2's note: 8 images here
+    assert "At most 40 questions per dataset" in report  # Table 3's
+    assert html_escape("FID 11.47 / 6.64 / 8.56 / 9.90") in report  # Table 1's
+    assert JUDGE_KEY not in report and ANSWERER_KEY not in report
