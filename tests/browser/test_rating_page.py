@@ -117,9 +117,9 @@ def test_a_rater_scores_saves_and_the_pipeline_reads_the_file_back(browser, tmp_
     judged = rating.judge_rating_items(data, sample, params, WORLD, {})
     table = PaperTable.from_dict(rating.rating_table(sample, judged, users, params))
     assert table.row("VLV captioner").values["users"] == 6.0
-    assert table.row("reference captions").values["users"] == 5.0
-    assert table.row("without stage 1").values["users"] == 3.0
-    assert table.row("chance (another image's caption)").values["users"] == 0.0
+    assert table.row("reference captions (upper bound)").values["users"] == 5.0
+    assert table.row('"without stage 1"').values["users"] == 3.0
+    assert table.row("chance (another image's reference caption)").values["users"] == 0.0
     assert table.row("VLV captioner").count["users"] == 3
 
     # a reload keeps the scores (the browser's local storage, keyed by the page's id)
