@@ -520,7 +520,7 @@ def check_parameters(
     producers: Producers | None = None,
     env: str | None = None,
     written: list[Path] | None = None,
-    credentials: Iterable[Mapping[str, Any]] | None = None,
+    credentials: Credentials = None,
 ) -> list[Finding]:
     """What the ``params:`` blocks a run uses name: models, credentials, the judge, sources.
 
