@@ -40,7 +40,8 @@ def project(tmp_path_factory):
     photos = root.parent / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(2):  # photo-sized (caption screens with caption.min_side, not ingest.min_side 512)
+    # photo-sized: caption screens with caption.min_side, not ingest.min_side 512
+    for i in range(2):
         pixels = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(photos / f"photo{i}.jpg")
     caches = tmp_path_factory.mktemp("caches")
