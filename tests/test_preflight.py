@@ -250,11 +250,17 @@ def test_caption_source_and_the_published_checkpoint(tmp_path):
     (finding,) = check_parameters({"caption": {"source": None, "kind": "folder"}}, env="paper")
     assert finding.line() == (
         "caption.source: not set -> `kedro run --env paper --pipeline caption --params "
-        "caption.source=PATH` (a folder of images)"
+        "caption.source=PATH` (a folder of images or one image file)"
     )
     (finding,) = check_parameters({"caption": {"source": str(tmp_path / "no"), "kind": "folder"}})
     assert finding.problem == "no folder of images there"
     assert check_parameters({"caption": {"source": str(tmp_path), "kind": "folder"}}) == []
+    (tmp_path / "photo.jpg").write_bytes(b"")  # one image file (issue 29)
+    for kind in ("folder", "file"):
+        source = {"source": str(tmp_path / "photo.jpg"), "kind": kind}
+        assert check_parameters({"caption": source}) == []
+    (finding,) = check_parameters({"caption": {"source": str(tmp_path), "kind": "file"}})
+    assert finding.problem == "no image file there"
     (finding,) = check_parameters({"import_published": {"checkpoint": None}}, env="paper")
     assert finding.what == "import_published.checkpoint" and finding.problem == "not set"
     assert f"hf download {preflight.PUBLISHED_REPO}" in finding.fix

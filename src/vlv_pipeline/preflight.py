@@ -20,7 +20,7 @@ will need and cannot make itself:
   for shots > 0 the training questions, annotations and COCO captions.
 - **the fid_clip judge**: torchmetrics with torch-fidelity, its Inception weights in the torch
   hub cache, and the CLIP model.
-- **caption.source** for the ``caption`` pipeline.
+- **caption.source** for the ``caption`` pipeline, **reconstruct.source** for ``reconstruct``.
 - **evaluate's set and rows**: the COCO files (``evaluate.source: coco``), and what Table 1's
   rows (``evaluate.captioners``) need: the published captioner (``import_published``), an
   api key for an ``openai`` row, a caption file, a local model; an ``optional`` row is not
@@ -765,23 +765,37 @@ def _check_judge(block: str, value: Any) -> list[Finding]:
     ]
 
 
+# The pipelines that read a user's images from their block's ``source`` (and ``kind``).
+SOURCE_BLOCKS = ("caption", "reconstruct")
+# what a source of each kind is, in a finding
+SOURCE_WHAT = {
+    "folder": "a folder of images or one image file",
+    "file": "an image file",
+    "parquet": "a parquet file of images",
+    "webdataset": "webdataset .tar shards",
+}
+
+
 def _check_caption_source(block: str, value: Any, env: str | None) -> list[Finding]:
-    """The ``caption`` pipeline's images: ``source`` set and there."""
-    if block != "caption" or not isinstance(value, Mapping) or "source" not in value:
+    """The ``caption`` and ``reconstruct`` pipelines' images: ``source`` set and there (a
+    folder, or for kind folder also one image file: ``sources.open_user_source``)."""
+    if block not in SOURCE_BLOCKS or not isinstance(value, Mapping) or "source" not in value:
         return []
     source, kind = value.get("source"), value.get("kind") or "folder"
-    fix = f"`{run_command(env, 'caption', '--params caption.source=PATH')}`"
+    fix = f"`{run_command(env, block, f'--params {block}.source=PATH')}`"
+    what = SOURCE_WHAT.get(kind, f"a {kind} of images")
     if not source:
-        return [Finding("caption.source", "not set", fix + f" (a {kind} of images)")]
+        return [Finding(f"{block}.source", "not set", fix + f" ({what})")]
     try:
-        from vlv_pipeline.imaging.sources import open_source
+        from vlv_pipeline.imaging.sources import open_user_source
 
-        there = open_source(kind, str(source)).exists()
+        there = open_user_source(kind, str(source)).exists()
     except Exception:  # noqa: BLE001 - a bad kind/path: the node says exactly what
         there = Path(str(source)).exists()
     if there:
         return []
-    return [Finding(f"caption.source = {source}", f"no {kind} of images there", fix)]
+    missing = "no image file there" if kind == "file" else f"no {kind} of images there"
+    return [Finding(f"{block}.source = {source}", missing, fix)]
 
 
 def _check_published_checkpoint(block: str, value: Any, env: str | None) -> list[Finding]:

@@ -1,4 +1,4 @@
-"""Reading images from folders, parquet files and webdataset shards; verdicts; normalisation.
+"""Reading images from folders, single files, parquet files and webdataset shards; verdicts; normalisation.
 
 Downstream stages get pixels back with ``iter_images(source, manifest, resolution)``.
 """
@@ -21,6 +21,7 @@ from vlv_pipeline.imaging.reading import DEFAULT_MAX_FILE_BYTES, ReadPolicy
 from vlv_pipeline.imaging.screening import Screened, Screener
 from vlv_pipeline.imaging.sources import (
     SOURCE_KINDS,
+    FileSource,
     FolderSource,
     ImageSource,
     ParquetSource,
@@ -28,6 +29,7 @@ from vlv_pipeline.imaging.sources import (
     WebDatasetSource,
     iter_images,
     open_source,
+    open_user_source,
 )
 from vlv_pipeline.imaging.splits import SPLITS, assign_split, canonical_split
 
@@ -38,6 +40,7 @@ __all__ = [
     "SOURCE_KINDS",
     "SPLITS",
     "WHITE",
+    "FileSource",
     "FolderSource",
     "ImageInfo",
     "ImageRejected",
@@ -57,6 +60,7 @@ __all__ = [
     "iter_images",
     "normalise",
     "open_source",
+    "open_user_source",
     "resize_and_crop",
     "to_rgb",
 ]

@@ -50,6 +50,7 @@ class NoImagesKeptError(UserError, ValueError):
 SOURCE_SETTING = {
     "ingest": "the catalog entry `raw_images`",
     "caption": "caption.source",
+    "reconstruct": "reconstruct.source",
 }
 
 
@@ -99,8 +100,8 @@ def screen_images(
     FIFOs and other special files) gets its own row and is never read. Logs one summary
     line. Raises ``NoImagesKeptError`` (naming the pipeline, the source and the setting
     that names it, and the parameter that would let a refused file be read) if nothing is
-    kept. ``pipeline`` is the one screening (``ingest`` or ``caption``: both screen with
-    ``params:ingest``).
+    kept. ``pipeline`` is the one screening (``ingest``, ``caption`` or ``reconstruct``: all
+    screen with ``params:ingest``).
 
     Under ``accelerate launch`` each rank screens its own block of the source's files,
     row groups or shards, and every rank returns the same table as one process would.
@@ -121,8 +122,8 @@ def screen_images(
         screened_by = (
             ""
             if pipeline == "ingest"
-            else "; images are screened with the ingest.* parameters (caption.min_side and "
-            "caption.max_aspect_ratio replace ingest's)"
+            else f"; images are screened with the ingest.* parameters ({pipeline}.min_side and "
+            f"{pipeline}.max_aspect_ratio replace ingest's)"
         )
         raise NoImagesKeptError(
             f"{pipeline} kept no images from {source.kind} source {source.path!r}{named}: "

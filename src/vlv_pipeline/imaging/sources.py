@@ -1,4 +1,5 @@
-"""Image sources: a folder, a parquet file, or webdataset (img2dataset) tar shards.
+"""Image sources: a folder, a single image file, a parquet file, or webdataset (img2dataset)
+tar shards.
 
 A source is cheap to create and can be iterated any number of times. ``iter_records``
 streams one small ``Record`` at a time (one file's bytes, never the whole source), in a
@@ -9,6 +10,7 @@ input gets a verdict.
 ``Record.ref`` finds the item again:
 
 - folder: the path relative to the folder, posix (``train/000000.png``);
+- file: the file's name (``photo.jpg``);
 - parquet: the row index (``"17"``);
 - webdataset: ``<shard>/<member>`` (``00000.tar/000000042.jpg``), the shard named relative
   to the directory (or common parent of the glob) it was found in.
@@ -415,6 +417,60 @@ class FolderSource(ImageSource):
                 continue  # no ref this source gives: not found
             if os.path.lexists(path):
                 yield self._record(ref, path, None, labels, _policy_for(policy, only, ref))
+
+
+# ----------------------------------------------------------------------------- file
+
+
+class FileSource(ImageSource):
+    """One image file, named by its path (``caption.source=photo.jpg``); its ref is the
+    file's name.
+
+    It is read as a folder's entry is (``FolderSource``): a symbolic link is refused unless
+    the policy follows links (then a dangling one or a loop is a ``broken_link``), a FIFO or
+    device is never opened, a file over the cap is refused from its size, a name that is
+    not an image type is ``unsupported_extension``. The file is named on purpose, so a name
+    starting with "." is read (a folder's walk skips hidden entries)."""
+
+    kind = "file"
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path) and not os.path.isdir(self.path)
+
+    def ref(self) -> str:
+        name = os.path.basename(os.path.normpath(self.path))
+        return safe_name(name) or name
+
+    def iter_records(
+        self,
+        only: Container[str] | None = None,
+        part: tuple[int, int] | None = None,
+        policy: ReadPolicy | None = None,
+    ) -> Iterator[Record]:
+        policy = policy or SCREENING
+        if not os.path.lexists(self.path):
+            raise MissingInputError(f"image file {self.path!r} does not exist")
+        if os.path.isdir(self.path):
+            raise InputError(f"image source {self.path!r} is a folder: use kind folder")
+        if not block(1, part):
+            return
+        ref = self.ref()
+        if only is not None and ref not in only:
+            return
+        data, refusal = self._read(ref, _policy_for(policy, only, ref))
+        yield Record(ref, data, rejected=refusal)
+
+    def _read(self, ref: str, policy: ReadPolicy) -> tuple[bytes | None, Refusal | None]:
+        """The file's bytes, or why not: a folder entry's checks, in a folder's order."""
+        if safe_name(os.path.basename(self.path)) is not None:
+            detail = "the name is not valid UTF-8 (shown with \\x escapes): rename it to read it"
+            return None, (Reason.BAD_NAME, detail)
+        if os.path.islink(self.path) and not policy.follow_links:
+            return None, link_refused(self.path, "files")
+        if not _is_image_name(ref):
+            suffix = PurePosixPath(ref).suffix or "(none)"
+            return None, (Reason.UNSUPPORTED_EXTENSION, f"extension {suffix} is not an image type")
+        return read_file(self.path, policy)
 
 
 # --------------------------------------------------------------------------- parquet
@@ -847,12 +903,12 @@ def _member_kind(member: tarfile.TarInfo) -> str:
 # ------------------------------------------------------------------------ factory
 
 SOURCE_KINDS: dict[str, type[ImageSource]] = {
-    cls.kind: cls for cls in (FolderSource, ParquetSource, WebDatasetSource)
+    cls.kind: cls for cls in (FolderSource, FileSource, ParquetSource, WebDatasetSource)
 }
 
 
 def open_source(kind: str, path: str | os.PathLike[str], **options: Any) -> ImageSource:
-    """Create the source of ``kind`` (folder | parquet | webdataset) at ``path``.
+    """Create the source of ``kind`` (folder | file | parquet | webdataset) at ``path``.
 
     Raises ``ValueError`` for an unknown kind or an option that kind does not take.
     """
@@ -868,6 +924,16 @@ def open_source(kind: str, path: str | os.PathLike[str], **options: Any) -> Imag
             f"image source kind {kind!r} does not take option(s) {unknown}; it takes {accepted}"
         )
     return cls(path, **options)
+
+
+def open_user_source(kind: str, path: str | os.PathLike[str]) -> ImageSource:
+    """A user's images (``caption.source``, ``reconstruct.source``): ``open_source``, except
+    that a ``folder`` named by a path that is there but is not a folder (a file, a link to
+    one, a dangling link, a FIFO) is that single file (kind ``file``), screened as a folder's
+    entry would be."""
+    if kind == "folder" and os.path.lexists(path) and not os.path.isdir(path):
+        kind = FileSource.kind
+    return open_source(kind, path)
 
 
 # --------------------------------------------------------------------- iter_images

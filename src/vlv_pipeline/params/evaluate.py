@@ -169,8 +169,11 @@ class EvaluateParams(StrictModel):
 class CaptionParams(StrictModel):
     """`kedro run --pipeline caption --params caption.source=PATH`."""
 
-    source: str | None = Field(None, description="a folder of images (or a parquet/webdataset)")
-    kind: Literal["folder", "parquet", "webdataset"] = "folder"
+    source: str | None = Field(
+        None, description="a folder of images, one image file (or a parquet/webdataset)"
+    )
+    # folder: a folder, or a path that is not a folder as one image file; file: one file
+    kind: Literal["folder", "file", "parquet", "webdataset"] = "folder"
     resolution: int | None = Field(None, gt=0, description="the captioner's input side")
     batch_size: int = Field(64, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)

@@ -21,7 +21,7 @@ from vlv_pipeline.errors import (
     UserError,
 )
 from vlv_pipeline.imaging.screen_table import screen_images
-from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_source
+from vlv_pipeline.imaging.sources import ImageSource, iter_images, open_user_source
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.published import official_crop
 from vlv_pipeline.params.evaluate import CaptionParams
@@ -41,10 +41,22 @@ def screen_user_images(
     pixel, link and path limits), with the caption block's own size and aspect-ratio limits
     instead of the training data's (``caption.min_side``, ``caption.max_aspect_ratio``); no
     watermark filter."""
+    return screen_for(images, ingest, params, pipeline="caption")
+
+
+def screen_for(
+    images: ImageSource, ingest: IngestParams, params: CaptionParams | None, pipeline: str
+) -> pd.DataFrame:
+    """``screen_user_images`` for the pipeline named ``pipeline`` (``caption``,
+    ``reconstruct``): its block's ``min_side`` and ``max_aspect_ratio`` replace ingest's."""
     if params is not None:
         limits = {"min_side": params.min_side, "max_aspect_ratio": params.max_aspect_ratio}
         ingest = ingest.model_copy(update=limits)
-    return screen_images(images, ingest, pipeline="caption")
+    return screen_images(images, ingest, pipeline=pipeline)
+
+
+class NoCaptionerError(InputError):
+    """No captioner is saved where the chosen one is read (``caption.model``)."""
 
 
 def choose_captioner(trained, published, params: CaptionParams):
@@ -66,10 +78,10 @@ def choose_captioner(trained, published, params: CaptionParams):
     return captioner.to(getattr(torch, dtype))
 
 
-def _no_captioner(lazy, params: CaptionParams, error: BaseException) -> InputError:
+def _no_captioner(lazy, params: CaptionParams, error: BaseException) -> NoCaptionerError:
     """No captioner saved where ``caption.model`` reads: which pipeline makes one."""
     make = "stage2" if params.model == "trained" else "import_published"
-    return InputError(
+    return NoCaptionerError(
         f"caption.model is {params.model!r} but {lazy.where} has no usable captioner "
         f"({error}); run `kedro run --pipeline {make}` first"
     )
@@ -110,13 +122,21 @@ def captions_json(user_captions: pd.DataFrame) -> dict:
 
 
 def open_user_images(params: CaptionParams) -> ImageSource:
-    if not params.source:
+    """The images ``caption.source`` names: a folder, one image file, or (``caption.kind``)
+    a parquet file or webdataset shards."""
+    return open_images(params.source, params.kind, pipeline="caption")
+
+
+def open_images(source: str | None, kind: str, pipeline: str) -> ImageSource:
+    """The user's images for ``pipeline`` (its block's ``source`` and ``kind``): a folder,
+    or a path that is not a folder as one image file (``sources.open_user_source``)."""
+    if not source:
         raise ParameterError(
-            "caption.source is not set: run `kedro run --pipeline caption --params "
-            "caption.source=PATH` with a folder of images (or set caption.kind for a parquet "
-            "file or webdataset shards)"
+            f"{pipeline}.source is not set: run `kedro run --pipeline {pipeline} --params "
+            f"{pipeline}.source=PATH` with a folder of images or one image file (or set "
+            f"{pipeline}.kind for a parquet file or webdataset shards)"
         )
-    return open_source(params.kind, params.source)
+    return open_user_source(kind, source)
 
 
 def _input_side(captioner, params: CaptionParams) -> int:
