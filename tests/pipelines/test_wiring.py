@@ -136,6 +136,45 @@ def test_stage1_pipeline_writes_a_loadable_encoder_and_its_reports(trained_stage
     assert metrics["images"] == 4 and 0 <= metrics["reconstruction"]["exact_scene"] <= 1
 
 
+def _card(catalog, name: str):
+    """The model card of the model directory ``name`` this run saved, parsed as the Hub
+    parses it; and its text."""
+    from huggingface_hub import ModelCard
+
+    text = catalog.load(f"{name}_card")
+    directory = Path(catalog._datasets[name]._get_load_path())
+    assert (directory / "README.md").read_text() == text  # the saved version's own card
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no temporaries
+    return ModelCard(text), text
+
+
+def test_stage1_writes_the_encoders_card_with_its_validation(trained_stage1):
+    card, text = _card(trained_stage1, "vlv_encoder")
+    assert card.data.library_name == "vlv-pipeline"
+    assert card.data.pipeline_tag == "image-feature-extraction"
+    metrics = trained_stage1.load("stage1_metrics")["reconstruction"]
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == pytest.approx({k: float(v) for k, v in metrics.items()})
+    assert "Not measured yet" not in text and "`validate_stage1`: 4 images" in text
+    assert "Trained on **16 images**" in text  # the world's train split
+    assert '"learning_rate": 0.001' in text  # every training parameter
+
+
+def test_stage2_writes_each_captioners_card_with_its_validation(trained_stage2):
+    from vlv_pipeline.inference import LOAD_SNIPPET
+
+    metrics = trained_stage2.load("stage2_metrics")
+    for name, key in (("vlv_captioner", "vlv"), ("baseline_captioner", "without_stage1")):
+        card, text = _card(trained_stage2, name)
+        assert card.data.pipeline_tag == "image-to-text"
+        assert LOAD_SNIPPET.strip() in text  # the README's lines
+        assert "Trained on **8 image-caption pairs**" in text
+        results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+        assert results["exact_scene"] == metrics[key]["exact_scene"]
+        assert metrics[key]["samples"][0]["caption"] in text
+        assert "08_reporting/eval_metrics.json" in text  # where evaluate's numbers land
+
+
 def test_synthesize_pipeline_writes_pairs_and_their_embeddings(synthesized):
     pairs = synthesized.load("caption_pairs")
     assert len(pairs) == 8 and pairs["caption"].str.len().min() > 0

@@ -16,6 +16,10 @@ A directory that is not there, is not a ``save_pretrained`` directory, or holds 
 ``kedro run`` prints its message alone); a versioned one never saved, with
 ``NoSavedVersionError`` (Kedro's ``VersionNotFoundError``, worded for the user).
 
+A model's card: an object with a ``model_card`` text (a VLV encoder or captioner a node just
+made: ``models/model_card.py``) gets it written as ``README.md`` in the temporary copy,
+before the rename: saved with the model or not at all.
+
 What a model was made for: a VLV encoder or captioner directory holds ``provenance.json``
 (``models/provenance.py``). The preflight hook hands every model directory a run reads what
 the run's parameters expect of it (``check_provenance_with``); ``load`` then reads that
@@ -71,6 +75,7 @@ from kedro_datasets._typing import TablePreview
 
 from vlv_pipeline.errors import ModelDirectoryError
 from vlv_pipeline.files import atomic_target, restore_backup
+from vlv_pipeline.models.model_card import write_card
 
 MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -297,6 +302,9 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                         f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
                         f"safetensors only (check save_args: safe_serialization must stay True)."
                     )
+                card = getattr(data, "model_card", None)  # models/model_card.py
+                if isinstance(card, str):
+                    write_card(tmp, card)
                 if version_folder is not None:
                     version_folder.mkdir(parents=True, exist_ok=True)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from vlv_pipeline.errors import ParameterError
+from vlv_pipeline.models.model_card import card_or_none, published_card
 from vlv_pipeline.models.published import build_captioner, read_state_dict
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.published import ImportParams
@@ -35,6 +36,8 @@ def import_published_captioner(params: ImportParams):
         generation=params.generation.model_dump(),
         crop_size=params.crop_size,
     )
+    # its README.md, saved with it (models/model_card.py)
+    captioner.model_card = card_or_none(published_card, captioner, params)
     count = sum(p.numel() for p in captioner.parameters())
     logger.info(
         "import_published: %s -> a captioner of %.2fB parameters", params.checkpoint, count / 1e9

@@ -15,6 +15,12 @@ from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.encoders import build_encoder
+from vlv_pipeline.models.model_card import (
+    card_or_none,
+    describe_source,
+    encoder_card,
+    stage1_evaluation,
+)
 from vlv_pipeline.models.provenance import encoder_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
@@ -141,13 +147,23 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
     # what it was trained for, saved with it (provenance.json): loaders refuse it elsewhere
     encoder.provenance = encoder_record(encoder, t2i=params.t2i, resolution=params.resolution)
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
-    return encoder, {
+    log = {
         "history": result.history,
         "seconds": result.seconds,
         "steps": params.training.steps,
         "seed": params.training.seed,
         "trainable_parameters": trainable,
     }
+    # its README.md, saved with it (models/model_card.py); validation fills in its numbers
+    images = data["train"]
+    encoder.model_card = card_or_none(
+        encoder_card,
+        encoder,
+        params,
+        log,
+        {"images": len(images), "source": describe_source(images.pixels)},
+    )
+    return encoder, log
 
 
 def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Split:
@@ -207,6 +223,12 @@ def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params)
         title="stage 1: reconstruction from caption embeddings",
     )
     return metrics, grid
+
+
+def card_stage1(metrics: dict) -> dict:
+    """The encoder card's evaluation, from ``validate_stage1``'s metrics: written into the
+    card of the encoder this run saved (``vlv_encoder_card``: ``datasets/model_card.py``)."""
+    return stage1_evaluation(metrics)
 
 
 def _during_training(encoder, data: dict[str, Stage1Split], params: Stage1Params):

@@ -26,6 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["stage1_metrics", "stage1_grid"],
                 name="validate_stage1",
             ),
+            Node(nodes.card_stage1, "stage1_metrics", "vlv_encoder_card", name="card_stage1"),
             Node(nodes.plot_stage1_loss, "stage1_log", "stage1_loss", name="plot_stage1_loss"),
         ]
     )

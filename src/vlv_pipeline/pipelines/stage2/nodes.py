@@ -19,6 +19,12 @@ from vlv_pipeline.models.caption_decoder import CaptionDecoder, CaptionTokens
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.encoders import build_encoder
+from vlv_pipeline.models.model_card import (
+    captioner_card,
+    card_or_none,
+    describe_source,
+    stage2_evaluation,
+)
 from vlv_pipeline.models.provenance import captioner_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
@@ -222,7 +228,7 @@ def _train_captioner(
         result.ema.copy_to([p for p in objective.parameters() if p.requires_grad])
     encoder.eval(), decoder.eval()
     trainable_count = sum(p.numel() for p in objective.parameters() if p.requires_grad)
-    return captioner, {
+    log = {
         "history": result.history,
         "seconds": result.seconds,
         "trainable": run.trainable,
@@ -230,6 +236,16 @@ def _train_captioner(
         "pairs": len(data.pair_ids),
         "batch_size": run.training.batch_size,
     }
+    # its README.md, saved with it (models/model_card.py); validation fills in its numbers
+    captioner.model_card = card_or_none(
+        captioner_card,
+        captioner,
+        params,
+        log,
+        {"pairs": len(data.pair_ids), "source": describe_source(data.pair_pixels)},
+        model="baseline_captioner" if run.name == "stage2_baseline" else "vlv_captioner",
+    )
+    return captioner, log
 
 
 def _fit_batch(run: CaptionerRun, pairs: int, at_most_pairs: bool) -> CaptionerRun:
@@ -345,6 +361,16 @@ def validate_stage2(
             logger.info("stage 2 (%s): exact scene %.4f", name, entry["exact_scene"])
         metrics[name] = entry
     return metrics
+
+
+def card_stage2(metrics: dict) -> tuple[dict, dict]:
+    """The captioners' card evaluations, from ``validate_stage2``'s metrics: written into the
+    cards of the captioner and the baseline this run saved (``vlv_captioner_card``,
+    ``baseline_captioner_card``: ``datasets/model_card.py``); {} for one not scored."""
+    return (
+        stage2_evaluation(metrics, "vlv") or {},
+        stage2_evaluation(metrics, "without_stage1") or {},
+    )
 
 
 def plot_stage2_loss(log: dict, baseline_log: dict):

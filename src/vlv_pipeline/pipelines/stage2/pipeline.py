@@ -39,6 +39,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="validate_stage2",
             ),
             Node(
+                nodes.card_stage2,
+                "stage2_metrics",
+                ["vlv_captioner_card", "baseline_captioner_card"],
+                name="card_stage2",
+            ),
+            Node(
                 nodes.plot_stage2_loss,
                 ["stage2_log", "stage2_baseline_log"],
                 "stage2_loss",
