@@ -67,3 +67,20 @@ def test_the_default_runs_keep_their_schedule():
         training = base[block]["training"]
         assert training.get("lr_schedule", "cosine") == "cosine"
     assert IngestParams(**base["ingest"]).watermark_below is None
+
+
+def test_the_baseline_changes_only_what_it_names_of_stage2s_training():
+    """conf/base's baseline has its own tuned rate and warm-up; steps, batch and seed (which
+    the study's points set on stage2.training) stay stage 2's."""
+    raw = _parameters("base")["stage2"]
+    raw["training"] = {**raw["training"], "seed": 7}
+    stage2 = Stage2Params(**raw)
+    baseline, training = stage2.baseline.training, stage2.training
+    assert (baseline.learning_rate, baseline.warmup_steps) == (3e-4, 200)
+    assert (training.learning_rate, training.warmup_steps) == (1e-3, 50)
+    same = ("steps", "batch_size", "seed", "lr_schedule", "weight_decay", "max_grad_norm")
+    assert {k: getattr(baseline, k) for k in same} == {k: getattr(training, k) for k in same}
+    assert baseline.seed == 7
+    paper = Stage2Params(**_parameters("paper")["stage2"])
+    assert paper.baseline.training.steps == 10_000
+    assert paper.baseline.training.gradient_accumulation == paper.training.gradient_accumulation

@@ -41,7 +41,12 @@ class GenerationParams(StrictModel):
 
 class BaselineParams(StrictModel):
     """The paper's "without stage 1": the same LLM and psi on the same pairs, from an encoder
-    of the stage-1 architecture that never had stage 1 (trained here with psi and the LLM)."""
+    of the stage-1 architecture that never had stage 1 (trained here with psi and the LLM).
+
+    ``training`` is stage 2's ``training`` with the keys given here replaced (conf/base sets
+    the baseline's own learning rate and warm-up, tuned in docs/STUDY.md "Tuning the
+    baseline"); steps, batch and seed stay stage 2's unless named here too.
+    """
 
     encoder: EncoderParams | None = None  # default: stage 1's encoder settings
     training: TrainParams | None = None  # default: stage 2's
@@ -66,6 +71,20 @@ class Stage2Params(StrictModel):
     # ROUGE-L, CIDEr and a captioned grid to the trackers); null: only after training
     validation_every: int | None = Field(None, ge=1)
     checkpoint_dir: str = "data/06_models/checkpoints/stage2"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _baseline_training_overrides_stage2s(cls, data):
+        """``baseline.training`` holds only what differs from ``training``: merge the two."""
+        if not isinstance(data, dict):
+            return data
+        baseline, training = data.get("baseline"), data.get("training")
+        if not isinstance(baseline, dict) or not isinstance(training, dict):
+            return data
+        overrides = baseline.get("training")
+        if isinstance(overrides, dict):
+            data = {**data, "baseline": {**baseline, "training": {**training, **overrides}}}
+        return data
 
     @property
     def parts(self) -> frozenset[str]:
