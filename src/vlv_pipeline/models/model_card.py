@@ -469,13 +469,16 @@ def published_card(captioner: Any, params: Any) -> str:
         base_model=[PAPER_CAPTIONER],
         **licence_fields,
     )
-    snippet = LOAD_SNIPPET.strip().replace("vlv_captioner", "published_captioner")
+    # imported with --env paper (the node's own instructions): conf/paper's data root
+    snippet = LOAD_SNIPPET.strip().replace(
+        "data/06_models/vlv_captioner", "data/paper/06_models/published_captioner"
+    )
     body = f"""
 # VLV captioner (published, imported)
 
 The authors' published stage-2 captioner ([{_PAPER}]({_PAPER_LINK});
 [`{PAPER_CAPTIONER}`](https://huggingface.co/{PAPER_CAPTIONER})), converted by
-`kedro run --pipeline import_published` from `{p.get("checkpoint")}` into this project's
+`kedro run --pipeline import_published` from `{shown(p.get("checkpoint"))}` into this project's
 captioner directory (safetensors, Florence-2's native keys). Nothing was trained here.
 
 ## How to load it
@@ -484,7 +487,8 @@ captioner directory (safetensors, Florence-2's native keys). Nothing was trained
 {snippet}
 ```
 
-The image gets the official inference's crop ({p.get("crop_size")} px) and the LLM's prefix
+`data/paper` is conf/paper's data root (conf/base's is `data`); this folder's own path, or
+a Hub repo id it was published to, works in its place. The image gets the official inference's crop ({p.get("crop_size")} px) and the LLM's prefix
 in bfloat16, as `kedro run --pipeline caption --params caption.model=published` gives it.
 
 ## Evaluation

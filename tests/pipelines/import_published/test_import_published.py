@@ -399,3 +399,15 @@ def test_a_damaged_safetensors_checkpoint_is_refused_by_name(published, tmp_path
     message = str(error.value)
     assert str(bad) in message  # the file, not just the folder
     assert "download" in message  # and what to do
+
+
+def test_the_imported_captioner_carries_its_card(published):
+    from huggingface_hub import ModelCard
+
+    from vlv_pipeline.models.model_card import PAPER_CAPTIONER
+
+    *_, params, _, _ = published
+    card = ModelCard(import_published_captioner(params).model_card)
+    assert card.data.base_model == [PAPER_CAPTIONER] and card.data.pipeline_tag == "image-to-text"
+    assert 'Captioner.from_pretrained("data/paper/06_models/published_captioner")' in card.text
+    assert "Nothing was trained here" in card.text and str(params.checkpoint) in card.text
