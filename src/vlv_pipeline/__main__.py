@@ -1,5 +1,6 @@
 """``python -m vlv_pipeline`` runs the project like ``kedro run``: the same command
-(``cli.py``'s ``run``: user errors as one message, ``--verbose``)."""
+(``cli.py``'s ``run``: user errors as one message, ``--verbose``). ``python -m vlv_pipeline
+publish DIR --repo-id ...`` runs ``cli.py``'s ``publish`` (as ``kedro publish`` does)."""
 
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ def main(*args, **kwargs):
     configure_project(package_name)
     interactive = hasattr(sys, "ps1")
     kwargs["standalone_mode"] = not interactive
+    if not args and sys.argv[1:2] == ["publish"]:
+        from vlv_pipeline.cli import publish
+
+        return publish.main(sys.argv[2:], prog_name=f"{package_name} publish", **kwargs)
     run = find_run_command(package_name)
     return run(*args, **kwargs)
 

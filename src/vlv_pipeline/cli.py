@@ -1,4 +1,5 @@
-"""The project's ``kedro run``: Kedro's own command, with the user's mistakes as one message.
+"""The project's ``kedro run``: Kedro's own command, with the user's mistakes as one message;
+and ``publish``, which uploads a model directory to the Hugging Face Hub (``publish.py``).
 
 Kedro loads ``<package>.cli`` and its ``run`` replaces the built-in one; ``python -m
 vlv_pipeline`` (and the ``vlv-pipeline`` script) find the same command. It takes every option
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -136,6 +138,39 @@ run = click.Command(
     context_settings=_kedro_project.run.context_settings,
 )
 cli.add_command(run)
+
+
+@cli.command(name="publish")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, help="The Hub model repo, <user or organisation>/<name>.")
+@click.option("--private", is_flag=True, default=False, help="Create the repo private.")
+@click.option(
+    "--token", default=None, help="A write token (default: HF_TOKEN, else `hf auth login`'s)."
+)
+@click.option(
+    "--prune", is_flag=True, default=False, help="Delete the repo's files this folder lacks."
+)
+@click.option("--message", default=None, help="The commit message.")
+@click.option("--dry-run", is_flag=True, default=False, help="Check and list; upload nothing.")
+@click.option("--verbose", is_flag=True, default=False, help="Show the traceback of errors too.")
+def publish(directory: Path, repo_id: str, verbose: bool, dry_run: bool, **options: Any) -> None:
+    """Check a model directory (its card, safetensors only, nothing else) and upload it to the
+    Hugging Face Hub (publish.py). DIRECTORY: a model directory, or the versioned folder the
+    catalog writes (its latest version)."""
+    from vlv_pipeline.publish import publish as upload
+
+    try:
+        checked, url = upload(directory, repo_id, dry_run=dry_run, **options)
+    except Exception as error:  # noqa: BLE001 - every exception: a message or a bug report
+        raise stop(error, verbose) from None
+    for note in checked.notes:
+        click.echo(f"Note: {note}", err=True)
+    if dry_run:
+        click.echo(f"{checked.folder}: {len(checked.files)} files would go to {repo_id}:")
+        for name in checked.files:
+            click.echo(f"  {name}")
+        return
+    click.echo(f"published {checked.folder} ({len(checked.files)} files) to {repo_id}: {url}")
 
 
 if __name__ == "__main__":  # pragma: no cover
