@@ -173,9 +173,20 @@ def _flow_matching(name: str) -> bool:
     return name.startswith("FlowMatch")
 
 
+# what a sampler built from another scheduler's config is set to, whatever that config says:
+# DPMSolverMultistepScheduler samples as DPM-Solver++ (its data-prediction form, the one
+# for few steps), UniPCMultistepScheduler as UniPC's data-prediction bh2 variant. The rest of
+# the config (betas, prediction_type, timestep_spacing, steps_offset) is the model's own.
+SAMPLER_SETTINGS: dict[str, dict] = {
+    "DPMSolverMultistepScheduler": {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    "UniPCMultistepScheduler": {"predict_x0": True, "solver_type": "bh2", "solver_order": 2},
+}
+
+
 def _scheduler(current, name: str):
-    """A ``name`` scheduler from ``current``'s config; a scheduler of the other family
-    (flow matching against noise prediction) would sample nonsense, and is refused."""
+    """A ``name`` scheduler from ``current``'s config (with ``SAMPLER_SETTINGS``); a
+    scheduler of the other family (flow matching against noise prediction) would sample
+    nonsense, and is refused."""
     import diffusers
 
     from vlv_pipeline.errors import ParameterError
@@ -190,7 +201,7 @@ def _scheduler(current, name: str):
             "(flow matching and noise prediction do not mix): set the scheduler to null to "
             "sample with the pipeline's own"
         )
-    return made.from_config(current.config)
+    return made.from_config(current.config, **SAMPLER_SETTINGS.get(name, {}))
 
 
 def render_captions(pipeline, captions: list[str], **kwargs) -> torch.Tensor:

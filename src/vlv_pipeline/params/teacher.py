@@ -16,12 +16,18 @@ class InitConfig(StrictModel):
     init: dict[str, Any]
 
 
+# the samplers a render may use, each built from the T2I model's own scheduler config
+# (models/teacher.py, ``_scheduler``): DPMSolverMultistepScheduler is DPM-Solver++ (2nd order),
+# UniPCMultistepScheduler is UniPC (bh2, predictor-corrector)
+Sampler = Literal[
+    "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DDPMScheduler"
+]
+
+
 class SamplingParams(StrictModel):
     """How renders are made for evaluation and grids."""
 
-    scheduler: Literal["DDIMScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler"] = (
-        "DDIMScheduler"
-    )
+    scheduler: Sampler = "DDIMScheduler"
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(1.0, ge=0.0)
     seed: int = 0

@@ -412,6 +412,22 @@ def image_generators(seed: int, indices: range) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
 
+def render_from_embeddings(t2i: FrozenT2I, conditions: torch.Tensor, start: int, sampling):
+    """The reconstructions of images ``start``, ``start + 1``, ... of the split from their
+    caption embeddings' conditions (``FrozenT2I.condition_images``) under ``sampling``
+    (``evaluate.sampling``): each image draws its noise from its own generator
+    (``image_generators``), so a sampler or step count is compared on the same noise."""
+    generators = image_generators(sampling.seed, range(start, start + len(conditions)))
+    return t2i.render(
+        conditions,
+        scheduler=sampling.scheduler,
+        generator=generators,
+        steps=sampling.steps,
+        guidance=sampling.guidance,
+        batch_size=sampling.batch_size,
+    )
+
+
 class EvalRenders:
     """The reconstructions, rendered when iterated, one batch at a time: iterating yields
     ``(name, start, originals, renders)`` for each reconstruction (see ``RECONSTRUCTIONS``)
@@ -463,8 +479,7 @@ class EvalRenders:
         for start, stop in batches:
             originals = data.images(start, stop)
             conditions = t2i.condition_images(self.vlv_encoder, originals, s.batch_size)
-            generators = image_generators(s.seed, range(start, stop))
-            images = t2i.render(conditions, scheduler=s.scheduler, generator=generators, **kwargs)
+            images = render_from_embeddings(t2i, conditions, start, s)
             yield "from_embeddings", start, originals, images
         scheduler = s.scheduler
         if params.render_t2i == params.stage1_t2i:
