@@ -21,8 +21,9 @@ An image is captioned as ``kedro run --pipeline caption`` captions it (its node
   too many pixels, too small, bad aspect ratio; a file over ``ingest.max_file_bytes`` is
   too large): a refused image raises ``ImageRefusedError`` naming the verdict;
 - decoded to RGB (EXIF orientation, transparency on white, the first frame) and resized and
-  centre-cropped to the encoder's input side (``caption.resolution``, else the side the
-  encoder records); the published captioner gets the official inference's crop instead
+  centre-cropped to the encoder's input side (``resolution=``, else the side the encoder
+  records, else the side its ``provenance.json`` records: conf/paper's 384, which its
+  ``caption.resolution`` also sets); the published captioner gets the official inference's crop instead
   (``models/published.official_crop``), and its LLM prefix in bfloat16;
 - captioned on the GPU when there is one (bfloat16 weights where supported, ``caption.dtype:
   auto``), with the generation settings the model records (``caption.max_new_tokens`` and
@@ -175,6 +176,8 @@ class Captioner:
         if self.params.resolution:
             return self.params.resolution
         side = getattr(self.model.encoder.config, "image_size", None)
+        if side is None:  # a Florence-2 encoder trained here: the side stage 2 fed it
+            side = (getattr(self.model, "provenance", None) or {}).get("resolution")
         if side is None:
             raise ParameterError("give resolution=: the captioner does not say its input size")
         return int(side)

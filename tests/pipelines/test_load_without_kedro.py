@@ -154,3 +154,22 @@ def test_a_folder_without_a_captioner_says_what_makes_one(tmp_path):
         Captioner.from_pretrained(tmp_path / "vlv_captioner")
     with pytest.raises(FileNotFoundError, match="kedro run --pipeline stage2"):
         Captioner.from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_hub_repo_id_loads_what_was_published(project, pipeline_captions, monkeypatch):
+    """``from_pretrained("owner/name")`` reads the repo through huggingface_hub's cache (here
+    a stand-in for the download: nothing leaves the machine)."""
+    import huggingface_hub
+
+    version = next((project / MODELS).iterdir()) / "vlv_captioner"
+    asked = []
+
+    def snapshot_download(repo_id, **kwargs):
+        asked.append((repo_id, kwargs))
+        return str(version)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    captioner = Captioner.from_pretrained("you/vlv-shapes")
+    assert asked == [("you/vlv-shapes", {"repo_type": "model"})]
+    photo = Image.open(project / "mine/photo.png")
+    assert captioner.caption(photo) == pipeline_captions["photo.png"]
