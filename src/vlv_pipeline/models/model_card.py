@@ -6,7 +6,8 @@ published (``publish.py``).
 **Written with the model.** The node that makes a model renders its card and hands it over
 as the model's ``model_card`` attribute (as it hands over ``provenance``);
 ``ModelDirectoryDataset.save`` writes it into the directory's temporary copy before the
-rename, so a saved directory never lacks its card. What the card records:
+rename: model and card are saved together (a card that fails to render is logged, and the
+model saved without one: ``card_or_none``). What the card records:
 
 - what the model is (the encoder, its queries and width, the T2I model it was distilled
   against, the LLM), and how to load it (``inference.LOAD_SNIPPET`` for a captioner);
