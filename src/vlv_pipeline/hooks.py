@@ -10,7 +10,15 @@ from kedro.framework.hooks import hook_impl
 logger = logging.getLogger(__name__)
 
 # outputs whose location a user wants to see at the end of a run
-ANNOUNCED = ("eval_report", "user_captions", "user_captions_json")
+ANNOUNCED = (
+    "eval_report",
+    "user_captions",
+    "user_captions_json",
+    "reconstructions",
+    "reconstruct_sheets",
+    "reconstruct_metrics",
+    "reconstruct_grid",
+)
 
 
 class AnnounceOutputsHook:

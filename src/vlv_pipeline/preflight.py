@@ -98,6 +98,18 @@ DATASET_CHOICES = {
         {"trained": "caption_trained_captioner", "published": "caption_published_captioner"},
         "trained",
     ),
+    # reconstruct re-renders the captions of the captioner it chooses as caption does
+    "reconstruct": (
+        "model",
+        {"trained": "caption_trained_captioner", "published": "caption_published_captioner"},
+        "trained",
+    ),
+}
+# Model datasets a node taking params:<block> reads only when they are there (the node goes
+# on without them, with a warning): reconstruct's captioner, unless its encoder is the
+# captioner's (reconstruct.encoder: captioner).
+OPTIONAL_DATASETS = {
+    "reconstruct": frozenset({"caption_trained_captioner", "caption_published_captioner"}),
 }
 # The published captioner's weights, for `import_published.checkpoint`.
 PUBLISHED_REPO = "lambertxiao/Vision-Language-Vision-Captioner-Qwen2.5-3B"
@@ -353,6 +365,8 @@ def check_datasets(
         where = _location(dataset)
         if where is not None and any(where == w for w in written):
             continue  # the previous state of an output (an incremental cache): may be empty
+        if readers and all(_optional(name, n, blocks) for n in readers):
+            continue  # read only if it is there
         try:
             if dataset.exists():
                 continue
@@ -374,6 +388,16 @@ def _choice(block: str, blocks: Mapping[str, Any]) -> str:
     return choice if isinstance(choice, str) else default
 
 
+def _optional(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
+    """``node`` reads ``name`` only if it is there (``OPTIONAL_DATASETS``)."""
+    for block, names in OPTIONAL_DATASETS.items():
+        if f"params:{block}" in node.inputs and name in names:
+            value = blocks.get(block)
+            encoder = value.get("encoder") if isinstance(value, Mapping) else None
+            return not (block == "reconstruct" and encoder == "captioner")
+    return False
+
+
 def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
     """``node`` takes ``name`` but its parameters say it will not read it."""
     if name == "embedding_cache" and "params:stage2" in node.inputs:
@@ -383,6 +407,10 @@ def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
 
         trainable = stage2.get("trainable") if isinstance(stage2, Mapping) else None
         return isinstance(trainable, str) and "encoder" in trainable_parts(trainable)
+    if name == "reconstruct_encoder" and "params:reconstruct" in node.inputs:
+        # reconstruct.encoder: captioner renders from the chosen captioner's encoder
+        value = blocks.get("reconstruct")
+        return isinstance(value, Mapping) and value.get("encoder") == "captioner"
     if name == "eval_published_captioner" and "params:evaluate" in node.inputs:
         # read only for a `published` row of evaluate.captioners (an optional one may fail)
         rows = _evaluate_rows(blocks.get("evaluate"))
@@ -448,9 +476,17 @@ def references(key: str, value: Any) -> Iterator[Reference]:
         yield Reference(path, item, subfolder if isinstance(subfolder, str) else None, weights)
 
 
+# Blocks whose fid_clip judge is checked by their node, not here: reconstruct computes FID
+# only for a folder of reconstruct.fid_min_images images or more (and no CLIP score); its
+# screening node checks the judge once it has counted them, before any model is loaded.
+JUDGED_LATER = ("reconstruct",)
+
+
 def judge_references(block: str, value: Any) -> list[Reference]:
     """The CLIP model of the ``fid_clip`` judge (its default when the block names none)."""
     if not isinstance(value, Mapping) or value.get("judge") != "fid_clip":
+        return []
+    if block in JUDGED_LATER:
         return []
     clip = value.get("clip_model")
     if clip is None:
@@ -740,6 +776,8 @@ def _check_judge(block: str, value: Any) -> list[Finding]:
     """judge fid_clip: torchmetrics + torch-fidelity installed, Inception weights cached."""
     if not isinstance(value, Mapping) or value.get("judge") != "fid_clip":
         return []
+    if block in JUDGED_LATER:
+        return []
     what = f"{block}.judge = fid_clip"
     absent = [m for m in ("torchmetrics", "torch_fidelity") if importlib.util.find_spec(m) is None]
     if absent:
@@ -856,8 +894,12 @@ def provenance_checks(
     checks = {}
     for name, dataset in models.items():
         readers = [n for n in pipeline.nodes if name in n.inputs]
-        captions = any("params:caption" in n.inputs for n in readers)
-        side = _plain(parameters.get("caption") or {}).get("resolution") if captions else "unset"
+        # the block of the pipeline that captions with it (caption, reconstruct): its side
+        block = next(
+            (b for b in SOURCE_BLOCKS if any(f"params:{b}" in n.inputs for n in readers)), None
+        )
+        captions = block is not None and where_kind(dataset) != "vlv_encoder"
+        side = _plain(parameters.get(block) or {}).get("resolution") if captions else "unset"
         key = side if captions else None
         if key not in settings:
             settings[key] = wanted_settings(parameters, side)
@@ -877,6 +919,14 @@ def provenance_checks(
             ),
         )
     return checks
+
+
+def where_kind(dataset: Any) -> str | None:
+    """The kind of model (``provenance.MODELS``) a model dataset's folder name says."""
+    from vlv_pipeline.models.provenance import MODELS
+
+    where = _location(dataset)
+    return where.name if where is not None and where.name in MODELS else None
 
 
 def _chain_fix(
@@ -1045,6 +1095,7 @@ T2I_KEYS = (
     ("stage1", ("t2i",)),
     ("stage2", ("t2i",)),
     ("evaluate", ("stage1_t2i",)),
+    ("reconstruct", ("t2i",)),
 )
 
 

@@ -8,7 +8,6 @@ tables, metrics and grid as a single process would.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.metrics.spatial import spatial_fidelity
 from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.device import inference_device
+from vlv_pipeline.models.seeds import image_generators, image_seed  # noqa: F401 - here too
 from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.params.evaluate import (
@@ -398,18 +398,6 @@ def caption_columns(captions: pd.DataFrame) -> list[str]:
     """The captioners' columns of ``eval_captions`` (every column but image_id and
     reference), in the table's order."""
     return [c for c in captions.columns if c not in ("image_id", "reference")]
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The noise seed of image ``index`` of the evaluated split under ``sampling.seed``: the
-    first 8 bytes of sha256("<seed>:<index>") (little-endian), less the sign bit."""
-    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def image_generators(seed: int, indices: range) -> list[torch.Generator]:
-    """One CPU generator per image, seeded with ``image_seed(seed, index)``."""
-    return [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
 
 
 def render_from_embeddings(t2i: FrozenT2I, conditions: torch.Tensor, start: int, sampling):
