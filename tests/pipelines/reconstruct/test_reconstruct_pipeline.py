@@ -200,3 +200,21 @@ def test_a_captioner_not_trained_yet_is_left_out_with_a_warning(
     (sheets,) = versions(tmp_path, "08_reporting/reconstruct_sheets")
     with Image.open(sheets / "beach.jpg.png") as sheet:
         assert 2 * 256 <= sheet.width < 3 * 256  # original | from embeddings
+
+
+def test_the_captioners_own_encoder_can_render_and_stage_1s_is_then_never_read(
+    run, tiny_sd, models, tmp_path
+):
+    """reconstruct.encoder: captioner (what a run with the published captioner's encoder
+    does): the captioner's encoder makes the embeddings; the stage-1 encoder is not read."""
+    _, folder, _ = run
+    catalog = catalog_for(
+        tmp_path, tiny_sd, models, source=str(folder / "beach.jpg"), encoder="captioner"
+    )
+    shutil.rmtree(tmp_path / "data/06_models/vlv_encoder")  # never read
+    SequentialRunner().run(create_pipeline(), catalog)
+    metrics = catalog.load("reconstruct_metrics")
+    assert metrics["encoder"] == "captioner" and metrics["images"]["reconstructed"] == 1
+    (renders,) = versions(tmp_path, "07_model_output/reconstructions")
+    assert (renders / "from_embeddings/beach.jpg.png").is_file()
+    assert (renders / "from_caption/beach.jpg.png").is_file()
