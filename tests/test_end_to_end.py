@@ -539,3 +539,123 @@ def test_the_rehearsal_measures_the_papers_three_tables_offline(rehearsal_run):
     assert "At most 40 questions per dataset" in report  # Table 3's
     assert html_escape("FID 11.47 / 6.64 / 8.56 / 9.90") in report  # Table 1's
     assert JUDGE_KEY not in report and ANSWERER_KEY not in report
+
+
+# --------------------------------- reconstruct: your own images rendered back (issue 29)
+
+
+def _photos(folder: Path, sides=((240, 320), (300, 200))) -> Path:
+    """A folder of "photos" (random RGB JPEGs of a few hundred pixels) and one bad file."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for k, (h, w) in enumerate(sides):
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo{k}.jpg", quality=90)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def _reconstruct(project: Path, params: str, env: str | None = None):
+    command = [KEDRO, "run", *(["--env", env] if env else []), "--pipeline", "reconstruct"]
+    run = subprocess.run(
+        [*command, "--params", params],
+        cwd=project,
+        env={**_offline_env(), "COLUMNS": "250"},  # the log's lines unwrapped
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return run
+
+
+def _latest(data: Path, where: str) -> Path:
+    """The newest version of the versioned output at ``data/where``."""
+    name = Path(where).name
+    return sorted((data / where).glob(f"*/{name}"))[-1]
+
+
+@pytest.mark.slow
+def test_reconstruct_renders_a_folder_of_photos_with_the_default_runs_models(tiny_run, tmp_path):
+    """`kedro run --pipeline reconstruct --params reconstruct.source=<folder>` after `make
+    run`: the catalog's vlv_encoder, the shipped teacher, the trained captioner."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    project, _ = tiny_run
+    folder = _photos(tmp_path / "photos")
+    run = _reconstruct(project, f"reconstruct.source={folder},reconstruct.sampling.steps=2")
+    data = project / "data"
+    renders = _latest(data, "07_model_output/reconstructions")
+    for kind in ("original", "from_embeddings", "from_caption"):
+        for name in ("photo0.jpg", "photo1.jpg"):
+            with Image.open(renders / kind / f"{name}.png") as image:
+                assert image.size == (32, 32)  # the shipped teacher's side
+    assert not (renders / "from_embeddings/broken.jpg.png").exists()
+    sheets = _latest(data, "08_reporting/reconstruct_sheets")
+    assert sorted(p.name for p in sheets.iterdir()) == ["photo0.jpg.png", "photo1.jpg.png"]
+    table = pd.read_parquet(_latest(data, "07_model_output/reconstruct_table.parquet"))
+    verdicts = dict(zip(table["file"], table["rejected"], strict=True))
+    assert verdicts["broken.jpg"] in {"corrupt", "not_an_image"}  # recorded, the run went on
+    assert table.loc[table["rejected"].isna(), "caption"].str.len().min() > 0
+    metrics = json.loads(_latest(data, "08_reporting/reconstruct_metrics.json").read_text())
+    assert metrics["images"] == {
+        "inputs": 3,
+        "reconstructed": 2,
+        "rejected": 1,
+        "rejected_by_reason": {verdicts["broken.jpg"]: 1},
+    }
+    assert metrics["fid"]["computed"] is False and metrics["fid"]["min_images"] == 256
+    assert "fewer than reconstruct.fid_min_images (256)" in metrics["fid"]["why_not"]
+    assert "FID not computed: 2 image(s) reconstructed" in run.stdout + run.stderr
+    assert metrics["t2i"] == "src/vlv_pipeline/assets/teacher"
+    assert f"reconstruct sheets: {sheets}" in run.stdout  # the run says where they landed
+    assert _latest(data, "08_reporting/reconstruct_grid.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_reconstruct_renders_and_judges_the_shapes_worlds_test_images(tiny_run):
+    """The world's own test images, with the probe's Frechet distance (the threshold lowered
+    to the folder's 8 images); then one image file alone."""
+    import json
+
+    project, _ = tiny_run
+    test = project / "data/01_raw/shapes/images/test"
+    params = "reconstruct.sampling.steps=2,reconstruct.fid_min_images=8"
+    _reconstruct(project, f"reconstruct.source={test},{params}")
+    data = project / "data"
+    metrics = json.loads(_latest(data, "08_reporting/reconstruct_metrics.json").read_text())
+    assert metrics["images"]["reconstructed"] == 8 and metrics["fid"]["computed"] is True
+    assert metrics["fid"]["from_embeddings"] >= 0 and metrics["fid"]["from_caption"] >= 0
+    one = sorted(test.glob("*.png"))[0]
+    _reconstruct(project, f"reconstruct.source={one},reconstruct.sampling.steps=2")
+    renders = _latest(data, "07_model_output/reconstructions")
+    assert sorted(p.name for p in (renders / "from_embeddings").iterdir()) == [f"{one.name}.png"]
+
+
+@pytest.mark.slow
+def test_the_rehearsal_reconstructs_with_its_trained_florence_encoder(rehearsal_run, tmp_path):
+    """conf/rehearsal's paper path: the Florence-2 encoder stage 1 trained at 384 px, the
+    SD-2.1-shaped T2I model, the pixels judge (no FID weights offline)."""
+    import json
+
+    from PIL import Image
+
+    project = rehearsal_run
+    folder = _photos(tmp_path / "photos", sides=((400, 520), (384, 384)))
+    _reconstruct(project, f"reconstruct.source={folder}", env="rehearsal")
+    data = project / "data/rehearsal"
+    renders = _latest(data, "07_model_output/reconstructions")
+    with Image.open(renders / "from_embeddings/photo0.jpg.png") as image:
+        assert image.size == (384, 384)
+    assert (renders / "from_caption/photo1.jpg.png").is_file()
+    metrics = json.loads(_latest(data, "08_reporting/reconstruct_metrics.json").read_text())
+    assert metrics["images"]["reconstructed"] == 2 and metrics["encoder"] == "stage1"
+    assert metrics["fid"]["computed"] is False
+    assert "reconstruct.judge is pixels" in metrics["fid"]["why_not"]
+    assert {"mse", "psnr"} <= set(metrics["pixels"]["from_embeddings"])
