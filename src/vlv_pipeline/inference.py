@@ -15,7 +15,7 @@ version, as ``kedro run`` would load it), or a Hugging Face Hub repo id (``owner
 published copy, downloaded through ``huggingface_hub``'s cache).
 
 An image is captioned as ``kedro run --pipeline caption`` captions it (its node
-``caption_user_images``), with ``params:caption``'s defaults unless told otherwise:
+``caption_user_images``, through ``models/captioning.caption_kept_images``), with ``params:caption``'s defaults unless told otherwise:
 
 - screened with the same verdicts (``imaging.checks.inspect_image``: not an image, corrupt,
   too many pixels, too small, bad aspect ratio; a file over ``ingest.max_file_bytes`` is
@@ -262,7 +262,7 @@ class Captioner:
         """The caption of ``image`` (a PIL image or a path); a list of them gives a list."""
         import torch
 
-        from vlv_pipeline.pipelines.caption.nodes import official_postprocess
+        from vlv_pipeline.models.captioning import official_postprocess
 
         many = isinstance(image, list | tuple)
         images = list(image) if many else [image]
