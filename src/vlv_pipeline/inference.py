@@ -15,7 +15,8 @@ version, as ``kedro run`` would load it), or a Hugging Face Hub repo id (``owner
 published copy, downloaded through ``huggingface_hub``'s cache).
 
 An image is captioned as ``kedro run --pipeline caption`` captions it (its node
-``caption_user_images``, through ``models/captioning.caption_kept_images``), with ``params:caption``'s defaults unless told otherwise:
+``caption_user_images``, through ``models/captioning.caption_kept_images``), with
+``params:caption``'s defaults unless told otherwise:
 
 - screened with the same verdicts (``imaging.checks.inspect_image``: not an image, corrupt,
   too many pixels, too small, bad aspect ratio; a file over ``ingest.max_file_bytes`` is
