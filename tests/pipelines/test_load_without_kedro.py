@@ -3,6 +3,7 @@ lines (``inference.LOAD_SNIPPET``) run exactly as written, and give the caption 
 `kedro run --pipeline caption` gives the same image."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,8 @@ def test_a_hub_repo_id_loads_what_was_published(project, pipeline_captions, monk
     assert asked == [("you/vlv-shapes", {"repo_type": "model"})]
     photo = Image.open(project / "mine/photo.png")
     assert captioner.caption(photo) == pipeline_captions["photo.png"]
+
+
+def test_the_readme_shows_the_lines_the_test_runs():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"```python\n{LOAD_SNIPPET}```" in readme
