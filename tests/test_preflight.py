@@ -885,7 +885,6 @@ def test_a_paper_run_with_nothing_downloaded_lists_everything(project):
     ):
         assert piece in message, message
     assert message.count("hf download stabilityai/stable-diffusion-2-1-base") == 1  # one line
-    assert seconds < 120
     print(f"\n{message}\n(kedro run took {seconds:.1f} s)")
 
 
