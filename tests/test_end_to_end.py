@@ -31,6 +31,7 @@ stage2:
   training: {steps: 2, batch_size: 8, warmup_steps: 0, checkpoint_every: 1}
   generation: {max_new_tokens: 8, batch_size: 8}
   validation_images: 8
+  baseline: {training: {warmup_steps: 0}}  # conf/base's 200-step warm-up exceeds 2 steps
 evaluate:
   images: 8
   grid_images: 4
