@@ -42,8 +42,9 @@ class TrainParams(StrictModel):
     seed: int = 0
     log_every: int = Field(10, ge=1)
     # where loss, lr, grad norm, images/s (and validation) go while training: Accelerate
-    # trackers, written under <run folder>/logs ([] for none; MLflow joins when tracking is on)
-    trackers: list[Literal["tensorboard"]] = ["tensorboard"]
+    # trackers, written under <run folder>/logs ([] for none; MLflow joins when tracking is on);
+    # wandb (Weights & Biases) needs `pip install wandb` and `wandb login` or WANDB_MODE=offline
+    trackers: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
     # recompute activations in the backward pass (less memory, ~30% more compute), in every
     # model of the objective that supports it: the frozen UNet and the trainable models
     gradient_checkpointing: bool = False

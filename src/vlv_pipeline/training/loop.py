@@ -44,7 +44,13 @@ from vlv_pipeline.errors import ParameterError, UnwritableError, UserError
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.tracking import flatten
 from vlv_pipeline.training import checkpoint
-from vlv_pipeline.training.trackers import figure_array, log_images, make_trackers, plain_config
+from vlv_pipeline.training.trackers import (
+    figure_array,
+    log_images,
+    make_trackers,
+    plain_config,
+)
+from vlv_pipeline.training.trackers import init_kwargs as tracker_init_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +400,11 @@ def train(
         run.accelerator, directory, params, desc
     )
     if run.accelerator.log_with:
-        run.accelerator.init_trackers(name, config=plain_config(params.model_dump(mode="json")))
+        run.accelerator.init_trackers(
+            name,
+            config=plain_config(params.model_dump(mode="json")),
+            init_kwargs=tracker_init_kwargs(params.trackers, directory / "logs", directory.name),
+        )
     started = time.perf_counter()
     _run_steps(run, params, start, history, directory, desc, validation, earlier_seconds)
     seconds = time.perf_counter() - started if params.steps > start else 0.0
