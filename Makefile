@@ -1,5 +1,6 @@
-# vlv-pipeline: `make run` runs the default pipeline, `make test` the test suite.
-# Both create .venv on first use (pinned by constraints.txt) and reuse it afterwards.
+# vlv-pipeline: `make run` runs the default pipeline, `make test` the test suite, `make demo`
+# serves the demo page on 127.0.0.1 (ARGS="--env paper --port N").
+# Each creates .venv on first use (pinned by constraints.txt) and reuses it afterwards.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,14 +13,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: run test lint bench viz rehearsal clean-venv
+.PHONY: run test demo lint bench viz rehearsal clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned first, on its own: an open range could pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo]"
 	touch $@
 
 run: $(VENV)/.installed
@@ -28,6 +29,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
+
+# The demo page (src/vlv_pipeline/demo.py) for the latest models `make run` trained; Ctrl+C stops it.
+demo: $(VENV)/.installed
+	$(BIN)/python -m vlv_pipeline demo $(ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench scripts

@@ -1,6 +1,7 @@
 """``python -m vlv_pipeline`` runs the project like ``kedro run``: the same command
 (``cli.py``'s ``run``: user errors as one message, ``--verbose``). ``python -m vlv_pipeline
-publish DIR --repo-id ...`` runs ``cli.py``'s ``publish`` (as ``kedro publish`` does)."""
+publish DIR --repo-id ...`` runs ``cli.py``'s ``publish`` (as ``kedro publish`` does), and
+``python -m vlv_pipeline demo [--env paper] [--port N]`` its ``demo`` (the demo page)."""
 
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ def main(*args, **kwargs):
     configure_project(package_name)
     interactive = hasattr(sys, "ps1")
     kwargs["standalone_mode"] = not interactive
-    if not args and sys.argv[1:2] == ["publish"]:
-        from vlv_pipeline.cli import publish
+    if not args and sys.argv[1:2] in (["publish"], ["demo"]):
+        from vlv_pipeline import cli
 
-        return publish.main(sys.argv[2:], prog_name=f"{package_name} publish", **kwargs)
+        name = sys.argv[1]
+        command = cli.publish if name == "publish" else cli.demo
+        return command.main(sys.argv[2:], prog_name=f"{package_name} {name}", **kwargs)
     run = find_run_command(package_name)
     return run(*args, **kwargs)
 

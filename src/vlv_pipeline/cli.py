@@ -1,5 +1,6 @@
 """The project's ``kedro run``: Kedro's own command, with the user's mistakes as one message;
-and ``publish``, which uploads a model directory to the Hugging Face Hub (``publish.py``).
+``publish``, which uploads a model directory to the Hugging Face Hub (``publish.py``); and
+``demo``, which serves the demo page on 127.0.0.1 (``demo.py``).
 
 Kedro loads ``<package>.cli`` and its ``run`` replaces the built-in one; ``python -m
 vlv_pipeline`` (and the ``vlv-pipeline`` script) find the same command. It takes every option
@@ -171,6 +172,48 @@ def publish(directory: Path, repo_id: str, verbose: bool, dry_run: bool, **optio
             click.echo(f"  {name}")
         return
     click.echo(f"published {checked.folder} ({len(checked.files)} files) to {repo_id}: {url}")
+
+
+def _kedro_option(name: str) -> click.Option:
+    """``kedro run``'s own option ``name`` (``env``, ``conf_source``, ``params``)."""
+    return next(o for o in _kedro_project.run.params if o.name == name)
+
+
+@cli.command(name="demo")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=7860,
+    show_default=True,
+    help="The port on 127.0.0.1.",
+)
+@click.option("--verbose", is_flag=True, default=False, help="Show the traceback of errors too.")
+def demo(port: int, verbose: bool, env: str | None, conf_source: Any, params: dict) -> None:
+    """Serve the demo page on 127.0.0.1: an uploaded image's caption, its render from its
+    stage-1 caption embeddings, and the re-render of its caption, with the latest models of
+    the environment (--env; `make run` trains the default world's). --params as `kedro run`'s
+    (e.g. caption.model=published)."""
+    from vlv_pipeline import demo as page
+
+    install_log_masking(console_quiet=True)
+    try:
+        page.check_port(port)
+        click.echo(f"Loading the models ({env or 'the default environment'})...", err=True)
+        models = page.load_models(
+            env=env, conf_source=conf_source or None, runtime_params=params or {}
+        )
+    except Exception as error:  # noqa: BLE001 - every exception: a message or a bug report
+        raise stop(error, verbose) from None
+    try:
+        running = page.serve(models, port=port)
+    except OSError as error:  # the port was taken meanwhile
+        raise stop(page.port_error(port, error), verbose) from None
+    click.echo(f"The demo page: http://{page.HOST}:{port} (Ctrl+C stops it)", err=True)
+    running.block_thread()
+
+
+for _name in ("params", "conf_source", "env"):
+    demo.params.insert(0, _kedro_option(_name))
 
 
 if __name__ == "__main__":  # pragma: no cover
