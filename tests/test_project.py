@@ -174,3 +174,133 @@ def test_each_pipeline_package_imports_only_its_own_modules():
                 ):
                     crossing.append(f"{path.relative_to(root)}: {name}")
     assert not crossing, crossing
+
+
+# The paper path's modules whose imports the default install does not cover: judge fid_clip
+# (evaluate's FID and CLIP score, its re-render rows, reconstruct's FID on large folders)
+# and the preflight check that names what fid_clip needs before a run starts.
+PAPER_MODULES = (
+    "src/vlv_pipeline/pipelines/evaluate/nodes.py",
+    "src/vlv_pipeline/pipelines/evaluate/rerender.py",
+    "src/vlv_pipeline/pipelines/reconstruct/nodes.py",
+    "src/vlv_pipeline/preflight.py",
+)
+# distribution name -> the import name it provides (checked against the installed
+# distribution's files where it is installed)
+IMPORT_NAMES = {"torchmetrics": "torchmetrics", "torch-fidelity": "torch_fidelity"}
+# Accelerate config distributed_type -> the package Accelerate imports to run it
+ENGINE_IMPORTS = {"DEEPSPEED": ("deepspeed", "deepspeed")}
+
+
+def _requirement_name(text: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(text).name.lower().replace("_", "-")
+
+
+def _default_distributions(requirements: list[str]) -> set[str]:
+    """The distributions a default install brings: pyproject's dependencies and, through
+    the installed packages' metadata, everything they require (extras followed)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [(Requirement(text), "") for text in requirements]
+    while todo:
+        requirement, extra = todo.pop()
+        if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = requirement.name.lower().replace("_", "-")
+        key = f"{name}[{','.join(sorted(requirement.extras))}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            needs = metadata.distribution(name).requires or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in needs:
+            sub = Requirement(text)
+            if sub.marker is None:
+                todo.append((sub, ""))
+            for wanted in requirement.extras or [""]:
+                if sub.marker is not None:
+                    todo.append((sub, wanted))
+    return {key.split("[")[0] for key in seen}
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names a module imports (at any depth) or asks ``find_spec`` about."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp):
+            asks = any(
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "find_spec"
+                for call in ast.walk(node)
+            )
+            for generator in node.generators if asks else ():
+                if isinstance(generator.iter, ast.Tuple | ast.List):
+                    names |= {
+                        item.value
+                        for item in generator.iter.elts
+                        if isinstance(item, ast.Constant) and isinstance(item.value, str)
+                    }
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "find_spec"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            names.add(str(node.args[0].value).split(".")[0])
+    return names
+
+
+def test_the_paper_extra_installs_what_the_paper_path_imports_beyond_the_default():
+    """pyproject's [paper] extra = the import names the paper path's modules use that the
+    default install does not provide, plus the engine a shipped Accelerate config names."""
+    import sys
+    import tomllib
+    from importlib import metadata
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = [_requirement_name(text) for text in project["optional-dependencies"]["paper"]]
+    imports = dict(IMPORT_NAMES, **dict(ENGINE_IMPORTS.values()))
+    assert set(extra) <= set(imports), f"say which import name {set(extra) - set(imports)} gives"
+    installed = metadata.packages_distributions()
+    for distribution, name in imports.items():
+        if distribution in extra and name in installed:  # installed here: its files agree
+            provided = {d.lower().replace("_", "-") for d in installed[name]}
+            assert distribution in provided, (distribution, name, installed[name])
+
+    default = _default_distributions(project["dependencies"])
+    wanted: dict[str, str] = {}
+    for module in PAPER_MODULES:
+        for name in _imports(ROOT / module):
+            if name in sys.stdlib_module_names or name in {"__future__", "vlv_pipeline"}:
+                continue
+            providers = {d.lower().replace("_", "-") for d in installed.get(name, [])}
+            if not providers & default:
+                wanted.setdefault(name, module)
+    engines = {
+        ClusterConfig.from_yaml_file(str(path)).distributed_type.value
+        for path in (ROOT / "conf/accelerate").glob("*.yaml")
+    }
+    for engine, (_, name) in ENGINE_IMPORTS.items():
+        if engine in engines:
+            wanted.setdefault(name, f"conf/accelerate ({engine})")
+
+    assert sorted(imports[d] for d in extra) == sorted(wanted), wanted
+    assert set(wanted) == {"torchmetrics", "torch_fidelity", "deepspeed"}  # as of issue 29
