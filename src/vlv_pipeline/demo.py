@@ -30,6 +30,7 @@ handles one upload at a time.
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 from collections.abc import Callable
@@ -334,9 +335,13 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
 
 # ------------------------------------------------------------------------------ page
 
+# small renders (the shapes world's 32 px) fill their panel, pixel for pixel
 CSS = """
-#original img, #from-embeddings img, #from-caption img { image-rendering: pixelated; }
-#error { color: #b00020; font-weight: 600; }
+#original img, #from-embeddings img, #from-caption img {
+  width: 100%; height: calc(100% - 2.5em); margin-top: 2.5em;
+  object-fit: contain; image-rendering: pixelated;
+}
+#error, #error p { color: #b00020; font-weight: 600; }
 """
 
 
@@ -347,7 +352,7 @@ def build_page(models: DemoModels):
 
     def on_upload(path):
         shown = handle_upload(models, path)
-        error = f"**{shown.error}**" if shown.error else ""
+        error = f'<p role="alert">{html.escape(shown.error)}</p>' if shown.error else ""
         return (
             gr.update(value=error, visible=bool(shown.error)),
             shown.caption or "",
@@ -356,7 +361,9 @@ def build_page(models: DemoModels):
             shown.from_caption,
         )
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    # uploads and renders live in Gradio's cache (GRADIO_TEMP_DIR): kept an hour at most, and
+    # cleared when the page stops
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(f"# {TITLE}\n\n{models.describe()}")
         upload = gr.File(
             label="Upload an image (PNG, JPEG, WebP, BMP or GIF)",
@@ -364,7 +371,7 @@ def build_page(models: DemoModels):
             type="filepath",
             elem_id="upload",
         )
-        error = gr.Markdown(visible=False, elem_id="error")
+        error = gr.HTML(visible=False, elem_id="error")
         caption = gr.Textbox(label="Caption", interactive=False, lines=3, elem_id="caption")
         with gr.Row():
             images = [
@@ -378,9 +385,9 @@ def build_page(models: DemoModels):
                     buttons=["download", "fullscreen"],  # no "share": nothing leaves the machine
                 )
                 for label, elem in (
-                    ("the image, as the T2I model's renders are cropped", "original"),
-                    ("rendered from its caption embeddings (stage 1)", "from-embeddings"),
-                    ("re-rendered from its caption", "from-caption"),
+                    ("the image (cropped as rendered)", "original"),
+                    ("from its caption embeddings", "from-embeddings"),
+                    ("from its caption", "from-caption"),
                 )
             ]
         upload.upload(on_upload, inputs=upload, outputs=[error, caption, *images])

@@ -56,11 +56,13 @@ def served(tmp_path_factory):
     bootstrap_project(ROOT)
     models = demo.load_models(project_path=ROOT, conf_source=str(project.conf))
     port = _free_port()
-    page = demo.serve(models, port=port)
-    try:
-        yield project, models, f"http://127.0.0.1:{port}/"
-    finally:
-        page.close()
+    with pytest.MonkeyPatch.context() as patch:  # uploads go to a folder of this test's
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        page = demo.serve(models, port=port)
+        try:
+            yield project, models, f"http://127.0.0.1:{port}/"
+        finally:
+            page.close()
 
 
 @pytest.fixture
