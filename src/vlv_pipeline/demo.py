@@ -401,6 +401,7 @@ def build_page(models: DemoModels):
 def serve(models: DemoModels, port: int = DEFAULT_PORT):
     """Serve the page on 127.0.0.1:``port`` and return it running (``page.block_thread()``
     waits until Ctrl+C; ``page.close()`` stops it)."""
+    _bypass_proxies()
     page = build_page(models)
     page.queue(default_concurrency_limit=1)  # one upload at a time: the models are shared
     page.launch(
@@ -415,6 +416,15 @@ def serve(models: DemoModels, port: int = DEFAULT_PORT):
         css=CSS,
     )
     return page
+
+
+def _bypass_proxies() -> None:
+    """127.0.0.1 in NO_PROXY: Gradio checks the page it started over HTTP, and an HTTP_PROXY
+    of the user's would otherwise be asked for it (and the start refused)."""
+    current = os.environ.get("NO_PROXY", os.environ.get("no_proxy", ""))
+    hosts = [h.strip() for h in current.split(",") if h.strip()]
+    if HOST not in hosts:
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join([*hosts, HOST])
 
 
 def _port_in_use(port: int) -> bool:
