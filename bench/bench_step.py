@@ -74,7 +74,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from steps import step_phases, synchronize  # noqa: E402
 
 from vlv_pipeline.models.stage2 import Stage2Objective  # noqa: E402
-from vlv_pipeline.models.text_encoder import encode_embeddings  # noqa: E402
 
 SECTIONS = ("gemm", "stage1", "stage2", "baseline", "render")
 # what the loop does at every step, and what it does every K steps
@@ -905,16 +904,6 @@ def stage2_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> dict:
     return measure_training("stage 2", got, args, device, tmp, ceiling)
 
 
-class BaselineFromLatents(Stage2Objective):
-    """The lever: the baseline's objective with its encoder's frozen VAE tower read from the
-    latent cache, as stage 1 reads it (``batch`` = cached posterior mean, ids, mask)."""
-
-    def forward(self, batch) -> torch.Tensor:
-        mean, input_ids, attention_mask = batch
-        conditions = encode_embeddings(self.text_encoder, self.encoder.from_features(mean))
-        return self.decoder(conditions, input_ids, attention_mask)
-
-
 def latent_lever(got: Captured, inputs: Inputs) -> tuple[Captured | None, str, dict]:
     """The baseline read from the latent cache, if that leaves its definition unchanged: the
     encoder's tower is the T2I VAE's encoder, frozen; the cache holds that VAE's posterior
@@ -955,7 +944,9 @@ def latent_lever(got: Captured, inputs: Inputs) -> tuple[Captured | None, str, d
     if diff > 1e-4 * max(1.0, scale):
         return None, f"embeddings from the cache differ from the tower's ({diff:.2e})", check
     lever = Captured(
-        BaselineFromLatents(objective.decoder, objective.encoder, objective.text_encoder),
+        Stage2Objective(
+            objective.decoder, objective.encoder, objective.text_encoder, from_latents=True
+        ),
         BoundedCache(Zipped(rows, tokens), got.params.cache_mb * 2**20),
         got.params,
         dict(got.kwargs),
@@ -968,6 +959,8 @@ def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[
     from vlv_pipeline.training import loop
 
     data = inputs.stage2_data()
+    # "today" is the pixel path (no latent cache handed over), the lever the cached means:
+    # since issue 28 the default run's node takes the lever whenever the cache fits
     got = capture_training(nodes, lambda: nodes.train_baseline(data, inputs.stage2, inputs.stage1))
     result = measure_training("baseline (without stage 1)", got, args, device, tmp, ceiling)
     lever, reason, check = latent_lever(got, inputs)

@@ -15,22 +15,35 @@ class Stage2Objective(nn.Module):
 
     Without an encoder, ``batch`` = (cached text-encoder outputs, input_ids, attention_mask).
     With one (psi + LLM + VLV encoder), ``batch`` = (pixels, uint8 or in [-1, 1], input_ids,
-    attention_mask) and the conditions are recomputed through the frozen text encoder.
+    attention_mask) and the conditions are recomputed through the frozen text encoder. With
+    ``from_latents`` the first item is instead the latent cache's VAE posterior mean, fed to
+    the encoder after its frozen VAE tower (``from_features``): the same embeddings, without
+    running the tower every step.
     """
 
     def __init__(
-        self, decoder: CaptionDecoder, encoder: nn.Module | None = None, text_encoder=None
+        self,
+        decoder: CaptionDecoder,
+        encoder: nn.Module | None = None,
+        text_encoder=None,
+        *,
+        from_latents: bool = False,
     ):
         super().__init__()
         if (encoder is None) != (text_encoder is None):
             raise ValueError("give both the VLV encoder and the text encoder, or neither")
+        if from_latents and not getattr(encoder, "reads_vae_latents", False):
+            raise ValueError("from_latents needs an encoder whose vision tower is a VAE")
         self.decoder = decoder
         self.encoder = encoder
         self.text_encoder = text_encoder.requires_grad_(False) if text_encoder else None
+        self.from_latents = from_latents
 
     def forward(self, batch) -> torch.Tensor:
         inputs, input_ids, attention_mask = batch
-        if self.encoder is not None:  # uint8 pixels become floats here, on the device
+        if self.from_latents:
+            inputs = encode_embeddings(self.text_encoder, self.encoder.from_features(inputs))
+        elif self.encoder is not None:  # uint8 pixels become floats here, on the device
             inputs = encode_embeddings(self.text_encoder, self.encoder(to_unit_range(inputs)))
         return self.decoder(inputs, input_ids, attention_mask)
 

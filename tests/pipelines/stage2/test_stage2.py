@@ -326,3 +326,47 @@ def test_validation_every_k_steps_captions_and_logs_while_training(tiny_world, t
     again, _ = nodes.train_stage2(data, encoder, cache, quiet)
     for name, tensor in again.decoder.state_dict().items():
         assert torch.equal(tensor, captioner.decoder.state_dict()[name]), name
+
+
+def test_baseline_reads_its_vae_tower_from_the_latent_cache_with_the_same_result(
+    tiny_world, tiny_sd, tmp_path, monkeypatch
+):
+    """The baseline's frozen VAE tower is skipped when the latent cache holds the pairs'
+    posterior means (issue 28): the tower never runs, and the training is the pixels' own."""
+    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.params.cache import CacheParams
+    from vlv_pipeline.pipelines.cache.nodes import encode_latents
+
+    params, data, _, _ = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    source, manifest = tiny_world
+    stage1 = stage1_params(tiny_sd)
+    tower_calls = []
+    built = nodes.build_encoder
+
+    def counting_build(*args, **kwargs):
+        encoder = built(*args, **kwargs)
+        encoder.vae_tower["encoder"].register_forward_hook(lambda *_: tower_calls.append(1))
+        return encoder
+
+    monkeypatch.setattr(nodes, "build_encoder", counting_build)
+
+    def run(name, latent_cache):
+        tower_calls.clear()
+        folder = params.model_copy(update={"checkpoint_dir": str(tmp_path / name)})
+        captioner, log = nodes.train_baseline(data, folder, stage1, latent_cache)
+        return captioner, [e["loss"] for e in log["history"]], len(tower_calls)
+
+    vae = {"pretrained": str(tiny_sd), "subfolder": "vae"}
+    cache = encode_latents(source, manifest, LatentCache(tmp_path / "lat"), CacheParams(vae=vae))
+    _, from_pixels, pixel_calls = run("pixels", None)
+    captioner, from_cache, cache_calls = run("cached", cache)
+    assert pixel_calls == len(from_pixels) and cache_calls == 0
+    assert from_cache == pytest.approx(from_pixels, rel=1e-5)
+    # the saved captioner still reads pixels through its own tower
+    assert len(captioner.caption(data.eval_pixels)) == len(data.eval_ids)
+    # a cache of another resolution is not the tower's output: the pixels are read
+    other = encode_latents(
+        source, manifest, LatentCache(tmp_path / "lat8"), CacheParams(vae=vae, resolution=8)
+    )
+    _, again, calls = run("other", other)
+    assert calls == len(again) and again == pytest.approx(from_pixels, rel=1e-5)

@@ -10,7 +10,14 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint
+from vlv_pipeline.datasets.latent_cache import (
+    CacheRows,
+    EmbeddingCache,
+    LatentCache,
+    MissingEntryError,
+    embedding_fingerprint,
+    vae_fingerprint,
+)
 from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
@@ -131,12 +138,20 @@ def _training_set(
     fingerprint: dict,
     params: Stage2Params,
     run: CaptionerRun,
+    latents: CacheRows | None = None,
 ) -> tuple[Stage2Objective, BoundedCache]:
     """The objective and its items. When the encoder trains: pixels through encoder and text
-    encoder every step. Otherwise: the frozen encoder's conditions from the embedding cache,
-    which must have been made by this encoder and text encoder."""
+    encoder every step, or, given ``latents`` (the latent cache's rows of the pairs) and an
+    encoder whose VAE tower is frozen, the cached posterior means after that tower. Otherwise:
+    the frozen encoder's conditions from the embedding cache, which must have been made by
+    this encoder and text encoder."""
     cache_bytes = run.training.cache_mb * 2**20
     if "encoder" in trainable_parts(run.trainable):
+        tower = getattr(encoder, "vae_tower", None)
+        if latents is not None and tower is not None:
+            if not any(p.requires_grad for p in tower.parameters()):
+                objective = Stage2Objective(decoder, encoder, text_encoder, from_latents=True)
+                return objective, BoundedCache(Zipped(latents, tokens), cache_bytes)
         objective = Stage2Objective(decoder, encoder, text_encoder)
         return objective, BoundedCache(Zipped(data.pair_pixels, tokens), cache_bytes)
     if embedding_cache is None or embedding_cache.fingerprint != fingerprint:
@@ -185,6 +200,7 @@ def _train_captioner(
     run: CaptionerRun,
     *,
     embedding_cache: EmbeddingCache | None = None,
+    latents: CacheRows | None = None,
 ) -> tuple[VLVCaptioner, dict]:
     """psi + the LLM (+ LoRA, + the encoder, per ``run.trainable``) trained on the pairs;
     returns the captioner (sharing its modules with what trained) and the training log."""
@@ -197,7 +213,16 @@ def _train_captioner(
     tokens = CaptionTokens(tokenizer, data.pair_captions, params.max_caption_tokens)
     fingerprint = embedding_fingerprint(encoder, text_encoder, params.resolution)  # hashed once
     objective, dataset = _training_set(
-        decoder, encoder, text_encoder, tokens, data, embedding_cache, fingerprint, params, run
+        decoder,
+        encoder,
+        text_encoder,
+        tokens,
+        data,
+        embedding_cache,
+        fingerprint,
+        params,
+        run,
+        latents,
     )
     captioner = VLVCaptioner(
         encoder,
@@ -308,12 +333,42 @@ def train_stage2(
     )
 
 
-def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params):
+def _pair_latents(
+    latent_cache: LatentCache | None, vae, data: Stage2Data, params: Stage2Params
+) -> CacheRows | None:
+    """The latent cache's posterior means of the pairs, when that cache was made by this VAE
+    at stage 2's resolution and holds every pair image; else None (the pixels are read)."""
+    if latent_cache is None:
+        return None
+    if latent_cache.fingerprint != vae_fingerprint(vae, params.resolution):
+        logger.info(
+            "baseline: the latent cache was made by another VAE or resolution; "
+            "its encoder reads the pixels"
+        )
+        return None
+    try:
+        return latent_cache.rows(data.pair_ids, fields=("mean",))
+    except MissingEntryError as error:
+        logger.info(
+            "baseline: the latent cache lacks pair images (%s); its encoder reads the pixels", error
+        )
+        return None
+
+
+def train_baseline(
+    data: Stage2Data,
+    params: Stage2Params,
+    stage1: Stage1Params,
+    latent_cache: LatentCache | None = None,
+):
     """The paper's "without stage 1": the same LLM and psi from an encoder that had no stage 1.
 
     The encoder is built as stage 1 builds its starting point: the small encoder with random
     trainable weights (and its self-supervised VAE tower, if stage 1 uses one), or Florence-2
-    as pretrained, never distilled. It trains with psi and the LLM on the same pairs.
+    as pretrained, never distilled. It trains with psi and the LLM on the same pairs. When its
+    vision tower is the frozen VAE encoder and ``latent_cache`` holds that VAE's posterior
+    means of the pairs, it reads them as stage 1 does instead of running the tower every
+    step: the same embeddings (tested), a cheaper step.
     """
     t2i_vae = load_component("vae", {"pretrained": stage1.t2i, "subfolder": "vae"})
     text_encoder = _text_encoder(params)
@@ -327,7 +382,10 @@ def train_baseline(data: Stage2Data, params: Stage2Params, stage1: Stage1Params)
     run = CaptionerRun(
         "stage2_baseline", "projector+llm+encoder", params.baseline.training or params.training
     )
-    return _train_captioner(encoder, text_encoder, data, params, run)
+    latents = None
+    if getattr(encoder, "reads_vae_latents", False):
+        latents = _pair_latents(latent_cache, t2i_vae, data, params)
+    return _train_captioner(encoder, text_encoder, data, params, run, latents=latents)
 
 
 def validate_stage2(

@@ -22,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.train_baseline,
-                ["stage2_data", "params:stage2", "params:stage1"],
+                ["stage2_data", "params:stage2", "params:stage1", "latent_cache"],
                 ["baseline_captioner", "stage2_baseline_log"],
                 name="train_baseline",
             ),
