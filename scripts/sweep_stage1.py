@@ -3,7 +3,7 @@
     python scripts/sweep_stage1.py                      # every candidate of the sweep file
     python scripts/sweep_stage1.py --only ema tw300     # a subset, in that order
     python scripts/sweep_stage1.py --table              # print the table, train nothing
-    python scripts/sweep_stage1.py --seed 1 --only final --split test   # the final recipe
+    python scripts/sweep_stage1.py --seed 1 --only final1200 --split test   # conf/base now
     python scripts/sweep_stage1.py --only final --split test --steps 2000   # a curve point
     python scripts/sweep_stage1.py --curve final --plot docs/images/stage1_quality_curve.png
 

@@ -57,7 +57,8 @@ def test_the_shipped_sweep_file_holds_valid_candidates():
     """Every candidate of conf/sweeps/stage1.yml applies to conf/base and validates."""
     base = yaml.safe_load((ROOT / "conf/base/parameters_stage1.yml").read_text())["stage1"]
     candidates = sweep.load_sweep(ROOT / "conf/sweeps/stage1.yml")
-    assert candidates["final"]["overrides"] == {}  # conf/base as it is
+    assert candidates["final1200"]["overrides"] == {}  # conf/base as it is
+    assert candidates["final"]["overrides"]["training.steps"] == 2000  # the recipe before it
     before = candidates["ref"]["overrides"]  # the recipe before the sweep, restated
     assert before["encoder.small.latent_stem_channels"] == [] and before["training.steps"] == 1000
     for name, body in candidates.items():
