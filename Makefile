@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned first, on its own: an open range could pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo]"
+	# mlflow: tests/test_mlflow_real.py runs the real tracking path (off unless VLV_MLFLOW=1).
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo,mlflow]"
 	touch $@
 
 run: $(VENV)/.installed

@@ -16,6 +16,10 @@ def test_off_unless_switched_on(monkeypatch):
     assert "kedro-mlflow" in importlib.reload(settings).DISABLE_HOOKS_FOR_PLUGINS
     monkeypatch.setenv("VLV_MLFLOW", "1")
     assert importlib.reload(settings).DISABLE_HOOKS_FOR_PLUGINS == ()
+    # under `accelerate launch`, rank 0 alone opens the launch's MLflow run
+    monkeypatch.setenv("RANK", "1")
+    assert "kedro-mlflow" in importlib.reload(settings).DISABLE_HOOKS_FOR_PLUGINS
+    monkeypatch.delenv("RANK")
     monkeypatch.delenv("VLV_MLFLOW")
     importlib.reload(settings)
 
@@ -85,4 +89,35 @@ def test_training_curves_go_into_the_open_mlflow_run(monkeypatch, tmp_path):
         "stage1/lr",
         "stage1/grad_norm",
         "stage1/images_per_s",
+    }
+
+
+def test_typed_parameter_sections_are_logged_flattened(monkeypatch):
+    """Kedro hands nodes their parameter sections as pydantic models, which kedro-mlflow logs
+    as one string each: the hook logs them key by key (plain dicts kedro-mlflow flattens)."""
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.pipeline import Node, Pipeline
+    from pydantic import BaseModel
+
+    class Training(BaseModel):
+        steps: int = 2
+        betas: tuple[float, float] = (0.9, 0.99)
+
+    class Stage(BaseModel):
+        training: Training = Training()
+        probe: str | None = None
+
+    logged = {}
+    fake = types.SimpleNamespace(active_run=lambda: object(), log_params=logged.update)
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    monkeypatch.setenv("VLV_MLFLOW", "1")
+    catalog = DataCatalog(
+        {"params:stage1": MemoryDataset(Stage()), "params:rating": MemoryDataset({"images": 8})}
+    )
+    pipeline = Pipeline([Node(lambda a, b: None, ["params:stage1", "params:rating"], None)])
+    tracking.MlflowMetricsHook().before_pipeline_run({}, pipeline, catalog)
+    assert logged == {
+        "stage1.training.steps": "2",
+        "stage1.training.betas": "[0.9, 0.99]",
+        "stage1.probe": "None",
     }
