@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned first, on its own: an open range could pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	# mlflow: tests/test_mlflow_real.py runs the real tracking path (off unless VLV_MLFLOW=1).
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo]"
+	touch $@
+
+# The tests add the mlflow extra (tests/test_mlflow_real.py runs the real tracking path; it is
+# off unless VLV_MLFLOW=1). `make run` does without it: a first run's venv stays small and
+# quick, and kedro commands do not import mlflow for kedro-mlflow's CLI.
+$(VENV)/.installed-mlflow: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo,mlflow]"
 	touch $@
 
@@ -28,7 +34,7 @@ run: $(VENV)/.installed
 	$(BIN)/kedro run $(ARGS)
 	@echo "Outputs are under data/ (manifest: data/02_intermediate, models: data/06_models, report: data/08_reporting)."
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-mlflow
 	$(BIN)/python -m pytest $(ARGS)
 
 # The demo page (src/vlv_pipeline/demo.py) for the latest models `make run` trained; Ctrl+C stops it.

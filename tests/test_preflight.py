@@ -888,7 +888,13 @@ def test_a_paper_run_with_nothing_downloaded_lists_everything(project):
     print(f"\n{message}\n(kedro run took {seconds:.1f} s)")
 
 
-def test_in_a_session_the_default_run_passes_quickly_and_the_paper_run_stops(project):
+def test_in_a_session_the_default_run_passes_without_reading_weights_and_the_paper_run_stops(
+    project,
+):
+    """The preflight reads configs and records only: no weights file is opened (what keeps it
+    quick; its speed itself is not timed here, the machines differ)."""
+    import safetensors.torch
+    import torch
     from kedro.framework.project import pipelines
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -900,11 +906,23 @@ def test_in_a_session_the_default_run_passes_quickly_and_the_paper_run_stops(pro
         bootstrap_project(root)
         with KedroSession.create(project_path=root) as session:
             catalog = session.load_context().catalog
-            start = time.perf_counter()
-            findings = check(pipelines["__default__"], catalog, pipelines, "local")
-            seconds = time.perf_counter() - start
+            opened = []
+            with pytest.MonkeyPatch.context() as patch:
+                for module, name in (
+                    (torch, "load"),
+                    (safetensors.torch, "load_file"),
+                    (safetensors, "safe_open"),
+                ):
+                    real = getattr(module, name)
+
+                    def spy(*args, _real=real, _name=name, **kwargs):
+                        opened.append((_name, args[:1]))
+                        return _real(*args, **kwargs)
+
+                    patch.setattr(module, name, spy)
+                findings = check(pipelines["__default__"], catalog, pipelines, "local")
         assert findings == []
-        assert seconds < 0.5, seconds
+        assert opened == [], opened
         with KedroSession.create(project_path=root, env="paper") as session:
             with pytest.raises(MissingComponentsError, match="data/paper/06_models/vlv_captioner"):
                 session.run(pipeline_names=["caption"])
