@@ -28,7 +28,7 @@ from steps import time_steps  # noqa: E402
 
 from vlv_pipeline.models.encoders import build_encoder  # noqa: E402
 from vlv_pipeline.models.stage1 import Stage1Objective  # noqa: E402
-from vlv_pipeline.models.t2i import FrozenT2I  # noqa: E402
+from vlv_pipeline.models.teachers import load_teacher  # noqa: E402
 from vlv_pipeline.params.stage1 import EncoderParams  # noqa: E402
 
 
@@ -40,24 +40,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     conf = yaml.safe_load((ROOT / "conf/base/parameters_stage1.yml").read_text())["stage1"]
-    t2i = FrozenT2I.load(str(ROOT / "src/vlv_pipeline/assets/teacher"))
+    t2i = load_teacher(str(ROOT / "src/vlv_pipeline/assets/teacher"))
     size = t2i.vae.config.sample_size
     torch.manual_seed(0)
     pixels = torch.rand(4, args.batch, 3, size, size) * 2 - 1
     with torch.no_grad():
         dists = [t2i.vae.encode(p).latent_dist for p in pixels]
     batches = [(p, d.mean, d.std) for p, d in zip(pixels, dists, strict=True)]
-    parts = (t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor)
     objectives = {}
     for n in args.counts:
         spec = EncoderParams.model_validate({**conf["encoder"], "num_queries": n})
         torch.manual_seed(0)
-        encoder = build_encoder(
-            spec, t2i.width, t2i.vae, t2i.text_encoder.get_input_embeddings().weight
-        )
+        encoder = build_encoder(spec, t2i.width, t2i.vae, t2i.token_embeddings)
         objective = Stage1Objective(
             encoder,
-            *parts,
+            t2i,
             tuple(conf["timestep_range"]),
             conf["noise_draws"],
             conf["diversity_weight"],

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from steps import time_steps  # noqa: E402
 
 from vlv_pipeline.models.stage1 import Stage1Objective  # noqa: E402
-from vlv_pipeline.models.t2i import FrozenT2I  # noqa: E402
+from vlv_pipeline.models.teachers import load_teacher  # noqa: E402
+from vlv_pipeline.models.teachers.families import StableDiffusionTeacher  # noqa: E402
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +52,6 @@ def paper_shaped_t2i():
     """SD 2.1 base's VAE, UNet, OpenCLIP-H text encoder and scheduler at their real sizes
     (``gpu_smoke.PAPER``), randomly initialised from configs (nothing downloaded), for
     384 px (48 x 48 latents)."""
-    from types import SimpleNamespace
-
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from gpu_smoke import PAPER
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -63,14 +62,8 @@ def paper_shaped_t2i():
     for part in (vae, unet, text_encoder):
         part.requires_grad_(False).eval()
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    return SimpleNamespace(
-        vae=vae,
-        unet=unet,
-        text_encoder=text_encoder,
-        scheduler=scheduler,
-        scaling_factor=0.18215,
-        width=PAPER["text"]["hidden_size"],
-    )
+    parts = {"vae": vae, "unet": unet, "text_encoder": text_encoder, "scheduler": scheduler}
+    return StableDiffusionTeacher("SD 2.1 base, paper-shaped", parts)
 
 
 def main() -> None:
@@ -86,7 +79,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.manual_seed(0)
-    t2i = paper_shaped_t2i() if args.paper_shapes else FrozenT2I.load(args.t2i)
+    t2i = paper_shaped_t2i() if args.paper_shapes else load_teacher(args.t2i)
     size = t2i.vae.config.sample_size
     pixels = torch.rand(4, args.batch, 3, size, size) * 2 - 1
     with torch.no_grad():
@@ -102,11 +95,8 @@ def main() -> None:
         model.load_vae_tower(t2i.vae)
         return model
 
-    parts = (t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor)
-    ours = time_steps(
-        Stage1Objective(encoder(), *parts, features_from_cache=True), cached, args.steps
-    )
-    reference = time_steps(EncodeEveryStep(t2i.vae, encoder(), *parts), raw, args.steps)
+    ours = time_steps(Stage1Objective(encoder(), t2i, features_from_cache=True), cached, args.steps)
+    reference = time_steps(EncodeEveryStep(t2i.vae, encoder(), t2i), raw, args.steps)
     print(
         f"stage-1 step, batch {args.batch}, {size} px, {args.steps} steps, {torch.get_num_threads()} threads"
     )

@@ -31,7 +31,7 @@ from steps import time_steps  # noqa: E402
 
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions  # noqa: E402
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable  # noqa: E402
-from vlv_pipeline.models.t2i import FrozenT2I  # noqa: E402
+from vlv_pipeline.models.teachers import load_teacher  # noqa: E402
 from vlv_pipeline.models.text_encoder import encode_embeddings  # noqa: E402
 from vlv_pipeline.params.stage1 import Stage1Params  # noqa: E402
 from vlv_pipeline.params.stage2 import Stage2Params  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     stage1, stage2 = _params()
     torch.manual_seed(0)
-    t2i = FrozenT2I.load(stage1.t2i)
+    t2i = load_teacher(stage1.t2i)
     token_embeddings = t2i.text_encoder.get_input_embeddings().weight
     encoder = build_encoder(stage1.encoder, t2i.width, t2i.vae, token_embeddings).eval()
     from vlv_pipeline.models.registry import load_component

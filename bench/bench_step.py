@@ -683,9 +683,9 @@ class Inputs:
         return self._once("pairs", make)
 
     def t2i(self):
-        from vlv_pipeline.models.t2i import FrozenT2I
+        from vlv_pipeline.models.teachers import load_teacher
 
-        return self._once("t2i", lambda: FrozenT2I.load(self.stage1.t2i, self.stage1.t2i_dtype))
+        return self._once("t2i", lambda: load_teacher(self.stage1.t2i, self.stage1.t2i_dtype))
 
     def vlv_encoder(self):
         def make():
@@ -999,9 +999,8 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
     sample) against the bare sampler call on conditions held in memory."""
     import pandas as pd
 
-    from vlv_pipeline.models import t2i as t2i_module
     from vlv_pipeline.models import teacher
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import Teacher, load_teacher
     from vlv_pipeline.pipelines.evaluate import nodes as ev
 
     params, s = inputs.evaluate, inputs.evaluate.sampling
@@ -1039,7 +1038,7 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
             t2i.vae.decoder.register_forward_hook(post("VAE decode")),
         ]
 
-    t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
+    t2i = load_teacher(params.stage1_t2i, params.t2i_dtype, device)
     n = min(s.batch_size, len(data.image_ids))
     originals = data.images(0, n)
     conditions = t2i.condition_images(encoder, originals, s.batch_size)
@@ -1070,7 +1069,7 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
 
     # the real path: EvalRenders' first batch, with timers around what it calls
     hooks = []
-    load = timed("load", FrozenT2I.load)
+    load = timed("load", load_teacher)
 
     def load_and_hook(*a, **k):
         made = load(*a, **k)
@@ -1078,21 +1077,21 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
         return made
 
     patches = [
-        mock.patch.object(FrozenT2I, "load", load_and_hook),
+        mock.patch.object(ev, "load_teacher", load_and_hook),
         mock.patch.object(ev.EvalData, "images", timed("decode originals", ev.EvalData.images)),
         mock.patch.object(
-            FrozenT2I,
+            Teacher,
             "condition_images",
-            timed("encode (VLV encoder, text encoder)", FrozenT2I.condition_images),
+            timed("encode (VLV encoder, text encoder)", Teacher.condition_images),
         ),
         mock.patch.object(ev, "image_generators", timed("seed generators", ev.image_generators)),
         mock.patch.object(
-            t2i_module,
+            teacher,
             "assemble_pipeline",
-            timed("assemble pipeline", t2i_module.assemble_pipeline),
+            timed("assemble pipeline", teacher.assemble_pipeline),
         ),
         mock.patch.object(teacher, "_scheduler", timed("swap scheduler", teacher._scheduler)),
-        mock.patch.object(FrozenT2I, "render", timed("render", FrozenT2I.render)),
+        mock.patch.object(Teacher, "render", timed("render", Teacher.render)),
     ]
     for patch in patches:
         patch.start()

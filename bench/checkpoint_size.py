@@ -49,6 +49,7 @@ from gpu_smoke import PAPER  # noqa: E402
 from vlv_pipeline.models.caption_decoder import CaptionDecoder  # noqa: E402
 from vlv_pipeline.models.stage1 import Stage1Objective  # noqa: E402
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable  # noqa: E402
+from vlv_pipeline.models.teachers.families import StableDiffusionTeacher  # noqa: E402
 from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder  # noqa: E402
 from vlv_pipeline.training import checkpoint  # noqa: E402
 
@@ -161,7 +162,9 @@ def paper_parts():
 def stage1_paper() -> torch.nn.Module:
     text, encoder, unet, _, scheduler = paper_parts()
     with torch.device("meta"):
-        return Stage1Objective(encoder, text, unet(), scheduler, 0.18215)  # freezes text, UNet
+        parts = {"text_encoder": text, "unet": unet(), "scheduler": scheduler}
+        # the teacher freezes the text encoder and the UNet
+        return Stage1Objective(encoder, StableDiffusionTeacher("SD 2.1 (meta)", parts))
 
 
 def stage2_paper(trainable: str) -> torch.nn.Module:
@@ -229,12 +232,12 @@ def folder_bytes(path: Path) -> int:
 def tiny_stage1_world():
     """The default world's stage-1 objective: the shipped teacher, conf/base's encoder (a
     small encoder on the teacher VAE's frozen encoder), fed cached latents."""
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.params.stage1 import EncoderParams
     from vlv_pipeline.pipelines.stage1.nodes import build_encoder
 
     conf = yaml.safe_load((ROOT / "conf/base/parameters_stage1.yml").read_text())["stage1"]
-    t2i = FrozenT2I.load(str(ROOT / conf["t2i"]), conf.get("t2i_dtype", "float32"))
+    t2i = load_teacher(str(ROOT / conf["t2i"]), conf.get("t2i_dtype", "float32"))
     torch.manual_seed(0)
     encoder = build_encoder(
         EncoderParams(**conf["encoder"]),
@@ -244,10 +247,7 @@ def tiny_stage1_world():
     )
     objective = Stage1Objective(
         encoder,
-        t2i.text_encoder,
-        t2i.unet,
-        t2i.scheduler,
-        t2i.scaling_factor,
+        t2i,
         tuple(conf["timestep_range"]) if conf.get("timestep_range") else None,
         features_from_cache=getattr(encoder, "reads_vae_latents", False),
     )
@@ -286,7 +286,8 @@ def tiny_stage1_florence():
     )
     text = CLIPTextModel(CLIPTextConfig(**TINY["text"]))
     unet = UNet2DConditionModel(**TINY["unet"])
-    objective = Stage1Objective(encoder, text, unet, DDPMScheduler(), 0.18215)
+    parts = {"text_encoder": text, "unet": unet, "scheduler": DDPMScheduler()}
+    objective = Stage1Objective(encoder, StableDiffusionTeacher("tiny SD", parts))
     side, down = TINY["resolution"], 2 ** (len(TINY["vae"]["block_out_channels"]) - 1)
     return objective, _batches((3, side, side), (4, side // down, side // down))
 

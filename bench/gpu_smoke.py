@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from vlv_pipeline.models.caption_decoder import CaptionDecoder  # noqa: E402
 from vlv_pipeline.models.stage1 import Stage1Objective  # noqa: E402
 from vlv_pipeline.models.stage2 import Stage2Objective  # noqa: E402
+from vlv_pipeline.models.teachers.families import StableDiffusionTeacher  # noqa: E402
 from vlv_pipeline.models.text_encoder import encode_embeddings  # noqa: E402
 from vlv_pipeline.models.vlv_encoder import Florence2VLVEncoder  # noqa: E402
 
@@ -205,7 +206,7 @@ class ReferenceStage1(torch.nn.Module):
     def __init__(self, vae, objective: Stage1Objective):
         super().__init__()
         self.vae, self.objective = vae, objective
-        objective.unet.enable_gradient_checkpointing()
+        objective.teacher.unet.enable_gradient_checkpointing()
 
     def forward(self, batch):
         (pixels,) = batch
@@ -317,7 +318,8 @@ def main() -> None:
     rows = []
 
     def stage1(reference: bool):
-        objective = Stage1Objective(encoder, text, unet, scheduler, 0.18215)
+        parts = {"vae": vae, "text_encoder": text, "unet": unet, "scheduler": scheduler}
+        objective = Stage1Objective(encoder, StableDiffusionTeacher("SD 2.1 shaped", parts))
         return (
             (ReferenceStage1(vae, objective), (pixels,))
             if reference

@@ -14,7 +14,7 @@ DDIM. The protocol, the same for every candidate:
 - the encoder: the catalog's ``vlv_encoder``, the latest default run's trained stage-1
   encoder (its version is part of each row; another encoder is another set of rows);
 - the images: the first ``--images`` (256) val images by image_id (``load_eval_data`` with
-  ``evaluate.split`` val; test is never seen), embedded once (``FrozenT2I.condition_images``);
+  ``evaluate.split`` val; test is never seen), embedded once (``Teacher.condition_images``);
 - the renders: the evaluation's own ``render_from_embeddings``, each image drawing its noise
   from its own generator (``image_generators``, seeded by the render seed and its index), so
   every candidate starts from the same noise and the comparison is paired;
@@ -268,7 +268,7 @@ def run_sweep(
     import torch
 
     from vlv_pipeline.models.device import inference_device
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.params.evaluate import RenderParams
     from vlv_pipeline.pipelines.evaluate.nodes import render_from_embeddings, score_evaluation
 
@@ -287,7 +287,7 @@ def run_sweep(
         return []
 
     device = inference_device()
-    t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
+    t2i = load_teacher(params.stage1_t2i, params.t2i_dtype, device)
     size = params.sampling.batch_size
     began = time.perf_counter()
     conditions = [

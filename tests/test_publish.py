@@ -38,6 +38,7 @@ EXPECTED = [
     "encoder/config.json",
     "encoder/diffusion_pytorch_model.safetensors",
     "provenance.json",
+    "teacher.json",
     "text_encoder/config.json",
     "text_encoder/model.safetensors",
 ]

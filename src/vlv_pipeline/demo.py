@@ -293,12 +293,12 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
     from vlv_pipeline.imaging.checks import resize_and_crop
     from vlv_pipeline.models.device import inference_device
     from vlv_pipeline.models.published import official_crop
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.pipelines.reconstruct.nodes import encoder_side, render_side
 
     device = inference_device()
     try:
-        t2i = FrozenT2I.load(params.t2i, params.t2i_dtype, device)
+        t2i = load_teacher(params.t2i, params.t2i_dtype, device)
     except UserError:
         raise
     except (OSError, ValueError) as error:

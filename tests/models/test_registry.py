@@ -60,8 +60,50 @@ TINY_INIT: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 32,
     },
     "florence2": tiny_florence(),
+    "t5_encoder": {
+        "vocab_size": 64,
+        "d_model": 16,
+        "d_kv": 8,
+        "d_ff": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "sd3_transformer": {
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 16,
+        "out_channels": 16,
+        "num_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 32,
+        "caption_projection_dim": 16,
+        "pooled_projection_dim": 32,
+        "pos_embed_max_size": 8,
+    },
+    "flux_transformer": {
+        "in_channels": 64,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 32,
+        "pooled_projection_dim": 16,
+        "axes_dims_rope": [2, 2, 4],
+    },
 }
-MODEL_KINDS = ["vae", "unet", "text_encoder", "causal_lm", "florence2"]
+TINY_INIT["text_encoder_with_projection"] = TINY_INIT["text_encoder"]
+MODEL_KINDS = [
+    "vae",
+    "unet",
+    "text_encoder",
+    "text_encoder_with_projection",
+    "t5_encoder",
+    "sd3_transformer",
+    "flux_transformer",
+    "causal_lm",
+    "florence2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -268,7 +310,7 @@ def test_causal_lm_init_needs_model_type() -> None:
 def test_unknown_kind() -> None:
     with pytest.raises(ValueError, match="'vea'.*valid kinds.*'vae'"):
         load_component("vea", {"init": {}})
-    assert set(KINDS) == {*MODEL_KINDS, "scheduler", "tokenizer"}
+    assert set(KINDS) == {*MODEL_KINDS, "scheduler", "tokenizer", "pipeline_index"}
 
 
 # --------------------------------------------------------------- missing sources

@@ -8,8 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import _scheduler
+from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.evaluate import RenderParams
 from vlv_pipeline.params.teacher import Sampler, SamplingParams
 from vlv_pipeline.pipelines.evaluate.nodes import render_from_embeddings
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not TEACHER.is_dir(), reason="no teacher shipped
 
 @pytest.fixture(scope="module")
 def t2i():
-    return FrozenT2I.load(str(TEACHER))
+    return load_teacher(str(TEACHER))
 
 
 @pytest.fixture(scope="module")

@@ -103,11 +103,16 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def embedding_fingerprint(encoder, text_encoder, resolution: int | None) -> dict:
-    """What the stage-2 embedding cache was made by: both encoders' weights, the resolution."""
+def embedding_fingerprint(encoder, text_encoders, resolution: int | None) -> dict:
+    """What the stage-2 embedding cache was made by: the VLV encoder's weights, the text
+    encoders' (one module, or a teacher's list of them), the resolution."""
+    if isinstance(text_encoders, torch.nn.Module):
+        text_encoders = [text_encoders]
+    hashes = [weights_sha256(m) for m in text_encoders]
+    text = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
     return {
         "encoder_sha256": weights_sha256(encoder),
-        "text_encoder_sha256": weights_sha256(text_encoder),
+        "text_encoder_sha256": text,
         "resolution": resolution,
     }
 

@@ -6,7 +6,8 @@ Saved as one self-contained directory, so inference needs nothing else::
     provenance.json    what it was made for (models/provenance.py: the T2I model, the
                        encoder, the image size, queries, embedding width, the LLM)
     encoder/           the VLV encoder (stage 1; fine-tuned in stage 2 if it was trained)
-    text_encoder/      the T2I model's frozen CLIP text encoder
+    text_encoder/      the T2I model's frozen text encoder(s) the VLV queries feed (SDXL
+    text_encoder_2/    adds its second; teacher.json names the family)
     decoder/           psi + the causal LLM (models/caption_decoder.py)
     tokenizer/         the LLM's tokenizer
 """
@@ -21,10 +22,11 @@ from torch import nn
 
 from vlv_pipeline.errors import MissingInputError
 from vlv_pipeline.models.caption_decoder import CaptionDecoder
-from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.models.teachers import family_named, text_side
 from vlv_pipeline.models.vlv_encoder import VLVEncoder
 
 CONFIG = "config.json"
+TEACHER = "teacher.json"  # the family of the text side (absent: Stable Diffusion's one CLIP)
 
 
 class VLVCaptioner(nn.Module):
@@ -35,14 +37,14 @@ class VLVCaptioner(nn.Module):
     def __init__(self, encoder, text_encoder, decoder: CaptionDecoder, tokenizer, **generation):
         super().__init__()
         self.encoder = encoder
-        self.text_encoder = text_encoder
+        self.text_encoder = text_side(text_encoder)  # the teacher's frozen text side
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.generation = {"max_new_tokens": 64, "num_beams": 1, **generation}
 
     def conditions(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] -> the text encoder's output for their caption embeddings."""
-        return encode_embeddings(self.text_encoder, self.encoder(pixel_values))
+        """Images in [-1, 1] -> the text side's conditioning states for their embeddings."""
+        return self.text_encoder.condition(self.encoder(pixel_values)).states
 
     @torch.no_grad()
     def caption_conditions(self, conditions: torch.Tensor, **generation) -> list[str]:
@@ -79,7 +81,12 @@ class VLVCaptioner(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(path / "encoder")
-        self.text_encoder.save_pretrained(path / "text_encoder")
+        for name, module in zip(
+            self.text_encoder.fed_encoders, self.text_encoder.text_encoders(), strict=True
+        ):
+            module.save_pretrained(path / name)
+        family = type(self.text_encoder).pipeline_classes[0]
+        (path / TEACHER).write_text(json.dumps({"_class_name": family}))
         self.decoder.save_pretrained(path / "decoder")
         self.tokenizer.save_pretrained(path / "tokenizer")
         (path / CONFIG).write_text(
@@ -91,7 +98,7 @@ class VLVCaptioner(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> VLVCaptioner:
-        from transformers import AutoTokenizer, CLIPTextModel
+        from transformers import AutoTokenizer
 
         path = Path(path)
         if not (path / CONFIG).is_file():
@@ -102,10 +109,12 @@ class VLVCaptioner(nn.Module):
         from vlv_pipeline.models.tensor_files import model_dir_hint, naming_damaged
 
         config = json.loads((path / CONFIG).read_text())
+        teacher = json.loads((path / TEACHER).read_text()) if (path / TEACHER).is_file() else {}
+        family = family_named(teacher.get("_class_name", "StableDiffusionPipeline"), str(path))
         with naming_damaged(path, what_to_do=model_dir_hint(path)):
             captioner = cls(
                 VLVEncoder.from_pretrained(path / "encoder"),
-                CLIPTextModel.from_pretrained(path / "text_encoder"),
+                family.load(str(path), only=family.fed_encoders),
                 CaptionDecoder.from_pretrained(path / "decoder"),
                 AutoTokenizer.from_pretrained(path / "tokenizer"),
                 **config.get("generation", {}),

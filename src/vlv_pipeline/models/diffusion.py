@@ -23,25 +23,25 @@ def diffusion_target(
 
 
 def diffusion_loss(
-    unet,
+    denoise,
     scheduler,
     latents: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
     timestep_range: tuple[int, int] | None = None,
     stratified: bool = False,
 ) -> torch.Tensor:
     """Noise ``latents`` at uniform random timesteps and regress the scheduler's target.
 
-    ``timestep_range`` is ``[low, high)``; default is the scheduler's whole training range.
-    Fresh noise and a fresh timestep are drawn per sample. ``stratified`` still draws each
-    timestep uniformly, but the batch covers the range evenly (one draw per equal slice,
-    in random order): the same expected loss with less variance between batches.
+    ``denoise(noisy, timesteps)`` is the conditioned denoiser's prediction (a UNet with its
+    condition bound). ``timestep_range`` is ``[low, high)``; default is the scheduler's whole
+    training range. Fresh noise and a fresh timestep are drawn per sample. ``stratified``
+    still draws each timestep uniformly, but the batch covers the range evenly (one draw per
+    equal slice, in random order): the same expected loss with less variance between batches.
     """
     low, high = timestep_range or (0, scheduler.config.num_train_timesteps)
     noise = torch.randn_like(latents)
     timesteps = draw_timesteps(latents.shape[0], low, high, stratified, latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=encoder_hidden_states).sample
+    prediction = denoise(noisy, timesteps)
     target = diffusion_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float())
 

@@ -8,17 +8,22 @@ Every component in ``conf/`` is described by a :class:`ComponentSpec`, either
 
 ``load_component(kind, spec)`` maps a *kind* to its library class:
 
-============== ===========================================================
-kind           class
-============== ===========================================================
-vae            ``diffusers.AutoencoderKL``
-unet           ``diffusers.UNet2DConditionModel``
-scheduler      the diffusers scheduler named by ``_class_name`` (DDPM default)
-text_encoder   ``transformers.CLIPTextModel``
-tokenizer      ``transformers.AutoTokenizer`` (pretrained only)
-causal_lm      ``transformers.AutoModelForCausalLM`` (init needs ``model_type``)
-florence2      ``transformers.Florence2ForConditionalGeneration``
-============== ===========================================================
+============================ =================================================================
+kind                         class
+============================ =================================================================
+vae                          ``diffusers.AutoencoderKL``
+unet                         ``diffusers.UNet2DConditionModel``
+scheduler                    the diffusers scheduler named by ``_class_name`` (DDPM default)
+text_encoder                 ``transformers.CLIPTextModel``
+text_encoder_with_projection ``transformers.CLIPTextModelWithProjection`` (SDXL's second)
+tokenizer                    ``transformers.AutoTokenizer`` (pretrained only)
+causal_lm                    ``transformers.AutoModelForCausalLM`` (init needs ``model_type``)
+florence2                    ``transformers.Florence2ForConditionalGeneration``
+t5_encoder                   ``transformers.T5EncoderModel`` (SD 3's third, FLUX's second)
+sd3_transformer              ``diffusers.SD3Transformer2DModel``
+flux_transformer             ``diffusers.FluxTransformer2DModel``
+pipeline_index               ``model_index.json`` of a diffusers directory (pretrained only)
+============================ =================================================================
 
 Example (parameters YAML)::
 
@@ -296,11 +301,27 @@ def _tokenizer(kind: str, spec: ComponentSpec) -> Any:
     return _pretrained(kind, spec, AutoTokenizer.from_pretrained)
 
 
+def _pipeline_index(kind: str, spec: ComponentSpec) -> dict[str, Any]:
+    _no_dtype(kind, spec)
+    if spec.init is not None:
+        raise ParameterError(f"{kind}: only 'pretrained' (a diffusers directory or hub id)")
+    from diffusers import DiffusionPipeline
+
+    return dict(_pretrained(kind, spec, DiffusionPipeline.load_config))
+
+
 KINDS: dict[str, Callable[[str, ComponentSpec], Any]] = {
     "vae": _diffusers_model("AutoencoderKL"),
     "unet": _diffusers_model("UNet2DConditionModel"),
     "scheduler": _scheduler,
     "text_encoder": _transformers_model("CLIPTextModel", _fixed_config("CLIPTextConfig")),
+    "text_encoder_with_projection": _transformers_model(
+        "CLIPTextModelWithProjection", _fixed_config("CLIPTextConfig")
+    ),
+    "t5_encoder": _transformers_model("T5EncoderModel", _fixed_config("T5Config")),
+    "sd3_transformer": _diffusers_model("SD3Transformer2DModel"),
+    "flux_transformer": _diffusers_model("FluxTransformer2DModel"),
+    "pipeline_index": _pipeline_index,
     "tokenizer": _tokenizer,
     "causal_lm": _transformers_model("AutoModelForCausalLM", _auto_config),
     "florence2": _transformers_model(

@@ -7,8 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlv_pipeline.errors import ParameterError
-from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
-from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.models.teachers import Teacher
 from vlv_pipeline.world.data import to_unit_range
 
 
@@ -31,13 +30,15 @@ def collapse_penalty(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 class Stage1Objective(nn.Module):
-    """Denoising loss of the frozen UNet conditioned on the encoder's caption embeddings.
+    """The frozen teacher's training objective, conditioned on the encoder's caption embeddings.
 
     ``batch`` = (pixels in [-1, 1], cached latent mean, cached latent std). The embeddings
-    pass through the frozen text encoder (``inputs_embeds`` path) and condition the frozen
-    UNet; the loss is the scheduler's own target at uniform timesteps in
-    ``timestep_range`` (stratified over the batch with ``stratified_timesteps``). With ``noise_draws`` K > 1 each image's embeddings are computed
-    once and scored against K fresh (latent sample, noise, timestep) draws.
+    become the teacher's conditioning (``Teacher.condition``: its frozen text encoders run
+    on them as ``inputs_embeds``), and the loss is the teacher family's own objective
+    (``Teacher.loss``: noise prediction at uniform timesteps in ``timestep_range`` for
+    Stable Diffusion, stratified over the batch with ``stratified_timesteps``). With
+    ``noise_draws`` K > 1 each image's embeddings are computed once and scored against K
+    fresh (latent sample, noise, timestep) draws.
 
     With ``features_from_cache`` the encoder's frozen VAE tower is skipped and the cached
     latent mean (the tower's own output, made by the same VAE) feeds the trainable part.
@@ -46,10 +47,7 @@ class Stage1Objective(nn.Module):
     def __init__(
         self,
         encoder: nn.Module,
-        text_encoder,
-        unet,
-        scheduler,
-        scaling_factor: float,
+        teacher: Teacher,
         timestep_range: tuple[int, int] | None = None,
         noise_draws: int = 1,
         diversity_weight: float = 0.0,
@@ -58,10 +56,7 @@ class Stage1Objective(nn.Module):
     ):
         super().__init__()
         self.encoder = encoder
-        self.text_encoder = text_encoder.requires_grad_(False)
-        self.unet = unet.requires_grad_(False)
-        self.scheduler = scheduler
-        self.scaling_factor = scaling_factor
+        self.teacher = teacher.requires_grad_(False)
         self.timestep_range = timestep_range
         self.noise_draws = noise_draws
         self.diversity_weight = diversity_weight
@@ -78,16 +73,13 @@ class Stage1Objective(nn.Module):
             embeddings = self.encoder.from_features(mean)
         else:  # uint8 batches become floats here, on the device
             embeddings = self.encoder(to_unit_range(pixels))
-        condition = encode_embeddings(self.text_encoder, embeddings)
+        condition = self.teacher.condition(embeddings)
         if self.noise_draws > 1:
-            condition = condition.repeat_interleave(self.noise_draws, dim=0)
+            condition = condition.repeat_interleave(self.noise_draws)
             mean = mean.repeat_interleave(self.noise_draws, dim=0)
             std = std.repeat_interleave(self.noise_draws, dim=0)
-        latents = sample_latents(mean, std, self.scaling_factor)
-        loss = diffusion_loss(
-            self.unet,
-            self.scheduler,
-            latents,
+        loss = self.teacher.loss(
+            self.teacher.latents(mean, std),
             condition,
             self.timestep_range,
             stratified=self.stratified_timesteps,
@@ -98,11 +90,5 @@ class Stage1Objective(nn.Module):
 
     def trained_models(self) -> dict[str, nn.Module]:
         """What a checkpoint stores: the encoder (``checkpoint-N/vlv_encoder`` loads with
-        ``VLVEncoder.from_pretrained``); the UNet and text encoder are frozen."""
+        ``VLVEncoder.from_pretrained``); the teacher is frozen."""
         return {"vlv_encoder": self.encoder}
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.text_encoder.eval()  # frozen parts never switch to training behaviour
-        self.unet.eval()
-        return self

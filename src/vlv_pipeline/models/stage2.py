@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vlv_pipeline.models.caption_decoder import CaptionDecoder
-from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.models.teachers import text_side
 from vlv_pipeline.world.data import to_unit_range
 
 
@@ -15,7 +15,8 @@ class Stage2Objective(nn.Module):
 
     Without an encoder, ``batch`` = (cached text-encoder outputs, input_ids, attention_mask).
     With one (psi + LLM + VLV encoder), ``batch`` = (pixels, uint8 or in [-1, 1], input_ids,
-    attention_mask) and the conditions are recomputed through the frozen text encoder. With
+    attention_mask) and the conditions are recomputed through the frozen text side of the
+    teacher (``text_encoder``: a teacher's text side, or a bare CLIP text encoder). With
     ``from_latents`` the first item is instead the latent cache's VAE posterior mean, fed to
     the encoder after its frozen VAE tower (``from_features``): the same embeddings, without
     running the tower every step.
@@ -36,15 +37,15 @@ class Stage2Objective(nn.Module):
             raise ValueError("from_latents needs an encoder whose vision tower is a VAE")
         self.decoder = decoder
         self.encoder = encoder
-        self.text_encoder = text_encoder.requires_grad_(False) if text_encoder else None
+        self.text_encoder = text_side(text_encoder).requires_grad_(False) if text_encoder else None
         self.from_latents = from_latents
 
     def forward(self, batch) -> torch.Tensor:
         inputs, input_ids, attention_mask = batch
         if self.from_latents:
-            inputs = encode_embeddings(self.text_encoder, self.encoder.from_features(inputs))
+            inputs = self.text_encoder.condition(self.encoder.from_features(inputs)).states
         elif self.encoder is not None:  # uint8 pixels become floats here, on the device
-            inputs = encode_embeddings(self.text_encoder, self.encoder(to_unit_range(inputs)))
+            inputs = self.text_encoder.condition(self.encoder(to_unit_range(inputs))).states
         return self.decoder(inputs, input_ids, attention_mask)
 
     def trained_models(self) -> dict[str, nn.Module]:
@@ -60,12 +61,6 @@ class Stage2Objective(nn.Module):
         if self.encoder is not None and any(p.requires_grad for p in self.encoder.parameters()):
             parts["vlv_encoder"] = self.encoder
         return parts
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.text_encoder is not None:
-            self.text_encoder.eval()
-        return self
 
 
 def set_trainable(decoder: CaptionDecoder, encoder: nn.Module, trainable: str, lora=None) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
+from vlv_pipeline.models.teachers.base import Condition
 
 
 class VAEObjective(nn.Module):
@@ -65,7 +66,11 @@ class TextToImageObjective(nn.Module):
             input_ids = torch.where(drop[:, None], self.empty_ids, input_ids)
         hidden = self.text_encoder(input_ids).last_hidden_state
         latents = sample_latents(mean, std, self.scaling_factor)
-        return diffusion_loss(self.unet, self.scheduler, latents, hidden)
+        return diffusion_loss(
+            lambda noisy, t: self.unet(noisy, t, encoder_hidden_states=hidden).sample,
+            self.scheduler,
+            latents,
+        )
 
     def trained_models(self) -> dict[str, nn.Module]:
         """The UNet, and the text encoder when it trains too."""
@@ -107,8 +112,8 @@ def render(
     pipeline,
     *,
     captions: list[str] | None = None,
-    conditions: torch.Tensor | None = None,
-    negative: torch.Tensor | None = None,
+    conditions: Condition | torch.Tensor | None = None,
+    negative: Condition | torch.Tensor | None = None,
     steps: int,
     guidance: float,
     seed: int | None = None,
@@ -119,9 +124,10 @@ def render(
 ) -> torch.Tensor:
     """Render with a Stable Diffusion pipeline; images in [-1, 1], (B, 3, H, W).
 
-    Either ``captions`` (text) or ``conditions`` (text-encoder outputs, (B, N, d)); with
-    conditions, ``negative`` (1, N, d) is what classifier-free guidance (guidance > 1)
-    steers away from. One generator seeded once, batches in order: reproducible. Pass a
+    Either ``captions`` (text) or ``conditions`` (a teacher's ``Condition``, or the
+    text-encoder outputs (B, N, d) of a family without a pooled vector); with conditions,
+    ``negative`` (a batch of one) is what classifier-free guidance (guidance > 1) steers
+    away from. One generator seeded once, batches in order: reproducible. Pass a
     ``generator`` instead of ``seed`` to continue its draws across calls (rendering a split
     batch by batch then gives the images one call over the whole split gives), or a list of
     generators, one per image: each image then draws only from its own, so its render does
@@ -142,6 +148,10 @@ def render(
         raise ValueError("render needs exactly one of seed or generator")
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
+    if isinstance(conditions, torch.Tensor):
+        conditions = Condition(conditions)
+    if isinstance(negative, torch.Tensor):
+        negative = Condition(negative)
     total = len(captions) if captions is not None else len(conditions)
     if isinstance(generator, list) and len(generator) != total:
         raise ValueError(f"render got {len(generator)} generators for {total} images")
@@ -150,10 +160,9 @@ def render(
         if captions is not None:
             inputs = {"prompt": captions[start : start + batch_size]}
         else:
-            batch = conditions[start : start + batch_size]
-            inputs = {"prompt_embeds": batch}
-            if guidance > 1 and negative is not None:
-                inputs["negative_prompt_embeds"] = negative.expand(len(batch), -1, -1)
+            inputs = conditions[start : start + batch_size].pipeline_inputs(
+                negative if guidance > 1 else None
+            )
         if size is not None:
             inputs.update(height=size, width=size)
         images = pipeline(

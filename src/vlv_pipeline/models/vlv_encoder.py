@@ -103,7 +103,9 @@ class SmallVLVEncoder(_Recorded, ModelMixin, ConfigMixin):
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL(**{k: v for k, v in vae_config.items() if not k.startswith("_")})
-            self.vae_tower = nn.ModuleDict({"encoder": vae.encoder, "quant_conv": vae.quant_conv})
+            # SD 3's and FLUX's VAEs have no quant conv (use_quant_conv: false)
+            quant = vae.quant_conv if vae.quant_conv is not None else nn.Identity()
+            self.vae_tower = nn.ModuleDict({"encoder": vae.encoder, "quant_conv": quant})
             self.vae_tower.requires_grad_(False)
             channels = vae.config.latent_channels
             side = image_size // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -147,7 +149,8 @@ class SmallVLVEncoder(_Recorded, ModelMixin, ConfigMixin):
     def load_vae_tower(self, vae) -> None:
         """Copy an AutoencoderKL's encoder weights into the (frozen) vision tower."""
         self.vae_tower["encoder"].load_state_dict(vae.encoder.state_dict())
-        self.vae_tower["quant_conv"].load_state_dict(vae.quant_conv.state_dict())
+        if vae.quant_conv is not None:
+            self.vae_tower["quant_conv"].load_state_dict(vae.quant_conv.state_dict())
 
     @property
     def reads_vae_latents(self) -> bool:

@@ -25,9 +25,11 @@ Sampler = Literal[
 
 
 class SamplingParams(StrictModel):
-    """How renders are made for evaluation and grids."""
+    """How renders are made for evaluation and grids. ``scheduler: null`` samples with the
+    teacher's own scheduler (what a flow-matching teacher, SD 3 or FLUX, needs: the
+    noise-prediction samplers above are refused for it)."""
 
-    scheduler: Sampler = "DDIMScheduler"
+    scheduler: Sampler | None = "DDIMScheduler"
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(1.0, ge=0.0)
     seed: int = 0

@@ -117,8 +117,8 @@ def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd
     """Evaluate renders one batch at a time, each image from its own generator (seeded from
     sampling.seed and the image's index): the images are those one render call over the whole
     split gives, and do not depend on the batch size (nor, so, on how ranks share the split)."""
-    from vlv_pipeline.models.t2i import FrozenT2I
     from vlv_pipeline.models.teacher import render
+    from vlv_pipeline.models.teachers import load_teacher
 
     encoder, captioner, baseline, *_, tmp = trained
     source, manifest = tiny_world
@@ -135,7 +135,7 @@ def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd
         return {name: torch.cat(c) for name, c in chunks.items()}
 
     in_threes = rendered(params)
-    t2i = FrozenT2I.load(str(tiny_sd))
+    t2i = load_teacher(str(tiny_sd))
     s = params.sampling
     kwargs = dict(steps=s.steps, guidance=s.guidance, batch_size=3)
     whole = t2i.render(

@@ -15,7 +15,7 @@ from world_factory import render_and_ingest
 
 from vlv_pipeline.models.encoders import build_encoder
 from vlv_pipeline.models.probe import AttributeProbe
-from vlv_pipeline.models.t2i import FrozenT2I
+from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.stage1 import EncoderParams
 from vlv_pipeline.params.teacher import Sampler
 from vlv_pipeline.params.world import WorldParams
@@ -155,7 +155,7 @@ def val_world(tiny_sd, tmp_path_factory):
     root = tmp_path_factory.mktemp("sampler-world")
     world = WorldParams(image_size=16, counts={"train": 4, "val": 6, "test": 2})
     source, manifest = render_and_ingest(root, world)
-    t2i = FrozenT2I.load(str(tiny_sd))
+    t2i = load_teacher(str(tiny_sd))
     spec = EncoderParams(
         backbone="small",
         num_queries=4,

@@ -9,7 +9,7 @@ from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.stage1 import Stage1Objective
-from vlv_pipeline.models.t2i import FrozenT2I
+from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.models.vlv_encoder import (
     Florence2VLVEncoder,
     SmallVLVEncoder,
@@ -73,11 +73,11 @@ def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path
 
 
 def test_frozen_parts_do_not_move(tiny_sd, data):
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.params.training import TrainParams
     from vlv_pipeline.training.loop import train
 
-    t2i = FrozenT2I.load(str(tiny_sd))
+    t2i = load_teacher(str(tiny_sd))
     before = {k: v.clone() for k, v in t2i.unet.state_dict().items()}
     encoder = SmallVLVEncoder(
         num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2, image_size=16
@@ -85,10 +85,7 @@ def test_frozen_parts_do_not_move(tiny_sd, data):
     enc_before = encoder.queries.detach().clone()
     objective = Stage1Objective(
         encoder,
-        t2i.text_encoder,
-        t2i.unet,
-        t2i.scheduler,
-        t2i.scaling_factor,
+        t2i,
         (50, 100),
         noise_draws=3,
     )
@@ -207,9 +204,9 @@ def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path, latent_stem
 
 
 def test_render_from_conditions_with_and_without_guidance(tiny_sd):
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
 
-    t2i = FrozenT2I.load(str(tiny_sd))
+    t2i = load_teacher(str(tiny_sd))
     torch.manual_seed(0)
     conditions = t2i.condition(torch.randn(3, 5, 16))
     plain = t2i.render(conditions, steps=2, guidance=1.0, seed=0, batch_size=2)
@@ -218,7 +215,7 @@ def test_render_from_conditions_with_and_without_guidance(tiny_sd):
     assert plain.shape == (3, 3, 16, 16) and plain.min() >= -1 and plain.max() <= 1
     assert torch.equal(plain, again)  # seeded: reproducible
     assert not torch.allclose(plain, guided)  # the empty-prompt negative is used
-    assert t2i.empty_condition(5).shape == (1, 5, 16)
+    assert t2i.empty_condition(5).states.shape == (1, 5, 16)
 
 
 def test_vae_tower_encoder_reads_the_cached_posterior_mean(tiny_sd, data):
@@ -236,9 +233,7 @@ def test_vae_tower_encoder_reads_the_cached_posterior_mean(tiny_sd, data):
         )
     plain = SmallVLVEncoder(num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2)
     with pytest.raises(ValueError, match="VAE"):
-        Stage1Objective(
-            plain, torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, 1.0, features_from_cache=True
-        )
+        Stage1Objective(plain, torch.nn.Linear(1, 1), features_from_cache=True)
 
 
 def test_stage1_refuses_a_latent_cache_of_another_vae(tiny_sd, tmp_path):
@@ -327,7 +322,7 @@ def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
 
     from vlv_pipeline.datasets.latent_cache import LatentCache
     from vlv_pipeline.imaging.sources import iter_images
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.params.training import TrainParams
     from vlv_pipeline.training.loop import train
     from vlv_pipeline.world.data import pil_to_tensor
@@ -342,14 +337,12 @@ def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
     )
 
     def trained(dataset, **reading):
-        t2i = FrozenT2I.load(str(tiny_sd))
+        t2i = load_teacher(str(tiny_sd))
         torch.manual_seed(0)
         encoder = SmallVLVEncoder(
             num_queries=4, out_dim=16, width=16, stem_channels=(8, 16), heads=2, image_size=16
         )
-        objective = Stage1Objective(
-            encoder, t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor, (50, 100)
-        )
+        objective = Stage1Objective(encoder, t2i, (50, 100))
         params = TrainParams(steps=5, batch_size=4, learning_rate=1e-2, **reading)
         train(objective, dataset, params)
         return encoder.state_dict()
@@ -439,15 +432,13 @@ def test_gradient_checkpointing_changes_memory_not_the_numbers(tiny_sd, data, tm
     from vlv_pipeline.training.loop import enable_gradient_checkpointing
 
     def loss_and_grads(checkpointing: bool):
-        t2i = FrozenT2I.load(str(tiny_sd), "float32")
+        t2i = load_teacher(str(tiny_sd), "float32")
         torch.manual_seed(0)
         encoder = build_encoder(_params(tiny_sd, tmp_path).encoder, t2i.width, t2i.vae, None)
-        objective = Stage1Objective(
-            encoder, t2i.text_encoder, t2i.unet, t2i.scheduler, t2i.scaling_factor
-        ).train()
+        objective = Stage1Objective(encoder, t2i).train()
         if checkpointing:
-            assert "unet" in enable_gradient_checkpointing(objective)
-            assert objective.unet.is_gradient_checkpointing
+            assert "teacher.unet" in enable_gradient_checkpointing(objective)
+            assert objective.teacher.unet.is_gradient_checkpointing
         batch = data["train"].training_set(True, 0).__getitems__([0, 1, 2, 3])
         batch = tuple(torch.stack(column) for column in zip(*batch, strict=True))
         torch.manual_seed(1)

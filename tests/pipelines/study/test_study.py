@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from vlv_pipeline.config import StudyConfigLoader
-from vlv_pipeline.models.t2i import FrozenT2I
+from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.study import (
     DERIVED_KEY,
     POINTS,
@@ -157,7 +157,7 @@ def test_spatial_study_refuses_an_evaluation_without_spatial_readings():
 
 @pytest.fixture(scope="module")
 def t2i(tiny_sd):
-    return FrozenT2I.load(str(tiny_sd), "float32")
+    return load_teacher(str(tiny_sd), "float32")
 
 
 def test_a_half_padded_as_the_model_pads_keeps_the_halfs_conditions(t2i):
@@ -170,6 +170,6 @@ def test_a_half_padded_as_the_model_pads_keeps_the_halfs_conditions(t2i):
     pad_id = t2i.tokenizer.pad_token_id
     assert torch.equal(padding[3], t2i.text_encoder.get_input_embeddings().weight[pad_id])
     padded = torch.cat([full[:, :8], padding.expand(2, -1, -1)], 1)
-    a, b = t2i.condition(full), t2i.condition(padded)
+    a, b = t2i.condition(full).states, t2i.condition(padded).states
     assert torch.allclose(a[:, :8], b[:, :8], atol=1e-5)
     assert not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-3)

@@ -27,8 +27,8 @@ from vlv_pipeline.metrics.spatial import spatial_fidelity
 from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.seeds import image_generators, image_seed  # noqa: F401 - here too
-from vlv_pipeline.models.t2i import FrozenT2I
 from vlv_pipeline.models.teacher import render
+from vlv_pipeline.models.teachers import Condition, Teacher, load_teacher
 from vlv_pipeline.params.evaluate import (
     KIND_COLUMNS,
     KIND_LABELS,
@@ -400,9 +400,9 @@ def caption_columns(captions: pd.DataFrame) -> list[str]:
     return [c for c in captions.columns if c not in ("image_id", "reference")]
 
 
-def render_from_embeddings(t2i: FrozenT2I, conditions: torch.Tensor, start: int, sampling):
+def render_from_embeddings(t2i: Teacher, conditions: Condition, start: int, sampling):
     """The reconstructions of images ``start``, ``start + 1``, ... of the split from their
-    caption embeddings' conditions (``FrozenT2I.condition_images``) under ``sampling``
+    caption embeddings' conditions (``Teacher.condition_images``) under ``sampling``
     (``evaluate.sampling``): each image draws its noise from its own generator
     (``image_generators``), so a sampler or step count is compared on the same noise."""
     generators = image_generators(sampling.seed, range(start, start + len(conditions)))
@@ -463,7 +463,7 @@ class EvalRenders:
         if not batches:
             return
         device = inference_device()
-        t2i = FrozenT2I.load(params.stage1_t2i, params.t2i_dtype, device)
+        t2i = load_teacher(params.stage1_t2i, params.t2i_dtype, device)
         for start, stop in batches:
             originals = data.images(start, stop)
             conditions = t2i.condition_images(self.vlv_encoder, originals, s.batch_size)

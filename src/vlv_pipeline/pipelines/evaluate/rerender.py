@@ -126,11 +126,11 @@ def _pipeline(params: EvaluateParams, rerender: RerenderParams):
     """The re-rendering pipeline (``evaluate.render_t2i``) on the inference device."""
     from diffusers import DiffusionPipeline
 
-    from vlv_pipeline.models.t2i import FrozenT2I
+    from vlv_pipeline.models.teachers import load_teacher
 
     device = inference_device()
     if params.render_t2i == params.stage1_t2i:  # the stage-1 T2I, loaded as the stages load it
-        return FrozenT2I.load(params.render_t2i, params.t2i_dtype, device).pipeline()
+        return load_teacher(params.render_t2i, params.t2i_dtype, device).pipeline()
     pipeline = DiffusionPipeline.from_pretrained(
         params.render_t2i, dtype=getattr(torch, params.t2i_dtype)
     )

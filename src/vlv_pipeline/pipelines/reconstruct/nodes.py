@@ -182,7 +182,7 @@ def render_side(t2i, params: ReconstructParams) -> int:
     size times the VAE's downscaling)."""
     if params.size:
         return params.size
-    return int(t2i.unet.config.sample_size) * 2 ** (len(t2i.vae.config.block_out_channels) - 1)
+    return t2i.native_resolution
 
 
 def fid_needed(kept: int, params: ReconstructParams) -> str | None:
@@ -232,13 +232,13 @@ class Reconstructions:
         self.params: ReconstructParams = params
 
     def __iter__(self) -> Iterator[tuple[str, Image.Image]]:
-        from vlv_pipeline.models.t2i import FrozenT2I
+        from vlv_pipeline.models.teachers import load_teacher
 
         params, s = self.params, self.params.sampling
         if self.kept.empty:
             return
         device = inference_device()
-        t2i = FrozenT2I.load(params.t2i, params.t2i_dtype, device)
+        t2i = load_teacher(params.t2i, params.t2i_dtype, device)
         side = render_side(t2i, params)
         seen_side = encoder_side(self.encoder, params)
         # the published captioner's encoder reads the official inference's crop

@@ -24,7 +24,7 @@ from vlv_pipeline.models.model_card import (
 from vlv_pipeline.models.provenance import encoder_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
-from vlv_pipeline.models.t2i import FrozenT2I
+from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, run_directory, train
@@ -106,17 +106,12 @@ def load_stage1_data(
 
 def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
     """Train the VLV encoder on the train split's images; the T2I model stays frozen."""
-    t2i = FrozenT2I.load(params.t2i, params.t2i_dtype)
+    t2i = load_teacher(params.t2i, params.t2i_dtype)
     torch.manual_seed(params.training.seed)
-    encoder = build_encoder(
-        params.encoder, t2i.width, t2i.vae, t2i.text_encoder.get_input_embeddings().weight
-    )
+    encoder = build_encoder(params.encoder, t2i.width, t2i.vae, t2i.token_embeddings)
     objective = Stage1Objective(
         encoder,
-        t2i.text_encoder,
-        t2i.unet,
-        t2i.scheduler,
-        t2i.scaling_factor,
+        t2i,
         params.timestep_range,
         params.noise_draws,
         params.diversity_weight,
@@ -186,7 +181,7 @@ def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params)
     cfg = params.validation
     split = validation_split(data, cfg.split)
     pixels, captions = split.images(cfg.images), split.captions[: cfg.images]
-    t2i = FrozenT2I.load(params.t2i, params.t2i_dtype, inference_device())
+    t2i = load_teacher(params.t2i, params.t2i_dtype, inference_device())
     s = cfg.sampling
     conditions = t2i.condition_images(encoder, pixels, s.batch_size)
     renders = t2i.render(

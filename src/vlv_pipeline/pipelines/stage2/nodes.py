@@ -35,6 +35,7 @@ from vlv_pipeline.models.model_card import (
 from vlv_pipeline.models.provenance import captioner_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
+from vlv_pipeline.models.teachers import load_text_side
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params, trainable_parts
 from vlv_pipeline.params.training import TrainParams
@@ -115,7 +116,8 @@ def build_llm(params: Stage2Params, tokenizer):
 
 
 def _text_encoder(params: Stage2Params):
-    return load_component("text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"})
+    """The teacher's frozen text side (the text encoders the VLV queries feed)."""
+    return load_text_side(params.t2i)
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,11 @@ def _train_captioner(
     run = _fit_batch(run, len(data.pair_ids), params.batch_at_most_pairs)
     tokenizer = _tokenizer(params)
     torch.manual_seed(run.training.seed)
-    decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.config.hidden_size)
+    decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.condition_width)
     set_trainable(decoder, encoder, run.trainable, params.lora)
     tokens = CaptionTokens(tokenizer, data.pair_captions, params.max_caption_tokens)
-    fingerprint = embedding_fingerprint(encoder, text_encoder, params.resolution)  # hashed once
+    # hashed once
+    fingerprint = embedding_fingerprint(encoder, text_encoder.text_encoders(), params.resolution)
     objective, dataset = _training_set(
         decoder,
         encoder,
@@ -375,9 +378,9 @@ def train_baseline(
     torch.manual_seed(params.training.seed)
     encoder = build_encoder(
         params.baseline.encoder or stage1.encoder,
-        text_encoder.config.hidden_size,
+        text_encoder.width,
         t2i_vae,
-        text_encoder.get_input_embeddings().weight,
+        text_encoder.token_embeddings,
     )
     run = CaptionerRun(
         "stage2_baseline", "projector+llm+encoder", params.baseline.training or params.training

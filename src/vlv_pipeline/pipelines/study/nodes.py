@@ -18,7 +18,7 @@ from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.plots import image_grid
 from vlv_pipeline.metrics.spatial import composition, disjoint_pairs
 from vlv_pipeline.models.device import inference_device
-from vlv_pipeline.models.t2i import FrozenT2I
+from vlv_pipeline.models.teachers import Condition, Teacher, load_teacher
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.study import StudyParams
 from vlv_pipeline.world.data import tensor_to_uint8
@@ -306,14 +306,14 @@ def spatial_fidelity_study(eval_metrics: dict, params: StudyParams) -> tuple[dic
     return {"rows": rows, "images": eval_metrics["images"], "paper": PAPER["spatial"]}, fig
 
 
-def padding_embeddings(t2i: FrozenT2I, length: int) -> torch.Tensor:
-    """``length`` copies of the text encoder's input embedding of its tokenizer's pad token:
-    what the T2I model itself fills a short prompt with (study 5's "padded as the model pads")."""
+def padding_embeddings(t2i: Teacher, length: int) -> torch.Tensor:
+    """``length`` copies of the teacher's input embedding of its tokenizer's pad token (every
+    fed text encoder's, side by side): what the T2I model itself fills a short prompt with
+    (study 5's "padded as the model pads")."""
     pad = t2i.tokenizer.pad_token_id
     if pad is None:
         pad = t2i.tokenizer.eos_token_id
-    weight = t2i.text_encoder.get_input_embeddings().weight
-    return weight[pad].detach().expand(length, -1)
+    return t2i.token_embeddings[pad].detach().expand(length, -1)
 
 
 @torch.no_grad()
@@ -329,7 +329,7 @@ def composition_study(
         raise ParameterError("study 5 reads renders with the probe: set evaluate.probe")
     probe = AttributeProbe.from_pretrained(evaluate.probe).eval()
     device = inference_device()
-    t2i = FrozenT2I.load(evaluate.stage1_t2i, evaluate.t2i_dtype, device)
+    t2i = load_teacher(evaluate.stage1_t2i, evaluate.t2i_dtype, device)
     s = evaluate.sampling
     images = eval_data.images()
     scenes = caption_targets(eval_data.references, probe)
@@ -355,7 +355,7 @@ def composition_study(
     }
     results, renders = {}, {}
     for name, inputs in variants.items():
-        conditions = torch.cat(
+        conditions = Condition.cat(
             [t2i.condition(inputs[i : i + step]) for i in range(0, len(inputs), step)]
         )
         renders[name] = t2i.render(

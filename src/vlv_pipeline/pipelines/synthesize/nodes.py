@@ -25,8 +25,7 @@ from vlv_pipeline.distributed import broadcast, rank, share, together, world_siz
 from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.device import inference_device
-from vlv_pipeline.models.registry import load_component
-from vlv_pipeline.models.text_encoder import encode_embeddings
+from vlv_pipeline.models.teachers import load_text_side
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
 
@@ -354,11 +353,9 @@ def cache_pair_embeddings(
             together(lambda: cache.reset({"bypassed": True}) if rank() == 0 else None)
             cache = type(cache)(cache.path)
         return cache
-    text_encoder = load_component(
-        "text_encoder", {"pretrained": params.t2i, "subfolder": "text_encoder"}
-    ).eval()
     device = inference_device()
-    vlv_encoder, text_encoder = vlv_encoder.eval().to(device), text_encoder.to(device)
+    text_encoder = load_text_side(params.t2i, device=device)
+    vlv_encoder = vlv_encoder.eval().to(device)
     paired = image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])]
     if len(paired) != caption_pairs["image_id"].nunique():
         raise InputError(
@@ -368,11 +365,11 @@ def cache_pair_embeddings(
 
     def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = vlv_encoder(pixels.to(device))
-        return embeddings, encode_embeddings(text_encoder, embeddings)
+        return embeddings, text_encoder.condition(embeddings).states
 
     return extend_cache(
         cache,
-        embedding_fingerprint(vlv_encoder, text_encoder, params.resolution),
+        embedding_fingerprint(vlv_encoder, text_encoder.text_encoders(), params.resolution),
         paired,
         raw_images,
         params.resolution,
