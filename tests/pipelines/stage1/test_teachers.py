@@ -1,6 +1,7 @@
 """Teacher families behind one interface, on tiny replicas saved and loaded the real way."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from vlv_pipeline.pipelines.stage1.nodes import load_stage1_data, train_stage1, 
 from vlv_pipeline.training.loop import list_checkpoints
 from vlv_pipeline.world import Vocabulary, build_world_tokenizer
 
+SHIPPED = Path(__file__).resolve().parents[3] / "src/vlv_pipeline/assets/teacher"
 CAPTIONS = ["a large red circle at the top left", "a small blue square in the centre"]
 # fixture, teacher class, the fed encoders' widths, the condition's width, latent channels
 FAMILIES = {
@@ -54,11 +56,14 @@ def test_the_family_comes_from_model_index(tiny_sd, tiny_sdxl, tiny_sd3, tiny_fl
         load_teacher(str(other))
 
 
-def test_sd_loss_is_the_noise_prediction_loss_it_always_was(tiny_sd):
-    """SD 1/2 numbers unchanged: the same draws, the loaded scheduler's noising and target."""
-    t2i = load_teacher(str(tiny_sd))
+@pytest.mark.parametrize("which", ["tiny", "shipped"])
+def test_sd_loss_is_the_noise_prediction_loss_it_always_was(which, tiny_sd):
+    """SD 1/2 numbers unchanged: the same draws, the loaded scheduler's noising and target
+    (the shipped teacher ships a DDIM scheduler predicting the sample; training noises with
+    its DDPM form, which adds noise exactly as DDIM's own ``add_noise`` did)."""
+    t2i = load_teacher(str(tiny_sd if which == "tiny" else SHIPPED))
     torch.manual_seed(0)
-    latents, states = torch.randn(3, 4, 8, 8), torch.randn(3, 5, 16)
+    latents, states = torch.randn(3, 4, 8, 8), torch.randn(3, 5, t2i.width)
     torch.manual_seed(1)
     got = t2i.loss(latents, Condition(states), (10, 90))
     torch.manual_seed(1)
@@ -66,7 +71,8 @@ def test_sd_loss_is_the_noise_prediction_loss_it_always_was(tiny_sd):
     t = torch.randint(10, 90, (3,))
     noisy = t2i.scheduler.add_noise(latents, noise, t)
     prediction = t2i.unet(noisy, t, encoder_hidden_states=states).sample
-    assert torch.equal(got, F.mse_loss(prediction, noise))
+    target = noise if t2i.scheduler.config.prediction_type == "epsilon" else latents
+    assert torch.equal(got, F.mse_loss(prediction, target))
 
 
 def test_sdxl_condition_is_what_the_pipeline_reads_from_tokens(tiny_sdxl):
