@@ -137,13 +137,16 @@ def render(
     3.5 with their three text encoders) renders captions. ``scheduler``: a diffusers scheduler
     class name to sample with, or None for the pipeline's own (SD 3's flow matching); a
     flow-matching pipeline and a noise-prediction scheduler (or the reverse) do not mix and are
-    refused. ``size``: the renders' side (None: the pipeline's default).
+    refused. ``size``: the renders' side (None: the pipeline's default; for FLUX, whose
+    pipeline would render 1024 px whatever the model, its VAE's ``sample_size``).
     """
     if (captions is None) == (conditions is None):
         raise ValueError("render needs exactly one of captions or conditions")
     if scheduler and type(pipeline.scheduler).__name__ != scheduler:
         pipeline.scheduler = _scheduler(pipeline.scheduler, scheduler)
     pipeline.set_progress_bar_config(disable=True)
+    if size is None and _sizes_itself_to_1024(pipeline):
+        size = int(pipeline.vae.config.sample_size)
     if (seed is None) == (generator is None):
         raise ValueError("render needs exactly one of seed or generator")
     if generator is None:
@@ -176,6 +179,12 @@ def render(
         ).images
         out.append(images * 2 - 1)
     return torch.cat(out).clamp(-1, 1).float().cpu()
+
+
+def _sizes_itself_to_1024(pipeline) -> bool:
+    """FLUX's pipeline takes 128 latent cells as its default side, not its model's."""
+    denoiser = getattr(pipeline, "transformer", None)
+    return denoiser is not None and getattr(denoiser.config, "sample_size", None) is None
 
 
 def _flow_matching(name: str) -> bool:

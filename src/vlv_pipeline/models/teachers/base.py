@@ -257,17 +257,10 @@ class Teacher(nn.Module, ABC):
             ]
         )
 
-    @property
-    def render_size(self) -> int | None:
-        """The side renders take when the caller names none (None: the pipeline's own)."""
-        return None
-
     def render(self, conditions: Condition, *, guidance: float, **kwargs) -> torch.Tensor:
         """Images in [-1, 1] from conditionings; CFG against the empty prompt."""
         from vlv_pipeline.models.teacher import render
 
-        if kwargs.get("size") is None:
-            kwargs["size"] = self.render_size
         if isinstance(conditions, torch.Tensor):
             conditions = Condition(conditions)
         negative = None
@@ -284,6 +277,4 @@ class Teacher(nn.Module, ABC):
     def render_captions(self, captions: list[str], **kwargs) -> torch.Tensor:
         from vlv_pipeline.models.teacher import render
 
-        if kwargs.get("size") is None:
-            kwargs["size"] = self.render_size
         return render(self.pipeline(), captions=captions, **kwargs)

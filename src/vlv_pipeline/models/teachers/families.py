@@ -325,10 +325,6 @@ class FluxTeacher(Teacher):
         would render 1024 px whatever the model)."""
         return int(self.vae.config.sample_size)
 
-    @property
-    def render_size(self) -> int:
-        return self.native_resolution
-
     def condition(self, embeddings: torch.Tensor) -> Condition:
         clip, t5 = self.split(embeddings)
         hidden = encoder_states(self.text_encoder, clip)[-1]
