@@ -239,9 +239,18 @@ class Teacher(nn.Module, ABC):
     ) -> torch.Tensor:
         """The family's training objective on scaled latents at sampled timesteps."""
 
-    @abstractmethod
     def pipeline(self):
-        """The family's diffusers pipeline over these (frozen, in-memory) parts."""
+        """The family's diffusers pipeline (its ``pipeline_classes[0]``) over these frozen,
+        in-memory parts; a part not loaded (a text side's denoiser) is None."""
+        import diffusers
+
+        cls = getattr(diffusers, self.pipeline_classes[0])
+        parts = {name: getattr(self, name, None) for name in self.parts}
+        return cls(**parts, **self.pipeline_kwargs())
+
+    def pipeline_kwargs(self) -> dict:
+        """The family's pipeline arguments beyond its parts."""
+        return {}
 
     # ------------------------------------------------------------------ shared use
 

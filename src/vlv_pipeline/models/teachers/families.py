@@ -127,6 +127,12 @@ class StableDiffusionXLTeacher(Teacher):
         states = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1)
         return Condition(states[:, :length], two.text_embeds)
 
+    def pipeline_kwargs(self) -> dict:
+        return {
+            "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt,
+            "add_watermarker": False,
+        }
+
     def time_ids(self, latents: torch.Tensor) -> torch.Tensor:
         """(original size, crop top-left, target size) of square training images."""
         side = latents.shape[-1] * self.vae_scale_factor
@@ -142,21 +148,6 @@ class StableDiffusionXLTeacher(Teacher):
             ).sample
 
         return diffusion_loss(denoise, self.noise_scheduler, latents, timestep_range, stratified)
-
-    def pipeline(self):
-        from diffusers import StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer=self.tokenizer,
-            tokenizer_2=self.tokenizer_2,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            force_zeros_for_empty_prompt=self.force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
 
 
 # --------------------------------------------------------------------------- flow matching
@@ -272,21 +263,6 @@ class StableDiffusion3Teacher(Teacher):
             predict, self.noise_scheduler, latents, timestep_range, stratified
         )
 
-    def pipeline(self):
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline(
-            transformer=self.transformer,
-            scheduler=self.scheduler,
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2,
-            text_encoder_3=getattr(self, "text_encoder_3", None),
-            tokenizer_3=getattr(self, "tokenizer_3", None),
-        )
-
 
 class FluxTeacher(Teacher):
     """FLUX.1: T5's states as the sequence, CLIP-L's pooled output, a transformer over packed
@@ -366,17 +342,4 @@ class FluxTeacher(Teacher):
 
         return _flow_matching_loss(
             predict, self.noise_scheduler, latents, timestep_range, stratified
-        )
-
-    def pipeline(self):
-        from diffusers import FluxPipeline
-
-        return FluxPipeline(
-            scheduler=self.scheduler,
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2,
-            transformer=self.transformer,
         )
