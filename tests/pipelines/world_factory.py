@@ -23,3 +23,29 @@ def render_and_ingest(root, world: WorldParams):
     source = dataset.load()
     params = IngestParams(min_side=8)
     return source, build_manifest(screen_images(source, params), params)
+
+
+def stage1_data(t2i, root):
+    """8 train and 4 test world images of 16 px: rendered into ``root``, ingested, their
+    latents cached under the VAE of the T2I directory ``t2i``, then read per item by
+    ``load_stage1_data``, as a run makes them."""
+    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.params.cache import CacheParams
+    from vlv_pipeline.params.stage1 import Stage1Params
+    from vlv_pipeline.pipelines.cache.nodes import encode_latents
+    from vlv_pipeline.pipelines.stage1.nodes import load_stage1_data
+
+    world = WorldParams(image_size=16, counts={"train": 8, "val": 0, "test": 4})
+    source, manifest = render_and_ingest(root, world)
+    cache = encode_latents(
+        source,
+        manifest,
+        LatentCache(root / "latents"),
+        CacheParams(vae={"pretrained": str(t2i / "vae")}, batch_size=4, shard_size=5),
+    )
+    params = Stage1Params(
+        t2i=str(t2i),
+        encoder={"backbone": "small", "num_queries": 4},
+        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
+    )
+    return load_stage1_data(source, manifest, cache, params)

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from world_factory import render_and_ingest
+from world_factory import stage1_data
 
-from vlv_pipeline.datasets.latent_cache import LatentCache
 from vlv_pipeline.models.encoders import build_encoder
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.teachers import Condition, family_of, load_teacher
@@ -18,11 +17,9 @@ from vlv_pipeline.models.teachers.families import (
     StableDiffusionTeacher,
     StableDiffusionXLTeacher,
 )
-from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.pipelines.cache.nodes import encode_latents
-from vlv_pipeline.pipelines.stage1.nodes import load_stage1_data, train_stage1, validate_stage1
+from vlv_pipeline.pipelines.stage1.nodes import train_stage1, validate_stage1
 from vlv_pipeline.training.loop import list_checkpoints
 from vlv_pipeline.world import Vocabulary, build_world_tokenizer
 
@@ -146,25 +143,7 @@ def family_data(request, tmp_path_factory):
     """(family, replica path, 8 train + 4 test world images with latents of its VAE)."""
     family = request.param
     replica = request.getfixturevalue(FAMILIES[family][0])
-    return family, replica, _data(replica, tmp_path_factory)
-
-
-def _data(replica, tmp_path_factory):
-    root = tmp_path_factory.mktemp("family-world")
-    world = WorldParams(image_size=16, counts={"train": 8, "val": 0, "test": 4})
-    source, manifest = render_and_ingest(root, world)
-    cache = encode_latents(
-        source,
-        manifest,
-        LatentCache(root / "latents"),
-        CacheParams(vae={"pretrained": str(replica / "vae")}, batch_size=4, shard_size=5),
-    )
-    params = Stage1Params(
-        t2i=str(replica),
-        encoder={"backbone": "small", "num_queries": 4},
-        training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
-    )
-    return load_stage1_data(source, manifest, cache, params)
+    return family, replica, stage1_data(replica, tmp_path_factory.mktemp("family-world"))
 
 
 def _stage1_params(replica, tmp_path, steps):
