@@ -9,12 +9,16 @@ directory" and cannot tell it from stable-diffusion-2-1-base.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
 from vlv_pipeline.models.teachers.base import Condition
+
+logger = logging.getLogger(__name__)
 
 
 class VAEObjective(nn.Module):
@@ -202,9 +206,11 @@ SAMPLER_SETTINGS: dict[str, dict] = {
 
 
 def _scheduler(current, name: str):
-    """A ``name`` scheduler from ``current``'s config (with ``SAMPLER_SETTINGS``); a
-    scheduler of the other family (flow matching against noise prediction) would sample
-    nonsense, and is refused."""
+    """A ``name`` scheduler from ``current``'s config (with ``SAMPLER_SETTINGS``). A
+    flow-matching model (SD 3, FLUX) named a noise-prediction sampler (the samplers conf
+    names for Stable Diffusion teachers) keeps its own, with a warning: the one-line switch of
+    ``t2i`` to such a teacher needs no other key. A flow-matching sampler for a
+    noise-prediction model would sample nonsense, and is refused."""
     import diffusers
 
     from vlv_pipeline.errors import ParameterError
@@ -213,6 +219,14 @@ def _scheduler(current, name: str):
     if not (isinstance(made, type) and name.endswith("Scheduler")):
         raise ParameterError(f"scheduler {name!r} is not a diffusers scheduler class")
     own = type(current).__name__
+    if _flow_matching(own) and not _flow_matching(name):
+        logger.warning(
+            "sampler %s does not apply to a flow-matching model: it samples with its own %s "
+            "(set the sampling scheduler to null to say so)",
+            name,
+            own,
+        )
+        return current
     if _flow_matching(own) != _flow_matching(name):
         raise ParameterError(
             f"scheduler {name!r} cannot sample a model trained for {own} "

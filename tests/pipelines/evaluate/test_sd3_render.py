@@ -53,11 +53,18 @@ def test_captions_render_through_sd3_with_its_own_sampler(pipeline):
     assert bigger.shape == (1, 3, 32, 32)
 
 
-def test_a_noise_prediction_scheduler_is_refused_for_a_flow_matching_model(pipeline, tiny_sd):
-    kwargs = dict(captions=CAPTIONS[:1], steps=2, guidance=1.0, generator=_generators(1))
-    with pytest.raises(ParameterError, match="flow matching and noise prediction do not mix"):
-        render(pipeline, scheduler="DDIMScheduler", **kwargs)
+def test_a_flow_matching_model_keeps_its_own_sampler(pipeline, tiny_sd, caplog):
+    """A noise-prediction sampler named for a flow-matching model (conf's default, made for
+    Stable Diffusion teachers) gives way to the model's own, with a warning; the reverse is
+    refused."""
+    kwargs = dict(captions=CAPTIONS[:1], steps=2, guidance=1.0)
+    with caplog.at_level("WARNING"):
+        named = render(pipeline, scheduler="DDIMScheduler", generator=_generators(1), **kwargs)
+    assert "does not apply to a flow-matching model" in caplog.text
     assert type(pipeline.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"  # untouched
+    own = render(pipeline, scheduler=None, generator=_generators(1), **kwargs)
+    torch.testing.assert_close(named, own)
+    kwargs["generator"] = _generators(1)
     with pytest.raises(ParameterError, match="'NoSuchScheduler' is not a diffusers scheduler"):
         render(pipeline, scheduler="NoSuchScheduler", **kwargs)
     sd = DiffusionPipeline.from_pretrained(tiny_sd)
