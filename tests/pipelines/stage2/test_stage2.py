@@ -370,3 +370,34 @@ def test_baseline_reads_its_vae_tower_from_the_latent_cache_with_the_same_result
     )
     _, again, calls = run("other", other)
     assert calls == len(again) and again == pytest.approx(from_pixels, rel=1e-5)
+
+
+def test_a_trained_encoder_reads_its_vae_tower_from_the_latent_cache_too(
+    tiny_world, tiny_sd, tmp_path
+):
+    """psi + LLM + the VLV encoder: with the latent cache the frozen VAE tower never runs
+    in training, and the losses are the pixels' own."""
+    import copy
+
+    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.params.cache import CacheParams
+    from vlv_pipeline.pipelines.cache.nodes import encode_latents
+
+    params, data, encoder, embedding_cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
+    params = params.model_copy(update={"trainable": "projector+llm+encoder"})
+    source, manifest = tiny_world
+    vae = {"pretrained": str(tiny_sd), "subfolder": "vae"}
+    cache = encode_latents(source, manifest, LatentCache(tmp_path / "lat"), CacheParams(vae=vae))
+
+    def run(name, latent_cache):
+        calls = []
+        mine = copy.deepcopy(encoder)
+        mine.vae_tower["encoder"].register_forward_hook(lambda *_: calls.append(1))
+        folder = params.model_copy(update={"checkpoint_dir": str(tmp_path / name)})
+        _, log = nodes.train_stage2(data, mine, embedding_cache, folder, latent_cache)
+        return [e["loss"] for e in log["history"]], len(calls)
+
+    from_pixels, pixel_calls = run("pixels", None)
+    from_cache, cache_calls = run("cached", cache)
+    assert pixel_calls >= len(from_pixels) and cache_calls == 0
+    assert from_cache == pytest.approx(from_pixels, rel=1e-5)

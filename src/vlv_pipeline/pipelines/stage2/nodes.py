@@ -323,9 +323,23 @@ def _during_training(captioner: VLVCaptioner, data: Stage2Data, params: Stage2Pa
 
 
 def train_stage2(
-    data: Stage2Data, vlv_encoder, embedding_cache: EmbeddingCache, params: Stage2Params
+    data: Stage2Data,
+    vlv_encoder,
+    embedding_cache: EmbeddingCache,
+    params: Stage2Params,
+    latent_cache: LatentCache | None = None,
 ):
-    """psi + LLM (+ LoRA, + the VLV encoder) on the caption pairs, from stage 1's encoder."""
+    """psi + LLM (+ LoRA, + the VLV encoder) on the caption pairs, from stage 1's encoder.
+
+    When the encoder trains and its vision tower is the frozen VAE encoder, the latent
+    cache's posterior means of the pairs feed it after that tower (as stage 1 and the
+    baseline read them), if the cache was made by that VAE at stage 2's resolution."""
+    latents = None
+    if "encoder" in trainable_parts(params.trainable) and getattr(
+        vlv_encoder, "reads_vae_latents", False
+    ):
+        t2i_vae = load_component("vae", {"pretrained": params.t2i, "subfolder": "vae"})
+        latents = _pair_latents(latent_cache, t2i_vae, data, params)
     return _train_captioner(
         vlv_encoder,
         _text_encoder(params),
@@ -333,6 +347,7 @@ def train_stage2(
         params,
         CaptionerRun("stage2", params.trainable, params.training),
         embedding_cache=embedding_cache,
+        latents=latents,
     )
 
 
@@ -345,15 +360,15 @@ def _pair_latents(
         return None
     if latent_cache.fingerprint != vae_fingerprint(vae, params.resolution):
         logger.info(
-            "baseline: the latent cache was made by another VAE or resolution; "
-            "its encoder reads the pixels"
+            "stage 2: the latent cache was made by another VAE or resolution; "
+            "the encoder reads the pixels"
         )
         return None
     try:
         return latent_cache.rows(data.pair_ids, fields=("mean",))
     except MissingEntryError as error:
         logger.info(
-            "baseline: the latent cache lacks pair images (%s); its encoder reads the pixels", error
+            "stage 2: the latent cache lacks pair images (%s); the encoder reads the pixels", error
         )
         return None
 

@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.train_stage2,
-                ["stage2_data", "vlv_encoder", "embedding_cache", "params:stage2"],
+                ["stage2_data", "vlv_encoder", "embedding_cache", "params:stage2", "latent_cache"],
                 ["vlv_captioner", "stage2_log"],
                 name="train_stage2",
             ),
