@@ -42,13 +42,23 @@ def trainable_point(trainable: str) -> str:
     return "trainable_" + trainable.replace("+", "_")
 
 
+# The stage 2 the study's protocol fixed (docs/STUDY.md): psi + LLM, 1000 steps. conf/base
+# has since trained the encoder too (500 steps); study 3 compares exactly that choice, and
+# studies 1 and 3 keep the protocol they were measured with.
+STUDY_STAGE2 = {"trainable": "projector+llm", "training": {"steps": 1000, "checkpoint_every": 500}}
+
+
 def pairs_overrides(percent: int, seed: int) -> dict[str, dict]:
     """Study 1's point: ``percent`` of the train images captioned, drawn and trained at ``seed``."""
     return {
         "synthesize": {"fraction": percent / 100, "seed": seed, "max_images": None},
         # 1% of the train images is fewer pairs than one batch: train on all of them as
         # one batch (the study's table says which batch each point ran)
-        "stage2": {"training": {"seed": seed}, "batch_at_most_pairs": True},
+        "stage2": {
+            **STUDY_STAGE2,
+            "training": {**STUDY_STAGE2["training"], "seed": seed},
+            "batch_at_most_pairs": True,
+        },
     }
 
 
@@ -61,7 +71,7 @@ def _points() -> dict[str, dict[str, dict]]:
     for n in QUERY_COUNTS:
         points[queries_point(n)] = {"stage1": {"encoder": {"num_queries": n}}}
     for trainable in TRAINABLE_PARTS:
-        points[trainable_point(trainable)] = {"stage2": {"trainable": trainable}}
+        points[trainable_point(trainable)] = {"stage2": {**STUDY_STAGE2, "trainable": trainable}}
     return points
 
 
@@ -143,10 +153,10 @@ def expand_points(parameters: dict[str, Any]) -> dict[str, Any]:
         for section in SECTIONS:
             if not isinstance(parameters.get(section), dict):
                 continue
-            params = parameters[section]
-            if study.size == "small":
+            params = _merge(parameters[section], overrides.get(section, {}))
+            if study.size == "small":  # shrunk after the point's own keys (its steps too)
                 params = _merge(params, _small(section, params, study.small))
-            derived[point][section] = _merge(params, overrides.get(section, {}))
+            derived[point][section] = params
     small = {s: _small(s, parameters.get(s, {}), study.small) for s in SECTIONS}
     shared = {
         s: _merge(parameters[s], small[s]) if study.size == "small" else parameters[s]

@@ -34,11 +34,14 @@ def test_each_point_is_conf_with_only_its_own_keys_changed():
     assert set(points) == {*POINTS, "shared"}
     p = points[pairs_point(3, 1)]
     assert p["synthesize"] == {"fraction": 0.03, "seed": 1, "max_images": None}
-    assert p["stage2"]["training"] == {"steps": 1000, "seed": 1}
+    # the study's fixed stage 2 (psi + LLM, 1000 steps), whatever conf's default trains
+    assert p["stage2"]["training"] == {"steps": 1000, "checkpoint_every": 500, "seed": 1}
+    assert p["stage2"]["trainable"] == "projector+llm"
     assert p["stage1"] == BASE["stage1"] and p["evaluate"] == BASE["evaluate"]
     assert points[queries_point(77)]["stage1"]["encoder"]["num_queries"] == 77
     assert points[queries_point(77)]["stage1"]["training"]["steps"] == 2000  # equal steps
-    assert points[trainable_point("projector+lora")]["stage2"]["trainable"] == "projector+lora"
+    lora = points[trainable_point("projector+lora")]["stage2"]
+    assert lora["trainable"] == "projector+lora" and lora["training"]["steps"] == 1000
     assert points["shared"]["evaluate"]["images"] == 256  # not shrunk
     assert BASE["stage2"]["training"]["seed"] == 0  # conf itself untouched
 
