@@ -255,6 +255,39 @@ def test_the_rehearsal_environment_runs_the_paper_path_offline(rehearsal_run):
     assert "psnr" in metrics["reconstruction"]["from_caption"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family, pipeline_class",
+    [
+        ("stable-diffusion-xl", "StableDiffusionXLPipeline"),
+        ("stable-diffusion-3", "StableDiffusion3Pipeline"),
+        ("flux", "FluxPipeline"),
+    ],
+)
+def test_the_rehearsal_runs_every_stage_on_each_teacher_family(
+    family, pipeline_class, tmp_path_factory
+):
+    """issue 30: `rehearsal.family` builds a tiny replica of another teacher family (its real
+    classes, saved in its hub layout), and `kedro run --env rehearsal --params t2i=<it>` runs
+    stage 1 through evaluate on it, offline, with conf's samplers unchanged."""
+    import json
+
+    project = copy_project(tmp_path_factory.mktemp(f"rehearsal-{family}") / "project")
+    _rehearse(project, "--pipelines", "world,rehearsal", "--params", f"rehearsal.family={family}")
+    replica = project / "data/rehearsal/06_models/t2i"
+    index = json.loads((replica / "model_index.json").read_text())
+    assert index["_class_name"] == pipeline_class
+    _rehearse(project, "--pipeline", "vlv", "--params", f"t2i={replica}")
+    data = project / "data/rehearsal"
+    captioner = next((data / "06_models/vlv_captioner").glob("*/*"))
+    assert json.loads((captioner / "teacher.json").read_text())["_class_name"] == pipeline_class
+    metrics = json.loads(
+        next((data / "08_reporting/eval_metrics.json").glob("*/*.json")).read_text()
+    )
+    assert metrics["images"] >= 2 and "psnr" in metrics["reconstruction"]["from_embeddings"]
+    assert "psnr" in metrics["reconstruction"]["from_caption"]
+
+
 # ------------------------------------------------ the paper's Tables 1-3 in the rehearsal
 
 JUDGE_KEY, ANSWERER_KEY = "sk-judge-REHEARSAL-0123", "sk-answerer-REHEARSAL-4567"

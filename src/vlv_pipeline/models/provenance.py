@@ -159,10 +159,39 @@ def _json_file(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def config_of(ref: str | os.PathLike, subfolder: str | None = None) -> dict | None:
-    """``<ref>/<subfolder>/config.json`` of a local directory, or of a hub id in the local
+# The text encoders the VLV queries feed, per teacher family (its pipeline class): what the
+# caption embeddings' width is the sum of (models/teachers/families.py reads this table).
+FED_ENCODERS: dict[str, tuple[str, ...]] = {
+    "StableDiffusionPipeline": ("text_encoder",),
+    "StableDiffusionXLPipeline": ("text_encoder", "text_encoder_2"),
+    "StableDiffusion3Pipeline": ("text_encoder", "text_encoder_2"),
+    "FluxPipeline": ("text_encoder", "text_encoder_2"),
+}
+
+
+def embedding_width_of(t2i: str | os.PathLike | None) -> int | None:
+    """The caption embeddings' width a T2I model reads, from the configs on disk: the input
+    widths of the text encoders its family feeds (CLIP's ``hidden_size``, T5's ``d_model``);
+    None when a config is not there."""
+    if not t2i:
+        return None
+    index = config_of(t2i, filename="model_index.json") or {}
+    total = 0
+    for name in FED_ENCODERS.get(index.get("_class_name"), ("text_encoder",)):
+        config = config_of(t2i, name) or {}
+        width = config.get("hidden_size") or config.get("d_model")
+        if width is None:
+            return None
+        total += int(width)
+    return total
+
+
+def config_of(
+    ref: str | os.PathLike, subfolder: str | None = None, filename: str = "config.json"
+) -> dict | None:
+    """``<ref>/<subfolder>/<filename>`` of a local directory, or of a hub id in the local
     Hugging Face cache (on disk only: never the network); None when not there."""
-    name = f"{subfolder.strip('/')}/config.json" if subfolder else "config.json"
+    name = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
     path = Path(ref).expanduser()
     if path.is_dir():
         return _json_file(path / name)
@@ -413,12 +442,7 @@ def wanted_settings(parameters: Mapping, caption_resolution: Any = "unset") -> d
         None,
     )
     t2i_parts = t2i_fingerprint(t2i)["parts"]
-    text = config_of(t2i, "text_encoder") if t2i else None
-    run_t2i = {
-        "t2i": t2i,
-        "t2i_parts": t2i_parts,
-        "embedding_width": (text or {}).get("hidden_size"),
-    }
+    run_t2i = {"t2i": t2i, "t2i_parts": t2i_parts, "embedding_width": embedding_width_of(t2i)}
     stage1, stage2 = _mapping(p.get("stage1")), _mapping(p.get("stage2"))
     llm, llm_print = llm_reference(stage2.get("llm"))
     captioner_llm = {"llm": llm, "llm_fingerprint": llm_print}

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.diffusion import diffusion_loss
+from vlv_pipeline.models.provenance import FED_ENCODERS
 from vlv_pipeline.models.teachers.base import Condition, Teacher
 from vlv_pipeline.models.text_encoder import (
     encode_embeddings,
@@ -40,7 +41,7 @@ class StableDiffusionTeacher(Teacher):
         "unet": "unet",
         "scheduler": "scheduler",
     }
-    fed_encoders = ("text_encoder",)
+    fed_encoders = FED_ENCODERS["StableDiffusionPipeline"]
 
     @property
     def condition_width(self) -> int:
@@ -92,7 +93,7 @@ class StableDiffusionXLTeacher(Teacher):
         "unet": "unet",
         "scheduler": "scheduler",
     }
-    fed_encoders = ("text_encoder", "text_encoder_2")
+    fed_encoders = FED_ENCODERS["StableDiffusionXLPipeline"]
 
     @property
     def condition_width(self) -> int:
@@ -212,7 +213,7 @@ class StableDiffusion3Teacher(Teacher):
         "transformer": "sd3_transformer",
         "scheduler": "scheduler",
     }
-    fed_encoders = ("text_encoder", "text_encoder_2")
+    fed_encoders = FED_ENCODERS["StableDiffusion3Pipeline"]
     denoiser_name = "transformer"
     training_scheduler = "FlowMatchEulerDiscreteScheduler"
     t5_length = 256  # the pipeline's default max_sequence_length: T5's zeros
@@ -285,7 +286,7 @@ class FluxTeacher(Teacher):
         "transformer": "flux_transformer",
         "scheduler": "scheduler",
     }
-    fed_encoders = ("text_encoder", "text_encoder_2")
+    fed_encoders = FED_ENCODERS["FluxPipeline"]
     denoiser_name = "transformer"
     training_scheduler = "FlowMatchEulerDiscreteScheduler"
     uses_negative = False
