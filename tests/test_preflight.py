@@ -186,6 +186,11 @@ def test_hub_ids_are_looked_up_in_the_local_cache_only(hub_cache, monkeypatch):
         "stage2.llm.pretrained = Qwen/Qwen2.5-3B: in the Hugging Face cache without its weights "
         "(configs only) -> `hf download Qwen/Qwen2.5-3B`",
     ]
+    # a teacher of another family says what it needs beyond the download
+    flux = check_references(
+        [Reference("stage1.t2i", "black-forest-labs/FLUX.1-dev")], None, "paper", []
+    )
+    assert "gated: accept its licence" in flux[0].line() and "T5-XXL" in flux[0].line()
     # a tokenizer, or a block reading configs only, needs no weights
     configs_only = [
         Reference("stage2.tokenizer.pretrained", "Qwen/Qwen2.5-3B", weights=False),
