@@ -133,19 +133,28 @@ def gemm_ceiling(device: torch.device, sizes=(1024, 2048), repeats: int = 8) -> 
 # -- FLOPs ---------------------------------------------------------------------------------
 
 
-FROZEN_LABELS = {"unet": "UNet", "text_encoder": "text encoder", "vae_tower": "VAE tower"}
+FROZEN_LABELS = {
+    "unet": "UNet",  # the denoiser (a transformer for SD 3 and FLUX)
+    "text_encoder": "text encoder",
+    "text_encoder_2": "second text encoder",
+    "vae_tower": "VAE tower",
+}
 
 
 def frozen_parts(objective) -> dict:
-    """The frozen modules an objective may run, by key: the UNet, the text encoder's
-    transformer (``encode_embeddings`` calls its parts, not the model), the encoder's VAE
-    tower."""
+    """The frozen modules an objective may run, by key: the teacher's denoiser (stage 1),
+    the transformer of each text encoder the caption embeddings feed (``encoder_states``
+    calls its layers, not the model), the encoder's VAE tower."""
     parts = {}
-    if getattr(objective, "unet", None) is not None:
-        parts["unet"] = objective.unet
-    text = getattr(objective, "text_encoder", None)
-    if text is not None:
-        parts["text_encoder"] = getattr(text, "text_model", text).encoder
+    teacher = getattr(objective, "teacher", None)  # stage 1: the whole teacher
+    if teacher is not None:
+        parts["unet"] = teacher.denoiser
+    side = teacher if teacher is not None else getattr(objective, "text_encoder", None)
+    if side is not None:
+        for key, encoder in zip(
+            ("text_encoder", "text_encoder_2"), side.text_encoders(), strict=False
+        ):
+            parts[key] = getattr(encoder, "text_model", encoder).encoder
     tower = getattr(getattr(objective, "encoder", None), "vae_tower", None)
     if tower is not None:
         parts["vae_tower"] = tower["encoder"]

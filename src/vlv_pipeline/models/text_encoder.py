@@ -23,10 +23,8 @@ def _text_model(text_encoder):
     return getattr(text_encoder, "text_model", text_encoder)  # older transformers nest it
 
 
-def encoder_states(text_encoder, inputs_embeds: torch.Tensor) -> list[torch.Tensor]:
-    """Every hidden state of a CLIP text encoder for (B, N, d) embeddings, as
-    ``output_hidden_states`` gives them: the embedding layer's output, then each layer's
-    (no final LayerNorm). N must not exceed ``max_position_embeddings`` (77 for CLIP)."""
+def _inputs(text_encoder, inputs_embeds: torch.Tensor):
+    """The text model, its embedding layer's output for ``inputs_embeds`` and the causal mask."""
     model = _text_model(text_encoder)
     limit = model.config.max_position_embeddings
     if inputs_embeds.shape[1] > limit:
@@ -38,6 +36,14 @@ def encoder_states(text_encoder, inputs_embeds: torch.Tensor) -> list[torch.Tens
     mask = create_causal_mask(
         config=model.config, inputs_embeds=hidden, attention_mask=None, cache=None
     )
+    return model, hidden, mask
+
+
+def encoder_states(text_encoder, inputs_embeds: torch.Tensor) -> list[torch.Tensor]:
+    """Every hidden state of a CLIP text encoder for (B, N, d) embeddings, as
+    ``output_hidden_states`` gives them: the embedding layer's output, then each layer's
+    (no final LayerNorm). N must not exceed ``max_position_embeddings`` (77 for CLIP)."""
+    model, hidden, mask = _inputs(text_encoder, inputs_embeds)
     states = [hidden]
     for layer in model.encoder.layers:
         hidden = layer(hidden, mask, is_causal=True)
@@ -54,9 +60,12 @@ def encode_embeddings(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor
     """``last_hidden_state`` of ``text_encoder`` (a ``CLIPTextModel``) for (B, N, d) embeddings.
 
     Equals ``text_encoder(input_ids).last_hidden_state`` when ``inputs_embeds`` are the
-    token embeddings of ``input_ids`` (tested).
+    token embeddings of ``input_ids`` (tested), and the last of ``encoder_states`` after the
+    final LayerNorm; it runs the encoder module whole (what hooks and profilers see).
     """
-    return final_norm(text_encoder, encoder_states(text_encoder, inputs_embeds)[-1])
+    model, hidden, mask = _inputs(text_encoder, inputs_embeds)
+    out = model.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True)
+    return model.final_layer_norm(out.last_hidden_state)
 
 
 def pooled_output(text_encoder, last_hidden_state: torch.Tensor) -> torch.Tensor:
