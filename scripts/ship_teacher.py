@@ -1,6 +1,11 @@
 """Copy a teacher trained by `kedro run --pipeline teacher` into the package.
 
-    python scripts/ship_teacher.py [--version VERSION] [--seconds-note TEXT]
+    python scripts/ship_teacher.py [--version VERSION] [--note TEXT]
+    python scripts/ship_teacher.py --flow [--version VERSION] [--note TEXT]
+
+``--flow`` ships the flow-matching teacher (`--tags flow_matching`) instead: its
+`teacher_flow`, metrics and figures go to src/vlv_pipeline/assets/teacher_flow/ and
+TEACHER_FLOW_CARD.md; the SD-style teacher and the probe are left as they are.
 
 Takes the latest (or the given) versions of `teacher`, `attribute_probe`,
 `teacher_metrics`, `teacher_samples` and `teacher_loss` from data/, and writes
@@ -103,6 +108,86 @@ Judged by the attribute probe on {metrics.get("eval_images", 256)} test captions
 """
 
 
+def flow_card(metrics: dict, version: str, params: dict, world: dict, note: str) -> str:
+    render = metrics["render"]
+    rows = [
+        ("teacher renders of test captions (probe)", render),
+        ("VAE reconstructions of test images (probe)", render["vae_reconstruction"]),
+    ]
+    table = "\n".join(
+        f"| {name} | {m['exact_scene']:.4f} | {m['position']:.4f} | {m['shape']:.4f} | "
+        f"{m['colour']:.4f} | {m['size']:.4f} |"
+        for name, m in rows
+    )
+    sampling = metrics["sampling"]
+    sampler = sampling["scheduler"] or "its own FlowMatchEulerDiscreteScheduler"
+    minutes = metrics["seconds"]["text_to_image"] / 60
+    return f"""# The shipped shapes-world flow-matching teacher
+
+A miniature Stable Diffusion 3 (diffusers `StableDiffusion3Pipeline` directory: an
+SD3Transformer2DModel (MMDiT) over 2x2 patches of 8x8 latents, two CLIPTextModelWithProjection
+text encoders reading the world's word-level tokenizer, no T5 (`text_encoder_3: [null, null]`),
+FlowMatchEulerDiscreteScheduler) trained with flow matching by this project's own `teacher`
+pipeline on the shapes world; nothing was downloaded. Its AutoencoderKL is the SD-style
+teacher's (`teacher/vae`, shared: one latent space for both), and the attribute probe that
+judges both is `attribute_probe/` (TEACHER_CARD.md).
+
+- produced by: `kedro run --pipeline teacher --tags flow_matching` (version `{version}`),
+  shipped with `python scripts/ship_teacher.py --flow --version {version}`
+- use it: `kedro run --params t2i=src/vlv_pipeline/assets/teacher_flow`
+- data: the shapes world with seed {world["seed"]}, {world["counts"]["train"]} train images
+  ({world["image_size"]} px, up to {world["max_objects"]} objects)
+- training time on 2 CPU cores: CLIPs + MMDiT {minutes:.1f} min{note}
+- weights: MMDiT and VAE in float16 safetensors, the CLIPs in float32
+  (`StableDiffusion3Pipeline.from_pretrained(dir)` gives a float32 pipeline)
+
+## Measured quality
+
+Judged by the attribute probe on {metrics.get("eval_images", 256)} test captions, rendered with
+{sampler}, {sampling["steps"]} steps, guidance {sampling["guidance"]}, seed {sampling["seed"]}.
+
+| what | exact scene | position | shape | colour | size |
+|---|---|---|---|---|---|
+{table}
+
+![samples](teacher_flow_samples.png)
+
+![loss](teacher_flow_loss.png)
+
+## Parameters
+
+```yaml
+{yaml.safe_dump({"teacher_flow": params}, sort_keys=False)}```
+"""
+
+
+def ship_flow(args) -> None:
+    teacher = latest(ROOT / "data/06_models/teacher_flow", args.version)
+    version = teacher.parent.name
+    metrics_path = latest(ROOT / "data/08_reporting/teacher_flow_metrics.json", version)
+    figures = [
+        latest(ROOT / f"data/08_reporting/{name}", version)
+        for name in ("teacher_flow_samples.png", "teacher_flow_loss.png")
+    ]
+    total = size(teacher)
+    if total > LIMIT_BYTES:
+        raise SystemExit(f"the teacher is {total / 2**20:.1f} MB, over the 20 MB limit")
+    replace_dir(teacher, ASSETS / "teacher_flow")
+    for figure in figures:
+        shutil.copyfile(figure, ASSETS / figure.name)
+    metrics = json.loads(metrics_path.read_text())
+    (ASSETS / "teacher_flow_metrics.json").write_text(
+        json.dumps({**metrics, "version": version}, indent=2)
+    )
+    conf = yaml.safe_load((ROOT / "conf/base/parameters_teacher.yml").read_text())
+    world = yaml.safe_load((ROOT / "conf/base/parameters_world.yml").read_text())["world"]
+    note = f" ({args.note})" if args.note else ""
+    (ASSETS / "TEACHER_FLOW_CARD.md").write_text(
+        flow_card(metrics, version, conf["teacher_flow"], world, note)
+    )
+    print(f"shipped flow teacher {version} ({total / 2**20:.1f} MB) to assets/teacher_flow")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", help="the teacher version to ship (default: latest)")
@@ -110,7 +195,11 @@ def main() -> None:
     parser.add_argument(
         "--curve", help="OUT_PREFIX of scripts/teacher_quality_curve.py: adds quality vs time"
     )
+    parser.add_argument("--flow", action="store_true", help="ship the flow-matching teacher")
     args = parser.parse_args()
+    if args.flow:
+        ship_flow(args)
+        return
 
     teacher = latest(ROOT / "data/06_models/teacher", args.version)
     version = teacher.parent.name

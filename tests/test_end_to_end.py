@@ -161,7 +161,7 @@ def test_the_whole_recipe_under_accelerate_launch_saves_each_output_once(tiny_ru
 @pytest.mark.slow
 def test_the_study_runs_at_a_token_size_after_the_default_run(tiny_run):
     """`kedro run --pipeline study` with `study.size=small` on the tiny run's outputs: every
-    point of the five studies runs (2 steps, 8 images) and the report and preview are written
+    point of the six studies runs (2 steps, 8 images) and the report and preview are written
     once, marked as not a result. This keeps the study from rotting; its numbers mean nothing."""
     import json
 
@@ -181,8 +181,10 @@ def test_the_study_runs_at_a_token_size_after_the_default_run(tiny_run):
     study = project / "data/08_reporting/study"
     (report,) = study.glob("study_report.html/*/study_report.html")
     html = report.read_text()
-    for title in ("Data efficiency", "Query count", "stage 2", "Spatial", "Composition"):
+    for title in ("Data efficiency", "Query count", "stage 2", "Spatial", "Composition", "teacher"):
         assert title in html
+    (teacher,) = study.glob("teacher.json/*/*.json")  # study 6: both teachers, side by side
+    assert [r["teacher"] for r in json.loads(teacher.read_text())["rows"]] == ["sd", "flow"]
     assert "not results" in html
     assert len(list(study.glob("study_report_preview.png/*/*.png"))) == 1
     for point in POINTS:  # every point's metrics, in its own folder

@@ -120,8 +120,13 @@ def test_rehearsal_env_validates_and_writes_apart_from_the_default_run():
     assert params["stage1"]["checkpoint_dir"].startswith("data/rehearsal/")
     assert params["stage1"]["t2i"] == "data/rehearsal/06_models/t2i"
     catalog = _loader("rehearsal")["catalog"]
-    paths = [v.get("filepath") or v.get("path") for v in catalog.values() if isinstance(v, dict)]
-    assert all(p.startswith("data/rehearsal/") for p in paths if p)
+    paths = {
+        k: v.get("filepath") or v.get("path") for k, v in catalog.items() if isinstance(v, dict)
+    }
+    # the package's shipped models are read, never written (no node outputs them)
+    shipped = {k for k, p in paths.items() if p and p.startswith("src/vlv_pipeline/assets/")}
+    assert shipped == {"shipped_teacher_vae", "shipped_probe"}
+    assert all(p.startswith("data/rehearsal/") for k, p in paths.items() if p and k not in shipped)
     assert catalog["raw_images"]["kind"] == "webdataset" and catalog["raw_images"]["writable"]
     assert _loader("base")["catalog"]["latent_cache"]["path"] == "data/04_feature/latent_cache"
 

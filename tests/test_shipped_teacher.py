@@ -52,3 +52,39 @@ def test_shipped_teacher_matches_its_recorded_quality():
     tolerance = 3 * (expected * (1 - expected) / N) ** 0.5 + 1 / N
     assert scores["exact_scene"] >= expected - tolerance, (scores, expected)
     assert scores["attributes"] >= recorded["render"]["attributes"] - 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ASSETS / "teacher_flow").is_dir(), reason="no flow teacher shipped yet")
+def test_shipped_flow_teacher_matches_its_recorded_quality():
+    """The flow-matching teacher, loaded as `t2i` loads it, renders its card's figure."""
+    from vlv_pipeline.models.teachers import StableDiffusion3Teacher, load_teacher
+
+    recorded = json.loads((ASSETS / "teacher_flow_metrics.json").read_text())
+    sampling = recorded["sampling"]
+    teacher = load_teacher(str(ASSETS / "teacher_flow"))
+    assert isinstance(teacher, StableDiffusion3Teacher) and teacher.text_encoder_3 is None
+    assert teacher.transformer.dtype == torch.float32  # fp16 on disk, fp32 to compute
+    probe = AttributeProbe.from_pretrained(ASSETS / "attribute_probe").eval()
+    world = WorldParams()
+    labels = generate_labels(world)
+    test = labels[labels["split"] == "test"].sort_values("file").head(N)
+    targets = torch.stack(
+        [
+            scene_targets(o, world.shapes, list(world.colours), list(world.sizes))
+            for o in test["objects"]
+        ]
+    )
+    images = teacher.render_captions(
+        test["caption"].tolist(),
+        steps=sampling["steps"],
+        guidance=sampling["guidance"],
+        seed=sampling["seed"],
+        batch_size=64,
+        scheduler=sampling["scheduler"],
+    )
+    scores = scene_agreement(probe.predict(images), targets)
+    expected = recorded["render"]["exact_scene"]
+    tolerance = 3 * (expected * (1 - expected) / N) ** 0.5 + 1 / N
+    assert scores["exact_scene"] >= expected - tolerance, (scores, expected)
+    assert scores["attributes"] >= recorded["render"]["attributes"] - 0.03

@@ -121,6 +121,9 @@ def vae_fingerprint(vae, resolution: int | None) -> dict:
     """What makes the latents: a hash of the VAE's weights and config, and the resolution."""
     # private keys (_name_or_path, _use_default_values...) say where it was loaded from, not what it is
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    # no shift, spelled null (SD) or 0.0 (SD 3's pipeline needs a number): the same VAE
+    if not config.get("shift_factor"):
+        config["shift_factor"] = None
     config = json.dumps(config, sort_keys=True, default=str)
     return {
         "weights_sha256": weights_sha256(vae),

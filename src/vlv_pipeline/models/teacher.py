@@ -82,6 +82,76 @@ class TextToImageObjective(nn.Module):
         return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
 
 
+class FlowTextToImageObjective(nn.Module):
+    """The shapes world's SD 3-shaped teacher: two CLIPs and an MMDiT trained together with
+    flow matching on cached VAE posteriors, with caption dropout.
+
+    The MMDiT reads what ``StableDiffusion3Pipeline.encode_prompt`` gives it without T5: both
+    CLIPs' penultimate states concatenated on features (zero-padded to the MMDiT's
+    ``joint_attention_dim``) and both pooled projections concatenated. ``batch`` = (latent
+    mean, latent std, input_ids); both CLIPs read the same ids (one world tokenizer).
+    """
+
+    def __init__(
+        self,
+        transformer,
+        text_encoder,
+        text_encoder_2,
+        scheduler,
+        empty_ids: torch.Tensor,
+        scaling_factor: float,
+        shift_factor: float = 0.0,
+        caption_dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.scheduler = scheduler
+        self.register_buffer("empty_ids", empty_ids.view(1, -1), persistent=False)
+        self.scaling_factor = scaling_factor
+        self.shift_factor = shift_factor
+        self.caption_dropout = caption_dropout
+
+    def forward(self, batch) -> torch.Tensor:
+        from vlv_pipeline.models.teachers.families import flow_matching_loss
+
+        mean, std, input_ids = batch
+        if self.caption_dropout > 0:
+            drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.caption_dropout
+            input_ids = torch.where(drop[:, None], self.empty_ids, input_ids)
+        states, pooled = [], []
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            out = encoder(input_ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            pooled.append(out.text_embeds)
+        states = torch.cat(states, -1)
+        joint = int(self.transformer.config.joint_attention_dim)
+        states = F.pad(states, (0, joint - states.shape[-1]))
+        pooled = torch.cat(pooled, -1)
+        latents = (mean + std * torch.randn_like(std) - self.shift_factor) * self.scaling_factor
+        return flow_matching_loss(
+            lambda noisy, t: (
+                self.transformer(
+                    hidden_states=noisy,
+                    timestep=t,
+                    encoder_hidden_states=states,
+                    pooled_projections=pooled,
+                ).sample
+            ),
+            self.scheduler,
+            latents,
+        )
+
+    def trained_models(self) -> dict[str, nn.Module]:
+        parts = {
+            "transformer": self.transformer,
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+        }
+        return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
+
+
 @torch.no_grad()
 def encode_posteriors(
     vae, images: torch.Tensor, batch_size: int = 256
@@ -111,6 +181,24 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
     )
 
 
+def assemble_sd3_pipeline(vae, text_encoder, text_encoder_2, tokenizer, transformer, scheduler):
+    """A ``StableDiffusion3Pipeline`` without T5 (``text_encoder_3`` and ``tokenizer_3`` None,
+    saved as null): both CLIPs read the world tokenizer."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
 @torch.no_grad()
 def render(
     pipeline,
@@ -125,6 +213,7 @@ def render(
     scheduler: str | None = "DDIMScheduler",
     generator: torch.Generator | list[torch.Generator] | None = None,
     size: int | None = None,
+    call_kwargs: dict | None = None,
 ) -> torch.Tensor:
     """Render with a Stable Diffusion pipeline; images in [-1, 1], (B, 3, H, W).
 
@@ -143,6 +232,8 @@ def render(
     flow-matching pipeline and a noise-prediction scheduler (or the reverse) do not mix and are
     refused. ``size``: the renders' side (None: the pipeline's default; for FLUX, whose
     pipeline would render 1024 px whatever the model, its VAE's ``sample_size``).
+    ``call_kwargs``: the family's further arguments to each call (a teacher's
+    ``call_kwargs()``: SD 3's ``max_sequence_length``).
     """
     if (captions is None) == (conditions is None):
         raise ValueError("render needs exactly one of captions or conditions")
@@ -180,6 +271,7 @@ def render(
                 generator[start : start + batch_size] if isinstance(generator, list) else generator
             ),
             output_type="pt",
+            **(call_kwargs or {}),
         ).images
         out.append(images * 2 - 1)
     return torch.cat(out).clamp(-1, 1).float().cpu()

@@ -26,6 +26,10 @@ SEEDS = (0, 1)
 QUERY_COUNTS = (4, 16, 77)
 # Study 3: what trains in stage 2 (conf's spelling of `stage2.trainable`).
 TRAINABLE_PARTS = ("projector", "projector+llm", "projector+lora", "projector+llm+encoder")
+# Study 6: the teacher. The default run distils the SD-style teacher; this point reruns
+# stage 1, the pair embeddings and stage 2 of the default recipe on the flow-matching one.
+FLOW_TEACHER = "src/vlv_pipeline/assets/teacher_flow"
+TEACHER_POINT = "teacher_flow"
 
 DERIVED_KEY = "study_points"
 
@@ -72,6 +76,7 @@ def _points() -> dict[str, dict[str, dict]]:
         points[queries_point(n)] = {"stage1": {"encoder": {"num_queries": n}}}
     for trainable in TRAINABLE_PARTS:
         points[trainable_point(trainable)] = {"stage2": {**STUDY_STAGE2, "trainable": trainable}}
+    points[TEACHER_POINT] = {"stage1": {"t2i": FLOW_TEACHER}, "stage2": {"t2i": FLOW_TEACHER}}
     return points
 
 

@@ -61,3 +61,24 @@ class TeacherParams(StrictModel):
     grid_images: int = Field(24, ge=1)
     save_dtype: Literal["float16", "float32"] = "float16"
     checkpoint_dir: str = "data/06_models/checkpoints/teacher"
+
+
+class FlowTeacherParams(StrictModel):
+    """``params:teacher_flow``: the shapes world's SD 3-shaped teacher (an MMDiT with flow
+    matching and two small CLIPs, no T5). It reads the shipped SD-style teacher's autoencoder
+    (catalog ``shipped_teacher_vae``), so both teachers share one latent space, and is judged
+    by the shipped probe."""
+
+    text_encoder: InitConfig = Field(
+        description="CLIPTextModelWithProjection config of each of the two CLIPs (vocab and "
+        "special ids come from the world tokenizer)"
+    )
+    transformer: InitConfig = Field(description="SD3Transformer2DModel config")
+    scheduler: InitConfig = Field(description="a FlowMatchEulerDiscreteScheduler config")
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    training: TrainParams
+    evaluation: SamplingParams = SamplingParams(scheduler=None)
+    eval_images: int = Field(256, ge=1, description="test images rendered to judge the teacher")
+    grid_images: int = Field(24, ge=1)
+    save_dtype: Literal["float16", "float32"] = "float16"
+    checkpoint_dir: str = "data/06_models/checkpoints/teacher_flow"

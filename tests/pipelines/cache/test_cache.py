@@ -220,3 +220,18 @@ def test_a_shard_damaged_on_disk_is_refused_and_the_cache_run_rebuilds_it(tmp_pa
     rebuilt = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
     assert not shard.exists() and len(rebuilt) == 5
     torch.testing.assert_close(rebuilt.load(manifest["image_id"])[0], expected)
+
+
+def test_no_shift_is_one_vae_whether_it_says_null_or_zero(vae_dir):
+    """SD 3's pipeline needs ``shift_factor`` to be a number: the flow-matching teacher's copy
+    of the shipped VAE says 0.0 where the SD-style teacher's says null. Same latents, so the
+    same cache; a real shift is another VAE."""
+    from vlv_pipeline.datasets.latent_cache import vae_fingerprint
+
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    assert vae.config.shift_factor is None
+    plain = vae_fingerprint(vae, None)
+    vae.register_to_config(shift_factor=0.0)
+    assert vae_fingerprint(vae, None) == plain
+    vae.register_to_config(shift_factor=0.1159)
+    assert vae_fingerprint(vae, None) != plain

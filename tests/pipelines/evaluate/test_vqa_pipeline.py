@@ -397,8 +397,12 @@ def test_failed_prompts_are_asked_again_only_when_told(tmp_path, stub):
 
 def test_too_many_failures_stop_the_run(tmp_path, stub):
     params = _files_params(tmp_path, stub.base_url, max_failed_fraction=0.0)
-    with pytest.raises(CaptionerError, match=r"4 of 20 prompts got no usable answer"):
+    with pytest.raises(CaptionerError, match=r"of 20 prompts got no usable answer") as info:
         _run(params)
+    # the first failure stops the asking; how many of the stub's four failing prompts were
+    # already in flight by then depends on the threads' timing (two at a time)
+    lost = int(re.search(r"(\d+) of 20 prompts", str(info.value)).group(1))
+    assert 1 <= lost <= 4
 
 
 def test_files_need_the_evaluation_images_to_be_coco_images(tmp_path, stub):

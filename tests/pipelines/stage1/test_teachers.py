@@ -138,6 +138,44 @@ def test_sd3_and_flux_conditions_are_what_their_pipelines_read(tiny_sd3, tiny_fl
     torch.testing.assert_close(condition.states, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_an_sd3_built_without_t5_reads_no_t5_positions_in_training_and_from_text(
+    tiny_sd3, tmp_path
+):
+    """SD 3.5 (T5 declared) gets T5's 256 zero positions, loaded with T5 or not; a model
+    built without T5 (``text_encoder_3: [null, null]``, the shapes world's flow teacher)
+    never saw them: its condition is the CLIP part alone, from embeddings and from text."""
+    from vlv_pipeline.models.teachers import StableDiffusion3Teacher
+
+    with_t5 = load_teacher(str(tiny_sd3))
+    assert with_t5.t5_length == 256 and with_t5.call_kwargs() == {"max_sequence_length": 256}
+    pipe = with_t5.pipeline()
+    pipe.text_encoder_3, pipe.tokenizer_3 = None, None
+    pipe.register_to_config(text_encoder_3=(None, None), tokenizer_3=(None, None))
+    pipe.save_pretrained(tmp_path / "no_t5")
+    index = json.loads((tmp_path / "no_t5" / "model_index.json").read_text())
+    assert index["text_encoder_3"] == [None, None]
+    without = load_teacher(str(tmp_path / "no_t5"))
+    assert isinstance(without, StableDiffusion3Teacher) and without.text_encoder_3 is None
+    assert without.t5_length == 0
+    condition = without.condition(torch.randn(2, 5, without.width))
+    assert without.denoiser_condition(condition).states.shape[1] == 5
+    with torch.no_grad():
+        prompt_embeds, *_ = without.pipeline().encode_prompt(
+            CAPTIONS,
+            None,
+            None,
+            device="cpu",
+            do_classifier_free_guidance=False,
+            **without.call_kwargs(),
+        )
+    assert prompt_embeds.shape[1] == 77  # the CLIP tokens only
+    text = without.render_captions(CAPTIONS, guidance=1.0, steps=2, seed=0, scheduler=None)
+    assert text.shape == (2, 3, 16, 16) and torch.isfinite(text).all()
+    # the same teacher over an in-memory pipeline (what the teacher pipeline judges)
+    again = StableDiffusion3Teacher.from_pipeline(without.pipeline())
+    assert again.t5_length == 0 and again.width == without.width
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_data(request, tmp_path_factory):
     """(family, replica path, 8 train + 4 test world images with latents of its VAE)."""

@@ -10,7 +10,9 @@ from vlv_pipeline.config import StudyConfigLoader
 from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.study import (
     DERIVED_KEY,
+    FLOW_TEACHER,
     POINTS,
+    TEACHER_POINT,
     StudyParams,
     expand_points,
     pairs_point,
@@ -44,6 +46,10 @@ def test_each_point_is_conf_with_only_its_own_keys_changed():
     assert lora["trainable"] == "projector+lora" and lora["training"]["steps"] == 1000
     assert points["shared"]["evaluate"]["images"] == 256  # not shrunk
     assert BASE["stage2"]["training"]["seed"] == 0  # conf itself untouched
+    # study 6: the default recipe (conf's own stage 1 and stage 2) on the flow-matching teacher
+    teacher = points[TEACHER_POINT]
+    assert teacher["stage1"] == {**BASE["stage1"], "t2i": FLOW_TEACHER}
+    assert teacher["stage2"] == {**BASE["stage2"], "t2i": FLOW_TEACHER}
 
 
 def test_small_size_shrinks_every_point_and_keeps_its_overrides():
@@ -142,12 +148,42 @@ def test_data_efficiency_rows_follow_the_pairs_and_keep_both_seeds():
     assert tables["data_efficiency"][1][2][:5] == ["1200", "30", "0", "64", "80.0 (74.7-84.4)"]
 
 
+def test_the_teacher_study_sets_each_teachers_reconstructions_beside_its_captions():
+    def stage1(exact):
+        return {"images": 256, "reconstruction": {"exact_scene": exact, "attributes": 0.97}}
+
+    def stage2(exact):
+        return {"images": 256, "vlv": {"exact_scene": exact}}
+
+    result, figure = nodes.teacher_comparison(
+        StudyParams(),
+        **{
+            "stage1_metrics:sd": stage1(0.86),
+            "stage1_log:sd": {"seconds": 420.0, "history": [{"step": 1200}]},
+            "stage2_metrics:sd": stage2(0.85),
+            "stage1_metrics:flow": stage1(0.5),
+            "stage1_log:flow": {"seconds": 360.0, "history": [{"step": 1200}]},
+            "stage2_metrics:flow": stage2(0.25),
+        },
+    )
+    sd, flow = result["rows"]
+    assert (sd["teacher"], flow["teacher"]) == ("sd", "flow")
+    assert flow["reconstruction"]["rate"] == 0.5 and flow["captions"]["rate"] == 0.25
+    assert sd["stage1_s_per_step"] == pytest.approx(0.35)
+    assert len(figure.axes[0].containers) >= 2  # reconstructions and captions
+    rows = nodes.study_tables(
+        {**_other_results(), "data_efficiency": {"rows": []}, "teacher": result}
+    )["teacher"][1]
+    assert rows[1][:2] == ["SD 3-style (MMDiT, flow)", "50.0 (43.9-56.1)"]
+
+
 def _other_results():
     return {
         "queries": {"rows": []},
         "trainable": {"rows": []},
         "spatial": {"rows": []},
         "composition": {"variants": {}},
+        "teacher": {"rows": []},
     }
 
 

@@ -14,12 +14,13 @@ from vlv_pipeline.datasets.image_source import ImageSourceDataset
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.params.ingest import IngestParams
-from vlv_pipeline.params.teacher import TeacherParams
+from vlv_pipeline.params.teacher import FlowTeacherParams, TeacherParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines import ingest, teacher, world
 from vlv_pipeline.training.loop import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[3]
+ASSETS = ROOT / "src" / "vlv_pipeline" / "assets"
 
 
 def tiny_teacher_params(checkpoint_dir) -> TeacherParams:
@@ -31,6 +32,17 @@ def tiny_teacher_params(checkpoint_dir) -> TeacherParams:
     raw.update(eval_images=6, grid_images=4, checkpoint_dir=str(checkpoint_dir))
     raw["evaluation"].update(steps=2, batch_size=6)
     return TeacherParams(**raw)
+
+
+def tiny_flow_params(checkpoint_dir) -> FlowTeacherParams:
+    raw = yaml.safe_load((ROOT / "conf/base/parameters_teacher.yml").read_text())["teacher_flow"]
+    raw["training"].update(steps=4, warmup_steps=1, checkpoint_every=2, batch_size=8)
+    raw["transformer"]["init"].update(
+        num_layers=1, num_attention_heads=2, caption_projection_dim=64
+    )
+    raw.update(eval_images=6, grid_images=4, checkpoint_dir=str(checkpoint_dir))
+    raw["evaluation"].update(steps=2, batch_size=6)
+    return FlowTeacherParams(**raw)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +65,12 @@ def tiny_run(tmp_path_factory):
         "vae_log",
         "text_to_image_log",
         "teacher_render_scores",
+        "teacher_flow_trained",
+        "teacher_flow_log",
+        "teacher_flow_render_scores",
+        "teacher_flow_metrics",
+        "teacher_flow_samples",
+        "teacher_flow_loss",
     ]
     catalog = DataCatalog(
         {
@@ -72,6 +90,20 @@ def tiny_run(tmp_path_factory):
             "params:world": MemoryDataset(world_params),
             "params:ingest": MemoryDataset(IngestParams()),
             "params:teacher": MemoryDataset(tiny_teacher_params(tmp / "ckpt")),
+            # the flow-matching teacher reads the shipped VAE and is judged by the shipped probe
+            "shipped_teacher_vae": ModelDirectoryDataset(
+                filepath=str(ASSETS / "teacher" / "vae"), load_class="diffusers.AutoencoderKL"
+            ),
+            "shipped_probe": ModelDirectoryDataset(
+                filepath=str(ASSETS / "attribute_probe"),
+                load_class="vlv_pipeline.models.probe.AttributeProbe",
+            ),
+            "teacher_flow": ModelDirectoryDataset(
+                filepath=str(tmp / "teacher_flow"),
+                load_class="diffusers.StableDiffusion3Pipeline",
+                load_args={"text_encoder_3": None, "tokenizer_3": None},
+            ),
+            "params:teacher_flow": MemoryDataset(tiny_flow_params(tmp / "ckpt")),
         }
     )
 
@@ -126,6 +158,65 @@ def test_metrics_probe_and_figures(tiny_run):
 def test_training_left_resumable_checkpoints(tiny_run):
     _, tmp = tiny_run
     runs = sorted(p.name.split("-")[0] for p in (tmp / "ckpt").iterdir())
-    assert runs == ["probe", "unet", "vae"]
+    assert runs == ["flow", "probe", "unet", "vae"]
     for run in (tmp / "ckpt").iterdir():
         assert [step for step, _ in list_checkpoints(run)] == [2, 4]
+
+
+def test_flow_teacher_is_an_sd3_directory_without_t5(tiny_run):
+    from diffusers import StableDiffusion3Pipeline
+
+    from vlv_pipeline.models.teachers import StableDiffusion3Teacher, load_teacher
+
+    catalog, tmp = tiny_run
+    index = json.loads((tmp / "teacher_flow" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
+    assert index["text_encoder_3"] == [None, None] and index["tokenizer_3"] == [None, None]
+    weights = next((tmp / "teacher_flow" / "transformer").glob("*.safetensors"))
+    from safetensors.torch import load_file
+
+    assert next(iter(load_file(weights).values())).dtype == torch.float16  # shipped as fp16
+    # as SD 3 is loaded without T5: diffusers wants the missing parts named
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        tmp / "teacher_flow", text_encoder_3=None, tokenizer_3=None
+    )
+    assert pipe.text_encoder_3 is None and pipe.vae.config.shift_factor == 0.0
+    teacher = load_teacher(str(tmp / "teacher_flow"))
+    assert isinstance(teacher, StableDiffusion3Teacher)
+    assert teacher.t5_length == 0 and teacher.width == 128  # two 64-wide CLIPs, no T5 zeros
+    # the shared VAE: the SD-style teacher's, so both teachers read one latent space
+    shipped = ModelDirectoryDataset(
+        filepath=str(ASSETS / "teacher" / "vae"), load_class="diffusers.AutoencoderKL"
+    ).load()
+    assert teacher.scaling_factor == pytest.approx(shipped.config.scaling_factor)
+    images = teacher.render_captions(
+        ["a large red circle at the top left"], steps=2, guidance=1.0, seed=0, scheduler=None
+    )
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    assert isinstance(catalog.load("teacher_flow"), StableDiffusion3Pipeline)
+    metrics = catalog.load("teacher_flow_metrics")
+    json.dumps(metrics)
+    assert 0.0 <= metrics["render"]["exact_scene"] <= 1.0
+    assert metrics["sampling"]["scheduler"] is None
+    assert catalog.load("teacher_flow_samples").axes and catalog.load("teacher_flow_loss").axes
+
+
+def test_the_flow_teacher_nodes_run_alone_by_their_tag():
+    pipe = teacher.create_pipeline().only_nodes_with_tags("flow_matching")
+    assert {n.name for n in pipe.nodes} == {
+        "load_world_splits",
+        "train_flow_teacher",
+        "evaluate_flow_teacher",
+        "package_flow_teacher",
+    }
+    # what it reads from outside: the ingested world and shipped, read-only models
+    assert pipe.inputs() == {
+        "raw_images",
+        "image_manifest",
+        "world_labels",
+        "world_tokenizer",
+        "shipped_teacher_vae",
+        "shipped_probe",
+        "params:world",
+        "params:teacher_flow",
+    }

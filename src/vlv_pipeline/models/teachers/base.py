@@ -91,6 +91,7 @@ class Teacher(nn.Module, ABC):
     denoiser_name: ClassVar[str] = "unet"
     training_scheduler: ClassVar[str] = "DDPMScheduler"  # what training draws noise levels from
     uses_negative: ClassVar[bool] = True  # classifier-free guidance against the empty prompt
+    optional_parts: ClassVar[tuple[str, ...]] = ()  # parts a directory may declare as null
 
     def __init__(self, pretrained: str, components: dict, index: dict | None = None):
         super().__init__()
@@ -116,12 +117,29 @@ class Teacher(nn.Module, ABC):
         for subfolder, kind in cls.parts.items():
             if only is not None and subfolder not in only:
                 continue
+            if subfolder in cls.optional_parts and _absent(index, subfolder):
+                components[subfolder] = None  # built without it (SD 3 without T5)
+                continue
             spec = {"pretrained": pretrained, "subfolder": subfolder}
             if dtype and kind not in no_dtype:
                 spec["dtype"] = dtype
             components[subfolder] = load_component(kind, spec)
         teacher = cls(str(pretrained), components, index)
         return teacher.to(device) if device is not None else teacher
+
+    @classmethod
+    def from_pipeline(cls, pipeline, name: str = "an in-memory pipeline") -> Teacher:
+        """The teacher over an assembled diffusers pipeline's parts (the `teacher` pipeline
+        judges what it just trained through the family's own samplers)."""
+        components = {part: getattr(pipeline, part, None) for part in cls.parts}
+        index = {
+            "_class_name": type(pipeline).__name__,
+            **{
+                part: None if c is None else [type(c).__module__.split(".")[0], type(c).__name__]
+                for part, c in components.items()
+            },
+        }
+        return cls(name, components, index)
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # frozen: never switches to training behaviour
@@ -252,6 +270,10 @@ class Teacher(nn.Module, ABC):
         """The family's pipeline arguments beyond its parts."""
         return {}
 
+    def call_kwargs(self) -> dict:
+        """The family's arguments to each pipeline call beyond prompts and sampling."""
+        return {}
+
     # ------------------------------------------------------------------ shared use
 
     @torch.no_grad()
@@ -280,10 +302,20 @@ class Teacher(nn.Module, ABC):
             conditions=self.denoiser_condition(conditions),
             negative=negative,
             guidance=guidance,
+            call_kwargs=self.call_kwargs(),
             **kwargs,
         )
 
     def render_captions(self, captions: list[str], **kwargs) -> torch.Tensor:
         from vlv_pipeline.models.teacher import render
 
-        return render(self.pipeline(), captions=captions, **kwargs)
+        return render(self.pipeline(), captions=captions, call_kwargs=self.call_kwargs(), **kwargs)
+
+
+def _absent(index: dict | None, part: str) -> bool:
+    """Whether ``model_index.json`` declares ``part`` as null (``[null, null]``)."""
+    index = index or {}
+    if part not in index:
+        return False
+    entry = index[part]
+    return entry is None or (isinstance(entry, (list, tuple)) and not any(entry))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.diffusion import diffusion_loss
 from vlv_pipeline.models.provenance import FED_ENCODERS
-from vlv_pipeline.models.teachers.base import Condition, Teacher
+from vlv_pipeline.models.teachers.base import Condition, Teacher, _absent
 from vlv_pipeline.models.text_encoder import (
     encode_embeddings,
     encoder_states,
@@ -177,7 +177,9 @@ def flow_matching_draws(
     return timesteps[index], sigmas[index]
 
 
-def _flow_matching_loss(predict, scheduler, latents, timestep_range, stratified) -> torch.Tensor:
+def flow_matching_loss(
+    predict, scheduler, latents, timestep_range=None, stratified: bool = False
+) -> torch.Tensor:
     """Rectified flow: x_t = (1 - sigma) x0 + sigma noise; the denoiser predicts noise - x0."""
     timesteps, sigmas = flow_matching_draws(
         scheduler, latents.shape[0], timestep_range, stratified, latents.device
@@ -216,7 +218,18 @@ class StableDiffusion3Teacher(Teacher):
     fed_encoders = FED_ENCODERS["StableDiffusion3Pipeline"]
     denoiser_name = "transformer"
     training_scheduler = "FlowMatchEulerDiscreteScheduler"
-    t5_length = 256  # the pipeline's default max_sequence_length: T5's zeros
+    optional_parts = ("text_encoder_3", "tokenizer_3")
+
+    @property
+    def t5_length(self) -> int:
+        """How many T5 positions (zeros) follow the CLIP states. 256, the pipeline's default
+        ``max_sequence_length``, for a model built with T5 (SD 3.5), loaded or not; none for a
+        model built without it (``text_encoder_3: [null, null]`` in its model_index.json, as
+        the shapes world's flow-matching teacher): its MMDiT never saw T5 positions."""
+        return 0 if _absent(self.index, "text_encoder_3") else 256
+
+    def call_kwargs(self) -> dict:
+        return {"max_sequence_length": self.t5_length}
 
     @property
     def condition_width(self) -> int:
@@ -260,7 +273,7 @@ class StableDiffusion3Teacher(Teacher):
                 pooled_projections=full.pooled,
             ).sample
 
-        return _flow_matching_loss(
+        return flow_matching_loss(
             predict, self.noise_scheduler, latents, timestep_range, stratified
         )
 
@@ -341,6 +354,6 @@ class FluxTeacher(Teacher):
             side = self.vae_scale_factor
             return FluxPipeline._unpack_latents(out, h * side, w * side, side)
 
-        return _flow_matching_loss(
+        return flow_matching_loss(
             predict, self.noise_scheduler, latents, timestep_range, stratified
         )

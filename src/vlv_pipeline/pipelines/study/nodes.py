@@ -44,6 +44,11 @@ PAPER = {
         "Section 4.4.1: the embeddings keep object pose and layout (in 3D); box errors of "
         "reconstructions shrink as stage 1 sees more images."
     ),
+    "teacher": (
+        "Section 6 (limitations): SD 2.1 caps the quality; the authors propose distilling SD "
+        "3.5 or FLUX instead. Not measured in the paper; its README lists SDXL and SD 3.5 as "
+        "to do."
+    ),
     "composition": (
         "Section 4.4.2, figure 6: truncated embeddings of two images, joined, render one's "
         "object in place with the other's style or background; pictures only, no numbers."
@@ -237,6 +242,44 @@ def trainable_parts(params: StudyParams, **inputs) -> tuple[dict, object]:
     ax.set_title("3. what trains in stage 2", fontsize=10)
     fig.tight_layout()
     return {"rows": rows, "paper": PAPER["trainable"]}, fig
+
+
+def teacher_comparison(params: StudyParams, **inputs) -> tuple[dict, object]:
+    """Study 6: the default recipe distilled from each shapes-world teacher: reconstructions
+    from the stage-1 embeddings and stage 2's captions (exact scenes), side by side."""
+    grouped = _split_inputs(inputs)
+    rows = []
+    for teacher in ("sd", "flow"):
+        stage1, stage2 = grouped["stage1_metrics"][teacher], grouped["stage2_metrics"][teacher]
+        recon = stage1["reconstruction"]
+        rows.append(
+            {
+                "teacher": teacher,
+                "reconstruction": rate(recon["exact_scene"], stage1["images"], params.confidence),
+                "reconstruction_attributes": recon["attributes"],
+                "captions": rate(stage2["vlv"]["exact_scene"], stage2["images"], params.confidence),
+                "stage1_s_per_step": _s_per_step(grouped["stage1_log"][teacher]),
+            }
+        )
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.38
+    for j, (key, label) in enumerate(
+        (("reconstruction", "reconstructions"), ("captions", "captions"))
+    ):
+        values = [100 * r[key]["rate"] for r in rows]
+        xs = [i + (j - 0.5) * width for i in range(len(rows))]
+        ax.bar(xs, values, width, yerr=_yerr([r[key] for r in rows]), capsize=4, label=label)
+        for x, v in zip(xs, values, strict=True):
+            ax.text(x, v + 3, f"{v:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(rows)), [TEACHER_LABELS[r["teacher"]] for r in rows], fontsize=8)
+    ax.set_ylabel("exact scenes (%)")
+    ax.set_ylim(0, 110)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("6. the teacher stage 1 distils", fontsize=10)
+    fig.tight_layout()
+    return {"rows": rows, "paper": PAPER["teacher"]}, fig
 
 
 SPATIAL_ROWS = ("from_embeddings", "from_caption", "ground_truth_caption", "chance")
@@ -450,7 +493,9 @@ STUDY_TITLES = {
     "trainable": "3. What trains in stage 2",
     "spatial": "4. Spatial fidelity",
     "composition": "5. Composition",
+    "teacher": "6. The teacher: SD-style against flow matching",
 }
+TEACHER_LABELS = {"sd": "SD-style (UNet, x0)", "flow": "SD 3-style (MMDiT, flow)"}
 
 
 def _pct(r) -> str:
@@ -500,6 +545,15 @@ def study_tables(results: dict[str, dict]) -> dict[str, tuple[list[str], list[li
             for r in results["spatial"]["rows"]
         ],
     )
+    tables["teacher"] = (
+        ["teacher", "reconstructions exact (%)", "attributes (%)", "captions exact (%)", "s/step"],
+        [
+            [TEACHER_LABELS[r["teacher"]], _pct(r["reconstruction"])]
+            + [_pct(r["reconstruction_attributes"]), _pct(r["captions"])]
+            + [_num(r["stage1_s_per_step"])]
+            for r in results["teacher"]["rows"]
+        ],
+    )
     tables["composition"] = (
         ["render", "A and B (%)", "A's objects (%)", "B's objects (%)", "neither (%)"],
         [
@@ -517,12 +571,14 @@ def write_study_report(
     trainable: dict,
     spatial: dict,
     composition_result: dict,
+    teacher: dict,
     data_efficiency_figure,
     queries_figure,
     trainable_figure,
     spatial_figure,
     composition_figure,
     composition_grid,
+    teacher_figure,
     params: StudyParams,
 ) -> str:
     """One self-contained HTML page: per study its figure, its table and the paper's claim."""
@@ -534,6 +590,7 @@ def write_study_report(
         "trainable": trainable,
         "spatial": spatial,
         "composition": composition_result,
+        "teacher": teacher,
     }
     figures = dict(
         zip(
@@ -544,6 +601,7 @@ def write_study_report(
                 trainable_figure,
                 spatial_figure,
                 composition_figure,
+                teacher_figure,
             ),
             strict=True,
         )
@@ -580,7 +638,7 @@ def write_study_report(
 
 
 def plot_study_preview(*figures):
-    """The five figures and study 5's renders on one PNG (for the README and kedro-viz)."""
+    """The studies' figures and study 5's renders on one PNG (for the README and kedro-viz)."""
     import io
 
     from PIL import Image
@@ -591,7 +649,8 @@ def plot_study_preview(*figures):
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=80)
         pictures.append(Image.open(io.BytesIO(buffer.getvalue())))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    rows = math.ceil(len(pictures) / 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 3.5 * rows))
     for ax in axes.flat:
         ax.axis("off")
     for ax, picture in zip(axes.flat, pictures, strict=False):

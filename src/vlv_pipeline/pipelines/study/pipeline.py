@@ -14,6 +14,7 @@ from vlv_pipeline.params.study import (
     PAIR_PERCENTS,
     QUERY_COUNTS,
     SEEDS,
+    TEACHER_POINT,
     TRAINABLE_PARTS,
     pairs_point,
     queries_point,
@@ -28,6 +29,11 @@ PAIRS = {
 }
 QUERIES = {"stage1": ("load_stage1_data", "train_stage1", "validate_stage1")}
 TRAINABLE = {
+    "synthesize": ("cache_pair_embeddings",),
+    "stage2": ("load_stage2_data", "train_stage2", "validate_stage2"),
+}
+TEACHER = {  # the default recipe's stage 1 and stage 2 on another teacher
+    "stage1": ("load_stage1_data", "train_stage1", "validate_stage1"),
     "synthesize": ("cache_pair_embeddings",),
     "stage2": ("load_stage2_data", "train_stage2", "validate_stage2"),
 }
@@ -79,6 +85,7 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
             *(point(pipelines, PAIRS, name.removeprefix("study.")) for name in pairs.values()),
             *(point(pipelines, QUERIES, name.removeprefix("study.")) for name in queries.values()),
             *(point(pipelines, TRAINABLE, name.removeprefix("study.")) for name in parts.values()),
+            point(pipelines, TEACHER, TEACHER_POINT),
             Pipeline(
                 pipelines["evaluate"].only_nodes("load_eval_data"),
                 namespace="study.composition",
@@ -117,6 +124,21 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
                 name="study_trainable",
             ),
             _node(
+                nodes.teacher_comparison,
+                {
+                    "params": "params:study",
+                    # the SD-style teacher: the default run itself
+                    "stage1_metrics:sd": "stage1_metrics",
+                    "stage1_log:sd": "stage1_log",
+                    "stage2_metrics:sd": "stage2_metrics",
+                    "stage1_metrics:flow": f"study.{TEACHER_POINT}.stage1_metrics",
+                    "stage1_log:flow": f"study.{TEACHER_POINT}.stage1_log",
+                    "stage2_metrics:flow": f"study.{TEACHER_POINT}.stage2_metrics",
+                },
+                ["study_teacher_result", "study_teacher_figure"],
+                name="study_teacher",
+            ),
+            _node(
                 nodes.spatial_fidelity_study,
                 ["eval_metrics", "params:study"],
                 ["study_spatial_result", "study_spatial_figure"],
@@ -146,12 +168,14 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
                     "study_trainable_result",
                     "study_spatial_result",
                     "study_composition_result",
+                    "study_teacher_result",
                     "study_data_efficiency_figure",
                     "study_queries_figure",
                     "study_trainable_figure",
                     "study_spatial_figure",
                     "study_composition_figure",
                     "study_composition_grid_figure",
+                    "study_teacher_figure",
                     "params:study",
                 ],
                 "study_report",
@@ -166,6 +190,7 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
                     "study_spatial_figure",
                     "study_composition_figure",
                     "study_composition_grid_figure",
+                    "study_teacher_figure",
                 ],
                 "study_report_preview",
                 name="plot_study_preview",

@@ -14,13 +14,15 @@ from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.probe import AttributeProbe, ProbeObjective
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.teacher import (
+    FlowTextToImageObjective,
     TextToImageObjective,
     VAEObjective,
     assemble_pipeline,
+    assemble_sd3_pipeline,
     encode_posteriors,
-    render_captions,
 )
-from vlv_pipeline.params.teacher import TeacherParams
+from vlv_pipeline.models.teachers import family_named
+from vlv_pipeline.params.teacher import FlowTeacherParams, TeacherParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.training.loop import run_directory, train
 from vlv_pipeline.world.data import (
@@ -131,13 +133,7 @@ def train_vae(splits: dict[str, SplitTensors], params: TeacherParams):
 
 def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params: TeacherParams):
     """Train text encoder + UNet on cached VAE posteriors; returns the SD pipeline (EMA weights)."""
-    text_config = {
-        **params.text_encoder.init,
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
+    text_config = _text_encoder_config(params.text_encoder.init, tokenizer)
     torch.manual_seed(params.unet_training.seed)
     text_encoder = load_component("text_encoder", {"init": text_config})
     unet = load_component("unet", params.unet.model_dump())
@@ -145,16 +141,8 @@ def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params:
     vae.requires_grad_(False)
     train_set = splits["train"]
     mean, std = encode_posteriors(vae, train_set.images)
-    ids = tokenizer(
-        train_set.captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    empty = tokenizer(
-        [""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids[0]
+    ids = _token_ids(tokenizer, train_set.captions)
+    empty = _token_ids(tokenizer, [""])[0]
     objective = TextToImageObjective(
         unet, text_encoder, scheduler, empty, vae.config.scaling_factor, params.caption_dropout
     )
@@ -185,14 +173,88 @@ def train_text_to_image(splits: dict[str, SplitTensors], vae, tokenizer, params:
     return pipeline, {"history": result.history, "seconds": result.seconds}
 
 
+def _text_encoder_config(init: dict, tokenizer) -> dict:
+    """A text encoder's config with the world tokenizer's vocabulary and special ids."""
+    return {
+        **init,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _token_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train_flow_text_to_image(
+    splits: dict[str, SplitTensors], vae, tokenizer, params: FlowTeacherParams
+):
+    """Train two CLIPs + an MMDiT with flow matching on the shared VAE's cached posteriors;
+    returns a ``StableDiffusion3Pipeline`` without T5 (EMA weights)."""
+    torch.manual_seed(params.training.seed)
+    config = {"init": _text_encoder_config(params.text_encoder.init, tokenizer)}
+    text_encoder = load_component("text_encoder_with_projection", config)
+    text_encoder_2 = load_component("text_encoder_with_projection", config)
+    transformer = load_component("sd3_transformer", params.transformer.model_dump())
+    scheduler = load_component("scheduler", params.scheduler.model_dump())
+    vae = vae.float().requires_grad_(False).eval()
+    if getattr(vae.config, "shift_factor", None) is None:
+        vae.register_to_config(shift_factor=0.0)  # SD 3's pipeline adds it when decoding
+    train_set = splits["train"]
+    mean, std = encode_posteriors(vae, train_set.images)
+    objective = FlowTextToImageObjective(
+        transformer,
+        text_encoder,
+        text_encoder_2,
+        scheduler,
+        _token_ids(tokenizer, [""])[0],
+        vae.config.scaling_factor,
+        vae.config.shift_factor,
+        params.caption_dropout,
+    )
+    result = train(
+        objective,
+        TensorDataset(mean, std, _token_ids(tokenizer, train_set.captions)),
+        params.training,
+        checkpoint_dir=run_directory(
+            params.checkpoint_dir,
+            "flow",
+            params.text_encoder,
+            params.transformer,
+            params.scheduler,
+            params.training,
+            params.caption_dropout,
+            vae.config.scaling_factor,  # the latents' identity: the shared VAE
+        ),
+        desc="flow text-to-image",
+    )
+    if result.ema is not None:
+        result.ema.copy_to([p for p in objective.parameters() if p.requires_grad])
+    for part in (transformer, text_encoder, text_encoder_2):
+        part.eval()
+    pipeline = assemble_sd3_pipeline(
+        vae, text_encoder, text_encoder_2, tokenizer, transformer, scheduler
+    )
+    return pipeline, {"history": result.history, "seconds": result.seconds}
+
+
 def evaluate_teacher(
     pipeline, probe: AttributeProbe, splits: dict[str, SplitTensors], params: TeacherParams
 ):
-    """Render test captions and judge them with the probe; also a captioned sample grid."""
+    """Render test captions with the family's own sampler path and judge them with the probe;
+    also a captioned sample grid."""
     test = splits["test"].head(params.eval_images)
     sampling = params.evaluation
-    renders = render_captions(
-        pipeline,
+    teacher = family_named(type(pipeline).__name__).from_pipeline(pipeline, "the trained teacher")
+    renders = teacher.render_captions(
         test.captions,
         steps=sampling.steps,
         guidance=sampling.guidance,
@@ -216,6 +278,13 @@ def evaluate_teacher(
         tensor_to_uint8(renders[:n]), test.captions[:n], title="teacher renders of test captions"
     )
     return scores, grid
+
+
+def evaluate_flow_teacher(
+    pipeline, probe: AttributeProbe, splits: dict[str, SplitTensors], params: FlowTeacherParams
+):
+    """``evaluate_teacher`` for the flow-matching teacher (its own parameter block)."""
+    return evaluate_teacher(pipeline, probe, splits, params)
 
 
 def package_teacher(
@@ -250,5 +319,27 @@ def package_teacher(
             "probe": probe_log["history"],
         },
         title="teacher training",
+    )
+    return pipeline, metrics, figure
+
+
+def package_flow_teacher(pipeline, params: FlowTeacherParams, t2i_log: dict, scores: dict):
+    """The flow-matching teacher in its shipping dtype, its metrics, and its loss curve."""
+    if params.save_dtype == "float16":
+        # the MMDiT and the VAE in fp16 (diffusers gives fp32 back on load unless asked);
+        # the CLIPs stay fp32, as the SD-style teacher's text encoder
+        pipeline.transformer.to(torch.float16)
+        pipeline.vae.to(torch.float16)
+    metrics = {
+        "render": scores,
+        "sampling": params.evaluation.model_dump(),
+        "eval_images": params.eval_images,
+        "seconds": {"text_to_image": t2i_log["seconds"]},
+        "final_loss": {
+            "text_to_image": t2i_log["history"][-1]["loss"] if t2i_log["history"] else None
+        },
+    }
+    figure = loss_curves(
+        {"flow text-to-image": t2i_log["history"]}, title="flow-matching teacher training"
     )
     return pipeline, metrics, figure
