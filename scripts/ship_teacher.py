@@ -139,7 +139,8 @@ judges both is `attribute_probe/` (TEACHER_CARD.md).
   ({world["image_size"]} px, up to {world["max_objects"]} objects)
 - training time on 2 CPU cores: CLIPs + MMDiT {minutes:.1f} min{note}
 - weights: MMDiT and VAE in float16 safetensors, the CLIPs in float32
-  (`StableDiffusion3Pipeline.from_pretrained(dir)` gives a float32 pipeline)
+  (`StableDiffusion3Pipeline.from_pretrained(dir, text_encoder_3=None, tokenizer_3=None)`,
+  as SD 3 is loaded without T5, gives a float32 pipeline)
 
 ## Measured quality
 
