@@ -54,8 +54,44 @@ def replace_dir(source: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def copy_reports(figures: list[Path], metrics_path: Path, name: str, version: str) -> dict:
+    """The figures, and the metrics (with their version) as ``name``, into the assets."""
+    for figure in figures:
+        shutil.copyfile(figure, ASSETS / figure.name)
+    metrics = json.loads(metrics_path.read_text())
+    (ASSETS / name).write_text(json.dumps({**metrics, "version": version}, indent=2))
+    return metrics
+
+
 def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def quality(metrics: dict, sampler: str, rows: list, name: str, params: dict) -> str:
+    """A card's measured-quality table, its figures (``<name>_samples.png``, ``_loss.png``)
+    and the parameters it was trained with (``<name>:`` in parameters_teacher.yml)."""
+    table = "\n".join(
+        f"| {what} | {m['exact_scene']:.4f} | {m['position']:.4f} | {m['shape']:.4f} | "
+        f"{m['colour']:.4f} | {m['size']:.4f} |"
+        for what, m in rows
+    )
+    s = metrics["sampling"]
+    return f"""Judged by the attribute probe on {metrics.get("eval_images", 256)} test captions, rendered with
+{sampler}, {s["steps"]} steps, guidance {s["guidance"]}, seed {s["seed"]}.
+
+| what | exact scene | position | shape | colour | size |
+|---|---|---|---|---|---|
+{table}
+
+![samples]({name}_samples.png)
+
+![loss]({name}_loss.png)
+
+## Parameters
+
+```yaml
+{yaml.safe_dump({name: params}, sort_keys=False)}```
+"""
 
 
 def card(metrics: dict, version: str, params: dict, world: dict, note: str) -> str:
@@ -66,11 +102,6 @@ def card(metrics: dict, version: str, params: dict, world: dict, note: str) -> s
         ("VAE reconstructions of test images (probe)", render["vae_reconstruction"]),
         ("real test renders (probe accuracy)", real),
     ]
-    table = "\n".join(
-        f"| {name} | {m['exact_scene']:.4f} | {m['position']:.4f} | {m['shape']:.4f} | "
-        f"{m['colour']:.4f} | {m['size']:.4f} |"
-        for name, m in rows
-    )
     sampling = metrics["sampling"]
     return f"""# The shipped shapes-world teacher
 
@@ -90,22 +121,7 @@ by this project's own `teacher` pipeline on the shapes world; nothing was downlo
 
 ## Measured quality
 
-Judged by the attribute probe on {metrics.get("eval_images", 256)} test captions, rendered with
-{sampling["scheduler"]}, {sampling["steps"]} steps, guidance {sampling["guidance"]}, seed {sampling["seed"]}.
-
-| what | exact scene | position | shape | colour | size |
-|---|---|---|---|---|---|
-{table}
-
-![samples](teacher_samples.png)
-
-![loss](teacher_loss.png)
-
-## Parameters
-
-```yaml
-{yaml.safe_dump({"teacher": params}, sort_keys=False)}```
-"""
+{quality(metrics, sampling["scheduler"], rows, "teacher", params)}"""
 
 
 def flow_card(metrics: dict, version: str, params: dict, world: dict, note: str) -> str:
@@ -114,11 +130,6 @@ def flow_card(metrics: dict, version: str, params: dict, world: dict, note: str)
         ("teacher renders of test captions (probe)", render),
         ("VAE reconstructions of test images (probe)", render["vae_reconstruction"]),
     ]
-    table = "\n".join(
-        f"| {name} | {m['exact_scene']:.4f} | {m['position']:.4f} | {m['shape']:.4f} | "
-        f"{m['colour']:.4f} | {m['size']:.4f} |"
-        for name, m in rows
-    )
     sampling = metrics["sampling"]
     sampler = sampling["scheduler"] or "its own FlowMatchEulerDiscreteScheduler"
     minutes = metrics["seconds"]["text_to_image"] / 60
@@ -144,22 +155,7 @@ judges both is `attribute_probe/` (TEACHER_CARD.md).
 
 ## Measured quality
 
-Judged by the attribute probe on {metrics.get("eval_images", 256)} test captions, rendered with
-{sampler}, {sampling["steps"]} steps, guidance {sampling["guidance"]}, seed {sampling["seed"]}.
-
-| what | exact scene | position | shape | colour | size |
-|---|---|---|---|---|---|
-{table}
-
-![samples](teacher_flow_samples.png)
-
-![loss](teacher_flow_loss.png)
-
-## Parameters
-
-```yaml
-{yaml.safe_dump({"teacher_flow": params}, sort_keys=False)}```
-"""
+{quality(metrics, sampler, rows, "teacher_flow", params)}"""
 
 
 def ship_flow(args) -> None:
@@ -174,12 +170,7 @@ def ship_flow(args) -> None:
     if total > LIMIT_BYTES:
         raise SystemExit(f"the teacher is {total / 2**20:.1f} MB, over the 20 MB limit")
     replace_dir(teacher, ASSETS / "teacher_flow")
-    for figure in figures:
-        shutil.copyfile(figure, ASSETS / figure.name)
-    metrics = json.loads(metrics_path.read_text())
-    (ASSETS / "teacher_flow_metrics.json").write_text(
-        json.dumps({**metrics, "version": version}, indent=2)
-    )
+    metrics = copy_reports(figures, metrics_path, "teacher_flow_metrics.json", version)
     conf = yaml.safe_load((ROOT / "conf/base/parameters_teacher.yml").read_text())
     world = yaml.safe_load((ROOT / "conf/base/parameters_world.yml").read_text())["world"]
     note = f" ({args.note})" if args.note else ""
@@ -217,12 +208,7 @@ def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     replace_dir(teacher, ASSETS / "teacher")
     replace_dir(probe, ASSETS / "attribute_probe")
-    for figure in figures:
-        shutil.copyfile(figure, ASSETS / figure.name)
-    metrics = json.loads(metrics_path.read_text())
-    (ASSETS / "teacher_metrics.json").write_text(
-        json.dumps({**metrics, "version": version}, indent=2)
-    )
+    metrics = copy_reports(figures, metrics_path, "teacher_metrics.json", version)
     conf = yaml.safe_load((ROOT / "conf/base/parameters_teacher.yml").read_text())["teacher"]
     world = yaml.safe_load((ROOT / "conf/base/parameters_world.yml").read_text())["world"]
     note = f" ({args.note})" if args.note else ""

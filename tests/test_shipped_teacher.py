@@ -20,14 +20,8 @@ N = 128
 pytestmark = pytest.mark.skipif(not (ASSETS / "teacher").is_dir(), reason="no teacher shipped yet")
 
 
-@pytest.mark.slow
-def test_shipped_teacher_matches_its_recorded_quality():
-    recorded = json.loads((ASSETS / "teacher_metrics.json").read_text())
-    sampling = recorded["sampling"]
-    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "teacher")  # as one loads SD 2.1
-    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
-    probe = AttributeProbe.from_pretrained(ASSETS / "attribute_probe").eval()
-
+def first_test_scenes():
+    """The default world's first N test scenes (by file) and their attribute targets."""
     world = WorldParams()
     labels = generate_labels(world)
     test = labels[labels["split"] == "test"].sort_values("file").head(N)
@@ -37,21 +31,34 @@ def test_shipped_teacher_matches_its_recorded_quality():
             for o in test["objects"]
         ]
     )
-    images = render_captions(
-        pipe,
-        test["caption"].tolist(),
-        steps=sampling["steps"],
-        guidance=sampling["guidance"],
-        seed=sampling["seed"],
-        batch_size=64,
-        scheduler=sampling["scheduler"],
-    )
-    scores = scene_agreement(probe.predict(images), targets)
-    # Within noise of the card's figure: 3 binomial standard deviations for N captions.
+    return test, targets
+
+
+def as_sampled(sampling: dict) -> dict:
+    """The render arguments of the card's sampling settings."""
+    keys = ("steps", "guidance", "seed", "scheduler")
+    return {**{k: sampling[k] for k in keys}, "batch_size": 64}
+
+
+def assert_as_recorded(scores: dict, recorded: dict) -> None:
+    """Within noise of the card's figure: 3 binomial standard deviations for N captions."""
     expected = recorded["render"]["exact_scene"]
     tolerance = 3 * (expected * (1 - expected) / N) ** 0.5 + 1 / N
     assert scores["exact_scene"] >= expected - tolerance, (scores, expected)
     assert scores["attributes"] >= recorded["render"]["attributes"] - 0.03
+
+
+@pytest.mark.slow
+def test_shipped_teacher_matches_its_recorded_quality():
+    recorded = json.loads((ASSETS / "teacher_metrics.json").read_text())
+    sampling = recorded["sampling"]
+    pipe = StableDiffusionPipeline.from_pretrained(ASSETS / "teacher")  # as one loads SD 2.1
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    probe = AttributeProbe.from_pretrained(ASSETS / "attribute_probe").eval()
+
+    test, targets = first_test_scenes()
+    images = render_captions(pipe, test["caption"].tolist(), **as_sampled(sampling))
+    assert_as_recorded(scene_agreement(probe.predict(images), targets), recorded)
 
 
 @pytest.mark.slow
@@ -66,25 +73,6 @@ def test_shipped_flow_teacher_matches_its_recorded_quality():
     assert isinstance(teacher, StableDiffusion3Teacher) and teacher.text_encoder_3 is None
     assert teacher.transformer.dtype == torch.float32  # fp16 on disk, fp32 to compute
     probe = AttributeProbe.from_pretrained(ASSETS / "attribute_probe").eval()
-    world = WorldParams()
-    labels = generate_labels(world)
-    test = labels[labels["split"] == "test"].sort_values("file").head(N)
-    targets = torch.stack(
-        [
-            scene_targets(o, world.shapes, list(world.colours), list(world.sizes))
-            for o in test["objects"]
-        ]
-    )
-    images = teacher.render_captions(
-        test["caption"].tolist(),
-        steps=sampling["steps"],
-        guidance=sampling["guidance"],
-        seed=sampling["seed"],
-        batch_size=64,
-        scheduler=sampling["scheduler"],
-    )
-    scores = scene_agreement(probe.predict(images), targets)
-    expected = recorded["render"]["exact_scene"]
-    tolerance = 3 * (expected * (1 - expected) / N) ** 0.5 + 1 / N
-    assert scores["exact_scene"] >= expected - tolerance, (scores, expected)
-    assert scores["attributes"] >= recorded["render"]["attributes"] - 0.03
+    test, targets = first_test_scenes()
+    images = teacher.render_captions(test["caption"].tolist(), **as_sampled(sampling))
+    assert_as_recorded(scene_agreement(probe.predict(images), targets), recorded)

@@ -39,7 +39,25 @@ class VAEObjective(nn.Module):
         return {"vae": self.vae}
 
 
-class TextToImageObjective(nn.Module):
+class _CaptionDropout(nn.Module):
+    """What both text-to-image objectives share: the empty prompt's ids, which replace a
+    caption with probability ``caption_dropout`` (so classifier-free guidance is available
+    at sampling time), and the VAE's latent scaling."""
+
+    def __init__(self, empty_ids: torch.Tensor, scaling_factor: float, caption_dropout: float):
+        super().__init__()
+        self.register_buffer("empty_ids", empty_ids.view(1, -1), persistent=False)
+        self.scaling_factor = scaling_factor
+        self.caption_dropout = caption_dropout
+
+    def drop_captions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.caption_dropout <= 0:
+            return input_ids
+        drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.caption_dropout
+        return torch.where(drop[:, None], self.empty_ids, input_ids)
+
+
+class TextToImageObjective(_CaptionDropout):
     """Caption-conditioned denoising on cached VAE posteriors, with caption dropout.
 
     ``batch`` = (latent mean, latent std, input_ids). A dropped caption is replaced by the
@@ -55,19 +73,14 @@ class TextToImageObjective(nn.Module):
         scaling_factor: float,
         caption_dropout: float = 0.1,
     ):
-        super().__init__()
+        super().__init__(empty_ids, scaling_factor, caption_dropout)
         self.unet = unet
         self.text_encoder = text_encoder
         self.scheduler = scheduler
-        self.register_buffer("empty_ids", empty_ids.view(1, -1), persistent=False)
-        self.scaling_factor = scaling_factor
-        self.caption_dropout = caption_dropout
 
     def forward(self, batch) -> torch.Tensor:
         mean, std, input_ids = batch
-        if self.caption_dropout > 0:
-            drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.caption_dropout
-            input_ids = torch.where(drop[:, None], self.empty_ids, input_ids)
+        input_ids = self.drop_captions(input_ids)
         hidden = self.text_encoder(input_ids).last_hidden_state
         latents = sample_latents(mean, std, self.scaling_factor)
         return diffusion_loss(
@@ -82,7 +95,7 @@ class TextToImageObjective(nn.Module):
         return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
 
 
-class FlowTextToImageObjective(nn.Module):
+class FlowTextToImageObjective(_CaptionDropout):
     """The shapes world's SD 3-shaped teacher: two CLIPs and an MMDiT trained together with
     flow matching on cached VAE posteriors, with caption dropout.
 
@@ -103,23 +116,18 @@ class FlowTextToImageObjective(nn.Module):
         shift_factor: float = 0.0,
         caption_dropout: float = 0.1,
     ):
-        super().__init__()
+        super().__init__(empty_ids, scaling_factor, caption_dropout)
         self.transformer = transformer
         self.text_encoder = text_encoder
         self.text_encoder_2 = text_encoder_2
         self.scheduler = scheduler
-        self.register_buffer("empty_ids", empty_ids.view(1, -1), persistent=False)
-        self.scaling_factor = scaling_factor
         self.shift_factor = shift_factor
-        self.caption_dropout = caption_dropout
 
     def forward(self, batch) -> torch.Tensor:
         from vlv_pipeline.models.teachers.families import flow_matching_loss
 
         mean, std, input_ids = batch
-        if self.caption_dropout > 0:
-            drop = torch.rand(input_ids.shape[0], device=input_ids.device) < self.caption_dropout
-            input_ids = torch.where(drop[:, None], self.empty_ids, input_ids)
+        input_ids = self.drop_captions(input_ids)
         states, pooled = [], []
         for encoder in (self.text_encoder, self.text_encoder_2):
             out = encoder(input_ids, output_hidden_states=True)
