@@ -280,6 +280,9 @@ def test_stage1_runs_resumes_exactly_and_validates(family_data, tmp_path):
 
     metrics, grid = validate_stage1(encoder, data, params)
     assert metrics["images"] == 4 and len(grid.axes) == 4
+    # the metrics name the sampler that rendered: a flow-matching teacher's own
+    flow = family in ("sd3", "flux")
+    assert metrics["sampling"]["scheduler"].startswith("FlowMatch") == flow
 
 
 @pytest.mark.parametrize("family", FAMILIES)

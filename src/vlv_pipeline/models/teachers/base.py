@@ -274,6 +274,15 @@ class Teacher(nn.Module, ABC):
         """The family's arguments to each pipeline call beyond prompts and sampling."""
         return {}
 
+    def sampler_used(self, name: str | None) -> str:
+        """The sampler a render asked for ``name`` samples with: the teacher's own for None,
+        and for a noise-prediction name on a flow-matching teacher (which keeps its own,
+        ``models.teacher._scheduler``); ``name`` otherwise. What metrics record."""
+        own = type(self.scheduler).__name__
+        if name is None or (own.startswith("FlowMatch") and not name.startswith("FlowMatch")):
+            return own
+        return name
+
     # ------------------------------------------------------------------ shared use
 
     @torch.no_grad()

@@ -195,7 +195,7 @@ def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params)
     metrics: dict = {
         "split": cfg.split,
         "images": len(pixels),
-        "sampling": s.model_dump(),
+        "sampling": {**s.model_dump(), "scheduler": t2i.sampler_used(s.scheduler)},
         "num_queries": params.encoder.num_queries,
     }
     if cfg.probe:
