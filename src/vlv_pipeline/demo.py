@@ -92,6 +92,7 @@ class DemoModels:
     t2i: Any
     caption_pipeline: Any
     caption_scheduler: str | None
+    caption_call_kwargs: dict  # the caption model family's call arguments (call_kwargs_of)
     params: Any  # ReconstructParams
     crop: Callable
     render_side: int
@@ -143,6 +144,7 @@ class DemoModels:
             from_caption = render(
                 self.caption_pipeline,
                 captions=[caption],
+                call_kwargs=self.caption_call_kwargs,
                 **self._sampling(self.caption_scheduler),
             )
         return Upload(
@@ -293,7 +295,7 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
     from vlv_pipeline.imaging.checks import resize_and_crop
     from vlv_pipeline.models.device import inference_device
     from vlv_pipeline.models.published import official_crop
-    from vlv_pipeline.models.teachers import load_teacher
+    from vlv_pipeline.models.teachers import call_kwargs_of, load_teacher
     from vlv_pipeline.pipelines.reconstruct.nodes import encoder_side, render_side
 
     device = inference_device()
@@ -325,6 +327,7 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
         t2i=t2i,
         caption_pipeline=caption_pipeline,
         caption_scheduler=scheduler,
+        caption_call_kwargs=call_kwargs_of(params.render_t2i or params.t2i),
         params=params,
         crop=official_crop if published else resize_and_crop,
         render_side=render_side(t2i, params),

@@ -10,7 +10,7 @@ from world_factory import stage1_data
 
 from vlv_pipeline.models.encoders import build_encoder
 from vlv_pipeline.models.stage1 import Stage1Objective
-from vlv_pipeline.models.teachers import Condition, family_of, load_teacher
+from vlv_pipeline.models.teachers import Condition, call_kwargs_of, family_of, load_teacher
 from vlv_pipeline.models.teachers.families import (
     FluxTeacher,
     StableDiffusion3Teacher,
@@ -174,6 +174,26 @@ def test_an_sd3_built_without_t5_reads_no_t5_positions_in_training_and_from_text
     # the same teacher over an in-memory pipeline (what the teacher pipeline judges)
     again = StableDiffusion3Teacher.from_pipeline(without.pipeline())
     assert again.t5_length == 0 and again.width == without.width
+    # what caption renders through a pipeline loaded another way pass (evaluate, Table 1,
+    # reconstruct, the demo): read from the model's files, nothing loaded
+    assert call_kwargs_of(str(tmp_path / "no_t5")) == {"max_sequence_length": 0}
+    assert call_kwargs_of(str(tiny_sd3)) == {"max_sequence_length": 256}
+    from diffusers import DiffusionPipeline
+
+    from vlv_pipeline.models.teacher import render
+
+    loaded = DiffusionPipeline.from_pretrained(
+        tmp_path / "no_t5", text_encoder_3=None, tokenizer_3=None
+    )
+    kwargs = {"steps": 2, "guidance": 1.0, "seed": 0, "scheduler": None}
+    torch.testing.assert_close(
+        render(
+            loaded, captions=CAPTIONS, call_kwargs=call_kwargs_of(str(tmp_path / "no_t5")), **kwargs
+        ),
+        text,
+    )
+    # without them, SD 3's pipeline appends 256 T5 zeros this MMDiT never saw
+    assert not torch.allclose(render(loaded, captions=CAPTIONS, **kwargs), text)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

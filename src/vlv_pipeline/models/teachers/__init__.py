@@ -21,6 +21,7 @@ from vlv_pipeline.models.teachers.families import (
 __all__ = [
     "FAMILIES",
     "Condition",
+    "call_kwargs_of",
     "Teacher",
     "family_named",
     "family_of",
@@ -74,6 +75,15 @@ def load_text_side(pretrained: str, dtype: str | None = "float32", device=None) 
     index = _index(pretrained)
     family = _family(pretrained, index)
     return family.load(pretrained, dtype, device, index, only=family.fed_encoders)
+
+
+def call_kwargs_of(pretrained: str) -> dict:
+    """The family's arguments to each pipeline call for the model at ``pretrained`` (from its
+    ``model_index.json``, nothing loaded): what a caption render through a pipeline loaded
+    another way (``DiffusionPipeline.from_pretrained``) passes, as ``Teacher.render_captions``
+    does. An SD 3 built without T5 (the shapes world's flow teacher) reads no T5 positions."""
+    index = _index(pretrained)
+    return _family(pretrained, index)(str(pretrained), {}, index).call_kwargs()
 
 
 def text_side(text_encoder) -> Teacher:

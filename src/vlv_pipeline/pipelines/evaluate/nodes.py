@@ -28,7 +28,7 @@ from vlv_pipeline.metrics.text import caption_text_metrics
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.seeds import image_generators, image_seed  # noqa: F401 - here too
 from vlv_pipeline.models.teacher import render
-from vlv_pipeline.models.teachers import Condition, Teacher, load_teacher
+from vlv_pipeline.models.teachers import Condition, Teacher, call_kwargs_of, load_teacher
 from vlv_pipeline.params.evaluate import (
     KIND_COLUMNS,
     KIND_LABELS,
@@ -470,6 +470,7 @@ class EvalRenders:
             images = render_from_embeddings(t2i, conditions, start, s)
             yield "from_embeddings", start, originals, images
         scheduler = s.scheduler
+        kwargs["call_kwargs"] = call_kwargs_of(params.render_t2i)
         if params.render_t2i == params.stage1_t2i:
             pipeline = t2i.pipeline()
         else:  # another model (e.g. SD 3.5 Medium) samples with its own scheduler

@@ -36,6 +36,7 @@ from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.metrics.tables import PaperTable, Row
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.teacher import render
+from vlv_pipeline.models.teachers import call_kwargs_of
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
 from vlv_pipeline.pipelines.evaluate.nodes import (
@@ -207,6 +208,7 @@ def _render_and_judge(
             fid_clip[0].update(((originals + 1) / 2).to(fid_clip[0].device), real=True)
     features = gather_lists(features) if probe is not None else []
     pipeline = _pipeline(params, rerender)
+    call_kwargs = call_kwargs_of(params.render_t2i)
     out: dict[tuple[float, str], dict] = {}
     for g, column in jobs:
         scores = _Scores(params.judge, probe, fid_clip, have_refs)
@@ -221,6 +223,7 @@ def _render_and_judge(
                 generator=image_generators(rerender.seed, range(start, stop)),
                 batch_size=rerender.batch_size,
                 size=rerender.size,
+                call_kwargs=call_kwargs,
             )
             originals = data.images(start, stop) if params.judge == "pixels" else None
             scores.add(originals, images, references[start:stop])

@@ -43,6 +43,7 @@ from vlv_pipeline.models.captioning import NoCaptionerError, caption_kept_images
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.published import official_crop
 from vlv_pipeline.models.seeds import image_seed
+from vlv_pipeline.models.teachers import call_kwargs_of
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.reconstruct import ReconstructParams
 from vlv_pipeline.world.data import pil_to_tensor, tensor_to_uint8
@@ -264,7 +265,10 @@ class Reconstructions:
                 pipeline, scheduler = caption_pipeline
                 words = [texts[image_id] for _, image_id, _, _ in batch]
                 images = render(
-                    pipeline, captions=words, **self._sampling(scheduler, indices, side)
+                    pipeline,
+                    captions=words,
+                    call_kwargs=call_kwargs_of(self.params.render_t2i or self.params.t2i),
+                    **self._sampling(scheduler, indices, side),
                 )
                 out["from_caption"] = tensor_to_uint8(images)
             for k, (_, image_id, original, _) in enumerate(batch):
