@@ -93,6 +93,24 @@ def test_check_reads_conf_and_the_pipelines_own_blocks():
         check_t2i(Pipe(), catalog)
 
 
+def test_a_study_point_that_trains_its_own_stage1_may_distil_another_teacher():
+    """Study 6 reruns stage 1 and stage 2 on the flow-matching teacher: a run of its own,
+    checked for agreement within itself; a point reading the default run's encoder is not."""
+    conf = _params(None)
+    blocks = {
+        **{name: conf[name] for name in ("stage1", "stage2", "evaluate")},
+        "study_points.teacher_flow.stage1": {"t2i": "other"},
+        "study_points.teacher_flow.stage2": {"t2i": "other"},
+    }
+    assert t2i_disagreement(blocks) is None
+    blocks["study_points.teacher_flow.stage2"] = {"t2i": "a third"}
+    message = t2i_disagreement(blocks)
+    assert "study_points.teacher_flow.stage2.t2i: a third" in message
+    assert "\n  stage1.t2i" not in message  # conf's own run agrees: not listed
+    del blocks["study_points.teacher_flow.stage1"]  # now it reads the default run's encoder
+    assert "study_points.teacher_flow.stage2.t2i: a third" in t2i_disagreement(blocks)
+
+
 @pytest.mark.slow
 def test_kedro_run_stops_before_any_node_when_evaluate_renders_with_another_model(tmp_path):
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}

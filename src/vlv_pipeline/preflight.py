@@ -1133,17 +1133,37 @@ def _same_model(ref: str) -> str:
     return os.path.realpath(ref) if os.path.isdir(ref) else ref
 
 
+def _run_of(name: str, names: Iterable[str]) -> str:
+    """Which run a parameter block belongs to: a study point that trains its own stage 1
+    (``study_points.<point>.stage1`` among ``names``) is a run of its own; every other block
+    (conf's, the study's ``shared``, a point that reads the default run's encoder) is
+    conf's run ("")."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "study_points":
+        if f"study_points.{parts[1]}.stage1" in names:
+            return parts[1]
+    return ""
+
+
 def t2i_disagreement(blocks: Mapping[str, Any]) -> str | None:
     """The message when the parameter blocks (``{"stage1": ..., "study_points.p.stage2":
-    ...}``) name more than one T2I model in ``T2I_KEYS``; None when they agree."""
-    named: dict[str, str] = {}
+    ...}``) of one run name more than one T2I model in ``T2I_KEYS``; None when each run's
+    agree. A study point that trains its own stage 1 is a run of its own: it may distil
+    another teacher (study 6), as long as its own stages read the same one."""
+    runs: dict[str, dict[str, str]] = {}
     for name, block in blocks.items():
         section = name.rsplit(".", 1)[-1]
         for wanted, path in T2I_KEYS:
             value = _field(block, path) if section == wanted else None
             if isinstance(value, str):
-                named[".".join((name, *path))] = value
-    if len({_same_model(v) for v in named.values()}) <= 1:
+                runs.setdefault(_run_of(name, blocks), {})[".".join((name, *path))] = value
+    named = {
+        key: value
+        for run in runs.values()
+        if len({_same_model(v) for v in run.values()}) > 1
+        for key, value in run.items()
+    }
+    if not named:
         return None
     lines = [f"  {key}: {value}" for key, value in sorted(named.items())]
     return "\n".join(
