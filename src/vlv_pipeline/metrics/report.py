@@ -66,35 +66,6 @@ def _table(rows: dict[str, dict], columns, labels: dict[str, str], model_row: st
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def metrics_markdown(metrics: dict) -> str:
-    """The two tables as Markdown (for logs, READMEs and closing notes)."""
-    lines = [
-        "| captions | " + " | ".join(n for _, n in CAPTION_COLUMNS[:1] + CAPTION_COLUMNS[5:]) + " |"
-    ]
-    lines.append("|---" * (1 + len(CAPTION_COLUMNS[:1] + CAPTION_COLUMNS[5:])) + "|")
-    for key, row in metrics.get("captions", {}).items():
-        values = [row.get(k) for k, _ in CAPTION_COLUMNS[:1] + CAPTION_COLUMNS[5:]]
-        lines.append(
-            f"| {key} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |"
-        )
-    lines.append("")
-    cols = [
-        c
-        for c in RECONSTRUCTION_COLUMNS
-        if any(c[0] in r for r in metrics.get("reconstruction", {}).values())
-    ]
-    lines.append("| reconstruction | " + " | ".join(n for _, n in cols) + " |")
-    lines.append("|---" * (1 + len(cols)) + "|")
-    for key, row in metrics.get("reconstruction", {}).items():
-        values = [row.get(k) for k, _ in cols]
-        lines.append(
-            f"| {row.get('what', key)} | "
-            + " | ".join("" if v is None else f"{v:.3f}" for v in values)
-            + " |"
-        )
-    return "\n".join(lines)
-
-
 def build_report(
     metrics: dict,
     grid_png: str,

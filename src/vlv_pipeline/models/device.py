@@ -15,7 +15,3 @@ def inference_device() -> torch.device:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cuda")
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
