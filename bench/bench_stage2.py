@@ -66,7 +66,7 @@ def main() -> None:
 
     tokenizer = load_component("tokenizer", stage2.tokenizer)
     decoder = CaptionDecoder(build_llm(stage2, tokenizer), t2i.width)
-    set_trainable(decoder, encoder, "projector+llm")
+    set_trainable(decoder, encoder, frozenset({"projector", "llm"}))
     size = t2i.vae.config.sample_size
     captions = [
         "a small red circle at the top left and a large blue square in the centre"

@@ -170,7 +170,7 @@ def stage1_paper() -> torch.nn.Module:
 def stage2_paper(trainable: str) -> torch.nn.Module:
     """As ``_train_captioner`` builds it: the stage-1 encoder, ``set_trainable``, and the
     encoder + text encoder inside the objective only when the encoder trains."""
-    from vlv_pipeline.params.stage2 import LoraParams
+    from vlv_pipeline.params.stage2 import LoraParams, trainable_parts
 
     text, encoder, _, llm, _ = paper_parts()
     text.requires_grad_(False).eval()
@@ -179,7 +179,7 @@ def stage2_paper(trainable: str) -> torch.nn.Module:
         lora = yaml.safe_load((ROOT / "conf/paper/parameters.yml").read_text())["stage2"].get(
             "lora", {}
         )
-        set_trainable(decoder, encoder, trainable, LoraParams(**lora))
+        set_trainable(decoder, encoder, trainable_parts(trainable), LoraParams(**lora))
     if "encoder" in trainable:
         return Stage2Objective(decoder, encoder, text)
     return Stage2Objective(decoder)

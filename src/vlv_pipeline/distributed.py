@@ -48,11 +48,22 @@ def rank() -> int:
 T = TypeVar("T")
 
 
+def block(units: int, part: tuple[int, int] | None) -> range:
+    """The ``part`` ``(k, n)`` of ``range(units)``: the k-th of n contiguous blocks whose
+    sizes differ by at most one (all of it when ``part`` is None)."""
+    if part is None:
+        return range(units)
+    k, n = part
+    if not 0 <= k < n:
+        raise ValueError(f"part {part}: need 0 <= k < n")
+    size, extra = divmod(units, n)
+    start = k * size + min(k, extra)
+    return range(start, start + size + (k < extra))
+
+
 def share(n: int) -> range:
     """This rank's contiguous block of ``n`` items: blocks in rank order cover ``range(n)``,
     their sizes differ by at most one (the first ``n % world_size()`` ranks take one more)."""
-    from vlv_pipeline.imaging.sources import block
-
     return block(n, (rank(), world_size()))
 
 

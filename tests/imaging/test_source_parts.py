@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from imaging_factory import hostile_files, write_tree
 
+from vlv_pipeline.distributed import block
 from vlv_pipeline.imaging.screen_table import (
     _screen_part,
     mark_duplicates_across_parts,
     summarise,
 )
 from vlv_pipeline.imaging.screening import Screener
-from vlv_pipeline.imaging.sources import block, open_source
+from vlv_pipeline.imaging.sources import open_source
 from vlv_pipeline.params.ingest import IngestParams
 
 

@@ -52,6 +52,7 @@ from typing import Any, ClassVar
 import pandas as pd
 from PIL import Image
 
+from vlv_pipeline.distributed import block
 from vlv_pipeline.errors import InputError, MissingInputError, ParameterError
 from vlv_pipeline.imaging.checks import (
     IMAGE_EXTENSIONS,
@@ -104,19 +105,6 @@ class Record:
     location: tuple[int, int] | None = None
     # LAION's pwatermark from the item's metadata, when it carries one (screening only)
     watermark: float | None = None
-
-
-def block(units: int, part: tuple[int, int] | None) -> range:
-    """The ``part`` ``(k, n)`` of ``range(units)``: the k-th of n contiguous blocks whose
-    sizes differ by at most one (all of it when ``part`` is None)."""
-    if part is None:
-        return range(units)
-    k, n = part
-    if not 0 <= k < n:
-        raise ValueError(f"part {part}: need 0 <= k < n")
-    size, extra = divmod(units, n)
-    start = k * size + min(k, extra)
-    return range(start, start + size + (k < extra))
 
 
 def _policy_for(policy: ReadPolicy, only: Container[str] | None, ref: str) -> ReadPolicy:

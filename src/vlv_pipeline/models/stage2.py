@@ -63,13 +63,12 @@ class Stage2Objective(nn.Module):
         return parts
 
 
-def set_trainable(decoder: CaptionDecoder, encoder: nn.Module, trainable: str, lora=None) -> None:
-    """Freeze/unfreeze per ``trainable`` (projector | projector+llm | projector+lora |
-    projector+llm+encoder), read as a set of parts. The VLV encoder's own frozen parts (a VAE
-    tower, Florence-2's DaViT) stay frozen either way."""
-    from vlv_pipeline.params.stage2 import trainable_parts
-
-    parts = trainable_parts(trainable)
+def set_trainable(
+    decoder: CaptionDecoder, encoder: nn.Module, parts: frozenset[str], lora=None
+) -> None:
+    """Freeze/unfreeze per ``parts`` (``Stage2Params.parts``: psi always, and ``llm``,
+    ``lora``, ``encoder`` where named). The VLV encoder's own frozen parts (a VAE tower,
+    Florence-2's DaViT) stay frozen either way."""
     decoder.psi.requires_grad_(True)
     if "lora" in parts:
         from peft import LoraConfig, get_peft_model

@@ -12,6 +12,7 @@ from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_caption
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
+from vlv_pipeline.params.stage2 import trainable_parts
 from vlv_pipeline.params.synthesize import SynthesizeParams
 from vlv_pipeline.pipelines.stage2 import nodes
 from vlv_pipeline.pipelines.synthesize import nodes as synth
@@ -115,7 +116,7 @@ def test_trainable_parts_follow_the_parameter(tokenizer, tiny_sd, tmp_path, trai
     lora = stage2_params(tiny_sd, tmp_path).lora.model_copy(
         update={"target_modules": ("q_proj", "v_proj")}
     )
-    set_trainable(decoder, encoder, trainable, lora)
+    set_trainable(decoder, encoder, trainable_parts(trainable), lora)
     grads = lambda m: {n for n, p in m.named_parameters() if p.requires_grad}  # noqa: E731
     assert grads(decoder.psi)
     llm = grads(decoder.llm)

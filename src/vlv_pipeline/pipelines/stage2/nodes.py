@@ -129,6 +129,11 @@ class CaptionerRun:
     trainable: str
     training: TrainParams
 
+    @property
+    def parts(self) -> frozenset[str]:
+        """What trains, as a set of parts (read once, in ``params.stage2``)."""
+        return trainable_parts(self.trainable)
+
 
 def _training_set(
     decoder: CaptionDecoder,
@@ -148,7 +153,7 @@ def _training_set(
     the frozen encoder's conditions from the embedding cache, which must have been made by
     this encoder and text encoder."""
     cache_bytes = run.training.cache_mb * 2**20
-    if "encoder" in trainable_parts(run.trainable):
+    if "encoder" in run.parts:
         tower = getattr(encoder, "vae_tower", None)
         if latents is not None and tower is not None:
             if not any(p.requires_grad for p in tower.parameters()):
@@ -211,7 +216,7 @@ def _train_captioner(
     tokenizer = _tokenizer(params)
     torch.manual_seed(run.training.seed)
     decoder = CaptionDecoder(build_llm(params, tokenizer), text_encoder.condition_width)
-    set_trainable(decoder, encoder, run.trainable, params.lora)
+    set_trainable(decoder, encoder, run.parts, params.lora)
     tokens = CaptionTokens(tokenizer, data.pair_captions, params.max_caption_tokens)
     # hashed once
     fingerprint = embedding_fingerprint(encoder, text_encoder.text_encoders(), params.resolution)
@@ -335,9 +340,7 @@ def train_stage2(
     cache's posterior means of the pairs feed it after that tower (as stage 1 and the
     baseline read them), if the cache was made by that VAE at stage 2's resolution."""
     latents = None
-    if "encoder" in trainable_parts(params.trainable) and getattr(
-        vlv_encoder, "reads_vae_latents", False
-    ):
+    if "encoder" in params.parts and getattr(vlv_encoder, "reads_vae_latents", False):
         t2i_vae = load_component("vae", {"pretrained": params.t2i, "subfolder": "vae"})
         latents = _pair_latents(latent_cache, t2i_vae, data, params)
     return _train_captioner(

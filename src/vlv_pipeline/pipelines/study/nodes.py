@@ -205,7 +205,7 @@ def query_count(params: StudyParams, **inputs) -> tuple[dict, object]:
     return {"rows": rows, "paper": PAPER["queries"]}, fig
 
 
-def trainable_parts(params: StudyParams, **inputs) -> tuple[dict, object]:
+def what_trains(params: StudyParams, **inputs) -> tuple[dict, object]:
     """Study 3: what trains in stage 2, as a table and a bar chart of exact-scene captions."""
     grouped = _split_inputs(inputs)
     rows = []

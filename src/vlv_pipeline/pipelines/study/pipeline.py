@@ -114,7 +114,7 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
                 name="study_queries",
             ),
             _node(
-                nodes.trainable_parts,
+                nodes.what_trains,
                 {
                     "params": "params:study",
                     **{f"metrics:{k}": f"{v}.stage2_metrics" for k, v in parts.items()},
