@@ -212,3 +212,20 @@ def test_a_half_padded_as_the_model_pads_keeps_the_halfs_conditions(t2i):
     a, b = t2i.condition(full).states, t2i.condition(padded).states
     assert torch.allclose(a[:, :8], b[:, :8], atol=1e-5)
     assert not torch.allclose(a[:, 8:], b[:, 8:], atol=1e-3)
+
+
+def test_the_study_selects_its_slices_by_the_tags_the_stages_declare():
+    """A renamed stage node stays in the study; a stage that stops tagging says so."""
+    from kedro.pipeline import Node, Pipeline
+
+    from vlv_pipeline.pipelines.study.pipeline import QUERIES, point
+
+    def encode(x):
+        return x
+
+    renamed = Pipeline([Node(encode, "a", "b", name="a_new_name", tags=["encoder"])])
+    built = point({"stage1": renamed}, QUERIES, "queries_04")
+    assert [n.name for n in built.nodes] == ["study.queries_04.a_new_name"]
+    untagged = Pipeline([Node(encode, "a", "b", name="train_stage1")])
+    with pytest.raises(ValueError, match="no node tagged encoder"):
+        point({"stage1": untagged}, QUERIES, "queries_04")

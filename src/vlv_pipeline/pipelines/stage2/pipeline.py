@@ -4,6 +4,9 @@ from kedro.pipeline import Node, Pipeline
 
 from vlv_pipeline.pipelines.stage2 import nodes
 
+# Tags (the study reruns slices by them, study/pipeline.py): `captioner`, the nodes that
+# train and judge the VLV captioner; `baseline`, those that train the "without stage 1" one.
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -13,18 +16,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["raw_images", "image_manifest", "caption_pairs", "params:stage2"],
                 "stage2_data",
                 name="load_stage2_data",
+                tags=["captioner", "baseline"],
             ),
             Node(
                 nodes.train_stage2,
                 ["stage2_data", "vlv_encoder", "embedding_cache", "params:stage2", "latent_cache"],
                 ["vlv_captioner", "stage2_log"],
                 name="train_stage2",
+                tags=["captioner"],
             ),
             Node(
                 nodes.train_baseline,
                 ["stage2_data", "params:stage2", "params:stage1", "latent_cache"],
                 ["baseline_captioner", "stage2_baseline_log"],
                 name="train_baseline",
+                tags=["baseline"],
             ),
             Node(
                 nodes.validate_stage2,
@@ -37,6 +43,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 "stage2_metrics",
                 name="validate_stage2",
+                tags=["captioner"],
             ),
             Node(
                 nodes.card_stage2,

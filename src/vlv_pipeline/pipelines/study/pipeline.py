@@ -22,20 +22,15 @@ from vlv_pipeline.params.study import (
 )
 from vlv_pipeline.pipelines.study import nodes
 
-# the slices of the project's pipelines that a point reruns, and what they read from outside
-PAIRS = {
-    "synthesize": ("select_images", "synthesize_captions", "cache_pair_embeddings"),
-    "stage2": ("load_stage2_data", "train_stage2", "train_baseline", "validate_stage2"),
-}
-QUERIES = {"stage1": ("load_stage1_data", "train_stage1", "validate_stage1")}
-TRAINABLE = {
-    "synthesize": ("cache_pair_embeddings",),
-    "stage2": ("load_stage2_data", "train_stage2", "validate_stage2"),
-}
+# the slices of the project's pipelines that a point reruns: the tags those pipelines declare
+# on their nodes (a renamed node stays in its slice)
+PAIRS = {"synthesize": ("pairs",), "stage2": ("captioner", "baseline")}
+QUERIES = {"stage1": ("encoder",)}
+TRAINABLE = {"synthesize": ("pair_embeddings",), "stage2": ("captioner",)}
 TEACHER = {  # the default recipe's stage 1 and stage 2 on another teacher
-    "stage1": ("load_stage1_data", "train_stage1", "validate_stage1"),
-    "synthesize": ("cache_pair_embeddings",),
-    "stage2": ("load_stage2_data", "train_stage2", "validate_stage2"),
+    "stage1": ("encoder",),
+    "synthesize": ("pair_embeddings",),
+    "stage2": ("captioner",),
 }
 SHARED = {  # the default run's datasets that every point reads as they are
     "raw_images",
@@ -50,8 +45,18 @@ SHARED = {  # the default run's datasets that every point reads as they are
 
 
 def point(pipelines: dict[str, Pipeline], slices: dict[str, tuple], name: str) -> Pipeline:
-    """The nodes ``slices`` names, namespaced ``study.<name>``, on the point's parameters."""
-    nodes = Pipeline([pipelines[p].only_nodes(*names) for p, names in slices.items()])
+    """The nodes ``slices`` selects (per pipeline, those with any of its tags), namespaced
+    ``study.<name>``, on the point's parameters."""
+    parts = []
+    for p, tags in slices.items():
+        part = pipelines[p].only_nodes_with_tags(*tags)
+        if not part.nodes:
+            raise ValueError(
+                f"study point {name}: pipeline {p!r} has no node tagged {' or '.join(tags)}; "
+                f"tag the nodes the study reruns in pipelines/{p}/pipeline.py"
+            )
+        parts.append(part)
+    nodes = Pipeline(parts)
     free = nodes.inputs()
     return Pipeline(
         nodes,

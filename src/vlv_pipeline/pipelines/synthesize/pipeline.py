@@ -4,6 +4,9 @@ from kedro.pipeline import Node, Pipeline
 
 from vlv_pipeline.pipelines.synthesize import nodes
 
+# Tags (the study reruns slices by them, study/pipeline.py): `pairs`, the nodes that make the
+# caption pairs and their embeddings; `pair_embeddings`, the embedding cache alone.
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -13,12 +16,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["image_manifest", "params:synthesize"],
                 "pair_selection",
                 name="select_images",
+                tags=["pairs"],
             ),
             Node(
                 nodes.synthesize_captions,
                 ["raw_images", "pair_selection", "params:synthesize", "captioner_credentials"],
                 "caption_pairs",
                 name="synthesize_captions",
+                tags=["pairs"],
             ),
             Node(
                 nodes.cache_pair_embeddings,
@@ -33,6 +38,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 "embedding_cache",
                 name="cache_pair_embeddings",
+                tags=["pairs", "pair_embeddings"],
             ),
         ]
     )
