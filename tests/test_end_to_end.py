@@ -187,8 +187,10 @@ def test_the_study_runs_at_a_token_size_after_the_default_run(tiny_run):
     assert [r["teacher"] for r in json.loads(teacher.read_text())["rows"]] == ["sd", "flow"]
     assert "not results" in html
     assert len(list(study.glob("study_report_preview.png/*/*.png"))) == 1
-    for point in POINTS:  # every point's metrics, in its own folder
-        assert len(list(study.glob(f"{point}/*_metrics.json/*/*.json"))) == 1, point
+    for point in POINTS:  # every point's metrics, in its own folder, one version each
+        names = [p.name for p in study.glob(f"{point}/*_metrics.json/*/*.json")]
+        assert names and len(names) == len(set(names)), (point, names)
+    assert len(list(study.glob("teacher_flow/*_metrics.json/*/*.json"))) == 2  # stage 1, 2
     (rows,) = study.glob("data_efficiency.json/*/*.json")
     rows = json.loads(rows.read_text())["rows"]
     assert len(rows) == 8
