@@ -18,6 +18,7 @@ from vlv_pipeline.models.vlv_encoder import (
 )
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.pipelines.stage1 import nodes as stage1_nodes
 from vlv_pipeline.pipelines.stage1.nodes import (
     build_encoder,
     plot_stage1_loss,
@@ -388,7 +389,9 @@ def test_a_mid_run_checkpoint_holds_only_the_encoder_and_loads_as_one(tiny_sd, d
     assert not torch.equal(mid(pixels), encoder(pixels))
 
 
-def test_training_logs_loss_lr_grad_norm_and_throughput_to_tensorboard(tiny_sd, data, tmp_path):
+def test_training_logs_loss_lr_grad_norm_and_throughput_to_tensorboard(
+    tiny_sd, data, tmp_path, monkeypatch
+):
     params = _params(tiny_sd, tmp_path)
     params = Stage1Params(
         **{
@@ -396,7 +399,13 @@ def test_training_logs_loss_lr_grad_norm_and_throughput_to_tensorboard(tiny_sd, 
             "validation": {**params.validation.model_dump(), "every": 1, "probe": None},
         }
     )
+    loads = []
+    real_load = stage1_nodes.load_teacher
+    monkeypatch.setattr(
+        stage1_nodes, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k)
+    )
     _, log = train_stage1(data, params)
+    assert len(loads) == 1  # the two validations reuse the training's teacher
     logs = next((tmp_path / "ckpt").iterdir()) / "logs"
     scalars = read_events(logs)
     for tag in ("loss", "lr", "grad_norm", "images_per_s"):

@@ -24,7 +24,7 @@ from vlv_pipeline.models.model_card import (
 from vlv_pipeline.models.provenance import encoder_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
-from vlv_pipeline.models.teachers import load_teacher
+from vlv_pipeline.models.teachers import Teacher, load_teacher
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, run_directory, train
@@ -134,7 +134,7 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
             params.model_dump(mode="json", exclude={"validation", "checkpoint_dir"}),
         ),
         desc="stage 1",
-        validation=_during_training(encoder, data, params),
+        validation=_during_training(encoder, data, params, t2i),
     )
     if result.ema is not None:
         result.ema.copy_to([p for p in encoder.parameters() if p.requires_grad])
@@ -174,14 +174,19 @@ def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Sp
 
 
 @torch.no_grad()
-def validate_stage1(encoder, data: dict[str, Stage1Split], params: Stage1Params):
-    """Reconstruct test images from their caption embeddings; judge them with the probe."""
+def validate_stage1(
+    encoder, data: dict[str, Stage1Split], params: Stage1Params, t2i: Teacher | None = None
+):
+    """Reconstruct test images from their caption embeddings; judge them with the probe.
+    ``t2i``: the frozen teacher already in memory (validation while training reuses the
+    training's), else loaded from ``params.t2i``."""
     from vlv_pipeline.models.probe import AttributeProbe, caption_targets
 
     cfg = params.validation
     split = validation_split(data, cfg.split)
     pixels, captions = split.images(cfg.images), split.captions[: cfg.images]
-    t2i = load_teacher(params.t2i, params.t2i_dtype, inference_device())
+    if t2i is None:
+        t2i = load_teacher(params.t2i, params.t2i_dtype, inference_device())
     s = cfg.sampling
     conditions = t2i.condition_images(encoder, pixels, s.batch_size)
     renders = t2i.render(
@@ -226,14 +231,15 @@ def card_stage1(metrics: dict) -> dict:
     return stage1_evaluation(metrics)
 
 
-def _during_training(encoder, data: dict[str, Stage1Split], params: Stage1Params):
-    """``validation.every``: the validation metric and grid, logged while training."""
+def _during_training(encoder, data: dict[str, Stage1Split], params: Stage1Params, t2i: Teacher):
+    """``validation.every``: the validation metric and grid, logged while training, with the
+    teacher the training holds (not loaded again from disk each time)."""
     if params.validation.every is None:
         return None
 
     def run(step: int) -> tuple[dict, dict]:
         encoder.eval()
-        metrics, grid = validate_stage1(encoder, data, params)
+        metrics, grid = validate_stage1(encoder, data, params, t2i)
         return metrics.get("reconstruction", {}), {"reconstructions": grid}
 
     return Validation(params.validation.every, run)
