@@ -31,7 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vlv_pipeline.imaging import FolderSource, iter_images  # noqa: E402
 from vlv_pipeline.params.ingest import IngestParams  # noqa: E402
-from vlv_pipeline.pipelines.ingest.nodes import ingest  # noqa: E402
+from vlv_pipeline.pipelines.ingest.nodes import (  # noqa: E402
+    build_manifest,
+    build_rejects,
+    screen_images,
+)
 
 
 def make_images(root: Path, n: int, seed: int) -> None:
@@ -87,7 +91,9 @@ def main() -> None:
 
         source = FolderSource(root)
         t0 = time.perf_counter()
-        manifest, rejects = ingest(source, IngestParams(resolution=args.resolution))
+        params = IngestParams(resolution=args.resolution)
+        screened = screen_images(source, params)  # the ingest pipeline's nodes, in order
+        manifest, rejects = build_manifest(screened, params), build_rejects(screened)
         t_ours = time.perf_counter() - t0
         rss_ingest = peak_rss_mib()
 

@@ -16,11 +16,16 @@ from vlv_pipeline.pipelines.ingest.nodes import (
     NoImagesKeptError,
     build_manifest,
     build_rejects,
-    ingest,
     screen_images,
 )
 
 PARAMS = IngestParams(min_side=8)
+
+
+def ingest(source, params: IngestParams):
+    """The ingest pipeline's nodes in order: ``(manifest, rejects)``."""
+    screened = screen_images(source, params)
+    return build_manifest(screened, params), build_rejects(screened)
 
 
 def test_ingest_shapes_like_folder(shapes_like):

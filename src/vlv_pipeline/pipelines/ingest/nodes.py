@@ -15,7 +15,6 @@ from vlv_pipeline.imaging.screen_table import (  # noqa: F401 - ingest's first n
     screen_images,
     summarise,
 )
-from vlv_pipeline.imaging.sources import ImageSource
 from vlv_pipeline.imaging.splits import assign_split
 from vlv_pipeline.params.ingest import IngestParams
 
@@ -50,9 +49,3 @@ def build_rejects(screened: pd.DataFrame) -> pd.DataFrame:
     """The rejected inputs: ``source``, ``reason``, ``detail``."""
     rejected = screened.loc[screened["reason"].notna(), list(REJECT_COLUMNS)]
     return rejected.reset_index(drop=True)
-
-
-def ingest(source: ImageSource, params: IngestParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The whole pipeline as one call: ``(manifest, rejects)``."""
-    screened = screen_images(source, params)
-    return build_manifest(screened, params), build_rejects(screened)
