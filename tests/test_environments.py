@@ -194,6 +194,9 @@ def test_each_environment_writes_under_its_own_data_root():
     assert written["paper"]["vlv_captioner"] == "data/paper/06_models/vlv_captioner"
     assert written["paper"]["raw_images"] == "data/01_raw/laion"  # your shards, read-only
     for env, paths in written.items():
+        # the package's shipped models (the flow teacher's VAE and judge) are read, never written
+        shipped = {n for n, p in paths.items() if p.startswith("src/vlv_pipeline/assets/")}
+        assert shipped == {"shipped_teacher_vae", "shipped_probe"}, (env, shipped)
         for name, path in paths.items():
-            if name != "raw_images" or env != "paper":
+            if (name != "raw_images" or env != "paper") and name not in shipped:
                 assert path.startswith(roots[env] + "/"), (env, name, path)
