@@ -358,9 +358,9 @@ def _write_paper_inputs(project: Path) -> list[str]:
     OK-VQA's drawn with another seed), where conf/rehearsal looks for them. Returns the val
     images' reference captions."""
     from vlv_pipeline.benchmarks.coco import write_coco_set
+    from vlv_pipeline.metrics.questions import caption_questions
     from vlv_pipeline.params.world import WorldParams
     from vlv_pipeline.world import Vocabulary
-    from vlv_pipeline.world.questions import caption_questions
 
     raw = project / "data/rehearsal/01_raw"
     world = _world_images(project, VAL_IMAGES + TRAIN_IMAGES)
@@ -400,9 +400,9 @@ def _stub_rule(body: dict) -> str:
     world's caption answerer."""
     import re
 
+    from vlv_pipeline.metrics.questions import CaptionAnswerer
     from vlv_pipeline.params.world import WorldParams
     from vlv_pipeline.world import Vocabulary
-    from vlv_pipeline.world.questions import CaptionAnswerer
     from vlv_pipeline.world.scene import CaptionParser
 
     vocab = Vocabulary.from_params(WorldParams())

@@ -169,6 +169,66 @@ def test_each_pipeline_package_imports_only_its_own_modules():
     assert not crossing, crossing
 
 
+# The package's floors, ground first. A module imports only from its own unit (a subpackage
+# or a top-level module) and from units on lower floors, never from its own floor or above:
+# no import runs upward and no two units import each other.
+FLOORS = (
+    ("errors",),
+    ("files", "masking"),
+    ("params",),  # plain pydantic: the project's vocabulary
+    ("param_messages", "distributed"),
+    ("imaging", "hooks"),
+    ("world",),
+    ("metrics",),
+    ("models",),
+    ("inference", "datasets"),
+    ("tracking", "captioners", "publish"),
+    ("training", "benchmarks"),
+    ("pipelines",),
+    ("preflight", "demo", "config"),
+    ("settings", "cli", "pipeline_registry"),
+    ("__main__", "__init__"),  # the entry points: ``python -m`` and the package's facade
+)
+
+
+def _unit_imports(path: Path, package: Path) -> set[str]:
+    """The project units (``params``, ``models``, ``cli`` ...) ``path`` imports anywhere in
+    it, function bodies included."""
+    import ast
+
+    units = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module == "vlv_pipeline":
+            names = [f"vlv_pipeline.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "vlv_pipeline" and len(parts) > 1:
+                is_unit = (package / parts[1]).is_dir() or (package / f"{parts[1]}.py").exists()
+                units.add(parts[1] if is_unit else "__init__")
+    return units
+
+
+def test_no_import_runs_upward_and_no_package_cycle():
+    package = Path(__file__).resolve().parents[1] / "src/vlv_pipeline"
+    floor = {unit: level for level, units in enumerate(FLOORS) for unit in units}
+    found = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    found |= {p.stem for p in package.glob("*.py")}
+    assert found == set(floor), f"give each unit a floor in FLOORS: {found ^ set(floor)}"
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).parts
+        unit = parts[0] if len(parts) > 1 else path.stem
+        for target in _unit_imports(path, package) - {unit}:
+            if floor[target] >= floor[unit]:
+                upward.append(f"{path.relative_to(package)} ({unit}) imports {target}")
+    assert not upward, "\n".join(upward)
+
+
 # The paper path's modules whose imports the default install does not cover: judge fid_clip
 # (evaluate's FID and CLIP score, its re-render rows, reconstruct's FID on large folders)
 # and the preflight check that names what fid_clip needs before a run starts.

@@ -502,7 +502,7 @@ def check_references(
     """Local directories must exist; hub ids must be in the local Hugging Face cache
     (``download=True`` findings: a download provides them). One finding per value, naming
     every key that gives it."""
-    from vlv_pipeline.models.registry import looks_local  # torch: imported when needed
+    from vlv_pipeline.params.components import looks_local
 
     findings: list[Finding] = []
     local: dict[str, list[str]] = {}

@@ -10,7 +10,8 @@ import torch
 from pydantic import ValidationError
 from tiny_configs import tiny_florence
 
-from vlv_pipeline.models.registry import KINDS, ComponentSpec, load_component, load_processor
+from vlv_pipeline.models.registry import KINDS, load_component, load_processor
+from vlv_pipeline.params.components import ComponentSpec
 
 TINY_INIT: dict[str, dict[str, Any]] = {
     "vae": {

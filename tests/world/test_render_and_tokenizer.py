@@ -1,8 +1,15 @@
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
 
-from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.world import SceneObject, Vocabulary, build_world_tokenizer, render_scene
+from vlv_pipeline.params.world import RENDERABLE_SHAPES, WorldParams
+from vlv_pipeline.world import (
+    SHAPE_DRAWERS,
+    SceneObject,
+    Vocabulary,
+    build_world_tokenizer,
+    render_scene,
+)
 
 PARAMS = WorldParams()
 
@@ -61,3 +68,11 @@ def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
     assert loaded("a purple circle").input_ids[2] == loaded.unk_token_id
     padded = loaded([text], padding="max_length", max_length=loaded.model_max_length).input_ids[0]
     assert len(padded) == 77 and padded[-1] == loaded.pad_token_id
+
+
+def test_the_parameters_accept_exactly_the_shapes_the_renderer_draws():
+    # params/ names the shapes without importing the renderer; the two lists must agree
+    assert set(RENDERABLE_SHAPES) == set(SHAPE_DRAWERS)
+    WorldParams(shapes=list(RENDERABLE_SHAPES))  # each renderable shape is accepted
+    with pytest.raises(ValueError, match="unknown shapes \\['hexagon'\\]"):
+        WorldParams(shapes=["circle", "hexagon"])

@@ -25,7 +25,8 @@ from PIL import Image
 
 from vlv_pipeline.captioners import CaptionerError
 from vlv_pipeline.errors import ParameterError
-from vlv_pipeline.models.registry import DTYPES, looks_local
+from vlv_pipeline.models.registry import DTYPES
+from vlv_pipeline.params.components import looks_local
 
 __all__ = ["TransformersCaptioner"]
 

@@ -1,6 +1,6 @@
 """One way to get any model component from parameters.
 
-Every component in ``conf/`` is described by a :class:`ComponentSpec`, either
+Every component in ``conf/`` is described by a ``params.components.ComponentSpec``, either
 
 * ``pretrained: <hub id or local save_pretrained dir>`` (optionally ``subfolder`` and
   ``dtype``), loaded with the library's ``from_pretrained``; or
@@ -37,22 +37,20 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from vlv_pipeline.errors import InputNotADirectoryError, MissingInputError, ParameterError
+from vlv_pipeline.params.components import ComponentSpec, looks_local
 
-__all__ = ["KINDS", "ComponentSpec", "load_component", "load_processor"]
+__all__ = ["DTYPES", "KINDS", "load_component", "load_processor", "torch_dtype"]
 
-DTYPES = {  # the dtype names conf may give (`dtype:`), and what they mean
+DTYPES = {  # what the dtype names conf may give (params.components.DTYPE_NAMES) mean
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# Prefixes that can only be a local path, never a hub id ("org/name").
-_LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "data/", "file:")
 # Config kwargs accepted by every transformers config although not dataclass fields.
 _TRANSFORMERS_EXTRA_KEYS = {
     "model_type",
@@ -62,42 +60,6 @@ _TRANSFORMERS_EXTRA_KEYS = {
     "rope_theta",
     "rope_scaling",
 }
-
-
-class ComponentSpec(BaseModel):
-    """How to obtain one component: exactly one of ``pretrained`` or ``init``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pretrained: str | None = None
-    subfolder: str | None = None
-    # None: float32 weights. transformers 5 would otherwise keep the dtype a checkpoint was
-    # saved in (bf16 for Qwen2.5), and a model trained from it would have no fp32 master
-    # weights under mixed precision
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    init: dict[str, Any] | None = None
-
-    @field_validator("pretrained", mode="before")
-    @classmethod
-    def _path_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ComponentSpec:
-        if (self.pretrained is None) == (self.init is None):
-            got = "both" if self.pretrained is not None else "neither"
-            raise ValueError(
-                f"give exactly one of 'pretrained' (hub id or local directory) or 'init' "
-                f"(a config to build a fresh model); got {got}"
-            )
-        if self.subfolder is not None and self.init is not None:
-            raise ValueError("'subfolder' only applies with 'pretrained', not with 'init'")
-        return self
-
-    @property
-    def torch_dtype(self) -> torch.dtype | None:
-        """The ``torch.dtype`` named by ``dtype`` (None when unset)."""
-        return DTYPES[self.dtype] if self.dtype else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -111,9 +73,9 @@ def _hub_offline() -> bool:
     return env.upper() in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
 
 
-def looks_local(ref: str) -> bool:
-    """A reference that cannot be a hub id ``name`` or ``org/name``."""
-    return ref.startswith(_LOCAL_PREFIXES) or ref in {".", ".."} or ref.count("/") > 1
+def torch_dtype(spec: ComponentSpec) -> torch.dtype | None:
+    """The ``torch.dtype`` a spec's ``dtype`` names (None when unset)."""
+    return DTYPES[spec.dtype] if spec.dtype else None
 
 
 def _pretrained(kind: str, spec: ComponentSpec, load: Callable[..., Any], **kwargs: Any) -> Any:
@@ -194,7 +156,7 @@ def _check_config_keys(kind: str, config_cls: type, init: dict[str, Any]) -> Non
 
 
 def _cast(model: Any, spec: ComponentSpec) -> Any:
-    return model.to(spec.torch_dtype) if spec.torch_dtype is not None else model
+    return model.to(torch_dtype(spec)) if torch_dtype(spec) is not None else model
 
 
 def _no_dtype(kind: str, spec: ComponentSpec) -> None:
@@ -215,7 +177,7 @@ def _diffusers_model(class_name: str) -> Callable[[str, ComponentSpec], Any]:
             _check_unused(kind, unused)
             return _cast(model, spec)
         # diffusers 0.42 reads `torch_dtype` (transformers 5 reads `dtype`)
-        kwargs = {"torch_dtype": spec.torch_dtype} if spec.torch_dtype is not None else {}
+        kwargs = {"torch_dtype": torch_dtype(spec)} if torch_dtype(spec) is not None else {}
         return _pretrained(kind, spec, cls.from_pretrained, **kwargs)
 
     return load
@@ -263,7 +225,7 @@ def _transformers_model(
             if hasattr(model_cls, "from_config"):  # Auto classes
                 return _cast(model_cls.from_config(config), spec)
             return _cast(model_cls(config), spec)
-        dtype = spec.torch_dtype if spec.torch_dtype is not None else torch.float32
+        dtype = torch_dtype(spec) if torch_dtype(spec) is not None else torch.float32
         return _pretrained(kind, spec, model_cls.from_pretrained, dtype=dtype)
 
     return load

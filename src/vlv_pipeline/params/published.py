@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from vlv_pipeline.models.registry import ComponentSpec
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.components import ComponentSpec
 
 
 class PublishedGeneration(StrictModel):

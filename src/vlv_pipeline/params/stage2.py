@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from vlv_pipeline.models.registry import ComponentSpec
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.components import ComponentSpec
 from vlv_pipeline.params.stage1 import EncoderParams
 from vlv_pipeline.params.training import TrainParams
 

@@ -7,6 +7,9 @@ from pydantic import Field, field_validator, model_validator
 from vlv_pipeline.params import StrictModel
 
 RGB = tuple[int, int, int]
+# The shapes the world's renderer can draw (world/render.py keeps one drawer for each; a test
+# holds the two together).
+RENDERABLE_SHAPES = ("circle", "square", "triangle", "diamond")
 
 
 class SplitCounts(StrictModel):
@@ -42,12 +45,10 @@ class WorldParams(StrictModel):
     @field_validator("shapes")
     @classmethod
     def _known_shapes(cls, shapes: list[str]) -> list[str]:
-        from vlv_pipeline.world.render import SHAPE_DRAWERS
-
-        unknown = [s for s in shapes if s not in SHAPE_DRAWERS]
+        unknown = [s for s in shapes if s not in RENDERABLE_SHAPES]
         if unknown:
             raise ValueError(
-                f"unknown shapes {unknown}; renderable shapes: {sorted(SHAPE_DRAWERS)}"
+                f"unknown shapes {unknown}; renderable shapes: {sorted(RENDERABLE_SHAPES)}"
             )
         if len(set(shapes)) != len(shapes) or not shapes:
             raise ValueError("shapes must be a non-empty list without repeats")

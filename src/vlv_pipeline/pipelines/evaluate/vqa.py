@@ -9,7 +9,7 @@ captioner's caption alone, scored with the standard VQA accuracy.
 ``vqa_table``            -> ``eval_table3`` (``PaperTable.to_dict()``)
 
 ``vqa.source: shapes`` (conf/base): questions made from each test image's true scene (colour,
-shape, count, position, presence; ``world/questions.py``), answered from the caption by the
+shape, count, position, presence; ``metrics/questions.py``), answered from the caption by the
 world's caption parser: exact, no LLM, no examples; one column per kind of question.
 ``vqa.source: files`` (conf/paper): the official VQAv2 / OK-VQA files, the questions about the
 evaluation images, answered by an OpenAI-compatible LLM (``vqa.answerer``; paper: DeepSeek-V3)
@@ -38,6 +38,7 @@ from vlv_pipeline.captioners import CaptionerError, CaptionFailure, CaptionFailu
 from vlv_pipeline.captioners.journal import FailureJournal
 from vlv_pipeline.distributed import rank, share, together, world_size
 from vlv_pipeline.errors import InputError
+from vlv_pipeline.metrics.questions import QUESTION_KINDS, CaptionAnswerer, caption_questions
 from vlv_pipeline.metrics.tables import PaperTable, Row
 from vlv_pipeline.metrics.vqa import (
     PAPER_ANSWERER,
@@ -49,7 +50,6 @@ from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.evaluate.nodes import EvalData, captioner_label
-from vlv_pipeline.world.questions import QUESTION_KINDS, CaptionAnswerer, caption_questions
 from vlv_pipeline.world.scene import Vocabulary
 
 logger = logging.getLogger(__name__)

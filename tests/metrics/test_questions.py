@@ -5,15 +5,15 @@ standard VQA accuracy."""
 import numpy as np
 import pytest
 
-from vlv_pipeline.metrics.vqa import vqa_accuracy
-from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.world import SceneObject, Vocabulary, caption, sample_scene
-from vlv_pipeline.world.questions import (
+from vlv_pipeline.metrics.questions import (
     QUESTION_KINDS,
     CaptionAnswerer,
     caption_questions,
     scene_questions,
 )
+from vlv_pipeline.metrics.vqa import vqa_accuracy
+from vlv_pipeline.params.world import WorldParams
+from vlv_pipeline.world import SceneObject, Vocabulary, caption, sample_scene
 
 VOCAB = Vocabulary.from_params(WorldParams())
 RED_CIRCLE = SceneObject(cell=0, size="large", colour="red", shape="circle")
