@@ -344,7 +344,7 @@ class InPlaceTarImages(Dataset):
 
     def __init__(self, root: Path, shards):
         from vlv_pipeline.imaging.random_access import byte_reader
-        from vlv_pipeline.imaging.sources import WebDatasetSource
+        from vlv_pipeline.imaging.webdataset_source import WebDatasetSource
 
         refs = []
         for k, shard in enumerate(shards):
@@ -367,7 +367,7 @@ def stream_images(root: Path):
     """The project's streaming source: one pass over every shard, decoding each JPEG."""
     from PIL import Image
 
-    from vlv_pipeline.imaging.sources import WebDatasetSource
+    from vlv_pipeline.imaging.webdataset_source import WebDatasetSource
 
     count = 0
     for record in WebDatasetSource(root).iter_records():

@@ -62,7 +62,7 @@ _CHILD = textwrap.dedent(
     """
     import json, sys
     from vlv_pipeline.imaging.random_access import byte_reader
-    from vlv_pipeline.imaging.sources import ParquetSource
+    from vlv_pipeline.imaging.parquet_source import ParquetSource
 
     def peak_mib():
         with open("/proc/self/status") as status:

@@ -15,8 +15,10 @@ from test_read_policy import sparse, within
 
 from vlv_pipeline.errors import InputError, MissingInputError
 from vlv_pipeline.imaging import iter_images
+from vlv_pipeline.imaging.file_source import FileSource
+from vlv_pipeline.imaging.folder_source import FolderSource
 from vlv_pipeline.imaging.screen_table import NoImagesKeptError, _screen_part, screen_images
-from vlv_pipeline.imaging.sources import FileSource, FolderSource, open_user_source
+from vlv_pipeline.imaging.source_kinds import open_user_source
 from vlv_pipeline.params.ingest import IngestParams
 
 

@@ -17,7 +17,7 @@ from vlv_pipeline.imaging.screen_table import (
     summarise,
 )
 from vlv_pipeline.imaging.screening import Screener
-from vlv_pipeline.imaging.sources import open_source
+from vlv_pipeline.imaging.source_kinds import open_source
 from vlv_pipeline.params.ingest import IngestParams
 
 

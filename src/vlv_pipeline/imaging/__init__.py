@@ -17,21 +17,15 @@ from vlv_pipeline.imaging.checks import (
     resize_and_crop,
     to_rgb,
 )
+from vlv_pipeline.imaging.file_source import FileSource
+from vlv_pipeline.imaging.folder_source import FolderSource
+from vlv_pipeline.imaging.parquet_source import ParquetSource
 from vlv_pipeline.imaging.reading import DEFAULT_MAX_FILE_BYTES, ReadPolicy
 from vlv_pipeline.imaging.screening import Screened, Screener
-from vlv_pipeline.imaging.sources import (
-    SOURCE_KINDS,
-    FileSource,
-    FolderSource,
-    ImageSource,
-    ParquetSource,
-    Record,
-    WebDatasetSource,
-    iter_images,
-    open_source,
-    open_user_source,
-)
+from vlv_pipeline.imaging.source_kinds import SOURCE_KINDS, open_source, open_user_source
+from vlv_pipeline.imaging.sources import ImageSource, Record, iter_images
 from vlv_pipeline.imaging.splits import SPLITS, assign_split, canonical_split
+from vlv_pipeline.imaging.webdataset_source import WebDatasetSource
 
 __all__ = [
     "ALLOWED_FORMATS",

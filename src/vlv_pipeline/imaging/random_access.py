@@ -37,23 +37,21 @@ from typing import Any
 import numpy as np
 
 from vlv_pipeline.errors import InputError
+from vlv_pipeline.imaging.folder_source import FolderSource
 from vlv_pipeline.imaging.parquet_pages import leaf_columns, plan_row_group
+from vlv_pipeline.imaging.parquet_source import ParquetSource, open_parquet
 from vlv_pipeline.imaging.reading import (
     _FLAGS,
     VERIFIED,
+    Refusal,
     file_kind,
     read_back,
     read_back_cap,
     read_file,
     ref_path,
 )
-from vlv_pipeline.imaging.sources import (
-    FolderSource,
-    ImageSource,
-    ParquetSource,
-    WebDatasetSource,
-    open_parquet,
-)
+from vlv_pipeline.imaging.sources import ImageSource
+from vlv_pipeline.imaging.webdataset_source import WebDatasetSource
 
 MAX_OPEN_FILES = 32  # per process: shards or parquet files kept open between reads
 #: A parquet row group whose image column decodes to more than this is not kept in memory
@@ -66,18 +64,35 @@ Location = tuple[int | None, int | None]
 
 
 class ByteReader(ABC):
-    """The bytes of ``refs[i]`` for ``i`` in ``range(len(reader))``."""
+    """The bytes of ``refs[i]`` for ``i`` in ``range(len(reader))``; ``locations``
+    (``manifest_locations``) cap each item at its recorded size."""
 
-    def __init__(self, source: ImageSource, refs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        refs: Sequence[str],
+        locations: Sequence[Location | None] | None = None,
+    ) -> None:
         self.source = source
         self.size = len(refs)
+        self.sizes = _sizes(refs, locations)
+        self._index(refs, locations)
 
     def __len__(self) -> int:
         return self.size
 
     @abstractmethod
+    def _index(self, refs: Sequence[str], locations: Sequence[Location | None] | None) -> None:
+        """Where each ref is found, kept in numpy arrays (see the module docstring)."""
+
+    @abstractmethod
     def read(self, i: int) -> bytes:
         """Raises ``ValueError`` naming the source and the item when it cannot be read."""
+
+    def _refused(self, ref: str, refusal: Refusal) -> InputError:
+        """The error for item ``ref``, which its read-back policy refuses."""
+        reason, detail = refusal
+        return InputError(f"{self.source!r}: cannot read {ref!r}: {reason}: {detail}")
 
     def __getstate__(self) -> dict[str, Any]:  # open files stay in the process that opened them
         state = dict(self.__dict__)
@@ -104,16 +119,11 @@ def _size(sizes: np.ndarray, i: int) -> int | None:
 
 
 class FolderReader(ByteReader):
-    def __init__(
-        self,
-        source: FolderSource,
-        refs: Sequence[str],
-        locations: Sequence[Location | None] | None = None,
-    ) -> None:
-        super().__init__(source, refs)
-        self.root = Path(source.path)
+    source: FolderSource
+
+    def _index(self, refs: Sequence[str], locations: Sequence[Location | None] | None) -> None:
+        self.root = Path(self.source.path)
         self.refs = _fixed_width(refs)
-        self.sizes = _sizes(refs, locations)
 
     def read(self, i: int) -> bytes:
         ref = self.refs[i].decode("utf-8")
@@ -123,8 +133,7 @@ class FolderReader(ByteReader):
         # what ingest kept, no larger than it was, checked against its sha256 by the caller
         data, refused = read_file(path, read_back(_size(self.sizes, i)))
         if data is None:
-            reason, detail = refused
-            raise InputError(f"{self.source!r}: cannot read {ref!r}: {reason}: {detail}")
+            raise self._refused(ref, refused)
         return data
 
 
@@ -187,15 +196,11 @@ class TarReader(ByteReader):
     shards' headers once.
     """
 
-    def __init__(
-        self,
-        source: WebDatasetSource,
-        refs: Sequence[str],
-        locations: Sequence[Location | None] | None = None,
-    ) -> None:
-        super().__init__(source, refs)
-        self.refs = _fixed_width(refs)
-        self.sizes = _sizes(refs, locations)  # the cap of an item found by a scan
+    source: WebDatasetSource
+
+    def _index(self, refs: Sequence[str], locations: Sequence[Location | None] | None) -> None:
+        source = self.source
+        self.refs = _fixed_width(refs)  # self.sizes: the cap of an item found by a scan
         paths = dict(source.shards())
         names = set(paths)
         shard_of: list[str] = []
@@ -252,9 +257,8 @@ class TarReader(ByteReader):
         length = int(self.length[i])
         policy = read_back(_size(self.sizes, i))
         if length > policy.max_bytes:  # found by a scan of a shard that changed
-            reason, detail = policy.too_large(length, "a tar member of ")
             ref = self.refs[i].decode("utf-8")
-            raise InputError(f"{self.source!r}: cannot read {ref!r}: {reason}: {detail}")
+            raise self._refused(ref, policy.too_large(length, "a tar member of "))
         try:
             data = files.read(path, int(self.offset[i]), length)
         except OSError as error:
@@ -270,15 +274,11 @@ class ParquetReader(ByteReader):
     the cap, and kept in memory (one per process) when it decodes to at most
     ``GROUP_CACHE_BYTES``, else only the batch that held the row."""
 
-    def __init__(
-        self,
-        source: ParquetSource,
-        refs: Sequence[str],
-        locations: Sequence[Location | None] | None = None,
-    ) -> None:
-        super().__init__(source, refs)
+    source: ParquetSource
+
+    def _index(self, refs: Sequence[str], locations: Sequence[Location | None] | None) -> None:
+        source = self.source
         self.rows = np.array([int(r) for r in refs], dtype=np.int64)
-        self.sizes = _sizes(refs, locations)
         self.cap = read_back_cap(_size(self.sizes, i) for i in range(len(refs)))
         with open_parquet(source.path, self.cap) as (_, parquet):
             sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
@@ -302,8 +302,8 @@ class ParquetReader(ByteReader):
             self._group, self._batches = group, batches
         start, column = _holding(batches, offset)
         policy = read_back(_size(self.sizes, i), VERIFIED)
-        (value,) = self.source._cells(column.slice(offset - start, 1), policy)
-        data, rejected = self.source._image_bytes(value, policy)
+        (value,) = self.source.cells(column.slice(offset - start, 1), policy)
+        data, rejected = self.source.image_bytes(value, policy)
         if data is None:
             reason, detail = rejected
             raise InputError(f"{self.source!r}: row {row} is now {reason}: {detail}")

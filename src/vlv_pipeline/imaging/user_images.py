@@ -9,14 +9,15 @@ import pandas as pd
 
 from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.imaging.screen_table import screen_images
-from vlv_pipeline.imaging.sources import ImageSource, open_user_source
+from vlv_pipeline.imaging.source_kinds import open_user_source
+from vlv_pipeline.imaging.sources import ImageSource
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 
 
 def open_images(source: str | None, kind: str, pipeline: str) -> ImageSource:
     """The user's images for ``pipeline`` (its block's ``source`` and ``kind``): a folder,
-    or a path that is not a folder as one image file (``sources.open_user_source``)."""
+    or a path that is not a folder as one image file (``source_kinds.open_user_source``)."""
     if not source:
         raise ParameterError(
             f"{pipeline}.source is not set: run `kedro run --pipeline {pipeline} --params "
