@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vlv_pipeline.datasets import latent_cache  # noqa: E402
-from vlv_pipeline.datasets.latent_cache import LatentCache  # noqa: E402
+from vlv_pipeline.datasets import shard_store  # noqa: E402
+from vlv_pipeline.datasets.shard_store import LatentCache  # noqa: E402
 
 SHAPE = (4, 48, 48)  # SD 2.1 base at 384 px
 
@@ -59,10 +59,10 @@ def hash_files(files: list[Path], algorithm: str) -> float:
     start = time.perf_counter()
     for path in files:
         if algorithm == "crc32":
-            latent_cache._file_checksum(path)
+            shard_store._file_checksum(path)
             continue
         digest = hashlib.new(algorithm)
-        buffer = bytearray(latent_cache.CHECKSUM_CHUNK)
+        buffer = bytearray(shard_store.CHECKSUM_CHUNK)
         view = memoryview(buffer)
         with open(path, "rb", buffering=0) as file:
             while size := file.readinto(buffer):
@@ -85,7 +85,7 @@ def build(folder: Path, gb: float, per_shard: int) -> LatentCache:
 
 
 def verify_time() -> float:
-    latent_cache._VERIFIED.clear()  # as in a new process
+    shard_store._VERIFIED.clear()  # as in a new process
     start = time.perf_counter()
     cache = LatentCache(CACHE)
     cache.verify()

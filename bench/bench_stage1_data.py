@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vlv_pipeline.datasets.image_source import ImageSourceDataset  # noqa: E402
-from vlv_pipeline.datasets.latent_cache import LatentCache  # noqa: E402
+from vlv_pipeline.datasets.shard_store import LatentCache  # noqa: E402
 from vlv_pipeline.imaging.sources import iter_images  # noqa: E402
 from vlv_pipeline.params.cache import CacheParams  # noqa: E402
 from vlv_pipeline.params.ingest import IngestParams  # noqa: E402

@@ -12,7 +12,8 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-from vlv_pipeline.datasets.latent_cache import LatentCache, begin_extension
+from vlv_pipeline.datasets.cache_extension import begin_extension
+from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.files import MACHINE, is_stale, temporary_for
 
 FP = {"weights_sha256": "a", "resolution": None}

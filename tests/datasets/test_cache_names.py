@@ -7,7 +7,8 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-from vlv_pipeline.datasets.latent_cache import CorruptCacheError, LatentCache
+from vlv_pipeline.datasets.shard_format import CorruptCacheError
+from vlv_pipeline.datasets.shard_store import LatentCache
 
 FP = {"weights_sha256": "a", "resolution": None}
 OTHER = {"weights_sha256": "b", "resolution": None}
@@ -150,7 +151,7 @@ def test_a_reset_deletes_only_shard_files(tmp_path):
 
 
 def test_a_shard_damaged_after_it_was_opened_names_the_rebuild_command(tmp_path, monkeypatch):
-    from vlv_pipeline.datasets.latent_cache import CacheRows
+    from vlv_pipeline.datasets.shard_reader import CacheRows
 
     cache_dir = tmp_path / "cache"
     LatentCache(cache_dir).reset(FP)

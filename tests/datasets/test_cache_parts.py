@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from vlv_pipeline import distributed
-from vlv_pipeline.datasets.latent_cache import (
-    EmbeddingCache,
-    LatentCache,
-    begin_extension,
-    end_extension,
-    write_shards,
-)
+from vlv_pipeline.datasets.cache_extension import begin_extension, end_extension, write_shards
+from vlv_pipeline.datasets.shard_store import EmbeddingCache, LatentCache
 
 FP = {"weights_sha256": "a", "resolution": None}
 OTHER = {"weights_sha256": "b", "resolution": None}

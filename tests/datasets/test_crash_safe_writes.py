@@ -20,8 +20,8 @@ from kedro.io import DatasetError
 from vlv_pipeline import files
 from vlv_pipeline.datasets.atomic import MatplotlibDataset, ParquetDataset
 from vlv_pipeline.datasets.image_source import ImageSourceDataset
-from vlv_pipeline.datasets.latent_cache import LatentCache
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.models.probe import AttributeProbe
 
 PROBE = "vlv_pipeline.models.probe.AttributeProbe"

@@ -429,7 +429,7 @@ def _shapes_captioner_dir(tmp_path: Path, *, record: bool = True) -> Path:
 
 def _captioner_dataset(folder: Path, expect: dict | None) -> ModelDirectoryDataset:
     """The captioner's dataset, told (as the preflight hook tells it) what the run expects."""
-    from vlv_pipeline.models.provenance import ProvenanceCheck
+    from vlv_pipeline.models.provenance_check import ProvenanceCheck
 
     dataset = ModelDirectoryDataset(
         filepath=str(folder),
@@ -446,7 +446,8 @@ def test_the_captioner_directory_records_what_it_was_made_for(tmp_path: Path) ->
 
     from shapes_captioner import TEACHER, TEACHER_REF
 
-    from vlv_pipeline.models.provenance import RECORD, t2i_fingerprint
+    from vlv_pipeline.models.provenance import RECORD
+    from vlv_pipeline.models.provenance_fingerprints import t2i_fingerprint
 
     folder = _shapes_captioner_dir(tmp_path)
     version = next(folder.glob(f"*/vlv_captioner/{RECORD}"))
@@ -464,7 +465,7 @@ def test_the_captioner_directory_records_what_it_was_made_for(tmp_path: Path) ->
 
 def test_a_loader_refuses_a_model_made_for_another_setting(tmp_path: Path) -> None:
     from vlv_pipeline.errors import UserError
-    from vlv_pipeline.models.provenance import ProvenanceError
+    from vlv_pipeline.models.provenance_check import ProvenanceError
 
     folder = _shapes_captioner_dir(tmp_path)
     paper = {"t2i": SD21, "resolution": 384, "encoder": "florence2", "num_queries": 77}
@@ -491,7 +492,8 @@ def test_a_loader_refuses_a_model_made_for_another_setting(tmp_path: Path) -> No
 def test_a_directory_without_a_record_is_judged_by_its_configs(tmp_path: Path) -> None:
     """Saved before models recorded their setting: the encoder's and text encoder's configs
     still say the size, the queries and the text encoder; a mismatch there is refused."""
-    from vlv_pipeline.models.provenance import RECORD, ProvenanceError
+    from vlv_pipeline.models.provenance import RECORD
+    from vlv_pipeline.models.provenance_check import ProvenanceError
 
     folder = _shapes_captioner_dir(tmp_path, record=False)
     assert not list(folder.glob(f"*/*/{RECORD}"))

@@ -10,13 +10,10 @@ import zlib
 import pytest
 import torch
 
-from vlv_pipeline.datasets import latent_cache
-from vlv_pipeline.datasets.latent_cache import (
-    CorruptCacheError,
-    EmbeddingCache,
-    LatentCache,
-    begin_extension,
-)
+from vlv_pipeline.datasets import shard_store
+from vlv_pipeline.datasets.cache_extension import begin_extension
+from vlv_pipeline.datasets.shard_format import CorruptCacheError
+from vlv_pipeline.datasets.shard_store import EmbeddingCache, LatentCache
 
 FP = {"weights_sha256": "a", "resolution": None}
 
@@ -46,8 +43,8 @@ def _index(path):
 @pytest.fixture(autouse=True)
 def _fresh_process(monkeypatch):
     """Each test as a new process: no shard verified yet."""
-    monkeypatch.setattr(latent_cache, "_VERIFIED", set(), raising=False)
-    monkeypatch.setattr(latent_cache, "_WARNED", set(), raising=False)
+    monkeypatch.setattr(shard_store, "_VERIFIED", set(), raising=False)
+    monkeypatch.setattr(shard_store, "_WARNED", set(), raising=False)
 
 
 def test_the_index_records_each_shards_size_and_checksum(tmp_path):
@@ -97,10 +94,10 @@ def test_a_changed_size_is_refused_without_reading(tmp_path):
 
 def test_each_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
     _cache(tmp_path, shards=3)
-    latent_cache._VERIFIED.clear()  # a new process: the writer's own hashes are not known here
+    shard_store._VERIFIED.clear()  # a new process: the writer's own hashes are not known here
     hashed = []
-    real = latent_cache._file_checksum
-    monkeypatch.setattr(latent_cache, "_file_checksum", lambda p: hashed.append(p) or real(p))
+    real = shard_store._file_checksum
+    monkeypatch.setattr(shard_store, "_file_checksum", lambda p: hashed.append(p) or real(p))
     LatentCache(tmp_path).verify()
     cache = LatentCache(tmp_path)
     rows = cache.rows(sorted(cache.image_ids()))
@@ -124,7 +121,7 @@ def test_an_old_cache_without_checksums_is_read_with_a_warning_then_gets_them(tm
     for shard in index["shards"]:
         del shard["checksum"], shard["bytes"]
     (tmp_path / "index.json").write_text(json.dumps(index))
-    with caplog.at_level(logging.WARNING, logger=latent_cache.__name__):
+    with caplog.at_level(logging.WARNING, logger=shard_store.__name__):
         old = EmbeddingCache(tmp_path)
         old.verify()
         old.load(["s0-0"])
@@ -144,7 +141,7 @@ def test_the_cache_run_drops_a_damaged_shard_so_its_images_are_encoded_again(tmp
     _overwrite_middle(bad)
     missing = tmp_path / cache.shards[2]["file"]
     missing.unlink()
-    with caplog.at_level(logging.WARNING, logger=latent_cache.__name__):
+    with caplog.at_level(logging.WARNING, logger=shard_store.__name__):
         repaired = begin_extension(LatentCache(tmp_path), FP)
     assert repaired.image_ids() == {f"s0-{i}" for i in range(16)}  # the rest: to encode again
     assert not bad.exists() and [s["file"] for s in _index(tmp_path)["shards"]] == [
@@ -172,7 +169,7 @@ def test_an_old_shard_is_read_in_full_before_its_checksum_is_trusted(tmp_path):
     for shard in index["shards"]:
         del shard["checksum"], shard["bytes"]
     (tmp_path / "index.json").write_text(json.dumps(index))
-    latent_cache._VERIFIED.clear()
+    shard_store._VERIFIED.clear()
 
     repaired = begin_extension(LatentCache(tmp_path), FP)
     assert repaired.image_ids() == {"cc", "dd"} and not bad.exists()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from kedro.io import DatasetError, Version
 
-from vlv_pipeline.datasets.latent_cache import LatentCache
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training import loop

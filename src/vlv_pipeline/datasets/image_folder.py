@@ -21,24 +21,17 @@ Catalog::
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from kedro.io.core import (
-    AbstractVersionedDataset,
-    DatasetError,
-    Version,
-    VersionNotFoundError,
-    get_protocol_and_path,
-)
+from kedro.io.core import DatasetError
 from PIL import Image
 
+from vlv_pipeline.datasets.local_versioned import LocalVersionedDataset
 from vlv_pipeline.errors import MissingInputError
-from vlv_pipeline.files import atomic_target, restore_backup
 
 
 @dataclass(frozen=True)
@@ -83,34 +76,11 @@ def _encoded(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-class ImageFolderDataset(AbstractVersionedDataset[Iterable[tuple[str, Any]], ImageFolder]):
+class ImageFolderDataset(LocalVersionedDataset[Iterable[tuple[str, Any]], ImageFolder]):
     """See the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        filepath: str | os.PathLike,
-        version: Version | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol != "file":
-            raise DatasetError(f"{type(self).__name__} supports local paths only; got {filepath}")
-        self.metadata = metadata
-        super().__init__(filepath=PurePosixPath(path), version=version)
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "version": self._version}
-
-    def _load_path(self) -> Path:
-        try:
-            path = Path(self._get_load_path())
-        except VersionNotFoundError as error:
-            raise MissingInputError(
-                f"no version of the image folder {self._filepath} was saved yet"
-            ) from error
-        restore_backup(path)
-        return path
+    def _never_saved(self) -> Exception:
+        return MissingInputError(f"no version of the image folder {self._filepath} was saved yet")
 
     def load(self) -> ImageFolder:
         path = self._load_path()
@@ -119,31 +89,16 @@ class ImageFolderDataset(AbstractVersionedDataset[Iterable[tuple[str, Any]], Ima
         return ImageFolder(path)
 
     def save(self, data: Iterable[tuple[str, Any]]) -> None:
-        save_path = Path(self._get_save_path())  # versioned: a new version, never an old one
-        beside = Path(self._filepath) if self._version else save_path.parent
-        version_folder = save_path.parent if self._version else None
-        made_version = version_folder is not None and not version_folder.exists()
-        beside.mkdir(parents=True, exist_ok=True)
-        try:
-            with atomic_target(save_path, beside=beside) as tmp:
-                tmp.mkdir(parents=True)
-                seen: set[str] = set()
-                for name, image in data:
-                    relative = safe_relative(name)
-                    if str(relative) in seen:
-                        raise DatasetError(f"image name {name!r} given twice: not written")
-                    seen.add(str(relative))
-                    target = tmp / relative
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(_encoded(image))
-                if version_folder is not None:
-                    version_folder.mkdir(parents=True, exist_ok=True)
-        finally:
-            if made_version and not save_path.exists():
-                try:
-                    version_folder.rmdir()  # no empty version folder either
-                except OSError:
-                    pass
+        with self._saving_folder() as tmp:
+            seen: set[str] = set()
+            for name, image in data:
+                relative = safe_relative(name)
+                if str(relative) in seen:
+                    raise DatasetError(f"image name {name!r} given twice: not written")
+                seen.add(str(relative))
+                target = tmp / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(_encoded(image))
 
     def _exists(self) -> bool:
         try:

@@ -48,7 +48,8 @@ from PIL import Image
 
 from vlv_pipeline.errors import ParameterError, SaveError
 from vlv_pipeline.files import atomic_target, restore_backup
-from vlv_pipeline.imaging.sources import ImageSource, open_source
+from vlv_pipeline.imaging.source_kinds import open_source
+from vlv_pipeline.imaging.sources import ImageSource
 
 
 class ImageSourceDataset(AbstractDataset[Any, ImageSource]):

@@ -6,8 +6,8 @@ model's version folder, ``<filepath>/<version>/<name>/README.md``. ``save(evalua
 rewrites the evaluation of the version this run saved (Kedro gives every versioned dataset of
 a run one save version), or, when this run saved none (``kedro run --nodes card_stage1``
 after an earlier run), of the version its load version names (the latest unless pinned). The
-rewrite is atomic (``model_card.update_evaluation``: a temporary beside the card, renamed
-over it). ``load()`` returns the card's text.
+rewrite is atomic (``model_card_evaluation.update_evaluation``: a temporary beside the card,
+renamed over it). ``load()`` returns the card's text.
 
 Example catalog entry::
 
@@ -19,40 +19,18 @@ Example catalog entry::
 
 from __future__ import annotations
 
-import os
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
-from kedro.io.core import (
-    AbstractVersionedDataset,
-    DatasetError,
-    Version,
-    VersionNotFoundError,
-    get_protocol_and_path,
-)
+from kedro.io.core import DatasetError, VersionNotFoundError
 
+from vlv_pipeline.datasets.local_versioned import LocalVersionedDataset
 from vlv_pipeline.errors import ModelDirectoryError
-from vlv_pipeline.models.model_card import CARD, update_evaluation
+from vlv_pipeline.models.model_card_evaluation import update_evaluation
+from vlv_pipeline.models.model_card_parts import CARD
 
 
-class ModelCardDataset(AbstractVersionedDataset[dict, str]):
+class ModelCardDataset(LocalVersionedDataset[dict, str]):
     """The card of the model directory at ``filepath`` (versioned, as the model is)."""
-
-    def __init__(
-        self,
-        *,
-        filepath: str | os.PathLike,
-        version: Version | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol != "file":
-            raise DatasetError(f"{type(self).__name__} supports local paths only; got '{filepath}'")
-        self.metadata = metadata
-        super().__init__(filepath=PurePosixPath(path), version=version)
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "version": self._version}
 
     def _directory(self) -> Path:
         """The model directory whose card this run writes (module docstring)."""

@@ -61,20 +61,14 @@ import importlib
 import inspect
 import json
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from kedro.io.core import (
-    AbstractVersionedDataset,
-    DatasetError,
-    Version,
-    VersionNotFoundError,
-    get_protocol_and_path,
-)
+from kedro.io.core import DatasetError, Version, VersionNotFoundError
 from kedro_datasets._typing import TablePreview
 
+from vlv_pipeline.datasets.local_versioned import LocalVersionedDataset
 from vlv_pipeline.errors import ModelDirectoryError
-from vlv_pipeline.files import atomic_target, restore_backup
 from vlv_pipeline.models.model_card import write_card
 
 MARKER_FILES = ("model_index.json", "config.json", "tokenizer_config.json", "scheduler_config.json")
@@ -139,7 +133,7 @@ class LazyModel:
         return f"LazyModel({self.where})"
 
 
-class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
+class ModelDirectoryDataset(LocalVersionedDataset[Any, Any]):
     """A ``save_pretrained`` directory, loaded with ``<load_class>.from_pretrained``.
 
     Examples:
@@ -184,11 +178,7 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                 that chooses one of several models by a parameter (``caption.model``), so
                 the one not chosen is never read and need not exist.
         """
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol != "file":
-            raise DatasetError(
-                f"{type(self).__name__} supports local paths only; got '{filepath}'."
-            )
+        super().__init__(filepath=filepath, version=version, metadata=metadata)
         if "." not in load_class:
             raise DatasetError(
                 f"load_class '{load_class}' must be a dotted import path, e.g. "
@@ -197,13 +187,11 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
         self._load_class = load_class
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
-        self.metadata = metadata
         self._lazy = lazy
         self._provenance_check = None
-        super().__init__(filepath=PurePosixPath(path), version=version)
 
     def check_provenance_with(self, check) -> None:
-        """Before each load, ``check(directory)`` (a ``provenance.ProvenanceCheck``): it
+        """Before each load, ``check(directory)`` (a ``provenance_check.ProvenanceCheck``): it
         raises when the model was made for another setting."""
         self._provenance_check = check
 
@@ -219,19 +207,12 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
 
     # ------------------------------------------------------------------ load
 
-    def _load_path(self) -> Path:
-        """The directory to load (the latest version, or the one asked for), put back from
-        the backup a killed save left (``files.restore_backup``)."""
-        try:
-            path = Path(self._get_load_path())
-        except VersionNotFoundError as error:
-            raise NoSavedVersionError(
-                f"Did not find any versions of model directory '{self._filepath}': no "
-                f"<version>/{self._filepath.name} folder there yet (the pipeline that saves it "
-                f"makes one)"
-            ) from error
-        restore_backup(path)
-        return path
+    def _never_saved(self) -> Exception:
+        return NoSavedVersionError(
+            f"Did not find any versions of model directory '{self._filepath}': no "
+            f"<version>/{self._filepath.name} folder there yet (the pipeline that saves it "
+            f"makes one)"
+        )
 
     def _checked_load_path(self) -> Path:
         """The directory to load, after checking it looks like a model directory."""
@@ -283,36 +264,20 @@ class ModelDirectoryDataset(AbstractVersionedDataset[Any, Any]):
                 f"{type(self).__name__} saves objects with a save_pretrained method; "
                 f"got {type(data).__name__}."
             )
-        save_path = Path(self._get_save_path())  # versioned: raises if it exists
-        # Hidden names: kedro finds versions with glob('<filepath>/*/<name>'), which
-        # skips dot-entries, so a half-written directory is never taken for a version.
-        beside = Path(self._filepath) if self._version else save_path.parent
-        version_folder = save_path.parent if self._version else None
-        made_version = version_folder is not None and not version_folder.exists()
-        try:
-            with atomic_target(save_path, beside=beside) as tmp:
-                tmp.mkdir(parents=True)
-                kwargs = dict(self._save_args)
-                if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
-                    kwargs.setdefault("safe_serialization", True)
-                data.save_pretrained(str(tmp), **kwargs)
-                pickles = _pickle_files(tmp)
-                if pickles:
-                    raise ModelDirectoryError(
-                        f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
-                        f"safetensors only (check save_args: safe_serialization must stay True)."
-                    )
-                card = getattr(data, "model_card", None)  # models/model_card.py
-                if isinstance(card, str):
-                    write_card(tmp, card)
-                if version_folder is not None:
-                    version_folder.mkdir(parents=True, exist_ok=True)
-        finally:
-            if made_version and not save_path.exists():
-                try:
-                    version_folder.rmdir()  # no empty version folder either
-                except OSError:
-                    pass
+        with self._saving_folder() as tmp:
+            kwargs = dict(self._save_args)
+            if "safe_serialization" in inspect.signature(data.save_pretrained).parameters:
+                kwargs.setdefault("safe_serialization", True)
+            data.save_pretrained(str(tmp), **kwargs)
+            pickles = _pickle_files(tmp)
+            if pickles:
+                raise ModelDirectoryError(
+                    f"save_pretrained wrote pickle files {pickles[:5]}; this dataset keeps "
+                    f"safetensors only (check save_args: safe_serialization must stay True)."
+                )
+            card = getattr(data, "model_card", None)  # models/model_card.py
+            if isinstance(card, str):
+                write_card(tmp, card)
 
     def _exists(self) -> bool:
         try:
