@@ -18,12 +18,10 @@ import pytest
 from PIL import Image
 
 from vlv_pipeline.captioners import CaptionerError, CaptionFailure
+from vlv_pipeline.captioners.failures import parse_retry_after
 from vlv_pipeline.captioners.journal import CaptionJournal
-from vlv_pipeline.captioners.openai_chat import (
-    THREAD_NAME_PREFIX,
-    OpenAICaptioner,
-    parse_retry_after,
-)
+from vlv_pipeline.captioners.openai_chat import OpenAICaptioner
+from vlv_pipeline.captioners.transport import THREAD_NAME_PREFIX
 
 KEY = "sk-test-SECRET-0123456789"
 PROMPT = "Describe the image in one sentence."

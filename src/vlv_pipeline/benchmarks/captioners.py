@@ -30,26 +30,18 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from vlv_pipeline.benchmarks.json_files import load_json
 from vlv_pipeline.captioners import CaptionerError, CaptionFailure
 from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
+from vlv_pipeline.captioners.openai_chat import RUN_ONLY_SETTINGS, OpenAICaptioner
 from vlv_pipeline.distributed import rank, share, together, world_size
-from vlv_pipeline.errors import InputError, MissingInputError
-from vlv_pipeline.imaging.reading import DEFAULT_MAX_FILE_BYTES, ReadPolicy, read_file
+from vlv_pipeline.errors import InputError
+from vlv_pipeline.imaging.reading import DEFAULT_MAX_FILE_BYTES
 from vlv_pipeline.params.evaluate import EvalCaptionerRow
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-# settings of the openai client that change how a run goes, not which captions it makes:
-# left out of the journal's name (as synthesize leaves them out of its own)
-RUN_ONLY = (
-    "max_concurrency",
-    "timeout_s",
-    "max_retries",
-    "backoff_s",
-    "deadline_s",
-    "bad_answer_attempts",
-)
 # the rubbish bin of the caption pipeline's JSON: {file: "reason: detail"} of files it refused
 REJECTED_KEY = "rejected"
 STOP_AFTER_FIRST_FAILURES = 8
@@ -75,19 +67,13 @@ def api_key(row: EvalCaptionerRow, captioner_credentials: dict, eval_credentials
 def read_caption_file(path: str | os.PathLike) -> dict[str, str]:
     """``{file: caption}`` from a JSON file (the ``rejected`` entry left out)."""
     path = Path(path)
-    if not path.exists():
-        raise MissingInputError(
-            f"no caption file at {path}: write one with `kedro run --pipeline caption "
-            f"--params caption.source=<the evaluation images>` (user_captions.json) or point "
-            "the row's `path` at yours"
-        )
-    data, refusal = read_file(path, ReadPolicy(max_bytes=DEFAULT_MAX_FILE_BYTES, follow_links=True))
-    if refusal is not None:
-        raise InputError(f"{path}: not read ({refusal[0]}: {refusal[1]})")
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    document = load_json(
+        path,
+        DEFAULT_MAX_FILE_BYTES,
+        missing=f"no caption file at {path}: write one with `kedro run --pipeline caption "
+        f"--params caption.source=<the evaluation images>` (user_captions.json) or point "
+        "the row's `path` at yours",
+    )
     if not isinstance(document, dict):
         raise InputError(
             f"{path}: a {type(document).__name__}, not a {{file: caption}} object as the "
@@ -145,7 +131,7 @@ def match_captions(captions: dict[str, str], files: Sequence[str], path) -> list
 
 def _setting(row: EvalCaptionerRow, resolution: int | None, images: str) -> dict:
     if row.kind == "openai":
-        block = {k: v for k, v in row.openai.model_dump().items() if k not in RUN_ONLY}
+        block = {k: v for k, v in row.openai.model_dump().items() if k not in RUN_ONLY_SETTINGS}
     else:
         block = row.transformers.model_dump()
     return {"backend": row.kind, row.kind: block, "image_side": resolution, "images": images}
@@ -172,8 +158,6 @@ def make_captioner(row: EvalCaptionerRow, index: int, key: str | None):
         from vlv_pipeline.captioners.hf import TransformersCaptioner
 
         return TransformersCaptioner(**row.transformers.model_dump())
-    from vlv_pipeline.captioners.openai_chat import OpenAICaptioner
-
     captioner = OpenAICaptioner(
         api_key=key, stop_after_first_failures=STOP_AFTER_FIRST_FAILURES, **row.openai.model_dump()
     )

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vlv_pipeline.benchmarks.json_files import parse_json, read_input
 from vlv_pipeline.errors import InputError, MissingInputError, ParameterError
 from vlv_pipeline.imaging.checks import ImageRejected, decode_normalised
 from vlv_pipeline.imaging.reading import ReadPolicy, inside, read_file, ref_path
@@ -83,15 +84,10 @@ def read_coco_captions(
     ``image_id`` need only be an integer (``files`` is then empty). ``hint``: what the
     message for a missing file says to do."""
     path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"no COCO captions file at {path}: {hint}")
-    data, refusal = read_file(path, ReadPolicy(max_bytes=MAX_ANNOTATION_BYTES, follow_links=True))
-    if refusal is not None:
-        raise InputError(f"{path}: not read ({refusal[0]}: {refusal[1]})")
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    data = read_input(
+        path, MAX_ANNOTATION_BYTES, missing=f"no COCO captions file at {path}: {hint}"
+    )
+    document = parse_json(data, str(path))
     if not isinstance(document, dict):
         raise _fail(path, "the top level", f"is a {type(document).__name__}, not an object")
     listed = need_images or "images" in document

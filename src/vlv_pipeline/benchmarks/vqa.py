@@ -19,7 +19,6 @@ str}, ...]}``), the first caption (lowest ``id``) of each image.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -29,15 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vlv_pipeline.errors import InputError, MissingInputError
-from vlv_pipeline.imaging.reading import ReadPolicy, read_file
+from vlv_pipeline.benchmarks.json_files import load_json
+from vlv_pipeline.errors import InputError
 
 #: VQAv2's training annotations are the largest file read (a few hundred MB).
 MAX_FILE_BYTES = 1024**3
 
 TRAIN_CAPTIONS_HINT = (
     "download COCO 2014's annotations (http://images.cocodataset.org/annotations/"
-    "annotations_trainval2014.zip holds captions_train2014.json; README: Reproduce the paper's "
+    "annotations_trainval2014.zip holds captions_train2014.json; docs/PAPER.md: Reproduce the paper's "
     "tables) or correct the path in conf (vqa.datasets[].train_captions)"
 )
 
@@ -57,18 +56,14 @@ def read_json(path: str | Path, what: str) -> dict:
     as every input is (``imaging/reading.py``): a regular file (a link to one is followed),
     at most ``MAX_FILE_BYTES``."""
     path = Path(path)
-    if not path.exists():
-        raise MissingInputError(
-            f"{what} {path} is not there: download it (README: Reproduce the paper's tables) "
-            "or correct the path in conf"
-        )
-    raw, refusal = read_file(path, ReadPolicy(max_bytes=MAX_FILE_BYTES, follow_links=True))
-    if refusal is not None:
-        raise InputError(f"{what} {path}: not read ({refusal[0]}: {refusal[1]})")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{what} {path} is not a JSON file: {error}") from None
+    data = load_json(
+        path,
+        MAX_FILE_BYTES,
+        missing=f"{what} {path} is not there: download it (docs/PAPER.md: Reproduce the paper's "
+        "tables) or correct the path in conf",
+        where=f"{what} {path}",
+        invalid="{where} is not a JSON file: {error}",
+    )
     if not isinstance(data, dict):
         raise InputError(f"{what} {path}: the file holds a {type(data).__name__}, not an object")
     return data

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from vlv_pipeline.captioners import CaptionerError, CaptionFailure
+from vlv_pipeline.captioners.failures import BadAnswer
 from vlv_pipeline.captioners.journal import CaptionJournal
-from vlv_pipeline.captioners.openai_chat import OpenAICaptioner, _BadAnswer
+from vlv_pipeline.captioners.openai_chat import OpenAICaptioner
 from vlv_pipeline.errors import ParameterError
 
 # settings that change the answers (the journal's name); the others change how a run goes
@@ -123,15 +124,11 @@ class OpenAIAnswerer(OpenAICaptioner):
         self.temperature = float(temperature)
         self.max_answer_words = max_answer_words
 
-    def __repr__(self) -> str:
-        return super().__repr__().replace("OpenAICaptioner", "OpenAIAnswerer", 1)
-
     def describe(self) -> dict[str, Any]:
         """What answered (never the key)."""
         return {
             "answerer": "openai",
-            "model": self.model,
-            "base_url": self.base_url,
+            **self._endpoint(),
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "max_answer_words": self.max_answer_words,
@@ -151,7 +148,7 @@ class OpenAIAnswerer(OpenAICaptioner):
             return parse_answer(text, self.max_answer_words)
         except ValueError as why:
             shown = json.dumps(text[:200])
-            raise _BadAnswer(f"an unusable answer ({why}): {self._scrub(shown)}") from None
+            raise BadAnswer(f"an unusable answer ({why}): {self._scrub(shown)}") from None
 
     def answer_stream(
         self, items: Iterable[tuple[str, str]]

@@ -115,33 +115,13 @@ class RubricJudge(OpenAICaptioner):
             base_url=base_url, model=model, prompt=judge_prompt(""), api_key=api_key, **kwargs
         )
 
-    def __repr__(self) -> str:
-        return super().__repr__().replace("OpenAICaptioner", "RubricJudge", 1)
-
     def describe(self) -> dict[str, str]:
         """What rated the captions (never the key)."""
-        return {
-            "judge": "vlm",
-            "model": self.model,
-            "base_url": self.base_url,
-            "prompt_hash": prompt_hash(),
-        }
+        return {"judge": "vlm", **self._endpoint(), "prompt_hash": prompt_hash()}
 
     def _body(self, item: tuple[Image.Image, str]) -> dict[str, Any]:  # type: ignore[override]
         image, caption = item
-        return {
-            "model": self.model,
-            "max_tokens": self.max_tokens,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": judge_prompt(caption)},
-                        {"type": "image_url", "image_url": {"url": self._data_url(image)}},
-                    ],
-                }
-            ],
-        }
+        return self._vision_body(judge_prompt(caption), image)
 
     def rate_stream(
         self, items: Iterable[tuple[str, Image.Image, str]]

@@ -331,7 +331,7 @@ def _parquet_cells(path: Path, columns: list[str], policy: ReadPolicy, tally: _T
     import pyarrow as pa
 
     from vlv_pipeline.imaging.parquet_pages import leaf_columns, plan_row_group
-    from vlv_pipeline.imaging.sources import open_parquet
+    from vlv_pipeline.imaging.parquet_source import open_parquet
 
     cap = policy.max_bytes
     with contextlib.ExitStack() as stack:
