@@ -1,7 +1,8 @@
 """Models that load without Kedro: a saved VLV captioner captions a PIL image in three lines.
 
-``LOAD_SNIPPET`` is those lines (after PIL's import), exactly as the README and every
-captioner's model card show them and as ``tests/test_inference.py`` runs them::
+``models/model_card.LOAD_SNIPPET`` is those lines (after PIL's import), exactly as the README
+and every captioner's model card show them and as ``tests/pipelines/test_load_without_kedro.py``
+runs them::
 
     from PIL import Image
     from vlv_pipeline import Captioner
@@ -45,17 +46,7 @@ from typing import Any
 
 from vlv_pipeline.errors import InputError, MissingInputError
 
-__all__ = ["LOAD_SNIPPET", "Captioner", "ImageRefusedError", "captioner_directory"]
-
-# The lines the README and each captioner's model card show, and the test runs. The path is
-# the default run's captioner, from the project's root; any captioner directory or Hub repo
-# id works in its place.
-LOAD_SNIPPET = """\
-from PIL import Image
-from vlv_pipeline import Captioner
-captioner = Captioner.from_pretrained("data/06_models/vlv_captioner")
-print(captioner.caption(Image.open("photo.png")))
-"""
+__all__ = ["Captioner", "ImageRefusedError", "captioner_directory"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CONFIG = "config.json"

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlv_pipeline.errors import MissingInputError, ParameterError, UserError
+from vlv_pipeline.models.model_card_parts import CARD, PLACEHOLDER_LICENCES
 
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
-CARD = "README.md"
 # training state that a model directory must not carry (names, lower case)
 _STATE_FOLDERS = ("checkpoints", "logs", "runs", "optimizer", "wandb", "mlruns")
 _STATE_PREFIXES = (
@@ -46,8 +46,6 @@ _STATE_PREFIXES = (
     "events.out.tfevents",
 )
 _GLOB = set("*?[]")
-# the licence a card's header has until someone sets one (models/model_card.py)
-_PLACEHOLDER_LICENCES = {"vlv-pipeline-shapes-world", "inherited-from-components"}
 
 
 class PublishError(UserError, ValueError):
@@ -128,7 +126,7 @@ def _card_notes(folder: Path) -> list[str]:
             "shows such a card without its library, tags, licence or results"
         )
     notes = []
-    if card.data.license_name in _PLACEHOLDER_LICENCES or not card.data.license:
+    if card.data.license_name in PLACEHOLDER_LICENCES or not card.data.license:
         notes.append(
             f"the card's licence is not set ({card.data.license_name or 'none'}): edit "
             f"`license` in {folder / CARD} if you mean to publish under known terms"

@@ -13,16 +13,14 @@ from kedro.io.core import Version
 from vlv_pipeline.datasets.model_card import ModelCardDataset
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.errors import ModelDirectoryError
-from vlv_pipeline.models.model_card import (
-    CARD,
-    EVALUATION_START,
-    card_or_none,
-    encoder_card,
+from vlv_pipeline.models.model_card import card_or_none, encoder_card
+from vlv_pipeline.models.model_card_evaluation import (
     stage1_evaluation,
     stage2_evaluation,
     update_evaluation,
     with_evaluation,
 )
+from vlv_pipeline.models.model_card_parts import CARD, EVALUATION_START
 from vlv_pipeline.models.provenance import encoder_record
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder
 from vlv_pipeline.params.stage1 import Stage1Params

@@ -1,8 +1,9 @@
 """The provenance record's T2I fingerprint: it names an architecture, wherever the model lies.
 
-A hash of the text encoder's, UNet's and VAE's architecture keys (models/provenance.py): the
-same for a hub id in the Hugging Face cache, a local copy and a ``save_pretrained`` copy
-(which may drop keys at their defaults), different for another model. Reads JSON only.
+A hash of the text encoder's, UNet's and VAE's architecture keys
+(models/provenance_fingerprints.py): the same for a hub id in the Hugging Face cache, a local
+copy and a ``save_pretrained`` copy (which may drop keys at their defaults), different for
+another model. Reads JSON only.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 from shapes_captioner import TEACHER
 
-from vlv_pipeline.models import provenance
-from vlv_pipeline.models.provenance import t2i_fingerprint
+from vlv_pipeline.models import provenance_fingerprints
+from vlv_pipeline.models.provenance_fingerprints import t2i_fingerprint
 
 PARTS = ("text_encoder", "unet", "vae")
 
@@ -88,10 +89,10 @@ def test_the_defaults_filled_in_are_the_libraries_own():
     from transformers import CLIPTextConfig
 
     clip = CLIPTextConfig()
-    for key, default in provenance.T2I_KEYS["text_encoder"].items():
+    for key, default in provenance_fingerprints.T2I_KEYS["text_encoder"].items():
         assert getattr(clip, key) == default, key
     for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
         signature = inspect.signature(cls.__init__).parameters
-        for key, default in provenance.T2I_KEYS[part].items():
+        for key, default in provenance_fingerprints.T2I_KEYS[part].items():
             value = signature[key].default
             assert (list(value) if isinstance(value, tuple) else value) == default, (part, key)

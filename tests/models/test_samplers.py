@@ -12,7 +12,7 @@ from vlv_pipeline.models.teacher import _scheduler
 from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.evaluate import RenderParams
 from vlv_pipeline.params.teacher import Sampler, SamplingParams
-from vlv_pipeline.pipelines.evaluate.nodes import render_from_embeddings
+from vlv_pipeline.pipelines.evaluate.renders import render_from_embeddings
 
 TEACHER = Path(__file__).resolve().parents[2] / "src/vlv_pipeline/assets/teacher"
 SAMPLERS = get_args(Sampler)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlv_pipeline.models.diffusion import diffusion_loss, sample_latents
-from vlv_pipeline.models.teachers.base import Condition
+from vlv_pipeline.models.teachers.base import Condition, flow_matching_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ class VAEObjective(nn.Module):
 
     def trained_models(self) -> dict[str, nn.Module]:
         return {"vae": self.vae}
+
+
+def _training(parts: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The modules of ``parts`` with a trainable weight."""
+    return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
 
 
 class _CaptionDropout(nn.Module):
@@ -91,8 +96,7 @@ class TextToImageObjective(_CaptionDropout):
 
     def trained_models(self) -> dict[str, nn.Module]:
         """The UNet, and the text encoder when it trains too."""
-        parts = {"unet": self.unet, "text_encoder": self.text_encoder}
-        return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
+        return _training({"unet": self.unet, "text_encoder": self.text_encoder})
 
 
 class FlowTextToImageObjective(_CaptionDropout):
@@ -124,19 +128,18 @@ class FlowTextToImageObjective(_CaptionDropout):
         self.shift_factor = shift_factor
 
     def forward(self, batch) -> torch.Tensor:
-        from vlv_pipeline.models.teachers.families import flow_matching_loss
+        from vlv_pipeline.models.teachers.families import (
+            flow_matching_loss,
+            pad_to_joint,
+            sd3_prompt_condition,
+        )
 
         mean, std, input_ids = batch
         input_ids = self.drop_captions(input_ids)
-        states, pooled = [], []
-        for encoder in (self.text_encoder, self.text_encoder_2):
-            out = encoder(input_ids, output_hidden_states=True)
-            states.append(out.hidden_states[-2])
-            pooled.append(out.text_embeds)
-        states = torch.cat(states, -1)
-        joint = int(self.transformer.config.joint_attention_dim)
-        states = F.pad(states, (0, joint - states.shape[-1]))
-        pooled = torch.cat(pooled, -1)
+        text = sd3_prompt_condition(
+            (encoder, input_ids) for encoder in (self.text_encoder, self.text_encoder_2)
+        )
+        states = pad_to_joint(text.states, self.transformer)
         latents = (mean + std * torch.randn_like(std) - self.shift_factor) * self.scaling_factor
         return flow_matching_loss(
             lambda noisy, t: (
@@ -144,7 +147,7 @@ class FlowTextToImageObjective(_CaptionDropout):
                     hidden_states=noisy,
                     timestep=t,
                     encoder_hidden_states=states,
-                    pooled_projections=pooled,
+                    pooled_projections=text.pooled,
                 ).sample
             ),
             self.scheduler,
@@ -152,12 +155,13 @@ class FlowTextToImageObjective(_CaptionDropout):
         )
 
     def trained_models(self) -> dict[str, nn.Module]:
-        parts = {
-            "transformer": self.transformer,
-            "text_encoder": self.text_encoder,
-            "text_encoder_2": self.text_encoder_2,
-        }
-        return {k: m for k, m in parts.items() if any(p.requires_grad for p in m.parameters())}
+        return _training(
+            {
+                "transformer": self.transformer,
+                "text_encoder": self.text_encoder,
+                "text_encoder_2": self.text_encoder_2,
+            }
+        )
 
 
 @torch.no_grad()
@@ -291,10 +295,6 @@ def _sizes_itself_to_1024(pipeline) -> bool:
     return denoiser is not None and getattr(denoiser.config, "sample_size", None) is None
 
 
-def _flow_matching(name: str) -> bool:
-    return name.startswith("FlowMatch")
-
-
 # what a sampler built from another scheduler's config is set to, whatever that config says:
 # DPMSolverMultistepScheduler samples as DPM-Solver++ (its data-prediction form, the one
 # for few steps), UniPCMultistepScheduler as UniPC's data-prediction bh2 variant. The rest of
@@ -319,7 +319,7 @@ def _scheduler(current, name: str):
     if not (isinstance(made, type) and name.endswith("Scheduler")):
         raise ParameterError(f"scheduler {name!r} is not a diffusers scheduler class")
     own = type(current).__name__
-    if _flow_matching(own) and not _flow_matching(name):
+    if flow_matching_scheduler(own) and not flow_matching_scheduler(name):
         logger.warning(
             "sampler %s does not apply to a flow-matching model: it samples with its own %s "
             "(set the sampling scheduler to null to say so)",
@@ -327,7 +327,7 @@ def _scheduler(current, name: str):
             own,
         )
         return current
-    if _flow_matching(own) != _flow_matching(name):
+    if flow_matching_scheduler(own) != flow_matching_scheduler(name):
         raise ParameterError(
             f"scheduler {name!r} cannot sample a model trained for {own} "
             "(flow matching and noise prediction do not mix): set the scheduler to null to "

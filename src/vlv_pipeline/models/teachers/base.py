@@ -31,6 +31,11 @@ from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.registry import load_component
 
 
+def flow_matching_scheduler(name: str) -> bool:
+    """Whether the diffusers scheduler class ``name`` is a flow-matching one (SD 3's, FLUX's)."""
+    return name.startswith("FlowMatch")
+
+
 @dataclass
 class Condition:
     """What a teacher's denoiser reads for a batch: ``states`` (B, L, D), the sequence it
@@ -279,7 +284,7 @@ class Teacher(nn.Module, ABC):
         and for a noise-prediction name on a flow-matching teacher (which keeps its own,
         ``models.teacher._scheduler``); ``name`` otherwise. What metrics record."""
         own = type(self.scheduler).__name__
-        if name is None or (own.startswith("FlowMatch") and not name.startswith("FlowMatch")):
+        if name is None or (flow_matching_scheduler(own) and not flow_matching_scheduler(name)):
             return own
         return name
 

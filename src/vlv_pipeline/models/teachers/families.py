@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.models.diffusion import diffusion_loss
-from vlv_pipeline.models.provenance import FED_ENCODERS
+from vlv_pipeline.models.provenance_fingerprints import FED_ENCODERS
 from vlv_pipeline.models.teachers.base import Condition, Teacher, _absent
 from vlv_pipeline.models.text_encoder import (
     encode_embeddings,
@@ -26,6 +26,32 @@ def _tokens(tokenizer, texts: list[str], device) -> torch.Tensor:
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(device)
+
+
+def _width(encoders) -> int:
+    """The features of the encoders' states, concatenated."""
+    return sum(int(e.config.hidden_size) for e in encoders)
+
+
+def penultimate_states(pairs) -> tuple[torch.Tensor, list]:
+    """Each (CLIP, token ids) pair read as SDXL's and SD 3's pipelines read a prompt: the
+    CLIPs' penultimate hidden states, concatenated on features, and each CLIP's output."""
+    outputs = [encoder(ids, output_hidden_states=True) for encoder, ids in pairs]
+    return torch.cat([o.hidden_states[-2] for o in outputs], -1), outputs
+
+
+def sd3_prompt_condition(pairs) -> Condition:
+    """SD 3's text conditioning without T5 (``StableDiffusion3Pipeline.encode_prompt``) from
+    (CLIP with projection, token ids) pairs: their penultimate states concatenated on
+    features, their pooled projections concatenated."""
+    states, outputs = penultimate_states(pairs)
+    return Condition(states, torch.cat([o.text_embeds for o in outputs], -1))
+
+
+def pad_to_joint(states: torch.Tensor, transformer) -> torch.Tensor:
+    """CLIP states zero-padded on features to the MMDiT's ``joint_attention_dim``."""
+    joint = int(transformer.config.joint_attention_dim)
+    return F.pad(states, (0, joint - states.shape[-1]))
 
 
 class StableDiffusionTeacher(Teacher):
@@ -97,7 +123,7 @@ class StableDiffusionXLTeacher(Teacher):
 
     @property
     def condition_width(self) -> int:
-        return sum(int(e.config.hidden_size) for e in (self.text_encoder, self.text_encoder_2))
+        return _width((self.text_encoder, self.text_encoder_2))
 
     def condition(self, embeddings: torch.Tensor) -> Condition:
         first, second = self.split(embeddings)
@@ -115,17 +141,18 @@ class StableDiffusionXLTeacher(Teacher):
         """SDXL's unconditional input: zeros where the model says so (SDXL base does), else
         the empty prompt through both encoders; ``length`` positions."""
         if self.force_zeros_for_empty_prompt:
-            width = sum(e.config.hidden_size for e in (self.text_encoder, self.text_encoder_2))
+            width = _width((self.text_encoder, self.text_encoder_2))
             projection = self.text_encoder_2.config.projection_dim
             weight = self.text_encoder.get_input_embeddings().weight
             zeros = torch.zeros(1, length, width, device=weight.device, dtype=weight.dtype)
             return Condition(zeros, zeros.new_zeros(1, projection))
         device = self.text_encoder.device
-        one = self.text_encoder(_tokens(self.tokenizer, [""], device), output_hidden_states=True)
-        two = self.text_encoder_2(
-            _tokens(self.tokenizer_2, [""], device), output_hidden_states=True
+        states, (_, two) = penultimate_states(
+            [
+                (self.text_encoder, _tokens(self.tokenizer, [""], device)),
+                (self.text_encoder_2, _tokens(self.tokenizer_2, [""], device)),
+            ]
         )
-        states = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1)
         return Condition(states[:, :length], two.text_embeds)
 
     def pipeline_kwargs(self) -> dict:
@@ -233,7 +260,7 @@ class StableDiffusion3Teacher(Teacher):
 
     @property
     def condition_width(self) -> int:
-        return sum(int(e.config.hidden_size) for e in (self.text_encoder, self.text_encoder_2))
+        return _width((self.text_encoder, self.text_encoder_2))
 
     def condition(self, embeddings: torch.Tensor) -> Condition:
         states, pooled = [], []
@@ -244,23 +271,21 @@ class StableDiffusion3Teacher(Teacher):
         return Condition(torch.cat(states, -1), torch.cat(pooled, -1))
 
     def denoiser_condition(self, condition: Condition) -> Condition:
-        joint = int(self.transformer.config.joint_attention_dim)
-        states = F.pad(condition.states, (0, joint - condition.states.shape[-1]))
-        t5 = states.new_zeros(states.shape[0], self.t5_length, joint)
+        states = pad_to_joint(condition.states, self.transformer)
+        t5 = states.new_zeros(states.shape[0], self.t5_length, states.shape[-1])
         return Condition(torch.cat([states, t5], dim=-2), condition.pooled)
 
     @torch.no_grad()
     def empty_condition(self, length: int) -> Condition:
         """The empty prompt through both CLIPs (SD 3's negative), ``length`` positions."""
-        states, pooled = [], []
-        for encoder, tokenizer in (
-            (self.text_encoder, self.tokenizer),
-            (self.text_encoder_2, self.tokenizer_2),
-        ):
-            out = encoder(_tokens(tokenizer, [""], encoder.device), output_hidden_states=True)
-            states.append(out.hidden_states[-2][:, :length])
-            pooled.append(out.text_embeds)
-        return Condition(torch.cat(states, -1), torch.cat(pooled, -1))
+        empty = sd3_prompt_condition(
+            (encoder, _tokens(tokenizer, [""], encoder.device))
+            for encoder, tokenizer in (
+                (self.text_encoder, self.tokenizer),
+                (self.text_encoder_2, self.tokenizer_2),
+            )
+        )
+        return Condition(empty.states[:, :length], empty.pooled)
 
     def loss(self, latents, condition, timestep_range=None, stratified=False):
         full = self.denoiser_condition(condition)
