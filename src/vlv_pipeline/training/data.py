@@ -6,7 +6,7 @@ Items are read by position (a seeded sampler picks them; DataLoader workers read
   see ``imaging.random_access``), checked against their ``image_id`` (sha256), normalised
   to ``resolution``, as **uint8** ``(3, S, S)``. They become floats on the device, in the
   objective (``world.data.to_unit_range``), so a batch travels at a quarter of the float32 size.
-- ``CacheRows`` (datasets.latent_cache): one image's cached tensors.
+- ``CacheRows`` (datasets.shard_reader): one image's cached tensors.
 - ``Zipped``: item ``i`` of several such sets, as one tuple.
 - ``BoundedCache``: keeps decoded items up to a byte budget per process (least recently
   used out first), so a small world is read from disk once and a large one never piles up.

@@ -11,7 +11,8 @@ warmup then a cosine, linear or constant schedule (transformers' schedule functi
 gradient clipping, optional EMA of the trainable weights, ``checkpoint-N`` folders every K
 steps (last M kept, written atomically), resume from the latest checkpoint, a NaN guard that
 stops before anything bad is saved, a progress bar on the main process, and the loss history
-for plots.
+for plots. The optimiser and its schedule are in ``training/optimization.py``; the run
+folder, its ``checkpoint-N`` folders and resuming from them in ``training/run_folders.py``.
 
 Batches come from a map-style ``Dataset`` through a seeded sampler, read in the loop or
 by ``num_workers`` DataLoader worker processes (``prefetch_factor`` batches each, pinned
@@ -22,10 +23,8 @@ loading them (``skip_first_batches``): the resumed run reads the same next batch
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,10 +39,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vlv_pipeline.errors import ParameterError, UnwritableError, UserError
+from vlv_pipeline.errors import ParameterError, UserError
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.tracking import flatten
 from vlv_pipeline.training import checkpoint
+from vlv_pipeline.training.optimization import lr_multiplier, make_optimizer
+from vlv_pipeline.training.run_folders import list_checkpoints, resume_latest, save_checkpoint
 from vlv_pipeline.training.trackers import (
     figure_array,
     log_images,
@@ -53,26 +54,6 @@ from vlv_pipeline.training.trackers import (
 from vlv_pipeline.training.trackers import init_kwargs as tracker_init_kwargs
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PREFIX = "checkpoint-"
-_HISTORY = "history.json"
-# TrainParams keys that change how batches are read, not which: left out of run folders' names
-# (nor do where progress is logged, recomputing activations to save memory, or trusting the
-# run folder's engine checkpoints: resuming with it must find the same folder)
-READING_KEYS = frozenset(
-    {
-        "num_workers",
-        "prefetch_factor",
-        "pin_memory",
-        "cache_mb",
-        "trackers",
-        "gradient_checkpointing",
-        "trust_engine_checkpoints",
-    }
-)
-# TrainParams keys added after run folders were first named, with the value that trains as
-# before they existed: left out of the name at that value, so those runs keep resuming
-LATER_KEYS = {"lr_schedule": "cosine"}
 
 
 class TrainingDivergedError(UserError, FloatingPointError):
@@ -90,68 +71,6 @@ class TrainResult:
     ema: object | None = None  # diffusers EMAModel when ema_decay is set
 
 
-# transformers' name of each `lr_schedule` (`transformers.get_scheduler`)
-_LIBRARY_SCHEDULES = {
-    "cosine": "cosine_with_min_lr",
-    "linear": "linear",
-    "constant": "constant_with_warmup",
-}
-
-
-def lr_multiplier(params: TrainParams) -> Callable[[int], float]:
-    """The learning-rate multiplier of optimiser step ``step`` (counted from 0).
-
-    The shape is transformers' own schedule function for ``params.lr_schedule`` (taken from
-    ``transformers.get_scheduler``), composed as the loop has always scheduled:
-
-    - the warm-up counts the step being taken: step s < ``warmup_steps`` trains at
-      (s + 1) / warmup_steps of the rate (the library's s / warmup_steps spends step 0 at 0);
-    - ``cosine`` decays to ``min_learning_rate`` (the library's ``min_lr_rate``), ``linear``
-      to it too (the library's line ends at 0: it is rescaled onto [floor, 1]);
-      ``constant`` stays at the rate;
-    - past ``steps`` it stays where it ended (the library's cosine would rise again).
-
-    The default (``cosine``) gives exactly, step by step, the rates of the hand-written
-    schedule it replaced (tests/training/test_schedule.py).
-    """
-    from transformers import get_scheduler
-
-    warmup, steps = params.warmup_steps, params.steps
-    floor = params.min_learning_rate / params.learning_rate
-    extra = {"min_lr_rate": floor} if params.lr_schedule == "cosine" else None
-    # the library builds a LambdaLR around its schedule function; only the function is kept
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    library = get_scheduler(
-        _LIBRARY_SCHEDULES[params.lr_schedule],
-        probe,
-        num_warmup_steps=warmup,
-        num_training_steps=steps,
-        scheduler_specific_kwargs=extra,
-    ).lr_lambdas[0]
-    rescale = params.lr_schedule == "linear"
-
-    def multiplier(step: int) -> float:
-        if step < warmup - 1:
-            return float(library(step + 1))
-        if step < warmup:
-            return 1.0  # the warm-up's last step trains at the full rate
-        value = float(library(min(step, steps)))
-        return value * (1 - floor) + floor if rescale else value
-
-    return multiplier
-
-
-def parameter_groups(trainable: list[nn.Parameter], params: TrainParams) -> list[dict]:
-    """AdamW groups: one, or (with ``decay_norms_and_biases: false``) 1-d params undecayed."""
-    if params.decay_norms_and_biases:
-        return [{"params": trainable}]
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2]},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 def loader_options(params: TrainParams) -> dict:
     """DataLoader keywords for reading: worker processes (kept alive across epochs), read
     ahead, pinned memory on CUDA. The sampler alone decides the batches, so a run sees the
@@ -162,19 +81,6 @@ def loader_options(params: TrainParams) -> dict:
         if params.prefetch_factor is not None:
             options["prefetch_factor"] = params.prefetch_factor
     return options
-
-
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """Complete ``checkpoint-N`` folders under ``directory``, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        name = path.name
-        if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
-            if (path / _HISTORY).is_file():  # written last: its presence marks completeness
-                found.append((int(name[len(CHECKPOINT_PREFIX) :]), path))
-    return sorted(found)
 
 
 def _make_accelerator(params: TrainParams, logging_dir: Path | None, name: str) -> Accelerator:
@@ -216,43 +122,6 @@ def _batches(accelerator: Accelerator, loader: DataLoader, start_micro: int):
         epoch, offset = epoch + 1, 0
 
 
-def _save_checkpoint(
-    accelerator: Accelerator, directory: Path, step: int, history, keep: int, seconds: float
-):
-    """Save the training state to ``checkpoint-<step>`` atomically (``vlv_pipeline.files``: a
-    hidden temporary naming its writer, flushed to disk, renamed into place, a checkpoint
-    already there swapped out only once the new one is whole); prune old ones. What goes in
-    (the trained models only, optimizer, RNG...): ``training/checkpoint.py``."""
-    from accelerate.utils import broadcast_object_list
-
-    from vlv_pipeline import files
-
-    final = directory / f"{CHECKPOINT_PREFIX}{step}"
-    name = [None]
-    if accelerator.is_main_process:  # before any rank writes: none of the stale ones is theirs
-        files.restore_backups(directory)  # a checkpoint a killed swap left aside
-        files.remove_stale(
-            [*directory.glob(f".{CHECKPOINT_PREFIX}*.tmp*"), *directory.glob(".tmp-checkpoint-*")]
-        )
-        name = [str(files.temporary_for(final))]
-    tmp = Path(broadcast_object_list(name)[0])  # every rank writes its RNG state there
-    try:
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: all first
-        if accelerator.is_main_process:
-            record = {"step": step, "history": history, "seconds": seconds}
-            (tmp / _HISTORY).write_text(json.dumps(record))
-            files.fsync_tree(tmp)
-            files.replace_tree(tmp, final)
-    except OSError as error:
-        files.remove_quietly(tmp)
-        raise UnwritableError(error.errno, files.unwritable(final, error)) from error
-    if accelerator.is_main_process:
-        for _, old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 def enable_gradient_checkpointing(objective: nn.Module) -> list[str]:
     """Turn on activation recomputation in every outermost submodule that supports it (a
     diffusers model, a transformers model); returns their names."""
@@ -272,18 +141,6 @@ def enable_gradient_checkpointing(objective: nn.Module) -> list[str]:
             continue
         enabled.append(name)
     return enabled
-
-
-def _optimizer(trainable: list[nn.Parameter], params: TrainParams, device: torch.device):
-    """AdamW; the fused CUDA kernel when the trainable weights are on a GPU."""
-    fused = device.type == "cuda" and all(p.is_floating_point() for p in trainable)
-    return torch.optim.AdamW(
-        parameter_groups(trainable, params),
-        lr=params.learning_rate,
-        betas=params.betas,
-        weight_decay=params.weight_decay,
-        **({"fused": True} if fused else {}),
-    )
 
 
 @dataclass
@@ -313,28 +170,6 @@ def _validate(accelerator, validation: Validation, step: int, trainable, ema) ->
             accelerator, {f"validation/{k}": figure_array(f) for k, f in figures.items()}, step
         )
     accelerator.wait_for_everyone()
-
-
-def _resume(accelerator, directory: Path | None, params: TrainParams, desc: str):
-    """(start step, history, seconds so far, resumed-from step) from the latest checkpoint.
-
-    The checkpoint is checked before Accelerate reads any of it (``checkpoint.
-    check_before_loading``: no custom pickle, no engine that unpickles its own files unless
-    ``params.trust_engine_checkpoints``, every torch file plain tensors); a refusal names
-    the file and says what to do. Then ``accelerator.load_state`` loads it."""
-    if directory is None or not params.resume:
-        return 0, [], 0.0, None
-    checkpoints = list_checkpoints(directory)
-    if not checkpoints:
-        return 0, [], 0.0, None
-    start, path = checkpoints[-1]
-    # before load_state: under DeepSpeed and FSDP the engine reads its files before the
-    # load hooks run (a refusal names the file; every rank refuses alike)
-    checkpoint.check_before_loading(path, accelerator, trust_engine=params.trust_engine_checkpoints)
-    accelerator.load_state(str(path))
-    record = json.loads((path / _HISTORY).read_text())
-    logger.info("%s: resuming from %s (step %d of %d)", desc, path, start, params.steps)
-    return start, record["history"], record.get("seconds", 0.0), start
 
 
 class _Window:
@@ -396,7 +231,7 @@ def train(
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     name = desc.replace(" ", "")
     run = _prepare(objective, dataset, params, directory, name, desc, collate_fn)
-    start, history, earlier_seconds, resumed_from = _resume(
+    start, history, earlier_seconds, resumed_from = resume_latest(
         run.accelerator, directory, params, desc
     )
     if run.accelerator.log_with:
@@ -451,7 +286,7 @@ def _prepare(
         raise ValueError(f"{desc}: the objective has no trainable parameters")
     checkpoint.trained_models(objective)  # names every trainable weight, or fails here
     objective.to(accelerator.device)
-    optimizer = _optimizer(trainable, params, accelerator.device)
+    optimizer = make_optimizer(trainable, params, accelerator.device)
     # Accelerate's prepared schedule steps once per process at each optimiser step (it counts
     # per-process batches); the multiplier counts optimiser steps
     multiplier, processes = lr_multiplier(params), accelerator.num_processes
@@ -527,7 +362,7 @@ def _run_steps(
                 done % params.checkpoint_every == 0 or done == params.steps
             ):
                 elapsed = earlier_seconds + time.perf_counter() - started
-                _save_checkpoint(
+                save_checkpoint(
                     accelerator, directory, done, history, params.keep_checkpoints, elapsed
                 )
     finally:  # a failed run still leaves readable curves up to where it stopped
@@ -571,24 +406,3 @@ def _step(
             optimizer.zero_grad(set_to_none=True)
         total += accelerator.gather(loss.detach()).mean().item() / params.gradient_accumulation
     return total, norm
-
-
-def run_directory(root: str | Path, name: str, *configs) -> Path:
-    """``<root>/<name>-<hash>``: one checkpoint folder per distinct training setup.
-
-    A rerun with the same parameters resumes there; changed parameters start afresh.
-    """
-    import hashlib
-
-    def plain(value):
-        value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-        if isinstance(value, dict):  # how batches are read does not change the run
-            return {
-                k: plain(v)
-                for k, v in value.items()
-                if k not in READING_KEYS and (k not in LATER_KEYS or LATER_KEYS[k] != v)
-            }
-        return value
-
-    blob = json.dumps([plain(c) for c in configs], sort_keys=True, default=str)
-    return Path(root) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
