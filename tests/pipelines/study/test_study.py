@@ -19,7 +19,7 @@ from vlv_pipeline.params.study import (
     queries_point,
     trainable_point,
 )
-from vlv_pipeline.pipelines.study import nodes
+from vlv_pipeline.pipelines.study import nodes, report, stats
 
 BASE = {
     "study": {"size": "full"},
@@ -111,15 +111,19 @@ def test_the_study_reruns_the_projects_own_nodes_on_each_points_parameters():
         study.inputs()
     )
     assert all(o.startswith("study") for o in study.all_outputs())
+    report_inputs = set(by_name["study.write_study_report"].inputs)
+    assert {f"study_{k}_{d}" for k in report.STUDY_TITLES for d in ("result", "figure")} < (
+        report_inputs
+    )
 
 
 def test_wilson_intervals_are_honest_at_the_edges():
-    zero = nodes.rate(0.0, 256, 0.95)
+    zero = stats.rate(0.0, 256, 0.95)
     assert zero["low"] == 0.0 and 0.010 < zero["high"] < 0.02  # not an empty interval at 0%
-    half = nodes.rate(0.5, 256, 0.95)
+    half = stats.rate(0.5, 256, 0.95)
     assert half["high"] - 0.5 == pytest.approx(0.5 - half["low"])
     assert half["high"] - half["low"] == pytest.approx(2 * 1.96 * (0.25 / 256) ** 0.5, rel=0.02)
-    assert nodes.rate(1.0, 256, 0.95)["high"] == pytest.approx(1.0)
+    assert stats.rate(1.0, 256, 0.95)["high"] == pytest.approx(1.0)
 
 
 def _stage2_metrics(vlv, baseline):
@@ -143,7 +147,7 @@ def test_data_efficiency_rows_follow_the_pairs_and_keep_both_seeds():
     ]
     assert result["rows"][-1]["vlv"]["rate"] == pytest.approx(0.8)
     assert len(figure.axes[0].containers) == 4  # VLV and the baseline, per seed
-    tables = nodes.study_tables({"data_efficiency": result, **_other_results()})
+    tables = report.study_tables({"data_efficiency": result, **_other_results()})
     assert tables["data_efficiency"][1][0][3] == "40"  # all 40 pairs as one batch
     assert tables["data_efficiency"][1][2][:5] == ["1200", "30", "0", "64", "80.0 (74.7-84.4)"]
 
@@ -171,7 +175,7 @@ def test_the_teacher_study_sets_each_teachers_reconstructions_beside_its_caption
     assert flow["reconstruction"]["rate"] == 0.5 and flow["captions"]["rate"] == 0.25
     assert sd["stage1_s_per_step"] == pytest.approx(0.35)
     assert len(figure.axes[0].containers) >= 2  # reconstructions and captions
-    rows = nodes.study_tables(
+    rows = report.study_tables(
         {**_other_results(), "data_efficiency": {"rows": []}, "teacher": result}
     )["teacher"][1]
     assert rows[1][:2] == ["SD 3-style (MMDiT, flow)", "50.0 (43.9-56.1)"]
@@ -185,6 +189,22 @@ def _other_results():
         "composition": {"variants": {}},
         "teacher": {"rows": []},
     }
+
+
+def test_the_report_sets_each_studys_table_under_its_title_and_marks_a_token_run():
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(1, 1))
+    results = {**_other_results(), "data_efficiency": {"rows": []}}
+    studies = {f"result:{k}": {**results[k], "paper": f"claim {k}"} for k in report.STUDY_TITLES}
+    studies |= {f"figure:{k}": figure for k in report.STUDY_TITLES}
+    page = report.write_study_report(StudyParams(size="small"), figure, **studies)
+    assert [t for t in report.STUDY_TITLES.values() if f"<h2>{t}</h2>" in page] == list(
+        report.STUDY_TITLES.values()
+    )
+    assert page.count("<table>") == 6 and "claim teacher" in page
+    assert "these are not results" in page
+    plt.close(figure)
 
 
 def test_spatial_study_refuses_an_evaluation_without_spatial_readings():

@@ -43,6 +43,43 @@ def _need(extra: FamilyParts, *names: str, family: str) -> None:
         raise ParameterError(f"rehearsal.{BLOCKS[family]} needs {missing} for family {family}")
 
 
+def _first_clip(cls, tok, params: RehearsalParams, extra: FamilyParts, family: str, *needs: str):
+    """The family's first CLIP text encoder: conf's ``text_encoder`` with the family's
+    overrides, once the family's block is checked for the ``needs`` parts."""
+    _need(extra, *needs, family=family)
+    return _clip(cls, tok, {**params.text_encoder, **extra.text_encoder})
+
+
+def _vae(params: RehearsalParams, extra: FamilyParts):
+    """Conf's VAE with the family's overrides."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**{**params.vae, **extra.vae})
+
+
+def _flow_parts(cls, params: RehearsalParams, extra: FamilyParts, t5, pooled: int, **derived):
+    """A flow-matching family's transformer (``cls``: its joint width the T5's, its pooled
+    width ``pooled``, then the ``derived`` widths), VAE and scheduler, built in that order."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config = dict(extra.transformer)
+    config["joint_attention_dim"] = t5.config.d_model
+    config["pooled_projection_dim"] = pooled
+    transformer = cls(**{**config, **derived})
+    return transformer, _vae(params, extra), FlowMatchEulerDiscreteScheduler(**extra.scheduler)
+
+
+def _assembled(cls, parts: dict, tok, scheduler, **kwargs):
+    """A ``cls`` pipeline of the models ``parts``, the world tokenizer for each of their text
+    encoders and ``scheduler``; with ``parts``, whose sizes `build_t2i` logs."""
+    tokenizers = {
+        "tokenizer" + name.removeprefix("text_encoder"): tok
+        for name in parts
+        if name.startswith("text_encoder")
+    }
+    return cls(**parts, **tokenizers, scheduler=scheduler, **kwargs), parts
+
+
 def _sd(tok, params: RehearsalParams, extra: FamilyParts | None):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -57,16 +94,10 @@ def _sd(tok, params: RehearsalParams, extra: FamilyParts | None):
 
 
 def _sdxl(tok, params: RehearsalParams, extra: FamilyParts):
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    _need(extra, "text_encoder_2", family="stable-diffusion-xl")
-    one = _clip(CLIPTextModel, tok, {**params.text_encoder, **extra.text_encoder})
+    one = _first_clip(CLIPTextModel, tok, params, extra, "stable-diffusion-xl", "text_encoder_2")
     two = _clip(CLIPTextModelWithProjection, tok, extra.text_encoder_2)
     config = {**params.unet, **extra.unet}
     time_dim = config.get("addition_time_embed_dim")
@@ -78,86 +109,44 @@ def _sdxl(tok, params: RehearsalParams, extra: FamilyParts):
     config["cross_attention_dim"] = one.config.hidden_size + two.config.hidden_size
     config["projection_class_embeddings_input_dim"] = two.config.projection_dim + 6 * time_dim
     unet = UNet2DConditionModel(**config)
-    vae = AutoencoderKL(**{**params.vae, **extra.vae})
-    pipeline = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=one,
-        text_encoder_2=two,
-        tokenizer=tok,
-        tokenizer_2=tok,
-        unet=unet,
-        scheduler=DDPMScheduler(**{**params.scheduler, **extra.scheduler}),
-        add_watermarker=False,
-    )
-    return pipeline, {"vae": vae, "unet": unet, "text_encoder": one, "text_encoder_2": two}
+    parts = {"vae": _vae(params, extra), "unet": unet, "text_encoder": one, "text_encoder_2": two}
+    scheduler = DDPMScheduler(**{**params.scheduler, **extra.scheduler})
+    return _assembled(StableDiffusionXLPipeline, parts, tok, scheduler, add_watermarker=False)
 
 
 def _sd3(tok, params: RehearsalParams, extra: FamilyParts):
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    _need(extra, "text_encoder_2", "text_encoder_3", family="stable-diffusion-3")
-    one = _clip(CLIPTextModelWithProjection, tok, {**params.text_encoder, **extra.text_encoder})
+    needs = ("text_encoder_2", "text_encoder_3")
+    one = _first_clip(CLIPTextModelWithProjection, tok, params, extra, "stable-diffusion-3", *needs)
     two = _clip(CLIPTextModelWithProjection, tok, extra.text_encoder_2)
     three = _t5(tok, extra.text_encoder_3)
-    config = dict(extra.transformer)
-    config["joint_attention_dim"] = three.config.d_model
-    config["pooled_projection_dim"] = one.config.projection_dim + two.config.projection_dim
-    config["caption_projection_dim"] = config["num_attention_heads"] * config["attention_head_dim"]
-    transformer = SD3Transformer2DModel(**config)
-    vae = AutoencoderKL(**{**params.vae, **extra.vae})
-    pipeline = StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(**extra.scheduler),
-        vae=vae,
-        text_encoder=one,
-        tokenizer=tok,
-        text_encoder_2=two,
-        tokenizer_2=tok,
-        text_encoder_3=three,
-        tokenizer_3=tok,
+    heads = extra.transformer
+    transformer, vae, scheduler = _flow_parts(
+        SD3Transformer2DModel,
+        params,
+        extra,
+        three,
+        one.config.projection_dim + two.config.projection_dim,
+        caption_projection_dim=heads["num_attention_heads"] * heads["attention_head_dim"],
     )
     parts = {"vae": vae, "transformer": transformer, "text_encoder": one}
-    return pipeline, {**parts, "text_encoder_2": two, "text_encoder_3": three}
+    parts |= {"text_encoder_2": two, "text_encoder_3": three}
+    return _assembled(StableDiffusion3Pipeline, parts, tok, scheduler)
 
 
 def _flux(tok, params: RehearsalParams, extra: FamilyParts):
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-    )
+    from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    _need(extra, "text_encoder_2", family="flux")
-    one = _clip(CLIPTextModel, tok, {**params.text_encoder, **extra.text_encoder})
+    one = _first_clip(CLIPTextModel, tok, params, extra, "flux", "text_encoder_2")
     two = _t5(tok, extra.text_encoder_2)
-    config = dict(extra.transformer)
-    config["joint_attention_dim"] = two.config.d_model
-    config["pooled_projection_dim"] = one.config.hidden_size
-    transformer = FluxTransformer2DModel(**config)
-    vae = AutoencoderKL(**{**params.vae, **extra.vae})
-    pipeline = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**extra.scheduler),
-        vae=vae,
-        text_encoder=one,
-        tokenizer=tok,
-        text_encoder_2=two,
-        tokenizer_2=tok,
-        transformer=transformer,
+    transformer, vae, scheduler = _flow_parts(
+        FluxTransformer2DModel, params, extra, two, one.config.hidden_size
     )
-    return pipeline, {
-        "vae": vae,
-        "transformer": transformer,
-        "text_encoder": one,
-        "text_encoder_2": two,
-    }
+    parts = {"vae": vae, "transformer": transformer, "text_encoder": one, "text_encoder_2": two}
+    return _assembled(FluxPipeline, parts, tok, scheduler)
 
 
 BUILDERS = {

@@ -20,7 +20,7 @@ from vlv_pipeline.params.study import (
     queries_point,
     trainable_point,
 )
-from vlv_pipeline.pipelines.study import nodes
+from vlv_pipeline.pipelines.study import nodes, plots, report
 
 # the slices of the project's pipelines that a point reruns: the tags those pipelines declare
 # on their nodes (a renamed node stays in its slice)
@@ -32,6 +32,8 @@ TEACHER = {  # the default recipe's stage 1 and stage 2 on another teacher
     "synthesize": ("pair_embeddings",),
     "stage2": ("captioner",),
 }
+# the figures of the preview (study_<name>_figure): study 5's renders after its own figure
+PREVIEW = "data_efficiency queries trainable spatial composition composition_grid teacher".split()
 SHARED = {  # the default run's datasets that every point reads as they are
     "raw_images",
     "image_manifest",
@@ -166,37 +168,19 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
                 name="study_composition",
             ),
             _node(
-                nodes.write_study_report,
-                [
-                    "study_data_efficiency_result",
-                    "study_queries_result",
-                    "study_trainable_result",
-                    "study_spatial_result",
-                    "study_composition_result",
-                    "study_teacher_result",
-                    "study_data_efficiency_figure",
-                    "study_queries_figure",
-                    "study_trainable_figure",
-                    "study_spatial_figure",
-                    "study_composition_figure",
-                    "study_composition_grid_figure",
-                    "study_teacher_figure",
-                    "params:study",
-                ],
+                report.write_study_report,
+                {
+                    "params": "params:study",
+                    "composition_grid": "study_composition_grid_figure",
+                    **{f"result:{k}": f"study_{k}_result" for k in report.STUDY_TITLES},
+                    **{f"figure:{k}": f"study_{k}_figure" for k in report.STUDY_TITLES},
+                },
                 "study_report",
                 name="write_study_report",
             ),
             _node(
-                nodes.plot_study_preview,
-                [
-                    "study_data_efficiency_figure",
-                    "study_queries_figure",
-                    "study_trainable_figure",
-                    "study_spatial_figure",
-                    "study_composition_figure",
-                    "study_composition_grid_figure",
-                    "study_teacher_figure",
-                ],
+                plots.plot_study_preview,
+                [f"study_{k}_figure" for k in PREVIEW],
                 "study_report_preview",
                 name="plot_study_preview",
             ),
