@@ -125,7 +125,7 @@ def ids_digest(image_ids: list[str]) -> str:
 
 def wilson(rate: float, n: int) -> dict:
     """The project's Wilson interval (the study's ``rate``)."""
-    from vlv_pipeline.pipelines.study.nodes import rate as wilson_rate
+    from vlv_pipeline.pipelines.study.stats import rate as wilson_rate
 
     return wilson_rate(rate, n, CONFIDENCE)
 
@@ -235,7 +235,7 @@ def protocol_params(evaluate: dict, images: int):
 
 def _render(t2i, conditions: list, sampling) -> tuple[list, list[float]]:
     """Every batch rendered by the evaluation's ``render_from_embeddings``, each one timed."""
-    from vlv_pipeline.pipelines.evaluate.nodes import render_from_embeddings
+    from vlv_pipeline.pipelines.evaluate.renders import render_from_embeddings
 
     renders, seconds, start = [], [], 0
     for batch in conditions:
@@ -270,7 +270,8 @@ def run_sweep(
     from vlv_pipeline.models.device import inference_device
     from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.params.evaluate import RenderParams
-    from vlv_pipeline.pipelines.evaluate.nodes import render_from_embeddings, score_evaluation
+    from vlv_pipeline.pipelines.evaluate.renders import render_from_embeddings
+    from vlv_pipeline.pipelines.evaluate.scoring import score_evaluation
 
     base = params.sampling.model_dump()
     n = len(data.image_ids)

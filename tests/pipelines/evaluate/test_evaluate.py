@@ -8,8 +8,12 @@ from stage2_factory import trained_captioners
 
 from vlv_pipeline.metrics.tables import PaperTable, Row
 from vlv_pipeline.models.probe import AttributeProbe
+from vlv_pipeline.models.seeds import image_generators, image_seed
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.pipelines.evaluate import nodes
+from vlv_pipeline.pipelines.evaluate.renders import RECONSTRUCTIONS, reconstruct
+from vlv_pipeline.pipelines.evaluate.report import plot_eval_grid, plot_report_preview, write_report
+from vlv_pipeline.pipelines.evaluate.scoring import score_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +47,9 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
     captions = nodes.caption_eval_images(captioner, baseline, data, params)
     assert list(captions.columns) == ["image_id", "reference", "vlv", "without_stage1", "chance"]
     assert all(a != b for a, b in zip(captions["chance"], captions["reference"], strict=True))
-    renders = nodes.reconstruct(encoder, data, captions, params)
-    assert renders.names() == list(nodes.RECONSTRUCTIONS)
-    metrics, samples, grid_items = nodes.score_evaluation(data, captions, renders, params)
+    renders = reconstruct(encoder, data, captions, params)
+    assert renders.names() == list(RECONSTRUCTIONS)
+    metrics, samples, grid_items = score_evaluation(data, captions, renders, params)
     assert set(metrics["captions"]) == {"vlv", "without_stage1", "chance"}
     for row in metrics["captions"].values():
         assert {"bleu4", "rouge_l", "cider", "exact_scene", "shape_precision"} <= set(row)
@@ -58,10 +62,10 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
     assert {"vlv_bleu4", "from_embeddings_exact", "chance_exact"} <= set(samples.columns)
     json.dumps(metrics)  # the versioned json must accept it
     assert list(grid_items) == ["original", "from_embeddings", "from_caption"]
-    grid, same = nodes.plot_eval_grid(grid_items, captions, params)
+    grid, same = plot_eval_grid(grid_items, captions, params)
     assert grid is same
     assert len(grid.axes) == 3 * 3
-    report = nodes.write_report(metrics, grid, log, log, baseline_log, {"evaluate": {"x": 1}})
+    report = write_report(metrics, grid, log, log, baseline_log, {"evaluate": {"x": 1}})
     assert report.startswith("<!doctype html>") and "VLV captioner" in report
     assert "without stage 1" in report and "upper bound" in report and "Frechet (probe)" in report
     assert report.count("data:image/png;base64,") == 3  # grid, stage-1 and stage-2 curves
@@ -72,10 +76,10 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
         [("judge", "judge")],
         [Row("VLV", {"judge": 5.5}, "model"), Row("VLV", {"judge": 5.18}, "paper")],
     )
-    with_tables = nodes.write_report(metrics, grid, log, log, baseline_log, {}, table.to_dict())
+    with_tables = write_report(metrics, grid, log, log, baseline_log, {}, table.to_dict())
     assert "The paper's tables, measured in this run" in with_tables
     assert '<tr class="paper"><td>VLV (paper)</td><td class="num">5.18</td>' in with_tables
-    preview = nodes.plot_report_preview(metrics, grid)
+    preview = plot_report_preview(metrics, grid)
     texts = {t.get_text() for ax in preview.axes for t in ax.texts} | {
         c.get_text().get_text()
         for ax in preview.axes
@@ -93,7 +97,7 @@ def test_fid_clip_judge_offline_says_what_to_download(tiny_world, tiny_sd, train
     captions = nodes.caption_eval_images(captioner, baseline, data, params)
     renders = {"from_embeddings": data.images()}
     with pytest.raises(RuntimeError, match="torch-fidelity.*download"):
-        nodes.score_evaluation(data, captions, renders, params)
+        score_evaluation(data, captions, renders, params)
 
 
 def test_pixels_judge_needs_no_weights_and_ranks_closer_images_higher(tiny_world, tiny_sd, trained):
@@ -107,7 +111,7 @@ def test_pixels_judge_needs_no_weights_and_ranks_closer_images_higher(tiny_world
         "from_embeddings": originals.clone(),  # perfect
         "from_caption": (originals + 0.2 * torch.randn_like(originals)).clamp(-1, 1),
     }
-    metrics, _, _ = nodes.score_evaluation(data, captions, renders, params)
+    metrics, _, _ = score_evaluation(data, captions, renders, params)
     exact, noisy = (metrics["reconstruction"][k] for k in ("from_embeddings", "from_caption"))
     assert exact["mse"] == 0 and noisy["mse"] > 0.01 and exact["psnr"] > noisy["psnr"]
     assert "bleu4" in metrics["captions"]["vlv"]  # text metrics need no judge
@@ -128,7 +132,7 @@ def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd
 
     def rendered(params) -> dict[str, torch.Tensor]:
         chunks: dict[str, list] = {}
-        for name, start, originals, images in nodes.reconstruct(encoder, data, captions, params):
+        for name, start, originals, images in reconstruct(encoder, data, captions, params):
             assert torch.equal(originals, data.images(start, start + len(images)))
             chunks.setdefault(name, []).append(images)
         assert [len(c) for c in chunks.values()] == [-(-4 // params.sampling.batch_size)] * 5
@@ -140,14 +144,14 @@ def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd
     kwargs = dict(steps=s.steps, guidance=s.guidance, batch_size=3)
     whole = t2i.render(
         t2i.condition_images(encoder, data.images(), 3),
-        generator=nodes.image_generators(s.seed, range(4)),
+        generator=image_generators(s.seed, range(4)),
         **kwargs,
     )
     assert torch.equal(in_threes["from_embeddings"], whole)
     whole = render(
         t2i.pipeline(),
         captions=captions["vlv"].tolist(),
-        generator=nodes.image_generators(s.seed, range(4)),
+        generator=image_generators(s.seed, range(4)),
         **kwargs,
     )
     assert torch.equal(in_threes["from_caption"], whole)
@@ -158,15 +162,15 @@ def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd
         render(
             t2i.pipeline(),
             captions=captions["vlv"].tolist(),
-            generator=nodes.image_generators(s.seed, range(3)),
+            generator=image_generators(s.seed, range(3)),
             **kwargs,
         )
 
 
 def test_image_seeds_differ_by_image_and_by_seed():
-    seeds = {nodes.image_seed(seed, i) for seed in (0, 1) for i in range(100)}
+    seeds = {image_seed(seed, i) for seed in (0, 1) for i in range(100)}
     assert len(seeds) == 200 and all(0 <= x < 2**63 for x in seeds)
-    assert nodes.image_seed(0, 1) != nodes.image_seed(1, 0)
+    assert image_seed(0, 1) != image_seed(1, 0)
 
 
 def test_chance_order_never_keeps_an_images_own_caption():

@@ -13,7 +13,7 @@ from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
-from vlv_pipeline.pipelines.evaluate import nodes, rerender
+from vlv_pipeline.pipelines.evaluate import nodes, renders, rerender, scoring
 
 ROWS = [{"kind": "reference"}, {"kind": "chance"}]
 
@@ -55,8 +55,8 @@ def _sweep(**kw) -> RerenderParams:
 
 
 def _metrics(encoder, data, captions, params) -> dict:
-    renders = nodes.reconstruct(encoder, data, captions, params)
-    return nodes.score_evaluation(data, captions, renders, params)[0]
+    made = renders.reconstruct(encoder, data, captions, params)
+    return scoring.score_evaluation(data, captions, made, params)[0]
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from table1_factory import build_tiny_sd3
 
 from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.metrics.tables import PaperTable
+from vlv_pipeline.models.seeds import image_generators
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
-from vlv_pipeline.pipelines.evaluate import nodes, rerender
+from vlv_pipeline.pipelines.evaluate import nodes, renders, rerender
 
 CAPTIONS = ["a large red circle at the top left", "a small blue square in the centre", ""]
 
@@ -32,7 +33,7 @@ def pipeline(sd3):
 
 
 def _generators(n: int) -> list[torch.Generator]:
-    return nodes.image_generators(0, range(n))
+    return image_generators(0, range(n))
 
 
 def test_captions_render_through_sd3_with_its_own_sampler(pipeline):
@@ -104,7 +105,7 @@ def test_table1_and_the_reconstructions_render_captions_with_sd3(tiny_world, tin
     )
     encoder.load_vae_tower(vae)
     names = set()
-    for name, _, originals, images in nodes.reconstruct(encoder, data, captions, params):
+    for name, _, originals, images in renders.reconstruct(encoder, data, captions, params):
         names.add(name)
         assert images.shape == originals.shape and images.shape[1:] == (3, 16, 16)
     assert names == {"from_embeddings", "ground_truth_caption", "chance"}

@@ -22,7 +22,7 @@ from vlv_pipeline.models.captioning import NoCaptionerError
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.reconstruct import ReconstructParams
 from vlv_pipeline.pipeline_registry import register_pipelines
-from vlv_pipeline.pipelines.reconstruct import create_pipeline, nodes
+from vlv_pipeline.pipelines.reconstruct import create_pipeline, nodes, sheets
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -148,10 +148,10 @@ def test_a_large_folder_with_the_fid_judge_stops_before_any_model_is_loaded(monk
 def test_a_sheet_shows_its_panels_side_by_side_with_the_caption_under_them():
     panels = [(label, Image.new("RGB", (16, 16), "red")) for label in ("original", "a", "b")]
     caption = " ".join(["a long caption"] * 60)
-    sheet = nodes.sheet(panels, caption, "photo.jpg (seed 1)", side=128)
+    sheet = sheets.sheet(panels, caption, "photo.jpg (seed 1)", side=128)
     assert sheet.width == 8 + 3 * (128 + 8)
     assert sheet.height > 128 + 5 * 18  # the caption wraps over several lines
-    big = nodes.sheet([("original", Image.new("RGB", (300, 300)))], "x", side=128)
+    big = sheets.sheet([("original", Image.new("RGB", (300, 300)))], "x", side=128)
     assert big.width == 8 + 300 + 8  # never shrunk
 
 

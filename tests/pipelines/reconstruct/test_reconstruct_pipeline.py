@@ -145,7 +145,7 @@ def test_a_second_run_writes_new_versions_and_leaves_the_first_alone(run, tiny_s
     (first,) = versions(tmp, "07_model_output/reconstructions")
     before = {p: p.read_bytes() for p in first.rglob("*.png")}
     catalog = catalog_for(tmp, tiny_sd, models, source=str(folder), fid_min_images=2)
-    with caplog.at_level("INFO", logger="vlv_pipeline.pipelines.reconstruct.nodes"):
+    with caplog.at_level("INFO", logger="vlv_pipeline.pipelines.reconstruct.scores"):
         SequentialRunner().run(create_pipeline(), catalog)
     assert len(versions(tmp, "07_model_output/reconstructions")) == 2
     assert {p: p.read_bytes() for p in first.rglob("*.png")} == before
@@ -218,3 +218,26 @@ def test_the_captioners_own_encoder_can_render_and_stage_1s_is_then_never_read(
     (renders,) = versions(tmp_path, "07_model_output/reconstructions")
     assert (renders / "from_embeddings/beach.jpg.png").is_file()
     assert (renders / "from_caption/beach.jpg.png").is_file()
+
+
+def test_the_caption_models_call_arguments_are_read_once_a_run(
+    run, tiny_sd, models, tmp_path, monkeypatch
+):
+    """The caption renders' call arguments (``call_kwargs_of``: the model's
+    model_index.json) are read once a run, not once a batch."""
+    from vlv_pipeline.pipelines.reconstruct import renders
+
+    _, folder, _ = run
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("beach.jpg", "portrait.jpg"):
+        shutil.copy(folder / name, two / name)
+    read = []
+    real = renders.call_kwargs_of
+    monkeypatch.setattr(renders, "call_kwargs_of", lambda where: read.append(where) or real(where))
+    catalog = catalog_for(
+        tmp_path, tiny_sd, models, source=str(two), sampling={"steps": 2, "batch_size": 1}
+    )
+    SequentialRunner().run(create_pipeline(), catalog)
+    assert catalog.load("reconstruct_table")["from_caption"].notna().sum() == 2  # two batches
+    assert read == [str(tiny_sd)]

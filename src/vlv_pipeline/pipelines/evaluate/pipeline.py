@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from vlv_pipeline.pipelines.evaluate import nodes, rating, rerender
+from vlv_pipeline.pipelines.evaluate import nodes, rating, renders, report, rerender, scoring
 from vlv_pipeline.pipelines.evaluate import vqa as vqa_nodes
 
 
@@ -36,13 +36,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="caption_eval_images",
             ),
             Node(
-                nodes.reconstruct,
+                renders.reconstruct,
                 ["vlv_encoder", "eval_data", "eval_captions", "params:evaluate"],
                 "eval_renders",
                 name="reconstruct",
             ),
             Node(
-                nodes.score_evaluation,
+                scoring.score_evaluation,
                 ["eval_data", "eval_captions", "eval_renders", "params:evaluate"],
                 ["eval_metrics", "eval_samples", "eval_grid_items"],
                 name="score_evaluation",
@@ -60,7 +60,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="rerender_table1",
             ),
             Node(
-                nodes.plot_eval_grid,
+                report.plot_eval_grid,
                 ["eval_grid_items", "eval_captions", "params:evaluate"],
                 ["eval_grid", "eval_grid_figure"],
                 name="plot_eval_grid",
@@ -94,7 +94,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="vqa_table",
             ),
             Node(
-                nodes.write_report,
+                report.write_report,
                 [
                     "eval_metrics",
                     "eval_grid_figure",
@@ -153,7 +153,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="rating_table",
             ),
             Node(
-                nodes.plot_report_preview,
+                report.plot_report_preview,
                 ["eval_metrics", "eval_grid_figure"],
                 "eval_report_preview",
                 name="plot_report_preview",

@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from vlv_pipeline.captioners import CaptionFailure
+from vlv_pipeline.captioners.credentials import api_key
 from vlv_pipeline.distributed import each_rank, rank
 from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.rating_page import (
@@ -197,13 +198,7 @@ def _vlm_judgements(data, rows: pd.DataFrame, params: RatingParams, credentials)
         )
         if not todo:
             return {}
-        key = (credentials or {}).get("api_key")
-        if not key:
-            logger.warning(
-                "rating: no api_key under `judge` in conf/local/credentials.yml; calling %s "
-                "without one",
-                spec.base_url,
-            )
+        key = api_key(credentials, "rating", "judge", spec.base_url)
         judge = RubricJudge(api_key=key, **spec.model_dump())
         failures: dict[str, str] = {}
 

@@ -35,19 +35,13 @@ from vlv_pipeline.distributed import gather_lists, share
 from vlv_pipeline.errors import ParameterError
 from vlv_pipeline.metrics.tables import PaperTable, Row
 from vlv_pipeline.models.device import inference_device
+from vlv_pipeline.models.seeds import image_generators
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.models.teachers import call_kwargs_of
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
-from vlv_pipeline.pipelines.evaluate.nodes import (
-    EvalData,
-    _fid_clip_metrics,
-    _probe_reading,
-    _Scores,
-    caption_columns,
-    captioner_label,
-    image_generators,
-)
+from vlv_pipeline.pipelines.evaluate.nodes import EvalData, caption_columns, captioner_label
+from vlv_pipeline.pipelines.evaluate.scoring import _fid_clip_metrics, _probe_reading, _Scores
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +51,7 @@ PAPER_TABLE1: dict[str, dict[float, float]] = {
     "VLV": {1.0: 11.47, 2.0: 6.64, 3.0: 8.56, 4.0: 9.90},
 }
 PAPER_IMAGES = 30000
-# the reconstruction of eval_metrics that rendered each captioner column (nodes.EvalRenders)
+# the reconstruction of eval_metrics that rendered each captioner column (renders.EvalRenders)
 RECONSTRUCTION_OF = {
     "vlv": "from_caption",
     "without_stage1": "without_stage1",
@@ -92,7 +86,7 @@ def _rows(captions: pd.DataFrame, params: EvaluateParams) -> list[tuple[str, str
 
 
 def _scheduler_of_reconstructions(params: EvaluateParams) -> str | None:
-    """What sampled the reconstructions from captions (``nodes.EvalRenders``): the stage-1
+    """What sampled the reconstructions from captions (``renders.EvalRenders``): the stage-1
     pipeline with ``sampling.scheduler``, or another model with its own (None)."""
     return params.sampling.scheduler if params.render_t2i == params.stage1_t2i else None
 

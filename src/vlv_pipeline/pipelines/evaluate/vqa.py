@@ -35,6 +35,7 @@ from vlv_pipeline.benchmarks.vqa import (
     questions_for_images,
 )
 from vlv_pipeline.captioners import CaptionerError, CaptionFailure, CaptionFailuresError, truncate
+from vlv_pipeline.captioners.credentials import api_key
 from vlv_pipeline.captioners.journal import FailureJournal
 from vlv_pipeline.distributed import rank, share, together, world_size
 from vlv_pipeline.errors import InputError
@@ -199,13 +200,7 @@ def _answer_from_scenes(
 def make_answerer(params: VQAParams, credentials: dict):
     from vlv_pipeline.captioners.answerer import OpenAIAnswerer
 
-    key = (credentials or {}).get("api_key")
-    if not key:
-        logger.warning(
-            "vqa: no api_key under `answerer` in conf/local/credentials.yml; calling %s "
-            "without one",
-            params.answerer.base_url,
-        )
+    key = api_key(credentials, "vqa", "answerer", params.answerer.base_url)
     return OpenAIAnswerer(api_key=key, **params.answerer.model_dump())
 
 

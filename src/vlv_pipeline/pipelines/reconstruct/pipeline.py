@@ -3,7 +3,7 @@ and from their captions, side-by-side sheets, metrics (registered; not in `__def
 
 from kedro.pipeline import Node, Pipeline
 
-from vlv_pipeline.pipelines.reconstruct import nodes
+from vlv_pipeline.pipelines.reconstruct import nodes, renders, scores, sheets
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -44,7 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="caption_reconstruct_images",
             ),
             Node(
-                nodes.render_reconstructions,
+                renders.render_reconstructions,
                 [
                     "reconstruct_encoder",
                     "reconstruct_captioner",
@@ -57,7 +57,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="render_reconstructions",
             ),
             Node(
-                nodes.score_reconstructions,
+                scores.score_reconstructions,
                 [
                     "reconstructions",
                     "reconstruct_captions",
@@ -68,7 +68,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="score_reconstructions",
             ),
             Node(
-                nodes.reconstruction_sheets,
+                sheets.reconstruction_sheets,
                 [
                     "reconstructions",
                     "reconstruct_table",
@@ -79,7 +79,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="reconstruction_sheets",
             ),
             Node(
-                nodes.plot_reconstruct_grid,
+                sheets.plot_reconstruct_grid,
                 ["reconstructions", "reconstruct_table", "params:reconstruct"],
                 "reconstruct_grid",
                 name="plot_reconstruct_grid",
