@@ -27,7 +27,7 @@ steps (one more without a profile), with a timer around each call it makes: read
 batch (``loop._batches``), the objective's forward (module hooks), ``accelerator.backward``,
 ``clip_grad_norm_``, the optimizer's step and zero_grad and the schedule's step, the loss
 gather, the progress bar, the log line (``_Window.entry``, ``accelerator.log``, the bar's
-postfix), ``_save_checkpoint``, ``_validate`` and the EMA's step. The timed window runs from
+postfix), ``save_checkpoint``, ``_validate`` and the EMA's step. The timed window runs from
 the forward of step ``warmup`` to the forward of step ``warmup + steps``; whatever in it no
 timer covers is "other". Log lines and checkpoints come every K steps: each is timed per call
 (a run always logs and saves at its last step) and counted at the rate the default run makes
@@ -87,7 +87,7 @@ PER_STEP = (
     "progress_bar",
     "ema",
 )
-SCHEDULED = {"logging": "log", "checkpoint": "_save_checkpoint", "validation": "_validate"}
+SCHEDULED = {"logging": "log", "checkpoint": "save_checkpoint", "validation": "_validate"}
 COMPUTE = ("forward", "backward", "optimizer")
 LABELS = {
     "data": "data (read + collate + to device)",
@@ -375,9 +375,9 @@ class LoopProbe:
             fn = replacement or getattr(owner, name)
             self._patch(owner, name, self._timed(category, name, fn))
         save = self._timed(
-            "checkpoint", "_save_checkpoint", loop._save_checkpoint, before=self._stop_profile
+            "checkpoint", "save_checkpoint", loop.save_checkpoint, before=self._stop_profile
         )
-        self._patch(loop, "_save_checkpoint", save)
+        self._patch(loop, "save_checkpoint", save)
         self._patch(loop, "_batches", self._batches(loop._batches))
         self._hooks = [
             self.objective.register_forward_pre_hook(self._pre_forward),
@@ -600,7 +600,7 @@ class Inputs:
 
     def _synthetic_world(self) -> None:
         from vlv_pipeline.datasets.image_source import ImageSourceDataset
-        from vlv_pipeline.datasets.latent_cache import LatentCache
+        from vlv_pipeline.datasets.shard_store import LatentCache
         from vlv_pipeline.params.cache import CacheParams
         from vlv_pipeline.params.ingest import IngestParams
         from vlv_pipeline.params.world import WorldParams
@@ -722,11 +722,9 @@ class Inputs:
 
     def embedding_cache(self):
         def make():
-            from vlv_pipeline.datasets.latent_cache import (
-                EmbeddingCache,
-                MissingEntryError,
-                embedding_fingerprint,
-            )
+            from vlv_pipeline.datasets.fingerprints import embedding_fingerprint
+            from vlv_pipeline.datasets.shard_store import EmbeddingCache
+            from vlv_pipeline.errors import MissingEntryError
             from vlv_pipeline.models.registry import load_component
             from vlv_pipeline.pipelines.synthesize.nodes import cache_pair_embeddings
 
@@ -784,7 +782,7 @@ def measure_training(
     ceiling: float | None,
 ) -> dict:
     """FLOPs, the bare step and the real loop (today's and lean) of one captured training."""
-    from vlv_pipeline.training import loop
+    from vlv_pipeline.training import optimization
 
     objective, params = got.objective, got.params
     objective.to(device).train()
@@ -792,14 +790,14 @@ def measure_training(
     batches = held_batches(got.dataset, params, got.kwargs.get("collate_fn"), device)
     flops = count_flops(objective, batches[0], frozen_parts(objective))
     trainable = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = loop._optimizer(trainable, params, torch.device(device))
+    optimizer = optimization.make_optimizer(trainable, params, torch.device(device))
     bare = step_phases(objective, batches, args.steps, args.warmup, optimizer)
     del optimizer
     optimizers = {}  # levers: AdamW's multi-tensor and fused kernels (the loop: fused on CUDA)
     for kind in ("foreach", "fused"):
         try:
             made = torch.optim.AdamW(
-                loop.parameter_groups(trainable, params),
+                optimization.parameter_groups(trainable, params),
                 lr=params.learning_rate,
                 betas=params.betas,
                 weight_decay=params.weight_decay,
@@ -917,7 +915,8 @@ def latent_lever(got: Captured, inputs: Inputs) -> tuple[Captured | None, str, d
     """The baseline read from the latent cache, if that leaves its definition unchanged: the
     encoder's tower is the T2I VAE's encoder, frozen; the cache holds that VAE's posterior
     means at the baseline's resolution for every pair; the embeddings agree on a batch."""
-    from vlv_pipeline.datasets.latent_cache import MissingEntryError, vae_fingerprint
+    from vlv_pipeline.datasets.fingerprints import vae_fingerprint
+    from vlv_pipeline.errors import MissingEntryError
     from vlv_pipeline.models.registry import load_component
     from vlv_pipeline.training.data import BoundedCache, Zipped
     from vlv_pipeline.world.data import to_unit_range
@@ -965,7 +964,7 @@ def latent_lever(got: Captured, inputs: Inputs) -> tuple[Captured | None, str, d
 
 def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[dict, dict]:
     from vlv_pipeline.pipelines.stage2 import nodes
-    from vlv_pipeline.training import loop
+    from vlv_pipeline.training import optimization
 
     data = inputs.stage2_data()
     # "today" is the pixel path (no latent cache handed over), the lever the cached means:
@@ -982,13 +981,13 @@ def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[
     prewarm(lever.dataset, params)
     batches = held_batches(lever.dataset, params, lever.kwargs.get("collate_fn"), device)
     trainable = [p for p in lever.objective.parameters() if p.requires_grad]
-    optimizer = loop._optimizer(trainable, params, torch.device(device))
+    optimizer = optimization.make_optimizer(trainable, params, torch.device(device))
     bare_today = step_phases(
         got.objective,
         held_batches(got.dataset, params, got.kwargs.get("collate_fn"), device),
         args.steps,
         args.warmup,
-        loop._optimizer(trainable, params, torch.device(device)),
+        optimization.make_optimizer(trainable, params, torch.device(device)),
     )
     bare = step_phases(lever.objective, batches, args.steps, args.warmup, optimizer)
     looped = time_loop(lever, args, device, tmp / "baseline-latents", profile=False)
@@ -1011,6 +1010,7 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
     from vlv_pipeline.models import teacher
     from vlv_pipeline.models.teachers import Teacher, load_teacher
     from vlv_pipeline.pipelines.evaluate import nodes as ev
+    from vlv_pipeline.pipelines.evaluate import renders as ev_renders
 
     params, s = inputs.evaluate, inputs.evaluate.sampling
     data = ev.load_eval_data(inputs.raw_images, inputs.manifest, params)
@@ -1063,7 +1063,7 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
             guidance=s.guidance,
             batch_size=s.batch_size,
             scheduler=scheduler,
-            generator=ev.image_generators(s.seed, range(images)),
+            generator=ev_renders.image_generators(s.seed, range(images)),
         )
         synchronize(device)
         return time.perf_counter() - start
@@ -1086,14 +1086,16 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
         return made
 
     patches = [
-        mock.patch.object(ev, "load_teacher", load_and_hook),
+        mock.patch.object(ev_renders, "load_teacher", load_and_hook),
         mock.patch.object(ev.EvalData, "images", timed("decode originals", ev.EvalData.images)),
         mock.patch.object(
             Teacher,
             "condition_images",
             timed("encode (VLV encoder, text encoder)", Teacher.condition_images),
         ),
-        mock.patch.object(ev, "image_generators", timed("seed generators", ev.image_generators)),
+        mock.patch.object(
+            ev_renders, "image_generators", timed("seed generators", ev_renders.image_generators)
+        ),
         mock.patch.object(
             teacher,
             "assemble_pipeline",
@@ -1105,7 +1107,7 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
     for patch in patches:
         patch.start()
     try:
-        renders = iter(ev.EvalRenders(encoder, data, pd.DataFrame(), params))
+        renders = iter(ev_renders.EvalRenders(encoder, data, pd.DataFrame(), params))
         start = time.perf_counter()
         next(renders)
         full = time.perf_counter() - start

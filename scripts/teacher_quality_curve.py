@@ -30,7 +30,7 @@ from vlv_pipeline.params.teacher import FlowTeacherParams, TeacherParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.world.nodes import generate_labels
 from vlv_pipeline.training.checkpoint import EMA_FILE
-from vlv_pipeline.training.loop import list_checkpoints
+from vlv_pipeline.training.run_folders import list_checkpoints
 from vlv_pipeline.world.data import scene_targets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -328,7 +328,7 @@ def test_a_warning_names_params_the_run_does_not_read(caplog):
 
 def test_project_errors_that_are_the_users_derive_from_user_error():
     from vlv_pipeline.captioners import CaptionerError
-    from vlv_pipeline.datasets.latent_cache import CorruptCacheError
+    from vlv_pipeline.datasets.shard_format import CorruptCacheError
     from vlv_pipeline.errors import UserError
     from vlv_pipeline.imaging.screen_table import NoImagesKeptError
     from vlv_pipeline.models.published import PublishedCheckpointError

@@ -15,8 +15,8 @@ from test_end_to_end import copy_project
 
 from vlv_pipeline import preflight
 from vlv_pipeline.datasets.credentials import CredentialsDataset
+from vlv_pipeline.datasets.embedding_cache import EmbeddingCacheDataset
 from vlv_pipeline.datasets.image_source import ImageSourceDataset
-from vlv_pipeline.datasets.latent_cache import EmbeddingCacheDataset
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.preflight import (
     Finding,
@@ -368,7 +368,7 @@ def test_table3s_files_must_be_there_before_the_run(tmp_path, monkeypatch):
     assert len(lines) == 2 * 5 - 1
     assert lines[0] == (
         "vqa.datasets[0].questions = vqa/vqav2_questions.json: not there -> download it "
-        "(https://visualqa.org/download.html; README: Reproduce the paper's tables) or correct "
+        "(https://visualqa.org/download.html; docs/PAPER.md: Reproduce the paper's tables) or correct "
         "the path in conf (vqa.datasets[0].questions)"
     )
     assert "https://okvqa.allenai.org/download.html" in lines[5]
@@ -683,7 +683,7 @@ def test_a_directory_saved_before_records_is_judged_by_its_configs(
 def test_with_the_check_off_the_hook_still_tells_the_loader_what_to_expect(
     tmp_path, monkeypatch, hub_cache, shapes_dirs
 ):
-    from vlv_pipeline.models.provenance import ProvenanceError
+    from vlv_pipeline.models.provenance_check import ProvenanceError
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VLV_SKIP_PREFLIGHT", "1")
@@ -703,7 +703,7 @@ def test_the_hook_builds_each_models_check_once_for_the_loader_and_the_preflight
 ):
     """Building the checks reads the T2I's configs (from the HF cache): once per run, and the
     preflight's finding comes from the very check the loader holds."""
-    from vlv_pipeline.models import provenance
+    from vlv_pipeline.models import provenance, provenance_check
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("VLV_SKIP_PREFLIGHT", raising=False)
@@ -717,13 +717,13 @@ def test_the_hook_builds_each_models_check_once_for_the_loader_and_the_preflight
 
     monkeypatch.setattr(provenance, "wanted_settings", counted)
     attached = {}
-    real_problem = provenance.ProvenanceCheck.problem
+    real_problem = provenance_check.ProvenanceCheck.problem
 
     def problem(self, directory, warn=True):
         attached.setdefault("preflight", []).append(self)
         return real_problem(self, directory, warn)
 
-    monkeypatch.setattr(provenance.ProvenanceCheck, "problem", problem)
+    monkeypatch.setattr(provenance_check.ProvenanceCheck, "problem", problem)
     pipeline = Pipeline([Node(_f, CHOOSE, "out", name="choose")])
     with pytest.raises(MissingComponentsError) as error:
         PreflightHook(registry).before_pipeline_run(_run_params(), pipeline, catalog)

@@ -233,7 +233,7 @@ def test_no_import_runs_upward_and_no_package_cycle():
 # (evaluate's FID and CLIP score, its re-render rows, reconstruct's FID on large folders)
 # and the preflight check that names what fid_clip needs before a run starts.
 PAPER_MODULES = (
-    "src/vlv_pipeline/pipelines/evaluate/nodes.py",
+    "src/vlv_pipeline/pipelines/evaluate/scoring.py",
     "src/vlv_pipeline/pipelines/evaluate/rerender.py",
     "src/vlv_pipeline/pipelines/reconstruct/nodes.py",
     "src/vlv_pipeline/preflight.py",

@@ -44,7 +44,7 @@ def project(tmp_path_factory):
             ["--pipelines", "caption", "--nodes", "open_user_images"],
             ["caption.source is not set", "--params caption.source=PATH"],
         ),
-        (  # a folder the user named that is not there (imaging/sources.py)
+        (  # a folder the user named that is not there (imaging/folder_source.py)
             [
                 "--pipelines",
                 "caption",
@@ -96,7 +96,8 @@ def test_representative_user_errors_are_user_errors_and_keep_their_builtin(tmp_p
         SetupError,
         UserError,
     )
-    from vlv_pipeline.imaging.sources import FolderSource, open_source
+    from vlv_pipeline.imaging.folder_source import FolderSource
+    from vlv_pipeline.imaging.source_kinds import open_source
     from vlv_pipeline.models.registry import load_component
     from vlv_pipeline.params.evaluate import CaptionParams
     from vlv_pipeline.pipelines.caption.nodes import open_user_images
@@ -144,7 +145,7 @@ def test_a_pretrained_path_that_is_a_file_is_a_user_error(tmp_path):
 def test_damaged_or_refused_weights_are_user_errors():
     from vlv_pipeline.errors import UserError
     from vlv_pipeline.models.tensor_files import DamagedWeightsError
-    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
+    from vlv_pipeline.training.checkpoint_safety import CheckpointRefusedError
 
     for error in (DamagedWeightsError, CheckpointRefusedError):
         assert issubclass(error, UserError) and issubclass(error, ValueError)
@@ -181,8 +182,8 @@ def _all_rejected(folder: Path) -> Path:
 
 
 def test_nothing_kept_in_the_caption_pipeline_names_caption_source(tmp_path):
+    from vlv_pipeline.imaging.folder_source import FolderSource
     from vlv_pipeline.imaging.screen_table import NoImagesKeptError
-    from vlv_pipeline.imaging.sources import FolderSource
     from vlv_pipeline.params.ingest import IngestParams
     from vlv_pipeline.pipelines.caption.nodes import screen_user_images
 
@@ -196,8 +197,8 @@ def test_nothing_kept_in_the_caption_pipeline_names_caption_source(tmp_path):
 
 
 def test_nothing_kept_in_ingest_names_its_catalog_entry(tmp_path):
+    from vlv_pipeline.imaging.folder_source import FolderSource
     from vlv_pipeline.imaging.screen_table import NoImagesKeptError
-    from vlv_pipeline.imaging.sources import FolderSource
     from vlv_pipeline.params.ingest import IngestParams
     from vlv_pipeline.pipelines.ingest.nodes import screen_images
 

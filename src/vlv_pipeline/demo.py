@@ -296,7 +296,7 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
     from vlv_pipeline.models.device import inference_device
     from vlv_pipeline.models.published import official_crop
     from vlv_pipeline.models.teachers import call_kwargs_of, load_teacher
-    from vlv_pipeline.pipelines.reconstruct.nodes import encoder_side, render_side
+    from vlv_pipeline.pipelines.reconstruct.renders import encoder_side, render_side
 
     device = inference_device()
     try:

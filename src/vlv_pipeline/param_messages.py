@@ -135,7 +135,7 @@ def format_parameter_errors(lines: Iterable[str]) -> str:
     body = "\n".join(f"  - {line}" for line in lines)
     return (
         f"the parameters are not valid (nothing was run):\n{body}\n"
-        "Each block's keys, types and limits: src/vlv_pipeline/params/ (README, Parameters)."
+        "Each block's keys, types and limits: src/vlv_pipeline/params/ (docs/GUIDE.md, Parameters)."
     )
 
 

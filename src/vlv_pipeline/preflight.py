@@ -635,6 +635,20 @@ def _key_given(credentials: Credentials, entry: str, row: str | None = None) -> 
     return False
 
 
+def _no_key(what: str, fix: str) -> Finding:
+    return Finding(what, "no api_key in the credentials", fix)
+
+
+def _key_needed(
+    credentials: Credentials, entry: str, base_url: str, what: str, fix: str
+) -> list[Finding]:
+    """A finding when ``entry`` of the credentials has no api_key for a server that is not on
+    this machine (none when the run's credentials cannot tell)."""
+    if _loopback(base_url) or _key_given(credentials, entry) in (None, True):
+        return []
+    return [_no_key(what, fix)]
+
+
 def _check_captioner_key(block: str, value: Any, credentials: Credentials) -> list[Finding]:
     """The ``openai`` backend needs ``captioner.api_key`` (a local, loopback server may not)."""
     captioner = value.get("captioner") if isinstance(value, Mapping) else None
@@ -643,15 +657,13 @@ def _check_captioner_key(block: str, value: Any, credentials: Credentials) -> li
     if captioner.get("backend") != "openai":
         return []
     base_url = str((captioner.get("openai") or {}).get("base_url") or "")
-    if _loopback(base_url) or _key_given(credentials, "captioner") in (None, True):
-        return []
-    return [
-        Finding(
-            f"{block}.captioner.backend = openai ({base_url})",
-            "no api_key in the credentials",
-            "add `captioner: {api_key: ...}` to conf/local/credentials.yml",
-        )
-    ]
+    return _key_needed(
+        credentials,
+        "captioner",
+        base_url,
+        f"{block}.captioner.backend = openai ({base_url})",
+        "add `captioner: {api_key: ...}` to conf/local/credentials.yml",
+    )
 
 
 def _evaluate_rows(value: Any) -> list[Mapping]:
@@ -716,9 +728,8 @@ def _check_evaluate_inputs(block: str, value: Any, credentials: Credentials) -> 
             if _loopback(base_url) or True in given or given == {None}:
                 continue
             findings.append(
-                Finding(
+                _no_key(
                     f"{where} (openai {name}, {base_url})",
-                    "no api_key in the credentials",
                     f"add `eval_captioners: {{{name}: {{api_key: ...}}}}` (or `captioner: "
                     "{api_key: ...}`) to conf/local/credentials.yml, or mark the row "
                     "`optional: true`",
@@ -733,16 +744,14 @@ def _check_rating_judge(block: str, value: Any, credentials: Credentials) -> lis
     if block != "rating" or not isinstance(value, Mapping) or value.get("judge") != "vlm":
         return []
     base_url = str((value.get("vlm") or {}).get("base_url") or "")
-    if _loopback(base_url) or _key_given(credentials, "judge") in (None, True):
-        return []
-    return [
-        Finding(
-            f"rating.judge = vlm ({base_url})",
-            "no api_key in the credentials",
-            "add `judge: {api_key: ...}` to conf/local/credentials.yml (or run without the VLM "
-            "judge: `--params rating.judge=none`)",
-        )
-    ]
+    return _key_needed(
+        credentials,
+        "judge",
+        base_url,
+        f"rating.judge = vlm ({base_url})",
+        "add `judge: {api_key: ...}` to conf/local/credentials.yml (or run without the VLM "
+        "judge: `--params rating.judge=none`)",
+    )
 
 
 def _check_vqa_inputs(block: str, value: Any, credentials: Credentials) -> list[Finding]:
@@ -771,7 +780,7 @@ def _check_vqa_inputs(block: str, value: Any, credentials: Credentials) -> list[
             fix = (
                 TRAIN_CAPTIONS_HINT
                 if key == "train_captions"
-                else f"download it ({page}; README: Reproduce the paper's tables) or correct "
+                else f"download it ({page}; docs/PAPER.md: Reproduce the paper's tables) or correct "
                 f"the path in conf (vqa.datasets[{i}].{key})"
             )
             missing.setdefault(str(path), ([], fix))[0].append(f"vqa.datasets[{i}].{key}")
@@ -782,9 +791,8 @@ def _check_vqa_inputs(block: str, value: Any, credentials: Credentials) -> list[
     base_url = str((value.get("answerer") or {}).get("base_url") or "")
     if base_url and not _loopback(base_url) and _key_given(credentials, "answerer") is False:
         findings.append(
-            Finding(
+            _no_key(
                 f"vqa.answerer ({base_url})",
-                "no api_key in the credentials",
                 "add `answerer: {api_key: ...}` to conf/local/credentials.yml",
             )
         )
@@ -835,7 +843,7 @@ SOURCE_WHAT = {
 
 def _check_caption_source(block: str, value: Any, env: str | None) -> list[Finding]:
     """The ``caption`` and ``reconstruct`` pipelines' images: ``source`` set and there (a
-    folder, or for kind folder also one image file: ``sources.open_user_source``)."""
+    folder, or for kind folder also one image file: ``source_kinds.open_user_source``)."""
     if block not in SOURCE_BLOCKS or not isinstance(value, Mapping) or "source" not in value:
         return []
     source, kind = value.get("source"), value.get("kind") or "folder"
@@ -844,7 +852,7 @@ def _check_caption_source(block: str, value: Any, env: str | None) -> list[Findi
     if not source:
         return [Finding(f"{block}.source", "not set", fix + f" ({what})")]
     try:
-        from vlv_pipeline.imaging.sources import open_user_source
+        from vlv_pipeline.imaging.source_kinds import open_user_source
 
         there = open_user_source(kind, str(source)).exists()
     except Exception:  # noqa: BLE001 - a bad kind/path: the node says exactly what
@@ -897,7 +905,8 @@ def provenance_checks(
     """``{dataset name: (dataset, ProvenanceCheck)}`` for every model directory a node of
     ``pipeline`` reads: what the run's parameters want of it, and what to run if it differs."""
     from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
-    from vlv_pipeline.models.provenance import MODELS, ProvenanceCheck, wanted_settings
+    from vlv_pipeline.models.provenance import MODELS, wanted_settings
+    from vlv_pipeline.models.provenance_check import ProvenanceCheck
 
     blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
     names = sorted({i for n in pipeline.nodes for i in n.inputs if not i.startswith("params:")})

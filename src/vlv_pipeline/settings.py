@@ -43,7 +43,7 @@ from vlv_pipeline.tracking import MlflowMetricsHook, enabled, no_predict_hint  #
 # raises it under its own "once" filter, so it is dropped where Kedro logs warnings.
 logging.getLogger("py.warnings").addFilter(no_predict_hint)
 
-# PreflightHook: before any node runs, every missing component in one message (README).
+# PreflightHook: before any node runs, every missing component in one message (docs/PAPER.md, Before a paper run).
 HOOKS = (AnnounceOutputsHook(), QuietRanksHook(), MlflowMetricsHook(), PreflightHook())
 
 # MLflow tracking (the optional `mlflow` extra) only when switched on with VLV_MLFLOW=1:

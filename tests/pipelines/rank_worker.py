@@ -67,10 +67,12 @@ def run_stages(config: dict) -> dict:
     import pandas as pd
 
     from vlv_pipeline.datasets.image_source import ImageSourceDataset
-    from vlv_pipeline.datasets.latent_cache import EmbeddingCache, LatentCache
+    from vlv_pipeline.datasets.shard_store import EmbeddingCache, LatentCache
     from vlv_pipeline.pipelines.cache.nodes import encode_latents
     from vlv_pipeline.pipelines.caption import nodes as caption
     from vlv_pipeline.pipelines.evaluate import nodes as evaluate
+    from vlv_pipeline.pipelines.evaluate.renders import reconstruct
+    from vlv_pipeline.pipelines.evaluate.scoring import score_evaluation
     from vlv_pipeline.pipelines.ingest.nodes import screen_images
     from vlv_pipeline.pipelines.synthesize import nodes as synthesize
 
@@ -105,8 +107,8 @@ def run_stages(config: dict) -> dict:
     )
     results["eval_captions"] = captions
     for judge in ("evaluate", "evaluate_pixels"):
-        renders = evaluate.reconstruct(models["encoder"], data, captions, params[judge])
-        metrics, samples, grid = evaluate.score_evaluation(data, captions, renders, params[judge])
+        renders = reconstruct(models["encoder"], data, captions, params[judge])
+        metrics, samples, grid = score_evaluation(data, captions, renders, params[judge])
         results[judge] = {"metrics": metrics, "samples": samples, "grid": grid}
 
     user_images = caption.open_user_images(params["caption"])

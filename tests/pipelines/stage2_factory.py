@@ -4,7 +4,7 @@ import torch
 from diffusers import AutoencoderKL
 from tiny_configs import tiny_florence
 
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.datasets.shard_store import EmbeddingCache
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params

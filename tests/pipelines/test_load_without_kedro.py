@@ -1,5 +1,5 @@
 """A captioner directory as stage 2 saves it loads and captions without Kedro: the README's
-lines (``inference.LOAD_SNIPPET``) run exactly as written, and give the caption that
+lines (``model_card.LOAD_SNIPPET``) run exactly as written, and give the caption that
 `kedro run --pipeline caption` gives the same image."""
 
 import shutil
@@ -15,8 +15,9 @@ from PIL import Image
 from stage2_factory import tiny_captioner
 
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
-from vlv_pipeline.inference import LOAD_SNIPPET, Captioner, ImageRefusedError
+from vlv_pipeline.inference import Captioner, ImageRefusedError
 from vlv_pipeline.models.captioner import VLVCaptioner
+from vlv_pipeline.models.model_card import LOAD_SNIPPET
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.pipelines.caption import create_pipeline

@@ -27,7 +27,8 @@ from stage2_factory import trained_captioners
 from world_factory import render_and_ingest
 
 from vlv_pipeline.captioners.journal import CaptionJournal
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache, LatentCache, vae_fingerprint
+from vlv_pipeline.datasets.fingerprints import vae_fingerprint
+from vlv_pipeline.datasets.shard_store import EmbeddingCache, LatentCache
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.world import WorldParams

@@ -161,7 +161,7 @@ def test_stage1_writes_the_encoders_card_with_its_validation(trained_stage1):
 
 
 def test_stage2_writes_each_captioners_card_with_its_validation(trained_stage2):
-    from vlv_pipeline.inference import LOAD_SNIPPET
+    from vlv_pipeline.models.model_card import LOAD_SNIPPET
 
     metrics = trained_stage2.load("stage2_metrics")
     for name, key in (("vlv_captioner", "vlv"), ("baseline_captioner", "without_stage1")):

@@ -29,7 +29,7 @@ def stage1_data(t2i, root):
     """8 train and 4 test world images of 16 px: rendered into ``root``, ingested, their
     latents cached under the VAE of the T2I directory ``t2i``, then read per item by
     ``load_stage1_data``, as a run makes them."""
-    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.datasets.shard_store import LatentCache
     from vlv_pipeline.params.cache import CacheParams
     from vlv_pipeline.params.stage1 import Stage1Params
     from vlv_pipeline.pipelines.cache.nodes import encode_latents

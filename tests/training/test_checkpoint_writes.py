@@ -16,7 +16,7 @@ from accelerate import Accelerator
 
 from vlv_pipeline import files
 from vlv_pipeline.errors import UnwritableError
-from vlv_pipeline.training import loop
+from vlv_pipeline.training import run_folders
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,9 @@ def accelerator() -> Accelerator:
 
 
 def _save(accelerator, directory: Path, step: int, seconds: float = 1.0) -> None:
-    loop._save_checkpoint(accelerator, directory, step, [{"step": step}], keep=3, seconds=seconds)
+    run_folders.save_checkpoint(
+        accelerator, directory, step, [{"step": step}], keep=3, seconds=seconds
+    )
 
 
 def _dead_pid() -> int:
@@ -62,7 +64,7 @@ def test_the_checkpoint_is_flushed_and_renamed_from_a_named_temporary(
     assert source.startswith(f".checkpoint-1.tmp-{files.MACHINE}-{os.getpid()}-"), source
     written = {p.name for p in (tmp_path / "checkpoint-1").rglob("*") if p.is_file()}
     assert "history.json" in written and written <= set(flushed), (written, flushed)
-    assert loop.list_checkpoints(tmp_path) == [(1, tmp_path / "checkpoint-1")]
+    assert run_folders.list_checkpoints(tmp_path) == [(1, tmp_path / "checkpoint-1")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
 
 
@@ -111,5 +113,5 @@ def test_a_checkpoint_a_killed_swap_left_aside_is_put_back(tmp_path, accelerator
     backup = tmp_path / f".checkpoint-5.old-{files.MACHINE}-{_dead_pid()}-0123abcd"
     os.replace(tmp_path / "checkpoint-5", backup)  # killed between the two renames
     _save(accelerator, tmp_path, 6)
-    assert [step for step, _ in loop.list_checkpoints(tmp_path)] == [5, 6]
+    assert [step for step, _ in run_folders.list_checkpoints(tmp_path)] == [5, 6]
     assert not backup.exists()

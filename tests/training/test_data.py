@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vlv_pipeline.datasets.latent_cache import CorruptCacheError, LatentCache
-from vlv_pipeline.imaging.sources import FolderSource, iter_images
+from vlv_pipeline.datasets.shard_format import CorruptCacheError
+from vlv_pipeline.datasets.shard_store import LatentCache
+from vlv_pipeline.imaging.folder_source import FolderSource
+from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.world.data import pil_to_tensor, to_unit_range
 

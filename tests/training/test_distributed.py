@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vlv_pipeline.params.training import TrainParams
-from vlv_pipeline.training.loop import lr_multiplier
+from vlv_pipeline.training.optimization import lr_multiplier
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

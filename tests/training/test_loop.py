@@ -6,13 +6,9 @@ from regression_run import Regression, regression_data, regression_model, regres
 from torch import nn
 
 from vlv_pipeline.params.training import TrainParams
-from vlv_pipeline.training.loop import (
-    TrainingDivergedError,
-    list_checkpoints,
-    lr_multiplier,
-    run_directory,
-    train,
-)
+from vlv_pipeline.training.loop import TrainingDivergedError, train
+from vlv_pipeline.training.optimization import lr_multiplier
+from vlv_pipeline.training.run_folders import list_checkpoints, run_directory
 
 _data, _params, _model = regression_data, regression_params, regression_model
 
@@ -128,7 +124,7 @@ def test_stages_with_different_precisions_run_in_one_process():
 
 
 def test_norms_and_biases_can_be_left_undecayed():
-    from vlv_pipeline.training.loop import parameter_groups
+    from vlv_pipeline.training.optimization import parameter_groups
 
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     trainable = list(model.parameters())

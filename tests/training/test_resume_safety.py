@@ -11,7 +11,8 @@ import pytest
 import torch
 from regression_run import regression_data, regression_model, regression_params
 
-from vlv_pipeline.training.loop import list_checkpoints, train
+from vlv_pipeline.training.loop import train
+from vlv_pipeline.training.run_folders import list_checkpoints
 
 _data = regression_data
 
@@ -117,7 +118,7 @@ def test_an_old_pickled_ema_checkpoint_is_refused_then_converts(tmp_path):
 
 
 def test_the_converter_refuses_a_payload_without_running_it(tmp_path):
-    from vlv_pipeline.training.checkpoint import convert_pickled_ema
+    from vlv_pipeline.training.convert_ema import convert_pickled_ema
 
     checkpoint = _killed_at_6(tmp_path / "run")
     (checkpoint / "ema.safetensors").unlink()
@@ -173,7 +174,7 @@ def _reading_everything_first(reads):
 def test_the_checks_run_before_accelerate_reads_anything(tmp_path, monkeypatch, name):
     from accelerate import Accelerator
 
-    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
+    from vlv_pipeline.training.checkpoint_safety import CheckpointRefusedError
 
     checkpoint = _killed_at_6(tmp_path / "run")
     marker = tmp_path / "payload-ran"
@@ -218,8 +219,8 @@ def test_an_engine_that_unpickles_its_files_resumes_only_when_trusted(
 ):
     from accelerate import Accelerator
 
-    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
-    from vlv_pipeline.training.loop import _resume
+    from vlv_pipeline.training.checkpoint_safety import CheckpointRefusedError
+    from vlv_pipeline.training.run_folders import resume_latest
 
     checkpoint = _killed_at_6(tmp_path / "run")
     marker = tmp_path / "payload-ran"
@@ -233,14 +234,16 @@ def test_an_engine_that_unpickles_its_files_resumes_only_when_trusted(
     accelerator = _accelerator_as(monkeypatch, backend, sharded)
 
     with pytest.raises(CheckpointRefusedError) as refused:
-        _resume(accelerator, tmp_path / "run", _params(), "test")
+        resume_latest(accelerator, tmp_path / "run", _params(), "test")
     assert not marker.exists() and reads == []
     message = str(refused.value)
     assert str(checkpoint) in message and "training.trust_engine_checkpoints: true" in message
     assert "training.resume: false" in message
 
     # the user's own run folder: trusted on request (and then the engine reads what it finds)
-    start, *_ = _resume(accelerator, tmp_path / "run", _params(trust_engine_checkpoints=True), "t")
+    start, *_ = resume_latest(
+        accelerator, tmp_path / "run", _params(trust_engine_checkpoints=True), "t"
+    )
     assert start == 4 and Path(engine_file).name in reads and marker.exists()
 
 
@@ -249,18 +252,20 @@ def test_full_state_fsdp_checkpoints_need_no_trust(tmp_path, monkeypatch):
     are vetted first like the optimizer's."""
     from accelerate import Accelerator
 
-    from vlv_pipeline.training.loop import _resume
+    from vlv_pipeline.training.run_folders import resume_latest
 
     checkpoint = _killed_at_6(tmp_path / "run")
     torch.save({"weight": torch.ones(2)}, checkpoint / "pytorch_model_fsdp.bin")
     reads: list[str] = []
     monkeypatch.setattr(Accelerator, "load_state", _reading_everything_first(reads))
-    start, *_ = _resume(_accelerator_as(monkeypatch, "FSDP"), tmp_path / "run", _params(), "t")
+    start, *_ = resume_latest(
+        _accelerator_as(monkeypatch, "FSDP"), tmp_path / "run", _params(), "t"
+    )
     assert start == 4 and "pytorch_model_fsdp.bin" in reads
 
 
 def test_trusting_engine_checkpoints_keeps_the_run_folder(tmp_path):
-    from vlv_pipeline.training.loop import run_directory
+    from vlv_pipeline.training.run_folders import run_directory
 
     trusted = _params(trust_engine_checkpoints=True)
     assert run_directory(tmp_path, "s", _params()) == run_directory(tmp_path, "s", trusted)
@@ -284,7 +289,7 @@ def _rewrite_ema_metadata(path, text):
     ],
 )
 def test_bad_ema_counters_are_refused_by_name(tmp_path, text, named):
-    from vlv_pipeline.training.checkpoint import CheckpointRefusedError
+    from vlv_pipeline.training.checkpoint_safety import CheckpointRefusedError
 
     checkpoint = _killed_at_6(tmp_path / "run")
     _rewrite_ema_metadata(checkpoint / "ema.safetensors", text)
@@ -309,7 +314,8 @@ def _old_pickled_ema(checkpoint):
 
 def test_the_converter_names_a_truncated_pickle(tmp_path, capsys):
     from vlv_pipeline.training import convert_ema
-    from vlv_pipeline.training.checkpoint import CheckpointRefusedError, convert_pickled_ema
+    from vlv_pipeline.training.checkpoint_safety import CheckpointRefusedError
+    from vlv_pipeline.training.convert_ema import convert_pickled_ema
 
     checkpoint = _killed_at_6(tmp_path / "run")
     pickled = _old_pickled_ema(checkpoint)
@@ -324,8 +330,8 @@ def test_the_converter_names_a_truncated_pickle(tmp_path, capsys):
 
 
 def test_the_converter_writes_atomically(tmp_path, monkeypatch):
-    from vlv_pipeline.training import checkpoint as module
-    from vlv_pipeline.training.checkpoint import convert_pickled_ema
+    from vlv_pipeline.training import convert_ema as module
+    from vlv_pipeline.training.convert_ema import convert_pickled_ema
 
     checkpoint = _killed_at_6(tmp_path / "run")
     pickled = _old_pickled_ema(checkpoint)

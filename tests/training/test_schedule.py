@@ -7,7 +7,9 @@ import pytest
 import torch
 from regression_run import regression_data, regression_model, regression_params
 
-from vlv_pipeline.training.loop import lr_multiplier, run_directory, train
+from vlv_pipeline.training.loop import train
+from vlv_pipeline.training.optimization import lr_multiplier
+from vlv_pipeline.training.run_folders import run_directory
 
 _data, _params, _model = regression_data, regression_params, regression_model
 

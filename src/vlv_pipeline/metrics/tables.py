@@ -1,4 +1,4 @@
-"""The paper's tables (its Tables 1-3) in one shape, for the report, the README and the logs.
+"""The paper's tables (its Tables 1-3) in one shape, for the report, docs/RESULTS.md and the logs.
 
 Each evaluation table a node computes is a ``PaperTable``: named columns, one ``Row`` per
 captioner (the run's rows, and the paper's published numbers as rows of their own, marked as

@@ -22,7 +22,7 @@ class TrainParams(StrictModel):
     min_learning_rate: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     # after the warm-up: cosine or linear decay to min_learning_rate, or a constant rate
-    # (transformers' schedule functions; training.loop.lr_multiplier)
+    # (transformers' schedule functions; training.optimization.lr_multiplier)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
@@ -49,7 +49,7 @@ class TrainParams(StrictModel):
     # model of the objective that supports it: the frozen UNet and the trainable models
     gradient_checkpointing: bool = False
     # how batches are read; none of these changes which batches a run sees (so they are
-    # not part of a run's checkpoint folder name: see training.loop.run_directory)
+    # not part of a run's checkpoint folder name: see training.run_folders.run_directory)
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: read in the loop)
     prefetch_factor: int | None = Field(None, ge=1)  # batches per worker read ahead
     pin_memory: bool = True  # page-locked batches, for faster copies; only used on CUDA

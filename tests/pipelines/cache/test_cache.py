@@ -7,7 +7,9 @@ from kedro.io import DatasetError
 from PIL import Image
 
 from vlv_pipeline.datasets.image_source import ImageSourceDataset
-from vlv_pipeline.datasets.latent_cache import CorruptCacheError, LatentCache, LatentCacheDataset
+from vlv_pipeline.datasets.latent_cache import LatentCacheDataset
+from vlv_pipeline.datasets.shard_format import CorruptCacheError
+from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.pipelines.cache.nodes import encode_latents
@@ -178,7 +180,7 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
 
 
 def test_a_rerun_after_a_killed_multi_process_run_encodes_only_the_rest(tmp_path, vae_dir):
-    from vlv_pipeline.datasets.latent_cache import vae_fingerprint
+    from vlv_pipeline.datasets.fingerprints import vae_fingerprint
 
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, [f"{i}.png" for i in range(5)])
@@ -198,7 +200,7 @@ def test_a_rerun_after_a_killed_multi_process_run_encodes_only_the_rest(tmp_path
 
 def test_a_shard_damaged_on_disk_is_refused_and_the_cache_run_rebuilds_it(tmp_path, vae_dir):
     """Issue 26, item 8: bytes changed in the middle of a shard, its size kept."""
-    from vlv_pipeline.datasets import latent_cache
+    from vlv_pipeline.datasets import shard_store
 
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, [f"{i}.png" for i in range(5)])
@@ -210,7 +212,7 @@ def test_a_shard_damaged_on_disk_is_refused_and_the_cache_run_rebuilds_it(tmp_pa
     middle = len(data) // 2
     data[middle : middle + 256] = bytes(256)
     shard.write_bytes(bytes(data))
-    latent_cache._VERIFIED.clear()  # as a new process would
+    shard_store._VERIFIED.clear()  # as a new process would
     with pytest.raises(
         CorruptCacheError,
         match=rf"{shard.name} does not match the checksum.*"
@@ -226,7 +228,7 @@ def test_no_shift_is_one_vae_whether_it_says_null_or_zero(vae_dir):
     """SD 3's pipeline needs ``shift_factor`` to be a number: the flow-matching teacher's copy
     of the shipped VAE says 0.0 where the SD-style teacher's says null. Same latents, so the
     same cache; a real shift is another VAE."""
-    from vlv_pipeline.datasets.latent_cache import vae_fingerprint
+    from vlv_pipeline.datasets.fingerprints import vae_fingerprint
 
     vae = AutoencoderKL.from_pretrained(vae_dir)
     assert vae.config.shift_factor is None

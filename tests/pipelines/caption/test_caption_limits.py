@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from vlv_pipeline.imaging.folder_source import FolderSource
 from vlv_pipeline.imaging.screen_table import NoImagesKeptError
-from vlv_pipeline.imaging.sources import FolderSource
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.pipelines.caption.nodes import screen_user_images

@@ -10,8 +10,8 @@ from PIL import Image
 from stage2_factory import tiny_captioner
 from test_caption import _catalog, _models
 
+from vlv_pipeline.imaging.file_source import FileSource
 from vlv_pipeline.imaging.screen_table import NoImagesKeptError
-from vlv_pipeline.imaging.sources import FileSource
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.pipelines.caption import create_pipeline
 from vlv_pipeline.pipelines.caption.nodes import open_user_images

@@ -404,7 +404,7 @@ def test_a_damaged_safetensors_checkpoint_is_refused_by_name(published, tmp_path
 def test_the_imported_captioner_carries_its_card(published):
     from huggingface_hub import ModelCard
 
-    from vlv_pipeline.models.model_card import PAPER_CAPTIONER
+    from vlv_pipeline.models.model_card_parts import PAPER_CAPTIONER
 
     *_, params, _, _ = published
     card = ModelCard(import_published_captioner(params).model_card)

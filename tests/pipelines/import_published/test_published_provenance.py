@@ -4,7 +4,7 @@ captions at, its queries and width (from the checkpoint) and its LLM."""
 
 from test_import_published import CLIP, QUERIES, published  # noqa: F401 - the fixture
 
-from vlv_pipeline.models.provenance import t2i_fingerprint
+from vlv_pipeline.models.provenance_fingerprints import t2i_fingerprint
 from vlv_pipeline.params.components import ComponentSpec
 from vlv_pipeline.pipelines.import_published.nodes import import_published_captioner
 

@@ -125,8 +125,8 @@ def test_links_are_read_only_when_asked(tmp_path, follow):
 
 
 def test_a_folder_of_links_only_says_which_parameter_reads_them(tmp_path):
+    from vlv_pipeline.imaging.folder_source import FolderSource
     from vlv_pipeline.imaging.screen_table import NoImagesKeptError, screen_images
-    from vlv_pipeline.imaging.sources import FolderSource
 
     outside = tmp_path / "photo.png"
     outside.write_bytes(png((0, 255, 0)))

@@ -25,7 +25,7 @@ from vlv_pipeline.pipelines.stage1.nodes import (
     train_stage1,
     validate_stage1,
 )
-from vlv_pipeline.training.loop import list_checkpoints
+from vlv_pipeline.training.run_folders import list_checkpoints
 
 
 def _params(tiny_sd, tmp_path, **encoder):
@@ -238,7 +238,8 @@ def test_vae_tower_encoder_reads_the_cached_posterior_mean(tiny_sd, data):
 
 
 def test_stage1_refuses_a_latent_cache_of_another_vae(tiny_sd, tmp_path):
-    from vlv_pipeline.datasets.latent_cache import LatentCache, vae_fingerprint
+    from vlv_pipeline.datasets.fingerprints import vae_fingerprint
+    from vlv_pipeline.datasets.shard_store import LatentCache
     from vlv_pipeline.pipelines.stage1.nodes import check_cache_made_by
 
     cache = LatentCache(tmp_path / "cache")
@@ -321,7 +322,7 @@ def test_streamed_items_train_exactly_as_the_in_memory_split_did(tiny_sd, data):
     import pandas as pd
     from torch.utils.data import TensorDataset
 
-    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.datasets.shard_store import LatentCache
     from vlv_pipeline.imaging.sources import iter_images
     from vlv_pipeline.models.teachers import load_teacher
     from vlv_pipeline.params.training import TrainParams

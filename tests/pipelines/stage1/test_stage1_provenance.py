@@ -3,7 +3,8 @@
 import json
 
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
-from vlv_pipeline.models.provenance import RECORD, t2i_fingerprint
+from vlv_pipeline.models.provenance import RECORD
+from vlv_pipeline.models.provenance_fingerprints import t2i_fingerprint
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.pipelines.stage1.nodes import train_stage1
 

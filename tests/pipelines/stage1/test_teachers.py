@@ -20,7 +20,7 @@ from vlv_pipeline.models.teachers.families import (
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.stage1.nodes import train_stage1, validate_stage1
-from vlv_pipeline.training.loop import list_checkpoints
+from vlv_pipeline.training.run_folders import list_checkpoints
 from vlv_pipeline.world import Vocabulary, build_world_tokenizer
 
 SHIPPED = Path(__file__).resolve().parents[3] / "src/vlv_pipeline/assets/teacher"

@@ -7,7 +7,7 @@ from stage2_factory import TINY_QWEN2, stage1_params, stage2_inputs, stage2_para
 from tb_events import read_events
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.datasets.shard_store import EmbeddingCache
 from vlv_pipeline.models.caption_decoder import CaptionDecoder, tokenize_captions
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
@@ -295,7 +295,7 @@ def test_checkpoints_hold_only_what_trains_and_resume_exactly(
 ):
     import shutil
 
-    from vlv_pipeline.training.loop import list_checkpoints
+    from vlv_pipeline.training.run_folders import list_checkpoints
 
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable)
     whole, _ = nodes.train_stage2(data, encoder, cache, params)
@@ -334,7 +334,7 @@ def test_baseline_reads_its_vae_tower_from_the_latent_cache_with_the_same_result
 ):
     """The baseline's frozen VAE tower is skipped when the latent cache holds the pairs'
     posterior means (issue 28): the tower never runs, and the training is the pixels' own."""
-    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.datasets.shard_store import LatentCache
     from vlv_pipeline.params.cache import CacheParams
     from vlv_pipeline.pipelines.cache.nodes import encode_latents
 
@@ -380,7 +380,7 @@ def test_a_trained_encoder_reads_its_vae_tower_from_the_latent_cache_too(
     in training, and the losses are the pixels' own."""
     import copy
 
-    from vlv_pipeline.datasets.latent_cache import LatentCache
+    from vlv_pipeline.datasets.shard_store import LatentCache
     from vlv_pipeline.params.cache import CacheParams
     from vlv_pipeline.pipelines.cache.nodes import encode_latents
 

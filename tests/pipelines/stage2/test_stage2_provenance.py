@@ -5,7 +5,8 @@ import json
 from stage2_factory import TINY_QWEN2, trained_captioners
 
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
-from vlv_pipeline.models.provenance import RECORD, t2i_fingerprint
+from vlv_pipeline.models.provenance import RECORD
+from vlv_pipeline.models.provenance_fingerprints import t2i_fingerprint
 
 
 def test_the_captioners_record_the_t2i_encoder_sizes_and_llm(tiny_world, tiny_sd, tmp_path):

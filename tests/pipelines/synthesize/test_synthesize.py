@@ -20,7 +20,7 @@ from stage2_factory import stage2_params
 
 from vlv_pipeline.captioners import CaptionerError, CaptionFailuresError
 from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache
+from vlv_pipeline.datasets.shard_store import EmbeddingCache
 from vlv_pipeline.imaging.sources import iter_images
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.text_encoder import encode_embeddings

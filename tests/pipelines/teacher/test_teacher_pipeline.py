@@ -17,7 +17,7 @@ from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.teacher import FlowTeacherParams, TeacherParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines import ingest, teacher, world
-from vlv_pipeline.training.loop import list_checkpoints
+from vlv_pipeline.training.run_folders import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "src" / "vlv_pipeline" / "assets"

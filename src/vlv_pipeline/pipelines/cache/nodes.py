@@ -7,7 +7,9 @@ import logging
 import pandas as pd
 import torch
 
-from vlv_pipeline.datasets.latent_cache import LatentCache, extend_cache, vae_fingerprint
+from vlv_pipeline.datasets.cache_extension import extend_cache
+from vlv_pipeline.datasets.fingerprints import vae_fingerprint
+from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.cache import CacheParams
@@ -28,7 +30,7 @@ def encode_latents(
     stream from the source in batches; every ``shard_size`` latents become one shard on disk.
     Under ``accelerate launch`` each rank encodes its own contiguous block of the images still
     to do, on its own device, into its own shards; the ranks' shards are merged into one
-    index at the end (``datasets.latent_cache.extend_cache``).
+    index at the end (``datasets.cache_extension.extend_cache``).
     """
     device = inference_device()
     vae = load_component("vae", params.vae).eval().to(device)

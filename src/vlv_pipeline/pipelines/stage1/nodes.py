@@ -9,25 +9,25 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from vlv_pipeline.datasets.latent_cache import CacheRows, LatentCache, vae_fingerprint
+from vlv_pipeline.datasets.fingerprints import vae_fingerprint
+from vlv_pipeline.datasets.shard_reader import CacheRows
+from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.encoders import build_encoder
-from vlv_pipeline.models.model_card import (
-    card_or_none,
-    describe_source,
-    encoder_card,
-    stage1_evaluation,
-)
+from vlv_pipeline.models.model_card import card_or_none, encoder_card
+from vlv_pipeline.models.model_card_evaluation import stage1_evaluation
+from vlv_pipeline.models.model_card_parts import describe_source
 from vlv_pipeline.models.provenance import encoder_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.teachers import Teacher, load_teacher
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
-from vlv_pipeline.training.loop import Validation, run_directory, train
+from vlv_pipeline.training.loop import Validation, train
+from vlv_pipeline.training.run_folders import run_directory
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)
@@ -189,14 +189,7 @@ def validate_stage1(
         t2i = load_teacher(params.t2i, params.t2i_dtype, inference_device())
     s = cfg.sampling
     conditions = t2i.condition_images(encoder, pixels, s.batch_size)
-    renders = t2i.render(
-        conditions,
-        steps=s.steps,
-        guidance=s.guidance,
-        seed=s.seed,
-        scheduler=s.scheduler,
-        batch_size=s.batch_size,
-    )
+    renders = t2i.render(conditions, **s.model_dump())  # SamplingParams' fields are render's
     metrics: dict = {
         "split": cfg.split,
         "images": len(pixels),

@@ -10,15 +10,10 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from vlv_pipeline.datasets.latent_cache import (
-    CacheRows,
-    EmbeddingCache,
-    LatentCache,
-    MissingEntryError,
-    embedding_fingerprint,
-    vae_fingerprint,
-)
-from vlv_pipeline.errors import InputError, ParameterError
+from vlv_pipeline.datasets.fingerprints import embedding_fingerprint, vae_fingerprint
+from vlv_pipeline.datasets.shard_reader import CacheRows
+from vlv_pipeline.datasets.shard_store import EmbeddingCache, LatentCache
+from vlv_pipeline.errors import InputError, MissingEntryError, ParameterError
 from vlv_pipeline.metrics.captions import caption_scene_metrics
 from vlv_pipeline.metrics.plots import image_grid, loss_curves
 from vlv_pipeline.metrics.text import caption_text_metrics
@@ -26,12 +21,9 @@ from vlv_pipeline.models.caption_decoder import CaptionDecoder, CaptionTokens
 from vlv_pipeline.models.captioner import VLVCaptioner
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.encoders import build_encoder
-from vlv_pipeline.models.model_card import (
-    captioner_card,
-    card_or_none,
-    describe_source,
-    stage2_evaluation,
-)
+from vlv_pipeline.models.model_card import captioner_card, card_or_none
+from vlv_pipeline.models.model_card_evaluation import stage2_evaluation
+from vlv_pipeline.models.model_card_parts import describe_source
 from vlv_pipeline.models.provenance import captioner_record
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
@@ -40,7 +32,8 @@ from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params, trainable_parts
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
-from vlv_pipeline.training.loop import Validation, run_directory, train
+from vlv_pipeline.training.loop import Validation, train
+from vlv_pipeline.training.run_folders import run_directory
 from vlv_pipeline.world.data import tensor_to_uint8, to_unit_range
 
 logger = logging.getLogger(__name__)

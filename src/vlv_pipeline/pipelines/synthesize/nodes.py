@@ -19,8 +19,12 @@ from vlv_pipeline.captioners import (
     CaptionFailuresError,
     truncate,
 )
+from vlv_pipeline.captioners.credentials import api_key
 from vlv_pipeline.captioners.journal import CaptionJournal, FailureJournal, take_over
-from vlv_pipeline.datasets.latent_cache import EmbeddingCache, embedding_fingerprint, extend_cache
+from vlv_pipeline.captioners.openai_chat import RUN_ONLY_SETTINGS as OPENAI_RUN_ONLY
+from vlv_pipeline.datasets.cache_extension import extend_cache
+from vlv_pipeline.datasets.fingerprints import embedding_fingerprint
+from vlv_pipeline.datasets.shard_store import EmbeddingCache
 from vlv_pipeline.distributed import broadcast, rank, share, together, world_size
 from vlv_pipeline.errors import InputError, ParameterError
 from vlv_pipeline.imaging.sources import iter_images
@@ -35,16 +39,7 @@ PAIR_COLUMNS = ["image_id", "caption", "captioner", "prompt", "created_at"]
 
 # captioner settings that change how a run goes, not which captions it makes: they are left
 # out of the journal's name, so changing them (or their arrival) keeps the captions made
-RUN_ONLY_SETTINGS = {
-    "openai": (
-        "max_concurrency",
-        "timeout_s",
-        "max_retries",
-        "backoff_s",
-        "deadline_s",
-        "bad_answer_attempts",
-    )
-}
+RUN_ONLY_SETTINGS = {"openai": OPENAI_RUN_ONLY}
 # what the journal's name left out before (issue 26, review): a journal named that way is
 # taken over under today's name, so no caption paid for is paid again
 EARLIER_RUN_ONLY_SETTINGS = {"openai": ("deadline_s", "bad_answer_attempts")}
@@ -77,15 +72,8 @@ def make_captioner(params: SynthesizeParams, credentials: dict):
     if spec.backend == "openai":
         from vlv_pipeline.captioners.openai_chat import OpenAICaptioner
 
-        key = (credentials or {}).get("api_key")
-        if not key:
-            logger.warning(
-                "synthesize: no api_key under `captioner` in conf/local/credentials.yml; "
-                "calling %s without one",
-                spec.openai.base_url,
-            )
         return OpenAICaptioner(
-            api_key=key,
+            api_key=api_key(credentials, "synthesize", "captioner", spec.openai.base_url),
             stop_after_first_failures=params.stop_after_first_failures,
             **spec.openai.model_dump(),
         )

@@ -24,7 +24,8 @@ from vlv_pipeline.models.teacher import (
 from vlv_pipeline.models.teachers import family_named
 from vlv_pipeline.params.teacher import FlowTeacherParams, TeacherParams
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.training.loop import run_directory, train
+from vlv_pipeline.training.loop import train
+from vlv_pipeline.training.run_folders import run_directory
 from vlv_pipeline.world.data import (
     SplitTensors,
     load_world_tensors,
