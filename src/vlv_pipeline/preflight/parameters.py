@@ -32,6 +32,7 @@ from vlv_pipeline.params.needs import (
     SourceNeed,
 )
 from vlv_pipeline.preflight.findings import (
+    NOT_CACHED,
     Finding,
     Producers,
     _commands,
@@ -46,7 +47,6 @@ from vlv_pipeline.preflight.findings import (
 Reference = ModelNeed
 # The published captioner's weights, for `import_published.checkpoint`.
 PUBLISHED_REPO = "lambertxiao/Vision-Language-Vision-Captioner-Qwen2.5-3B"
-NOT_CACHED = "not a local directory and not in the Hugging Face cache"
 # torch-fidelity's Inception weights, as torch.hub stores them (<hub dir>/checkpoints/).
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
