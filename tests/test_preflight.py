@@ -18,6 +18,16 @@ from vlv_pipeline.datasets.credentials import CredentialsDataset
 from vlv_pipeline.datasets.embedding_cache import EmbeddingCacheDataset
 from vlv_pipeline.datasets.image_source import ImageSourceDataset
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+from vlv_pipeline.params.cache import CacheParams
+from vlv_pipeline.params.evaluate import CaptionParams, EvaluateParams
+from vlv_pipeline.params.needs import ModelNeed
+from vlv_pipeline.params.published import ImportParams
+from vlv_pipeline.params.rating import RatingParams
+from vlv_pipeline.params.reconstruct import ReconstructParams
+from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.stage2 import Stage2Params
+from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.preflight import (
     Finding,
     MissingComponentsError,
@@ -26,16 +36,81 @@ from vlv_pipeline.preflight import (
     Reference,
     check,
     check_datasets,
-    check_parameters,
     check_references,
-    references,
 )
+from vlv_pipeline.preflight import check_parameters as check_models
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
 
 def _f(*args):  # a node function; never called
     return None
+
+
+# each block's parameter model, as the nodes that take it declare
+MODELS = {
+    "cache": CacheParams,
+    "caption": CaptionParams,
+    "evaluate": EvaluateParams,
+    "import_published": ImportParams,
+    "rating": RatingParams,
+    "reconstruct": ReconstructParams,
+    "stage1": Stage1Params,
+    "stage2": Stage2Params,
+    "synthesize": SynthesizeParams,
+    "vqa": VQAParams,
+}
+TRAINING = {"steps": 3, "batch_size": 2, "learning_rate": 1e-4}
+
+
+def check_parameters(blocks, *args, **kwargs):
+    """``check_parameters`` on the models built from these raw blocks, as the hook builds them."""
+    models = {
+        name: MODELS[name.rsplit(".", 1)[-1]].model_validate(value)
+        for name, value in blocks.items()
+    }
+    return check_models(models, *args, **kwargs)
+
+
+def references(block: str, value: dict) -> list[ModelNeed]:
+    """The models a block names (its model's ``ModelNeed`` records)."""
+    model = MODELS[block.rsplit(".", 1)[-1]].model_validate(value)
+    return [n for n in model.needs(block) if isinstance(n, ModelNeed)]
+
+
+def _stage1(t2i: str) -> dict:
+    """A whole ``stage1`` block naming ``t2i`` (the shapes world's small encoder)."""
+    return {"t2i": t2i, "encoder": {"backbone": "small", "num_queries": 4}, "training": TRAINING}
+
+
+# node functions whose annotations tell the preflight each block's model; never called
+def _with_stage1(model: object, stage1: Stage1Params) -> None:
+    return None
+
+
+def _stage1_only(stage1: Stage1Params) -> None:
+    return None
+
+
+def _rate(rating: RatingParams, credentials: dict) -> None:
+    return None
+
+
+def _answer(vqa: VQAParams, credentials: dict) -> None:
+    return None
+
+
+def _imported(checkpoint=None, llm="."):
+    """An ``import_published`` block whose components are local directories (``.``)."""
+    spec = {"pretrained": "."}
+    return {
+        "checkpoint": checkpoint,
+        "florence2": spec,
+        "florence2_tokenizer": spec,
+        "text_encoder": spec,
+        "llm": {"pretrained": llm},
+        "tokenizer": spec,
+    }
 
 
 @pytest.fixture
@@ -67,11 +142,12 @@ def test_references_follow_the_chosen_backbone_and_backend_only():
         "t2i": "stabilityai/stable-diffusion-2-1-base",
         "encoder": {
             "backbone": "small",
+            "num_queries": 4,
             "small": {"width": 8},
             "florence2": {"pretrained": "microsoft/Florence-2-large", "tokenizer": "x/y"},
         },
         "validation": {"probe": "src/vlv_pipeline/assets/attribute_probe"},
-        "training": {"steps": 3},
+        "training": TRAINING,
     }
     assert [r.key for r in references("stage1", stage1)] == [
         "stage1.t2i",
@@ -91,26 +167,40 @@ def test_references_follow_the_chosen_backbone_and_backend_only():
             "openai": {"base_url": "https://x", "model": "m"},
         }
     }
-    assert list(references("synthesize", synthesize)) == []
+    assert references("synthesize", synthesize) == []
+    synthesize["captioner"]["backend"] = "transformers"
+    assert references("synthesize", synthesize) == [
+        Reference("synthesize.captioner.transformers.pretrained", "microsoft/Florence-2-large")
+    ]
 
 
 def test_references_keep_subfolders_and_respect_the_judge():
     stage2 = {
+        "t2i": "t/t",
         "tokenizer": {"pretrained": "Qwen/Qwen2.5-3B", "subfolder": "tok"},
         "llm": {"init": {}},
+        "training": TRAINING,
     }
-    assert list(references("stage2", stage2)) == [
-        Reference("stage2.tokenizer.pretrained", "Qwen/Qwen2.5-3B", "tok", weights=False)
+    assert references("stage2", stage2) == [
+        Reference("stage2.t2i", "t/t"),
+        Reference("stage2.tokenizer.pretrained", "Qwen/Qwen2.5-3B", "tok", weights=False),
     ]
-    imported = {"llm": {"pretrained": "Qwen/Qwen2.5-3B"}, "checkpoint": "w.safetensors"}
-    assert list(references("import_published", imported)) == [
-        Reference("import_published.llm.pretrained", "Qwen/Qwen2.5-3B", weights=False)
-    ]  # its weights are the published checkpoint's
+    imported = _imported("w.safetensors", llm="Qwen/Qwen2.5-3B")
+    assert Reference("import_published.llm.pretrained", "Qwen/Qwen2.5-3B", weights=False) in (
+        references("import_published", imported)
+    )  # its weights are the published checkpoint's
+    assert not any(r.weights for r in references("import_published", imported))
     evaluate = {"stage1_t2i": "a/b", "render_t2i": "c/d", "judge": "fid_clip", "probe": "p/q"}
     assert [r.key for r in references("evaluate", evaluate)] == [
         "evaluate.stage1_t2i",
         "evaluate.render_t2i",
+        "evaluate.clip_model",
     ]  # the probe judges only under judge: probe
+    assert [r.key for r in references("evaluate", {**evaluate, "judge": "probe"})] == [
+        "evaluate.stage1_t2i",
+        "evaluate.render_t2i",
+        "evaluate.probe",
+    ]
 
 
 # --------------------------------------------------------------------------- models
@@ -208,7 +298,10 @@ def test_hub_ids_are_looked_up_in_the_local_cache_only(hub_cache, monkeypatch):
 
 def test_the_openai_captioner_needs_an_api_key():
     block = {
-        "captioner": {"backend": "openai", "openai": {"base_url": "https://api.example.com/v1"}}
+        "captioner": {
+            "backend": "openai",
+            "openai": {"base_url": "https://api.example.com/v1", "model": "m"},
+        }
     }
     (finding,) = check_parameters({"synthesize": block}, credentials=[{"api_key": None}])
     assert finding.line() == (
@@ -217,7 +310,12 @@ def test_the_openai_captioner_needs_an_api_key():
     )
     assert not finding.download
     assert check_parameters({"synthesize": block}, credentials=[{"api_key": "k"}]) == []
-    local = {"captioner": {"backend": "openai", "openai": {"base_url": "http://localhost:8000"}}}
+    local = {
+        "captioner": {
+            "backend": "openai",
+            "openai": {"base_url": "http://localhost:8000", "model": "m"},
+        }
+    }
     assert check_parameters({"synthesize": local}, credentials=[{}]) == []  # a keyless server
     manifest = {"captioner": {"backend": "manifest"}}
     assert check_parameters({"synthesize": manifest}, credentials=[{}]) == []
@@ -266,12 +364,12 @@ def test_caption_source_and_the_published_checkpoint(tmp_path):
         assert check_parameters({"caption": source}) == []
     (finding,) = check_parameters({"caption": {"source": str(tmp_path), "kind": "file"}})
     assert finding.problem == "no image file there"
-    (finding,) = check_parameters({"import_published": {"checkpoint": None}}, env="paper")
+    (finding,) = check_parameters({"import_published": _imported()}, env="paper")
     assert finding.what == "import_published.checkpoint" and finding.problem == "not set"
     assert f"hf download {preflight.PUBLISHED_REPO}" in finding.fix
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"")
-    assert check_parameters({"import_published": {"checkpoint": str(weights)}}) == []
+    assert check_parameters({"import_published": _imported(str(weights))}) == []
 
 
 def test_each_key_is_looked_for_in_its_own_credentials_entry():
@@ -279,7 +377,10 @@ def test_each_key_is_looked_for_in_its_own_credentials_entry():
     stands in for the captioner's; an openai row of Table 1 reads its own entry or the
     captioner's, as its node does."""
     block = {
-        "captioner": {"backend": "openai", "openai": {"base_url": "https://api.example.com/v1"}}
+        "captioner": {
+            "backend": "openai",
+            "openai": {"base_url": "https://api.example.com/v1", "model": "m"},
+        }
     }
     others = {
         "captioner_credentials": {"api_key": None},
@@ -294,7 +395,11 @@ def test_each_key_is_looked_for_in_its_own_credentials_entry():
         "stage1_t2i": ".",
         "render_t2i": ".",
         "captioners": [
-            {"kind": "openai", "name": "gpt4o", "openai": {"base_url": "https://x.example/v1"}}
+            {
+                "kind": "openai",
+                "name": "gpt4o",
+                "openai": {"base_url": "https://x.example/v1", "model": "m"},
+            }
         ],
     }
     (finding,) = check_parameters({"evaluate": evaluate}, credentials=others)
@@ -402,8 +507,8 @@ def test_the_hook_checks_each_credentials_entry_it_hands_a_node(tmp_path, monkey
     )
     pipeline = Pipeline(
         [
-            Node(_f, ["params:rating", "rating_credentials"], "table2", name="judge"),
-            Node(_f, ["params:vqa", "vqa_credentials"], "table3", name="answer"),
+            Node(_rate, ["params:rating", "rating_credentials"], "table2", name="judge"),
+            Node(_answer, ["params:vqa", "vqa_credentials"], "table3", name="answer"),
         ]
     )
     findings = check(pipeline, catalog, {}, "paper")
@@ -744,8 +849,8 @@ def test_offline_every_gap_stops_the_run_in_one_message(tmp_path, monkeypatch, h
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     catalog = _catalog(tmp_path)
-    catalog["params:stage1"] = MemoryDataset({"t2i": "stabilityai/stable-diffusion-2-1-base"})
-    pipeline = Pipeline([Node(_f, ["vlv_captioner", "params:stage1"], "out", name="a")])
+    catalog["params:stage1"] = MemoryDataset(_stage1("stabilityai/stable-diffusion-2-1-base"))
+    pipeline = Pipeline([Node(_with_stage1, ["vlv_captioner", "params:stage1"], "out", name="a")])
     with pytest.raises(MissingComponentsError) as error:
         PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
     assert str(error.value) == (
@@ -772,13 +877,13 @@ def test_online_downloads_are_announced_and_the_run_goes_on(
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     catalog = _catalog(tmp_path)
-    catalog["params:stage1"] = MemoryDataset({"t2i": "stabilityai/stable-diffusion-2-1-base"})
-    pipeline = Pipeline([Node(_f, "params:stage1", "out", name="a")])
+    catalog["params:stage1"] = MemoryDataset(_stage1("stabilityai/stable-diffusion-2-1-base"))
+    pipeline = Pipeline([Node(_stage1_only, "params:stage1", "out", name="a")])
     with caplog.at_level(logging.INFO, logger="vlv_pipeline.preflight"):
         PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
     assert "will download: stage1.t2i = stabilityai/stable-diffusion-2-1-base" in caplog.text
     # what no download provides still stops it, online too
-    pipeline = Pipeline([Node(_f, ["vlv_captioner", "params:stage1"], "out", name="a")])
+    pipeline = Pipeline([Node(_with_stage1, ["vlv_captioner", "params:stage1"], "out", name="a")])
     with pytest.raises(MissingComponentsError) as error:
         PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
     assert [f.what for f in error.value.findings] == ["vlv_captioner (data/vlv_captioner)"]

@@ -236,7 +236,7 @@ PAPER_MODULES = (
     "src/vlv_pipeline/pipelines/evaluate/scoring.py",
     "src/vlv_pipeline/pipelines/evaluate/rerender.py",
     "src/vlv_pipeline/pipelines/reconstruct/nodes.py",
-    "src/vlv_pipeline/preflight.py",
+    "src/vlv_pipeline/preflight/parameters.py",
 )
 # distribution name -> the import name it provides (checked against the installed
 # distribution's files where it is installed)

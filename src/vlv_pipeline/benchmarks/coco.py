@@ -39,17 +39,13 @@ from vlv_pipeline.benchmarks.json_files import parse_json, read_input
 from vlv_pipeline.errors import InputError, MissingInputError, ParameterError
 from vlv_pipeline.imaging.checks import ImageRejected, decode_normalised
 from vlv_pipeline.imaging.reading import ReadPolicy, inside, read_file, ref_path
+from vlv_pipeline.params.evaluate import COCO_DOWNLOAD_HINT
 
 logger = logging.getLogger(__name__)
 
 #: The captions file of COCO 2014 val is about 7 MB; no annotation file needs more than this.
 MAX_ANNOTATION_BYTES = 512 * 1024 * 1024
-DOWNLOAD_HINT = (
-    "download COCO 2014 val (http://images.cocodataset.org/annotations/"
-    "annotations_trainval2014.zip and http://images.cocodataset.org/zips/val2014.zip) and "
-    "unzip both into data/01_raw/coco/, or point evaluate.coco.annotations and "
-    "evaluate.coco.images at your copy"
-)
+DOWNLOAD_HINT = COCO_DOWNLOAD_HINT  # said by the preflight too (params/evaluate.py)
 
 
 @dataclass

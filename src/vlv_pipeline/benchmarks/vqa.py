@@ -30,15 +30,12 @@ import pandas as pd
 
 from vlv_pipeline.benchmarks.json_files import load_json
 from vlv_pipeline.errors import InputError
+from vlv_pipeline.params.vqa import VQA_TRAIN_CAPTIONS_HINT
 
 #: VQAv2's training annotations are the largest file read (a few hundred MB).
 MAX_FILE_BYTES = 1024**3
 
-TRAIN_CAPTIONS_HINT = (
-    "download COCO 2014's annotations (http://images.cocodataset.org/annotations/"
-    "annotations_trainval2014.zip holds captions_train2014.json; docs/PAPER.md: Reproduce the paper's "
-    "tables) or correct the path in conf (vqa.datasets[].train_captions)"
-)
+TRAIN_CAPTIONS_HINT = VQA_TRAIN_CAPTIONS_HINT  # said by the preflight too (params/vqa.py)
 
 QUESTION_COLUMNS = [
     "dataset",

@@ -8,7 +8,7 @@ not compared. ``describe`` says what differs, in words.
 
 ``ProvenanceCheck`` is what a loader (``ModelDirectoryDataset``) runs before loading: it
 raises ``ProvenanceError`` (a ``UserError``: the command line prints it alone) naming what
-differs and what makes the right model. The preflight (``preflight.py``) sets one on every
+differs and what makes the right model. The preflight (``preflight/``) sets one on every
 model directory a run reads, from the run's parameters, and runs the same comparison before
 any node. Nothing here imports torch or a model library.
 """

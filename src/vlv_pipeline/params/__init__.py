@@ -12,3 +12,8 @@ class StrictModel(BaseModel):
     """Base for parameter models: unknown keys are errors, values are not coerced silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def needs(self, block: str) -> list:
+        """What a run with this block needs and cannot make itself (``params/needs.py``
+        records), ``block`` being the dotted name the run knows it by; none by default."""
+        return []

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.needs import FileNeed, JudgeNeed, KeyNeed, ModelNeed, SourceNeed
 from vlv_pipeline.params.synthesize import OpenAICaptionerParams, TransformersCaptionerParams
 
 
@@ -38,6 +39,16 @@ KIND_LABELS = {
     "chance": "chance (another image's reference caption)",
     "published": "VLV (published captioner)",
 }
+COCO_DOWNLOAD_HINT = (
+    "download COCO 2014 val (http://images.cocodataset.org/annotations/"
+    "annotations_trainval2014.zip and http://images.cocodataset.org/zips/val2014.zip) and "
+    "unzip both into data/01_raw/coco/, or point evaluate.coco.annotations and "
+    "evaluate.coco.images at your copy"
+)
+FILE_ROW_FIX = (
+    "write it with `kedro run --pipeline caption --params caption.source=<the evaluation "
+    "images>` (user_captions.json), or point it at your {file: caption} JSON"
+)
 _COLUMN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _RESERVED = {"image_id", *KIND_COLUMNS.values()}
 
@@ -86,6 +97,31 @@ class EvalCaptionerRow(StrictModel):
             verb = "needs" if self.kind == "file" else "takes no"
             raise ValueError(f"kind {self.kind} {verb} `path`")
         return self
+
+    def needs(self, where: str) -> list:
+        """What the row needs (``where``: ``evaluate.captioners[i]``), unless it is optional
+        (the node leaves it out, with a warning, when it cannot be made): a local model, a
+        caption file, an API key (its own entry, else the captioner's, as its node reads
+        them). The published captioner is a dataset (the preflight's datasets check)."""
+        if self.optional:
+            return []
+        if self.kind == "transformers" and self.transformers is not None:
+            return [ModelNeed(f"{where}.transformers.pretrained", self.transformers.pretrained)]
+        if self.kind == "file":
+            return [FileNeed(f"{where}.path", self.path, FILE_ROW_FIX, problem="no such file")]
+        if self.kind == "openai" and self.openai is not None:
+            base_url, name = self.openai.base_url, self.column
+            return [
+                KeyNeed(
+                    f"{where} (openai {name}, {base_url})",
+                    base_url,
+                    f"add `eval_captioners: {{{name}: {{api_key: ...}}}}` (or `captioner: "
+                    "{api_key: ...}`) to conf/local/credentials.yml, or mark the row "
+                    "`optional: true`",
+                    (("eval_captioners", name), ("captioner", None)),
+                )
+            ]
+        return []
 
     @property
     def column(self) -> str:
@@ -162,6 +198,32 @@ class EvaluateParams(StrictModel):
             )
         return self
 
+    def needs(self, block: str) -> list:
+        """The T2I models, the judge's models (its probe, or fid_clip's CLIP, packages and
+        weights), the COCO files (``source: coco``), and Table 1's rows (``evaluate`` only: a
+        study's slice reads the set, never the rows)."""
+        found: list = [
+            ModelNeed(f"{block}.stage1_t2i", self.stage1_t2i),
+            ModelNeed(f"{block}.render_t2i", self.render_t2i),
+        ]
+        if self.judge == "probe" and self.probe is not None:
+            found.append(ModelNeed(f"{block}.probe", self.probe))
+        if self.judge == "fid_clip":
+            found.append(ModelNeed(f"{block}.clip_model", self.clip_model))
+        if self.source == "coco":
+            found.append(
+                FileNeed(f"{block}.coco.annotations", self.coco.annotations, COCO_DOWNLOAD_HINT)
+            )
+            found.append(
+                FileNeed(f"{block}.coco.images", self.coco.images, COCO_DOWNLOAD_HINT, "dir")
+            )
+        if "." not in block:
+            for i, row in enumerate(self.captioners):
+                found += row.needs(f"{block}.captioners[{i}]")
+        if self.judge == "fid_clip":
+            found.append(JudgeNeed(block))
+        return found
+
     def row(self, column: str) -> EvalCaptionerRow | None:
         return next((r for r in self.captioners if r.column == column), None)
 
@@ -198,3 +260,7 @@ class CaptionParams(StrictModel):
     max_aspect_ratio: float = Field(
         4.0, ge=1.0, allow_inf_nan=False, description="long side / short side above: rejected"
     )
+
+    def needs(self, block: str) -> list:
+        """The user's images: ``source`` set and there."""
+        return [SourceNeed(block, self.source, self.kind)]

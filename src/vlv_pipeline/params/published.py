@@ -6,6 +6,7 @@ from pydantic import Field
 
 from vlv_pipeline.params import StrictModel
 from vlv_pipeline.params.components import ComponentSpec
+from vlv_pipeline.params.needs import PublishedCheckpointNeed, component_needs
 
 
 class PublishedGeneration(StrictModel):
@@ -39,3 +40,11 @@ class ImportParams(StrictModel):
     crop_size: int = Field(384, gt=0)
     input_size: int | None = Field(768, gt=0)
     generation: PublishedGeneration = PublishedGeneration()
+
+    def needs(self, block: str) -> list:
+        """Its components' configs and tokenizers (no weights: those are the checkpoint's),
+        and the published checkpoint."""
+        found = []
+        for name in ("florence2", "florence2_tokenizer", "text_encoder", "llm", "tokenizer"):
+            found += component_needs(f"{block}.{name}", getattr(self, name), weights=False)
+        return [*found, PublishedCheckpointNeed(f"{block}.checkpoint", self.checkpoint)]

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.needs import KeyNeed
 
 
 class JudgeVLMParams(StrictModel):
@@ -62,6 +63,22 @@ class RatingParams(StrictModel):
         if isinstance(value, str):
             return [value] if value.strip() else []
         return value
+
+    def needs(self, block: str) -> list:
+        """The VLM judge's API key (``judge:`` in the credentials), unless its server is on
+        this machine."""
+        if self.judge != "vlm" or self.vlm is None:
+            return []
+        base_url = self.vlm.base_url
+        return [
+            KeyNeed(
+                f"{block}.judge = vlm ({base_url})",
+                base_url,
+                "add `judge: {api_key: ...}` to conf/local/credentials.yml (or run without the "
+                "VLM judge: `--params rating.judge=none`)",
+                (("judge", None),),
+            )
+        ]
 
     @model_validator(mode="after")
     def _judge_configured(self) -> RatingParams:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vlv_pipeline.params.evaluate import CaptionParams
+from vlv_pipeline.params.needs import ModelNeed
 from vlv_pipeline.params.teacher import SamplingParams
 
 
@@ -63,6 +64,17 @@ class ReconstructParams(CaptionParams):
         if self.judge == "probe" and not self.probe:
             raise ValueError("judge probe needs `probe` (the attribute probe's directory)")
         return self
+
+    def needs(self, block: str) -> list:
+        """The images (as ``caption``), the T2I models, the probe (judge probe). A fid_clip
+        judge is checked by the node, once it has counted the images (FID only from
+        ``fid_min_images`` on), before any model is loaded."""
+        found = [ModelNeed(f"{block}.t2i", self.t2i)]
+        if self.render_t2i is not None:
+            found.append(ModelNeed(f"{block}.render_t2i", self.render_t2i))
+        if self.judge == "probe" and self.probe is not None:
+            found.append(ModelNeed(f"{block}.probe", self.probe))
+        return [*super().needs(block), *found]
 
     def caption_params(self) -> CaptionParams:
         """The ``caption`` pipeline's block for these images and this captioner."""

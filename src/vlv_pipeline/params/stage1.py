@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.needs import ModelNeed
 from vlv_pipeline.params.teacher import SamplingParams
 from vlv_pipeline.params.training import TrainParams
 
@@ -55,6 +56,19 @@ class EncoderParams(StrictModel):
     small: SmallEncoderParams = SmallEncoderParams()
     florence2: Florence2Params | None = None
 
+    def needs(self, block: str) -> list:
+        """Florence-2 and its tokenizer, for backbone florence2 (small needs nothing)."""
+        if self.backbone != "florence2" or self.florence2 is None:
+            return []
+        found = []
+        if self.florence2.pretrained is not None:
+            found.append(ModelNeed(f"{block}.florence2.pretrained", self.florence2.pretrained))
+        if self.florence2.tokenizer is not None:
+            found.append(
+                ModelNeed(f"{block}.florence2.tokenizer", self.florence2.tokenizer, weights=False)
+            )
+        return found
+
     @model_validator(mode="after")
     def _backbone_configured(self) -> EncoderParams:
         if self.backbone == "florence2" and self.florence2 is None:
@@ -89,6 +103,14 @@ class Stage1Params(StrictModel):
     training: TrainParams
     validation: ValidationParams = ValidationParams()
     checkpoint_dir: str = "data/06_models/checkpoints/stage1"
+
+    def needs(self, block: str) -> list:
+        """The T2I model, the encoder's models, the validation probe."""
+        found = [ModelNeed(f"{block}.t2i", self.t2i)]
+        found += self.encoder.needs(f"{block}.encoder")
+        if self.validation.probe is not None:
+            found.append(ModelNeed(f"{block}.validation.probe", self.validation.probe))
+        return found
 
     @model_validator(mode="after")
     def _timesteps_ordered(self) -> Stage1Params:

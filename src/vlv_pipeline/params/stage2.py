@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
 from vlv_pipeline.params.components import ComponentSpec
+from vlv_pipeline.params.needs import ModelNeed, component_needs
 from vlv_pipeline.params.stage1 import EncoderParams
 from vlv_pipeline.params.training import TrainParams
 
@@ -71,6 +72,15 @@ class Stage2Params(StrictModel):
     # ROUGE-L, CIDEr and a captioned grid to the trackers); null: only after training
     validation_every: int | None = Field(None, ge=1)
     checkpoint_dir: str = "data/06_models/checkpoints/stage2"
+
+    def needs(self, block: str) -> list:
+        """The T2I model, the LLM, its tokenizer (configs only), the baseline's encoder."""
+        found = [ModelNeed(f"{block}.t2i", self.t2i)]
+        found += component_needs(f"{block}.llm", self.llm)
+        found += component_needs(f"{block}.tokenizer", self.tokenizer)
+        if self.baseline.encoder is not None:
+            found += self.baseline.encoder.needs(f"{block}.baseline.encoder")
+        return found
 
     @model_validator(mode="before")
     @classmethod

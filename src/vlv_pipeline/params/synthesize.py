@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.needs import KeyNeed, ModelNeed
 
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024  # imaging.reading's, as ingest.max_file_bytes
 
@@ -95,6 +96,23 @@ class CaptionerParams(StrictModel):
     openai: OpenAICaptionerParams | None = None
     pairs_dataset: PairsDatasetParams | None = None
 
+    def needs(self, block: str) -> list:
+        """The chosen backend's: a local model (transformers), an API key (openai, unless its
+        server is on this machine)."""
+        if self.backend == "transformers" and self.transformers is not None:
+            return [ModelNeed(f"{block}.transformers.pretrained", self.transformers.pretrained)]
+        if self.backend == "openai" and self.openai is not None:
+            base_url = self.openai.base_url
+            return [
+                KeyNeed(
+                    f"{block}.backend = openai ({base_url})",
+                    base_url,
+                    "add `captioner: {api_key: ...}` to conf/local/credentials.yml",
+                    (("captioner", None),),
+                )
+            ]
+        return []
+
     @model_validator(mode="after")
     def _backend_configured(self) -> CaptionerParams:
         if self.backend != "manifest" and getattr(self, self.backend) is None:
@@ -127,3 +145,6 @@ class SynthesizeParams(StrictModel):
     )
     embedding_batch_size: int = Field(256, ge=1)
     embedding_shard_size: int = Field(4096, ge=1)
+
+    def needs(self, block: str) -> list:
+        return self.captioner.needs(f"{block}.captioner")

@@ -7,11 +7,23 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vlv_pipeline.params import StrictModel
+from vlv_pipeline.params.needs import FileNeed, KeyNeed
 
 DEFAULT_INSTRUCTION = (
     "Each description below stands in for an image. Answer the question about the image "
     "from its description and common knowledge, in a few words (often one), lower case, with "
     "no explanation."
+)
+
+# Where a user downloads Table 3's files (datasets[].name -> page).
+VQA_DOWNLOADS = {
+    "vqav2": "https://visualqa.org/download.html",
+    "okvqa": "https://okvqa.allenai.org/download.html",
+}
+VQA_TRAIN_CAPTIONS_HINT = (
+    "download COCO 2014's annotations (http://images.cocodataset.org/annotations/"
+    "annotations_trainval2014.zip holds captions_train2014.json; docs/PAPER.md: Reproduce the paper's "
+    "tables) or correct the path in conf (vqa.datasets[].train_captions)"
 )
 
 
@@ -79,6 +91,39 @@ class VQAParams(StrictModel):
     retry_failed: bool = False
     max_failed_fraction: float = Field(0.02, ge=0, le=1)
     bootstrap_resamples: int = Field(1000, ge=10)
+
+    def needs(self, block: str) -> list:
+        """Table 3 from the official files (``source: files``): every dataset's questions and
+        annotations, and, for shots > 0, its training questions, annotations and COCO
+        captions (the examples); the answering LLM's key, unless its server is on this
+        machine."""
+        if self.source != "files":
+            return []
+        keys = ["questions", "annotations"]
+        if max(self.shots) > 0:
+            keys += ["train_questions", "train_annotations", "train_captions"]
+        found: list = []
+        for i, dataset in enumerate(self.datasets):
+            page = VQA_DOWNLOADS.get(dataset.name, "the dataset's site")
+            for key in keys:
+                fix = (
+                    VQA_TRAIN_CAPTIONS_HINT
+                    if key == "train_captions"
+                    else f"download it ({page}; docs/PAPER.md: Reproduce the paper's tables) or "
+                    f"correct the path in conf ({block}.datasets[{i}].{key})"
+                )
+                found.append(FileNeed(f"{block}.datasets[{i}].{key}", getattr(dataset, key), fix))
+        if self.answerer is not None and self.answerer.base_url:
+            base_url = self.answerer.base_url
+            found.append(
+                KeyNeed(
+                    f"{block}.answerer ({base_url})",
+                    base_url,
+                    "add `answerer: {api_key: ...}` to conf/local/credentials.yml",
+                    (("answerer", None),),
+                )
+            )
+        return found
 
     @field_validator("shots")
     @classmethod

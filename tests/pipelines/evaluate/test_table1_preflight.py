@@ -8,15 +8,26 @@ from kedro.pipeline import Node, Pipeline
 
 from vlv_pipeline.datasets.credentials import CredentialsDataset
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
-from vlv_pipeline.preflight import Producers, check_datasets, check_parameters
+from vlv_pipeline.params.evaluate import EvaluateParams
+from vlv_pipeline.preflight import Producers, check_datasets
+from vlv_pipeline.preflight import check_parameters as check_models
 
 
 def _f(*args):  # a node function; never called
     return None
 
 
+def check_parameters(blocks, **kwargs):
+    """``check_parameters`` on the models built from these raw blocks, as the hook builds them."""
+    models = {name: EvaluateParams.model_validate(value) for name, value in blocks.items()}
+    return check_models(models, **kwargs)
+
+
 def _evaluate(tmp_path, **kw) -> dict:
     return {
+        "stage1_t2i": ".",  # a local directory that is there
+        "render_t2i": ".",
+        "resolution": 384,  # as source coco needs
         "source": "split",
         "coco": {
             "annotations": str(tmp_path / "coco/annotations/captions_val2014.json"),

@@ -19,7 +19,7 @@ from vlv_pipeline.datasets.image_folder import ImageFolderDataset
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.errors import SetupError
 from vlv_pipeline.models.captioning import NoCaptionerError
-from vlv_pipeline.params.evaluate import CaptionParams
+from vlv_pipeline.params.evaluate import CaptionParams, EvaluateParams
 from vlv_pipeline.params.reconstruct import ReconstructParams
 from vlv_pipeline.pipeline_registry import register_pipelines
 from vlv_pipeline.pipelines.reconstruct import create_pipeline, nodes, sheets
@@ -272,9 +272,10 @@ def test_the_preflight_wants_the_captioner_when_its_encoder_is_used(tmp_path):
 
 
 def test_the_preflight_leaves_reconstructs_fid_judge_to_its_node():
-    block = {"judge": "fid_clip", "source": ".", "t2i": "."}
-    assert preflight.check_parameters({"reconstruct": block}) == []
-    assert preflight.check_parameters({"evaluate": block})  # evaluate's is checked here
+    reconstruct = ReconstructParams(judge="fid_clip", source=".", t2i=".")
+    assert preflight.check_parameters({"reconstruct": reconstruct}) == []
+    evaluate = EvaluateParams(judge="fid_clip", stage1_t2i=".", render_t2i=".")
+    assert preflight.check_parameters({"evaluate": evaluate})  # evaluate's is checked here
     # a T2I that disagrees with stage 1's is refused before anything runs
     problem = preflight.t2i_disagreement({"stage1": {"t2i": "a"}, "reconstruct": {"t2i": "b"}})
     assert problem is not None and "reconstruct.t2i: b" in problem

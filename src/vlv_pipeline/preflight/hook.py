@@ -1,0 +1,231 @@
+"""The hook: before any node runs, the T2I agreement, the unread ``--params``, and every
+missing component (``check``) in one message (the package's docstring)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import click
+from kedro.framework.hooks import hook_impl
+
+from vlv_pipeline.distributed import rank, world_size
+from vlv_pipeline.errors import UserError
+from vlv_pipeline.preflight.datasets import check_datasets, written_locations
+from vlv_pipeline.preflight.findings import (
+    Finding,
+    MissingComponentsError,
+    Producers,
+    _dataset,
+    _every_rank,
+    hub_offline,
+    message,
+    run_command,
+)
+from vlv_pipeline.preflight.parameters import build_models, check_parameters, parameter_models
+from vlv_pipeline.preflight.provenance import attach_provenance_checks, check_provenance
+
+logger = logging.getLogger("vlv_pipeline.preflight")
+
+# --------------------------------------------------------------------------- the check
+
+
+def check(
+    pipeline: Any,
+    catalog: Any,
+    registry: Mapping[str, Any],
+    env: str | None,
+    provenance: Mapping[str, tuple[Any, Any]] | None = None,
+) -> list[Finding]:
+    """Every finding for running ``pipeline`` with ``catalog`` (nothing found: []).
+    ``provenance``: the model directories' checks (``attach_provenance_checks``), when built.
+    The parameter checks ask each block's model (its nodes' annotation) what it needs; a
+    block with no model, or one that does not validate (Kedro says so), is not asked."""
+    from vlv_pipeline.datasets.credentials import CredentialsDataset
+
+    producers = Producers(registry, catalog)
+    inputs = pipeline.inputs()
+    blocks = {}
+    for name in sorted(i for i in inputs if i.startswith("params:")):
+        dataset = _dataset(catalog, name)
+        if dataset is not None:
+            blocks[name.removeprefix("params:")] = dataset.load()
+    findings = check_datasets(pipeline, catalog, producers, env, blocks)
+    credentials = {  # by catalog entry: each key is looked for where its node reads it
+        name: ds.load()
+        for name in sorted(inputs)
+        if isinstance(ds := _dataset(catalog, name), CredentialsDataset)
+    }
+    written = written_locations(pipeline, catalog)
+    models = build_models(blocks, parameter_models(pipeline))
+    findings += check_parameters(models, producers, env, written, credentials or None)
+    findings += check_provenance(pipeline, catalog, producers, env, blocks, provenance)
+    return findings
+
+
+# Every key that names the frozen T2I model the caption embeddings live in: (block, path).
+# conf names it once (globals.yml `t2i`); a run whose blocks disagree is stopped before any
+# work. evaluate.render_t2i may be another model (the paper renders captions with SD 3.5).
+T2I_KEYS = (
+    ("cache", ("vae", "pretrained")),
+    ("stage1", ("t2i",)),
+    ("stage2", ("t2i",)),
+    ("evaluate", ("stage1_t2i",)),
+    ("reconstruct", ("t2i",)),
+)
+
+
+class T2IMismatchError(click.ClickException, UserError, RuntimeError):
+    """The run's stages name different T2I models (one message naming every key)."""
+
+
+def _field(value: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else getattr(value, key, None)
+    return value
+
+
+def _same_model(ref: str) -> str:
+    """A local directory by its real path (``a/b`` and ``./a/b`` agree); a hub id as it is."""
+    return os.path.realpath(ref) if os.path.isdir(ref) else ref
+
+
+def _run_of(name: str, names: Iterable[str]) -> str:
+    """Which run a parameter block belongs to: a study point that trains its own stage 1
+    (``study_points.<point>.stage1`` among ``names``) is a run of its own; every other block
+    (conf's, the study's ``shared``, a point that reads the default run's encoder) is
+    conf's run ("")."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "study_points":
+        if f"study_points.{parts[1]}.stage1" in names:
+            return parts[1]
+    return ""
+
+
+def t2i_disagreement(blocks: Mapping[str, Any]) -> str | None:
+    """The message when the parameter blocks (``{"stage1": ..., "study_points.p.stage2":
+    ...}``) of one run name more than one T2I model in ``T2I_KEYS``; None when each run's
+    agree. A study point that trains its own stage 1 is a run of its own: it may distil
+    another teacher (study 6), as long as its own stages read the same one."""
+    runs: dict[str, dict[str, str]] = {}
+    for name, block in blocks.items():
+        section = name.rsplit(".", 1)[-1]
+        for wanted, path in T2I_KEYS:
+            value = _field(block, path) if section == wanted else None
+            if isinstance(value, str):
+                runs.setdefault(_run_of(name, blocks), {})[".".join((name, *path))] = value
+    named = {
+        key: value
+        for run in runs.values()
+        if len({_same_model(v) for v in run.values()}) > 1
+        for key, value in run.items()
+    }
+    if not named:
+        return None
+    lines = [f"  {key}: {value}" for key, value in sorted(named.items())]
+    return "\n".join(
+        [
+            "the run's stages name different T2I models (nothing was run):",
+            *lines,
+            "Stage 1 distils one frozen T2I model and every later stage must read the same: "
+            "name it once, as `t2i` in conf/<env>/globals.yml (or --params t2i=<model>), "
+            "and drop the per-stage keys that override it.",
+        ]
+    )
+
+
+def check_t2i(pipeline: Any, catalog: Any) -> None:
+    """Raise ``T2IMismatchError`` when conf's blocks, or the blocks the pipeline reads (a
+    study point's), disagree: `kedro run --pipeline evaluate` checks stage 1's key too."""
+    everything = _dataset(catalog, "parameters")
+    conf = everything.load() if everything is not None else {}
+    blocks = {name: conf[name] for name, _ in T2I_KEYS if name in conf}
+    for name in sorted(i for i in pipeline.inputs() if i.startswith("params:")):
+        dataset = _dataset(catalog, name)
+        if dataset is not None:
+            blocks[name.removeprefix("params:")] = dataset.load()
+    problem = t2i_disagreement(blocks)
+    if problem:
+        raise T2IMismatchError(problem)
+
+
+def unread_params(
+    runtime_params: Mapping[str, Any], inputs: Iterable[str], resolver_keys: Iterable[str]
+) -> list[str]:
+    """The top-level ``--params`` keys no node of the run reads: not ``params:<key>`` (or
+    below it), not ``parameters``, not a key conf reads through ``${runtime_params:...}``.
+    A study point's blocks derive from every section, so a run that reads one reads all."""
+    inputs = set(inputs)
+    if "parameters" in inputs or any(i.startswith("params:study_points.") for i in inputs):
+        return []
+    read = {i.removeprefix("params:").split(".")[0] for i in inputs if i.startswith("params:")}
+    return [k for k in runtime_params if k not in read and k not in set(resolver_keys)]
+
+
+def _warn_unread(run_params: Mapping[str, Any], pipeline: Any, loader: Any) -> None:
+    runtime = run_params.get("runtime_params") or {}
+    if not runtime or rank() != 0:
+        return
+    keys = loader.conf_keys()[1] if hasattr(loader, "conf_keys") else set()
+    for key in unread_params(runtime, pipeline.inputs(), keys):
+        names = run_params.get("pipeline_names") or ["__default__"]
+        logger.warning(
+            "--params %s has no effect on this run: no node of %s reads params:%s",
+            key,
+            ", ".join(names),
+            key,
+        )
+
+
+class PreflightHook:
+    """Checks, before any node runs, every component the run needs (module docstring)."""
+
+    def __init__(self, registry: Mapping[str, Any] | None = None) -> None:
+        self._registry = registry
+        self._loader = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from vlv_pipeline.masking import install_log_masking
+
+        install_log_masking()  # on whatever handlers logging has now
+        self._loader = context.config_loader
+
+    @hook_impl(tryfirst=True)  # before plugins' hooks start anything (an MLflow run)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        check_t2i(pipeline, catalog)  # parameters only: always, even with the check off
+        _warn_unread(run_params, pipeline, self._loader)
+        registry = self._registry
+        if registry is None:
+            from kedro.framework.project import pipelines
+
+            registry = pipelines
+        env = run_params.get("env")
+        # the loaders refuse a model made for another setting, even with the check off; the
+        # check below runs the same ones (built once: each reads the T2I's configs)
+        provenance = attach_provenance_checks(pipeline, catalog, registry, env)
+        if os.environ.get("VLV_SKIP_PREFLIGHT", "").lower() in {"1", "true", "yes", "on"}:
+            return
+        names = run_params.get("pipeline_names") or []
+        command = run_command(env, ",".join(names) if names else None)
+        if len(names) > 1:
+            command = command.replace("--pipeline ", "--pipelines ")
+        findings = _every_rank(check(pipeline, catalog, registry, env, provenance))
+        offline = hub_offline()
+        stopping = [f for f in findings if offline or not f.download]
+        if rank() == 0:
+            for finding in findings:
+                if finding not in stopping:
+                    logger.info("will download: %s (%s)", finding.what, finding.fix.strip("`"))
+        if stopping:
+            error = MissingComponentsError(message(stopping, command, offline), stopping)
+            if world_size() > 1:
+                # rank 0 says it before any rank exits: a launcher stops the others at the
+                # first exit, maybe before rank 0 could print
+                error.show()
+                from vlv_pipeline.distributed import barrier
+
+                barrier()
+            raise error
