@@ -307,7 +307,7 @@ def test_a_user_error_a_dataset_raised_is_a_message_too(monkeypatch):
 
 
 def test_a_warning_names_params_the_run_does_not_read(caplog):
-    from vlv_pipeline import preflight
+    from vlv_pipeline.preflight import hook as preflight_hook
 
     class Pipe:
         def inputs(self):
@@ -320,7 +320,7 @@ def test_a_warning_names_params_the_run_does_not_read(caplog):
     run_params = {"runtime_params": {"world": {"seed": 1}, "stage1": {"x": 1}, "t2i": "a"}}
     run_params["pipeline_names"] = ["world"]
     with caplog.at_level(logging.WARNING, logger="vlv_pipeline.preflight"):
-        preflight._warn_unread(run_params, Pipe(), Loader())
+        preflight_hook._warn_unread(run_params, Pipe(), Loader())
     assert [r.getMessage() for r in caplog.records] == [
         "--params stage1 has no effect on this run: no node of world reads params:stage1"
     ]

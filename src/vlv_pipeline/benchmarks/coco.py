@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 #: The captions file of COCO 2014 val is about 7 MB; no annotation file needs more than this.
 MAX_ANNOTATION_BYTES = 512 * 1024 * 1024
-DOWNLOAD_HINT = COCO_DOWNLOAD_HINT  # said by the preflight too (params/evaluate.py)
 
 
 @dataclass
@@ -71,7 +70,7 @@ def _fail(path: Path, where: str, problem: str) -> InputError:
 
 
 def read_coco_captions(
-    path: str | os.PathLike, *, need_images: bool = True, hint: str = DOWNLOAD_HINT
+    path: str | os.PathLike, *, need_images: bool = True, hint: str = COCO_DOWNLOAD_HINT
 ) -> CocoCaptions:
     """The captions annotation file at ``path``, validated (see the module docstring).
 
@@ -187,7 +186,7 @@ def image_paths(folder: str | os.PathLike, files: Sequence[str], policy: ReadPol
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingInputError(f"no COCO image folder at {folder}: {DOWNLOAD_HINT}")
+        raise MissingInputError(f"no COCO image folder at {folder}: {COCO_DOWNLOAD_HINT}")
     paths: list[str] = []
     problems: dict[str, list[str]] = {}
     for name in files:
@@ -229,7 +228,7 @@ def image_paths(folder: str | os.PathLike, files: Sequence[str], policy: ReadPol
             f"of the {len(files)} sampled COCO images in {folder}, "
             + "; ".join(lines)
             + f": nothing was read. The folder must hold every image the captions file lists "
-            f"({DOWNLOAD_HINT})"
+            f"({COCO_DOWNLOAD_HINT})"
         )
     return paths
 

@@ -35,7 +35,6 @@ from vlv_pipeline.params.vqa import VQA_TRAIN_CAPTIONS_HINT
 #: VQAv2's training annotations are the largest file read (a few hundred MB).
 MAX_FILE_BYTES = 1024**3
 
-TRAIN_CAPTIONS_HINT = VQA_TRAIN_CAPTIONS_HINT  # said by the preflight too (params/vqa.py)
 
 QUESTION_COLUMNS = [
     "dataset",
@@ -237,7 +236,7 @@ def load_coco_captions(path: str | Path) -> dict[int, str]:
     reader (``benchmarks.coco.read_coco_captions``; an ``images`` list is not needed)."""
     from vlv_pipeline.benchmarks.coco import read_coco_captions
 
-    coco = read_coco_captions(path, need_images=False, hint=TRAIN_CAPTIONS_HINT)
+    coco = read_coco_captions(path, need_images=False, hint=VQA_TRAIN_CAPTIONS_HINT)
     return {image: " ".join(texts[0].split()) for image, texts in coco.captions.items()}
 
 
