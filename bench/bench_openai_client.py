@@ -49,6 +49,7 @@ except ImportError:  # the package is optional here
     openai = None
 
 PROMPT = "Describe the image."
+SCENARIOS = ["clean", "flaky", "trickle", "redirect"]
 KEY = "sk-bench-secret"
 
 
@@ -211,6 +212,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--latency-ms", type=float, default=40)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--only", nargs="+", default=SCENARIOS, choices=SCENARIOS)
     args = parser.parse_args()
     latency, n, width = args.latency_ms / 1000, args.images, args.concurrency
     if openai is None:
@@ -219,7 +221,7 @@ def main() -> None:
         print(f"openai {openai.__version__} beside the hand-written client")
     print(f"{n} images, {args.latency_ms:.0f} ms a request, {width} in flight, 3 retries\n")
     print(f"{'scenario':<9} {'client':<13} {'s':>6} {'ok':>4} {'fail':>4} {'requests':>8}  note")
-    for scenario in ("clean", "flaky", "trickle", "redirect"):
+    for scenario in args.only:
         rows = {}
         sides = [("hand-written", lambda s: ours(s, _images(n), width))]
         if openai is not None:

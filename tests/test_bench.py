@@ -2,6 +2,7 @@
 on meta), and bench_step runs at tiny settings on a synthetic world."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,18 @@ def test_bench_step_measures_the_gemm_ceiling_alone(tmp_path):
     assert "ceiling" in stdout and "stage 1" not in stdout
     results = json.loads(path.read_text())
     assert results["gemm"]["ceiling_gflops"] > 0 and "levers" not in results
+
+
+def test_bench_openai_client_runs_the_hand_written_side_without_the_package():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/bench_openai_client.py"), "--images", "6"]
+        + ["--only", "clean", "redirect"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "OPENAI_PATH"},
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if "hand-written" in line}
+    assert rows["clean"][3] == "6"  # every image captioned
+    assert rows["redirect"][3] == "0" and "0 sent on" in out.stdout  # the redirect is refused

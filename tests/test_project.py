@@ -229,6 +229,16 @@ def test_no_import_runs_upward_and_no_package_cycle():
     assert not upward, "\n".join(upward)
 
 
+def test_no_module_under_src_is_over_500_lines():
+    package = Path(__file__).resolve().parents[1] / "src/vlv_pipeline"
+    long = {
+        str(path.relative_to(package)): n
+        for path in package.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, f"split these along their seams (README: Architecture): {long}"
+
+
 # The paper path's modules whose imports the default install does not cover: judge fid_clip
 # (evaluate's FID and CLIP score, its re-render rows, reconstruct's FID on large folders)
 # and the preflight check that names what fid_clip needs before a run starts.
