@@ -41,6 +41,7 @@ from vlv_pipeline.imaging.sources import iter_images  # noqa: E402
 from vlv_pipeline.params.cache import CacheParams  # noqa: E402
 from vlv_pipeline.params.ingest import IngestParams  # noqa: E402
 from vlv_pipeline.params.stage1 import Stage1Params  # noqa: E402
+from vlv_pipeline.params.t2i import T2IParams  # noqa: E402
 from vlv_pipeline.params.world import WorldParams  # noqa: E402
 from vlv_pipeline.pipelines.cache.nodes import encode_latents  # noqa: E402
 from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images  # noqa: E402
@@ -72,7 +73,8 @@ def make_world(root: Path, images: int, size: int):
         source,
         manifest,
         LatentCache(root / "latents"),
-        CacheParams(vae={"pretrained": str(TEACHER / "vae")}, batch_size=256),
+        CacheParams(batch_size=256),  # the T2I model's own VAE
+        T2IParams(model=str(TEACHER)),
     )
     return source, manifest, cache
 
@@ -111,7 +113,6 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-stage1-data-") as tmp:
         source, manifest, cache = make_world(Path(tmp), args.images, args.size)
         params = Stage1Params(
-            t2i=str(TEACHER),
             encoder={"backbone": "small", "num_queries": 4},
             training={"steps": 1, "batch_size": args.batch, "learning_rate": 1e-3},
         )
@@ -121,7 +122,9 @@ def main(argv=None) -> None:
         pixels = torch.stack([decoded[i] for i in ids])
         mean, std = cache.load(ids)
         load_s = time.perf_counter() - began
-        split = load_stage1_data(source, manifest, cache, params)["train"]
+        split = load_stage1_data(source, manifest, cache, params, T2IParams(model=str(TEACHER)))[
+            "train"
+        ]
         tracemalloc.start()
         held = split_references(source, manifest, LatentCache(cache.path), None)
         per_image, peak_per_image = (b / len(manifest) for b in tracemalloc.get_traced_memory())

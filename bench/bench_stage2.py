@@ -44,10 +44,10 @@ def _params():
         return yaml.safe_load((ROOT / f"conf/base/parameters_{name}.yml").read_text())[name]
 
     stage1, stage2 = load("stage1"), load("stage2")
-    for block in (stage1, stage2):
-        block["t2i"] = str(ROOT / block["t2i"])
+    # the T2I model (params:t2i.model): conf/base's globals name it
+    t2i = str(ROOT / yaml.safe_load((ROOT / "conf/base/globals.yml").read_text())["t2i"])
     stage2["tokenizer"]["pretrained"] = str(ROOT / stage2["tokenizer"]["pretrained"])
-    return Stage1Params(**stage1), Stage2Params(**stage2)
+    return Stage1Params(**stage1), Stage2Params(**stage2), t2i
 
 
 def main() -> None:
@@ -57,9 +57,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="captions generated per method")
     parser.add_argument("--tokens", type=int, default=24, help="tokens per caption")
     args = parser.parse_args()
-    stage1, stage2 = _params()
+    stage1, stage2, t2i_model = _params()
     torch.manual_seed(0)
-    t2i = load_teacher(stage1.t2i)
+    t2i = load_teacher(t2i_model)
     token_embeddings = t2i.text_encoder.get_input_embeddings().weight
     encoder = build_encoder(stage1.encoder, t2i.width, t2i.vae, token_embeddings).eval()
     from vlv_pipeline.models.registry import load_component

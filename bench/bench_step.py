@@ -550,8 +550,11 @@ class Inputs:
         from vlv_pipeline.params.stage1 import Stage1Params
         from vlv_pipeline.params.stage2 import Stage2Params
         from vlv_pipeline.params.synthesize import SynthesizeParams
+        from vlv_pipeline.params.t2i import T2IParams
 
         self.catalog, self.raw, self.tmp, self.notes = catalog, raw_params, tmp, notes
+        t2i = raw_params["t2i"]  # params:t2i, the T2I model every stage reads
+        self.t2i_block = t2i if isinstance(t2i, T2IParams) else T2IParams(**t2i)
         stage1, stage2 = copy.deepcopy(raw_params["stage1"]), copy.deepcopy(raw_params["stage2"])
         evaluate = copy.deepcopy(raw_params["evaluate"])
         if args.batch:
@@ -591,7 +594,7 @@ class Inputs:
         self.manifest = self.catalog.load("image_manifest")
         self.latent_cache = self.catalog.load("latent_cache")
         self._cache["stage1_data"] = load_stage1_data(
-            self.raw_images, self.manifest, self.latent_cache, self.stage1
+            self.raw_images, self.manifest, self.latent_cache, self.stage1, self.t2i_block
         )
         print(
             f"data: the default run's ({len(self.manifest)} images in the manifest, "
@@ -633,6 +636,7 @@ class Inputs:
             self.manifest,
             LatentCache(root / "latent_cache"),
             CacheParams(**self.raw["cache"]),
+            self.t2i_block,
         )
         note(
             self.notes,
@@ -651,7 +655,7 @@ class Inputs:
         return self._once(
             "stage1_data",
             lambda: load_stage1_data(
-                self.raw_images, self.manifest, self.latent_cache, self.stage1
+                self.raw_images, self.manifest, self.latent_cache, self.stage1, self.t2i_block
             ),
         )
 
@@ -694,7 +698,7 @@ class Inputs:
     def t2i(self):
         from vlv_pipeline.models.teachers import load_teacher
 
-        return self._once("t2i", lambda: load_teacher(self.stage1.t2i, self.stage1.t2i_dtype))
+        return self._once("t2i", lambda: load_teacher(self.t2i_block.model, self.t2i_block.dtype))
 
     def vlv_encoder(self):
         def make():
@@ -732,7 +736,8 @@ class Inputs:
             if self._exists("embedding_cache"):
                 cache = self.catalog.load("embedding_cache")
                 text_encoder = load_component(
-                    "text_encoder", {"pretrained": self.stage2.t2i, "subfolder": "text_encoder"}
+                    "text_encoder",
+                    {"pretrained": self.t2i_block.model, "subfolder": "text_encoder"},
                 )
                 fingerprint = embedding_fingerprint(encoder, text_encoder, self.stage2.resolution)
                 try:
@@ -749,6 +754,7 @@ class Inputs:
                 EmbeddingCache(self.tmp / "embedding_cache"),
                 self.stage2,
                 self.synthesize,
+                self.t2i_block,
             )
             note(
                 self.notes,
@@ -899,7 +905,7 @@ def stage1_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> dict:
     from vlv_pipeline.pipelines.stage1 import nodes
 
     data = inputs.stage1_data()
-    got = capture_training(nodes, lambda: nodes.train_stage1(data, inputs.stage1))
+    got = capture_training(nodes, lambda: nodes.train_stage1(data, inputs.stage1, inputs.t2i_block))
     return measure_training("stage 1", got, args, device, tmp, ceiling)
 
 
@@ -907,7 +913,9 @@ def stage2_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> dict:
     from vlv_pipeline.pipelines.stage2 import nodes
 
     data, encoder, cache = inputs.stage2_data(), inputs.vlv_encoder(), inputs.embedding_cache()
-    got = capture_training(nodes, lambda: nodes.train_stage2(data, encoder, cache, inputs.stage2))
+    got = capture_training(
+        nodes, lambda: nodes.train_stage2(data, encoder, cache, inputs.stage2, inputs.t2i_block)
+    )
     return measure_training("stage 2", got, args, device, tmp, ceiling)
 
 
@@ -927,7 +935,7 @@ def latent_lever(got: Captured, inputs: Inputs) -> tuple[Captured | None, str, d
         return None, "the baseline's encoder has no VAE tower: its input is not a VAE latent", {}
     if any(p.requires_grad for p in encoder.vae_tower.parameters()):
         return None, "the baseline trains its VAE tower, so cached latents would change it", {}
-    vae = load_component("vae", {"pretrained": inputs.stage1.t2i, "subfolder": "vae"})
+    vae = load_component("vae", {"pretrained": inputs.t2i_block.model, "subfolder": "vae"})
     if inputs.latent_cache.fingerprint != vae_fingerprint(vae, inputs.stage2.resolution):
         return None, "the latent cache was made by another VAE or resolution than the tower's", {}
     pair_ids = inputs.stage2_data().pair_ids
@@ -969,7 +977,9 @@ def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[
     data = inputs.stage2_data()
     # "today" is the pixel path (no latent cache handed over), the lever the cached means:
     # since issue 28 the default run's node takes the lever whenever the cache fits
-    got = capture_training(nodes, lambda: nodes.train_baseline(data, inputs.stage2, inputs.stage1))
+    got = capture_training(
+        nodes, lambda: nodes.train_baseline(data, inputs.stage2, inputs.stage1, inputs.t2i_block)
+    )
     result = measure_training("baseline (without stage 1)", got, args, device, tmp, ceiling)
     lever, reason, check = latent_lever(got, inputs)
     entry: dict = {"applicable": lever is not None, "check": check}
@@ -1047,7 +1057,7 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
             t2i.vae.decoder.register_forward_hook(post("VAE decode")),
         ]
 
-    t2i = load_teacher(params.stage1_t2i, params.t2i_dtype, device)
+    t2i = load_teacher(inputs.t2i_block.model, params.t2i_dtype, device)
     n = min(s.batch_size, len(data.image_ids))
     originals = data.images(0, n)
     conditions = t2i.condition_images(encoder, originals, s.batch_size)
@@ -1107,7 +1117,9 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
     for patch in patches:
         patch.start()
     try:
-        renders = iter(ev_renders.EvalRenders(encoder, data, pd.DataFrame(), params))
+        renders = iter(
+            ev_renders.EvalRenders(encoder, data, pd.DataFrame(), params, inputs.t2i_block)
+        )
         start = time.perf_counter()
         next(renders)
         full = time.perf_counter() - start
@@ -1313,7 +1325,16 @@ def main(argv: list[str] | None = None) -> dict:
             for name in ("kedro", "vlv_pipeline", "accelerate", "diffusers", "transformers"):
                 logging.getLogger(name).setLevel(logging.WARNING)
             context = session.load_context()
-            names = ("world", "ingest", "cache", "stage1", "stage2", "synthesize", "evaluate")
+            names = (
+                "world",
+                "ingest",
+                "t2i",
+                "cache",
+                "stage1",
+                "stage2",
+                "synthesize",
+                "evaluate",
+            )
             raw = {n: _plain(context.params[n]) for n in names}
             inputs = Inputs(context.catalog, raw, args, Path(tmp), results["notes"])
             results["settings"]["synthetic"] = inputs.synthetic

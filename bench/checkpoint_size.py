@@ -237,7 +237,8 @@ def tiny_stage1_world():
     from vlv_pipeline.pipelines.stage1.nodes import build_encoder
 
     conf = yaml.safe_load((ROOT / "conf/base/parameters_stage1.yml").read_text())["stage1"]
-    t2i = load_teacher(str(ROOT / conf["t2i"]), conf.get("t2i_dtype", "float32"))
+    model = yaml.safe_load((ROOT / "conf/base/globals.yml").read_text())["t2i"]  # params:t2i
+    t2i = load_teacher(str(ROOT / model), "float32")
     torch.manual_seed(0)
     encoder = build_encoder(
         EncoderParams(**conf["encoder"]),

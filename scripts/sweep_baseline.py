@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     from vlv_pipeline.params.stage2 import Stage2Params
     from vlv_pipeline.params.study import pairs_overrides
     from vlv_pipeline.params.synthesize import SynthesizeParams
+    from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.pipelines.stage2 import nodes as stage2
     from vlv_pipeline.pipelines.synthesize import nodes as synthesize
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         manifest = catalog.load("image_manifest")
         no_test = manifest[manifest["split"] != "test"]  # val is then the judged split
         stage1 = Stage1Params(**plain("stage1"))
+        t2i = T2IParams(**plain("t2i"))  # the T2I model every stage reads
         base_stage2, base_synth = plain("stage2"), plain("synthesize")
         for seed in args.seeds:
             point = pairs_overrides(args.percent, seed)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                     data = stage2.load_stage2_data(raw_images, no_test, pairs, params)
                 print(f"[baseline sweep] {key}: training", flush=True)
                 started = time.time()
-                captioner, log = stage2.train_baseline(data, params, stage1)
+                captioner, log = stage2.train_baseline(data, params, stage1, t2i)
                 metrics = stage2.validate_stage2(captioner, None, data, params, stage1)["vlv"]
                 metrics.pop("samples", None)
                 steps = params.baseline.training.steps

@@ -256,12 +256,14 @@ def run_sweep(
     *,
     seeds: list[int],
     encoder_id: str,
+    t2i,
     log=print,
 ) -> list[dict]:
     """Render and judge each (candidate, seed) not yet in ``results``; return the rows added.
 
     ``data``: the evaluation set (``load_eval_data`` under ``protocol_params``); ``params``:
-    those ``EvaluateParams``; ``candidates``: name -> {note, overrides} with ``reference``
+    those ``EvaluateParams``; ``t2i``: ``params:t2i`` (``T2IParams``), whose model renders the
+    embeddings; ``candidates``: name -> {note, overrides} with ``reference``
     among them (rendered first in any run that renders anything: the time ratios are against
     its time in the same run)."""
     import pandas as pd
@@ -288,17 +290,17 @@ def run_sweep(
         return []
 
     device = inference_device()
-    t2i = load_teacher(params.stage1_t2i, params.t2i_dtype, device)
+    teacher = load_teacher(t2i.model, params.t2i_dtype, device)
     size = params.sampling.batch_size
     began = time.perf_counter()
     conditions = [
-        t2i.condition_images(encoder, data.images(start, start + size), size)
+        teacher.condition_images(encoder, data.images(start, start + size), size)
         for start in range(0, n, size)
     ]
     embed_seconds = (time.perf_counter() - began) / len(conditions)
     captions = pd.DataFrame({"image_id": list(data.image_ids), "reference": data.references})
     warmup = RenderParams(**{**base, "steps": WARMUP_STEPS, "batch_size": WARMUP_IMAGES})
-    render_from_embeddings(t2i, conditions[0][:WARMUP_IMAGES], 0, warmup)  # untimed
+    render_from_embeddings(teacher, conditions[0][:WARMUP_IMAGES], 0, warmup)  # untimed
     run_id = datetime.now(UTC).isoformat(timespec="seconds")
     added: list[dict] = []
     reference_seconds: float | None = None
@@ -311,7 +313,7 @@ def run_sweep(
         for name in names:
             body = candidates[name]
             sampling = RenderParams(**sampling_of(base, body, seed))
-            renders, seconds = _render(t2i, conditions, sampling)
+            renders, seconds = _render(teacher, conditions, sampling)
             per_batch = sum(seconds) / len(seconds)
             if name == reference and reference_seconds is None:
                 reference_seconds = per_batch
@@ -400,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.pipelines.evaluate import nodes as evaluate
 
     root = args.project.resolve()
@@ -415,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(evaluate_params, "model_dump"):
             evaluate_params = evaluate_params.model_dump(mode="json")
         params = protocol_params(evaluate_params, args.images)
+        t2i = context.params["t2i"]
+        t2i = t2i if hasattr(t2i, "model") else T2IParams(**t2i)
         reference, candidates = load_candidates(args.sweep, params.sampling.model_dump())
         encoder = catalog.load("vlv_encoder")
         encoder_id = _encoder_version(catalog)
@@ -440,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
             results,
             seeds=args.seeds,
             encoder_id=encoder_id,
+            t2i=t2i,
             log=lambda line: print(line, flush=True),
         )
     rows = read_rows(results)

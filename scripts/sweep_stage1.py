@@ -193,6 +193,7 @@ def run_sweep(
     candidates: dict[str, dict],
     results: Path,
     *,
+    t2i,
     split: str = "val",
     seed: int | None = None,
     steps: int | None = None,
@@ -200,7 +201,7 @@ def run_sweep(
     """Train and judge each candidate not yet in ``results``; return the rows it added.
 
     ``load_data(params)`` gives the stage-1 data (called once, only if something runs);
-    ``base`` is ``params:stage1`` as a plain dict.
+    ``base`` is ``params:stage1`` as a plain dict; ``t2i``: ``params:t2i`` (``T2IParams``).
     """
     from vlv_pipeline.params.stage1 import Stage1Params
     from vlv_pipeline.pipelines.stage1 import nodes
@@ -222,8 +223,8 @@ def run_sweep(
             data = load_data(params)
         print(f"[sweep] {name}: training {params.training.steps} steps", flush=True)
         started = time.time()
-        encoder, log = nodes.train_stage1(data, params)
-        metrics, _ = nodes.validate_stage1(encoder, data, params)
+        encoder, log = nodes.train_stage1(data, params, t2i)
+        metrics, _ = nodes.validate_stage1(encoder, data, params, t2i)
         if "reconstruction" not in metrics:
             raise SystemExit("the sweep judges with the probe: set stage1.validation.probe")
         row = {
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.pipelines.stage1 import nodes
 
     bootstrap_project(ROOT)
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         base = context.params["stage1"]
         if hasattr(base, "model_dump"):  # Kedro may hand over the validated model already
             base = base.model_dump(mode="json")
+        t2i = context.params["t2i"]
+        t2i = t2i if isinstance(t2i, T2IParams) else T2IParams(**t2i)
 
         def load_data(params):
             return nodes.load_stage1_data(
@@ -330,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                 catalog.load("image_manifest"),
                 catalog.load("latent_cache"),
                 params,
+                t2i,
             )
 
         run_sweep(
@@ -337,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             base,
             {n: candidates[n] for n in names},
             args.results,
+            t2i=t2i,
             split=args.split,
             seed=args.seed,
             steps=args.steps,

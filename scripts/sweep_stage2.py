@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from vlv_pipeline.params.stage1 import Stage1Params
     from vlv_pipeline.params.stage2 import Stage2Params
+    from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.pipelines.stage2 import nodes as stage2
 
     bootstrap_project(project)
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
         stage1 = Stage1Params(**plain("stage1"))
+        t2i = T2IParams(**plain("t2i"))  # the T2I model every stage reads
         base = plain("stage2")
         manifest = catalog.load("image_manifest")
         no_test = manifest[manifest["split"] != "test"]  # val is then the judged split
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 print(f"[stage-2 sweep] {key}: training", flush=True)
                 started = time.time()
-                captioner, log = stage2.train_stage2(data, encoder, embedding_cache, params)
+                captioner, log = stage2.train_stage2(data, encoder, embedding_cache, params, t2i)
                 metrics = stage2.validate_stage2(captioner, None, data, params, stage1)["vlv"]
                 metrics.pop("samples", None)
                 row = {

@@ -42,6 +42,7 @@ def tiny_demo_project(root: Path) -> DemoProject:
     from stage2_factory import stage2_inputs
     from world_factory import render_and_ingest
 
+    from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.params.world import WorldParams
     from vlv_pipeline.pipelines.stage2 import nodes as stage2_nodes
 
@@ -52,7 +53,7 @@ def tiny_demo_project(root: Path) -> DemoProject:
     tiny_world = render_and_ingest(root / "world", world)
     (root / "stage2").mkdir()
     params, data, encoder, cache = stage2_inputs(tiny_world, sd, root / "stage2")
-    captioner, _ = stage2_nodes.train_stage2(data, encoder, cache, params)
+    captioner, _ = stage2_nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(sd)))
 
     conf = root / "conf"
     shutil.copytree(ROOT / "conf/base", conf / "base")

@@ -189,7 +189,8 @@ def test_the_loader_refuses_unknown_keys_and_accepts_resolver_keys(tmp_path):
         )
 
     params = loader({"t2i": str(tmp_path), "stage1": {"training": {"steps": 3}}})["parameters"]
-    assert params["stage1"]["t2i"] == str(tmp_path) and params["stage1"]["training"]["steps"] == 3
+    # `--params t2i=<dir>` names the model of the one T2I block (params:t2i)
+    assert params["t2i"]["model"] == str(tmp_path) and params["stage1"]["training"]["steps"] == 3
     with pytest.raises(UserError, match=r"(?s)`stag1`.*did you mean `stage1`"):
         loader({"stag1": {"training": {"steps": 3}}})["parameters"]
     with pytest.raises(UserError, match="credentials"):
@@ -332,7 +333,7 @@ def test_project_errors_that_are_the_users_derive_from_user_error():
     from vlv_pipeline.errors import UserError
     from vlv_pipeline.imaging.screen_table import NoImagesKeptError
     from vlv_pipeline.models.published import PublishedCheckpointError
-    from vlv_pipeline.preflight import MissingComponentsError, T2IMismatchError
+    from vlv_pipeline.preflight import MissingComponentsError
     from vlv_pipeline.training.loop import TrainingDivergedError
 
     for error in (
@@ -341,7 +342,6 @@ def test_project_errors_that_are_the_users_derive_from_user_error():
         NoImagesKeptError,
         PublishedCheckpointError,
         MissingComponentsError,
-        T2IMismatchError,
         TrainingDivergedError,
     ):
         assert issubclass(error, UserError), error

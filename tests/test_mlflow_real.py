@@ -97,7 +97,7 @@ def test_the_project_parameters_are_logged_flattened(client_and_run):
     assert params["stage1.training.batch_size"] == "8"
     assert params["stage1.encoder.backbone"] == "small"  # conf/base's
     assert params["world.counts.train"] == "16"
-    assert params["cache.vae.subfolder"] == "vae"
+    assert params["t2i.model"] == "src/vlv_pipeline/assets/teacher"  # the one T2I block
     assert "ingest.min_side" in params
 
 

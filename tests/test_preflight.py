@@ -27,6 +27,7 @@ from vlv_pipeline.params.reconstruct import ReconstructParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.preflight import (
     Finding,
@@ -53,6 +54,7 @@ MODELS = {
     "cache": CacheParams,
     "caption": CaptionParams,
     "evaluate": EvaluateParams,
+    "t2i": T2IParams,
     "import_published": ImportParams,
     "rating": RatingParams,
     "reconstruct": ReconstructParams,
@@ -79,17 +81,17 @@ def references(block: str, value: dict) -> list[ModelNeed]:
     return [n for n in model.needs(block) if isinstance(n, ModelNeed)]
 
 
-def _stage1(t2i: str) -> dict:
-    """A whole ``stage1`` block naming ``t2i`` (the shapes world's small encoder)."""
-    return {"t2i": t2i, "encoder": {"backbone": "small", "num_queries": 4}, "training": TRAINING}
+def _t2i(model: str) -> dict:
+    """The ``t2i`` block naming ``model``."""
+    return {"model": model}
 
 
 # node functions whose annotations tell the preflight each block's model; never called
-def _with_stage1(model: object, stage1: Stage1Params) -> None:
+def _with_t2i(model: object, t2i: T2IParams) -> None:
     return None
 
 
-def _stage1_only(stage1: Stage1Params) -> None:
+def _t2i_only(t2i: T2IParams) -> None:
     return None
 
 
@@ -139,8 +141,10 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def test_references_follow_the_chosen_backbone_and_backend_only():
+    assert [
+        r.key for r in references("t2i", {"model": "stabilityai/stable-diffusion-2-1-base"})
+    ] == ["t2i.model"]  # the one block naming the T2I model
     stage1 = {
-        "t2i": "stabilityai/stable-diffusion-2-1-base",
         "encoder": {
             "backbone": "small",
             "num_queries": 4,
@@ -150,13 +154,9 @@ def test_references_follow_the_chosen_backbone_and_backend_only():
         "validation": {"probe": "src/vlv_pipeline/assets/attribute_probe"},
         "training": TRAINING,
     }
-    assert [r.key for r in references("stage1", stage1)] == [
-        "stage1.t2i",
-        "stage1.validation.probe",
-    ]
+    assert [r.key for r in references("stage1", stage1)] == ["stage1.validation.probe"]
     stage1["encoder"]["backbone"] = "florence2"
     assert {r.key for r in references("stage1", stage1)} == {
-        "stage1.t2i",
         "stage1.encoder.florence2.pretrained",
         "stage1.encoder.florence2.tokenizer",
         "stage1.validation.probe",
@@ -177,13 +177,11 @@ def test_references_follow_the_chosen_backbone_and_backend_only():
 
 def test_references_keep_subfolders_and_respect_the_judge():
     stage2 = {
-        "t2i": "t/t",
         "tokenizer": {"pretrained": "Qwen/Qwen2.5-3B", "subfolder": "tok"},
         "llm": {"init": {}},
         "training": TRAINING,
     }
     assert references("stage2", stage2) == [
-        Reference("stage2.t2i", "t/t"),
         Reference("stage2.tokenizer.pretrained", "Qwen/Qwen2.5-3B", "tok", weights=False),
     ]
     imported = _imported("w.safetensors", llm="Qwen/Qwen2.5-3B")
@@ -191,17 +189,17 @@ def test_references_keep_subfolders_and_respect_the_judge():
         references("import_published", imported)
     )  # its weights are the published checkpoint's
     assert not any(r.weights for r in references("import_published", imported))
-    evaluate = {"stage1_t2i": "a/b", "render_t2i": "c/d", "judge": "fid_clip", "probe": "p/q"}
+    evaluate = {"render_t2i": "c/d", "judge": "fid_clip", "probe": "p/q"}
     assert [r.key for r in references("evaluate", evaluate)] == [
-        "evaluate.stage1_t2i",
         "evaluate.render_t2i",
         "evaluate.clip_model",
     ]  # the probe judges only under judge: probe
     assert [r.key for r in references("evaluate", {**evaluate, "judge": "probe"})] == [
-        "evaluate.stage1_t2i",
         "evaluate.render_t2i",
         "evaluate.probe",
     ]
+    # render_t2i null: the T2I model renders the captions too, named by params:t2i alone
+    assert references("evaluate", {"render_t2i": None}) == []
 
 
 # --------------------------------------------------------------------------- models
@@ -325,7 +323,7 @@ def test_the_openai_captioner_needs_an_api_key():
 def test_the_fid_clip_judge_needs_its_packages_weights_and_clip(hub_cache, monkeypatch):
     import importlib.util
 
-    evaluate = {"stage1_t2i": ".", "render_t2i": ".", "judge": "fid_clip"}
+    evaluate = {"render_t2i": ".", "judge": "fid_clip"}
     monkeypatch.setattr(  # torchmetrics there, torch-fidelity not
         importlib.util, "find_spec", lambda n, *a: None if n == "torch_fidelity" else object()
     )
@@ -393,7 +391,6 @@ def test_each_key_is_looked_for_in_its_own_credentials_entry():
     keyed = {**others, "captioner_credentials": {"api_key": "k"}}
     assert check_parameters({"synthesize": block}, credentials=keyed) == []
     evaluate = {
-        "stage1_t2i": ".",
         "render_t2i": ".",
         "captioners": [
             {
@@ -632,12 +629,12 @@ def test_producers_leave_out_composite_pipelines(tmp_path):
 
 SD21 = "stabilityai/stable-diffusion-2-1-base"
 PAPER_PARAMETERS = {
+    "t2i": {"model": SD21},
     "stage1": {
-        "t2i": SD21,
         "encoder": {"backbone": "florence2", "num_queries": 77},
         "resolution": 384,
     },
-    "stage2": {"t2i": SD21, "resolution": 384, "llm": {"pretrained": "Qwen/Qwen2.5-3B"}},
+    "stage2": {"resolution": 384, "llm": {"pretrained": "Qwen/Qwen2.5-3B"}},
     "caption": {"source": "photos", "model": "trained", "resolution": 384},
 }
 CHOOSE = ["caption_trained_captioner", "caption_published_captioner", "params:caption"]
@@ -713,13 +710,12 @@ def _shapes_parameters():
     from shapes_captioner import TEACHER, TINY_QWEN2
 
     return {
+        "t2i": {"model": str(TEACHER)},
         "stage1": {
-            "t2i": str(TEACHER),
             "encoder": {"backbone": "small", "num_queries": 16, "small": {"image_size": 32}},
             "resolution": None,
         },
         "stage2": {
-            "t2i": str(TEACHER),
             "resolution": None,
             "llm": {"init": {"model_type": "qwen2", **TINY_QWEN2}},
         },
@@ -850,8 +846,8 @@ def test_offline_every_gap_stops_the_run_in_one_message(tmp_path, monkeypatch, h
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     catalog = _catalog(tmp_path)
-    catalog["params:stage1"] = MemoryDataset(_stage1("stabilityai/stable-diffusion-2-1-base"))
-    pipeline = Pipeline([Node(_with_stage1, ["vlv_captioner", "params:stage1"], "out", name="a")])
+    catalog["params:t2i"] = MemoryDataset(_t2i("stabilityai/stable-diffusion-2-1-base"))
+    pipeline = Pipeline([Node(_with_t2i, ["vlv_captioner", "params:t2i"], "out", name="a")])
     with pytest.raises(MissingComponentsError) as error:
         PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
     assert str(error.value) == (
@@ -859,7 +855,7 @@ def test_offline_every_gap_stops_the_run_in_one_message(tmp_path, monkeypatch, h
         "(nothing was run).\n"
         "  - vlv_captioner (data/vlv_captioner): no saved version -> "
         "`kedro run --env paper --pipeline stage2`\n"
-        "  - stage1.t2i = stabilityai/stable-diffusion-2-1-base: not a local directory and not "
+        "  - t2i.model = stabilityai/stable-diffusion-2-1-base: not a local directory and not "
         "in the Hugging Face cache -> `hf download stabilityai/stable-diffusion-2-1-base`\n"
         "The hub is offline (HF_HUB_OFFLINE=1): download where the network is reachable, or "
         "unset HF_HUB_OFFLINE to let the run download."
@@ -878,13 +874,13 @@ def test_online_downloads_are_announced_and_the_run_goes_on(
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     catalog = _catalog(tmp_path)
-    catalog["params:stage1"] = MemoryDataset(_stage1("stabilityai/stable-diffusion-2-1-base"))
-    pipeline = Pipeline([Node(_stage1_only, "params:stage1", "out", name="a")])
+    catalog["params:t2i"] = MemoryDataset(_t2i("stabilityai/stable-diffusion-2-1-base"))
+    pipeline = Pipeline([Node(_t2i_only, "params:t2i", "out", name="a")])
     with caplog.at_level(logging.INFO, logger="vlv_pipeline.preflight"):
         PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
-    assert "will download: stage1.t2i = stabilityai/stable-diffusion-2-1-base" in caplog.text
+    assert "will download: t2i.model = stabilityai/stable-diffusion-2-1-base" in caplog.text
     # what no download provides still stops it, online too
-    pipeline = Pipeline([Node(_with_stage1, ["vlv_captioner", "params:stage1"], "out", name="a")])
+    pipeline = Pipeline([Node(_with_t2i, ["vlv_captioner", "params:t2i"], "out", name="a")])
     with pytest.raises(MissingComponentsError) as error:
         PreflightHook(_registry()).before_pipeline_run(_run_params(), pipeline, catalog)
     assert [f.what for f in error.value.findings] == ["vlv_captioner (data/vlv_captioner)"]
@@ -912,7 +908,10 @@ def test_only_rank_0_prints_and_the_ranks_agree(monkeypatch, capsys):
     monkeypatch.setattr(
         "vlv_pipeline.distributed.each_rank", lambda work: [every[r] for r in range(4)]
     )
-    assert preflight_findings._every_rank([a]) == [a, Finding("b (ranks 1-2)", "gone", "make b", True)]
+    assert preflight_findings._every_rank([a]) == [
+        a,
+        Finding("b (ranks 1-2)", "gone", "make b", True),
+    ]
 
 
 # --------------------------------------------------------------------------- the project
@@ -982,8 +981,7 @@ def test_a_paper_run_with_nothing_downloaded_lists_everything(project):
         "raw_images (data/01_raw/laion): not found -> put img2dataset",
         "= stabilityai/stable-diffusion-2-1-base: not a local directory and not in the Hugging "
         "Face cache -> `hf download stabilityai/stable-diffusion-2-1-base`",
-        "stage1.t2i",
-        "cache.vae.pretrained",
+        "t2i.model",  # the one key naming it (the cache's VAE and every stage read it)
         "stage2.llm.pretrained",
         "`hf download microsoft/Florence-2-large`",
         "`hf download Qwen/Qwen2.5-3B`",

@@ -65,7 +65,8 @@ def test_paper_env_overrides_only_the_keys_it_names():
     assert paper["ingest"]["splits"] == base["ingest"]["splits"]  # kept from base
     assert paper["world"] == base["world"]
     IngestParams(**paper["ingest"])
-    assert paper["cache"]["vae"]["pretrained"] == "stabilityai/stable-diffusion-2-1-base"
+    assert paper["cache"]["vae"] is None  # the T2I model's VAE
+    assert paper["t2i"]["model"] == "stabilityai/stable-diffusion-2-1-base"
     assert paper["cache"]["shard_size"] == base["cache"]["shard_size"]
     stage1 = Stage1Params(**paper["stage1"])
     assert (stage1.encoder.backbone, stage1.encoder.num_queries, stage1.resolution) == (
@@ -106,7 +107,7 @@ def test_rehearsal_env_validates_and_writes_apart_from_the_default_run():
     ):
         model(**params[key])
     assert params["stage1"]["checkpoint_dir"].startswith("data/rehearsal/")
-    assert params["stage1"]["t2i"] == "data/rehearsal/06_models/t2i"
+    assert params["t2i"]["model"] == "data/rehearsal/06_models/t2i"
     catalog = _loader("rehearsal")["catalog"]
     paths = {
         k: v.get("filepath") or v.get("path") for k, v in catalog.items() if isinstance(v, dict)
@@ -411,7 +412,7 @@ def test_every_typed_parameter_block_validates_in_every_environment(env, pipelin
 
         params = expand_points(params)
     models = _parameter_models(pipelines)
-    assert {"world", "stage1", "stage2", "teacher", "teacher_flow", "study"} <= set(models)
+    assert {"world", "t2i", "stage1", "stage2", "teacher", "teacher_flow", "study"} <= set(models)
     built, missing = {}, set()
     for key, model in models.items():
         if key.split(".")[0] not in params:
@@ -424,14 +425,14 @@ def test_every_typed_parameter_block_validates_in_every_environment(env, pipelin
     # only the rehearsal pipeline's own block lives in its environment alone
     assert missing == (set() if env == "rehearsal" else {"rehearsal"})
     # what each environment says, read back through its models
-    assert built["stage1"].t2i == built["stage2"].t2i
+    # the one T2I block every stage takes (tests/test_t2i_named_once.py)
     if env == "base":
-        assert built["stage1"].t2i == "src/vlv_pipeline/assets/teacher"
+        assert built["t2i"].model == "src/vlv_pipeline/assets/teacher"
         flow = built["teacher_flow"]
         assert (
             flow.transformer.init["joint_attention_dim"]
             == 2 * flow.text_encoder.init["hidden_size"]
         )
-        assert built["study_points.teacher_flow.stage1"].t2i.endswith("assets/teacher_flow")
+        assert built["study_points.teacher_flow.t2i"].model.endswith("assets/teacher_flow")
     if env == "paper":
-        assert built["stage1"].t2i == "stabilityai/stable-diffusion-2-1-base"
+        assert built["t2i"].model == "stabilityai/stable-diffusion-2-1-base"

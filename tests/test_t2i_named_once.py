@@ -1,5 +1,6 @@
-"""The T2I model is named once per environment (globals.yml `t2i`), and a run whose stages
-disagree on it stops before any work, naming every key."""
+"""The T2I model is named once per environment (globals.yml `t2i`) and read from one block,
+``params:t2i``, by every node that loads it: one ``--params t2i=...`` moves every stage, and
+no stage has a key of its own that could name another model."""
 
 import os
 import subprocess
@@ -7,13 +8,38 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from vlv_pipeline.config import StudyConfigLoader
+from vlv_pipeline.params.cache import CacheParams
+from vlv_pipeline.params.evaluate import EvaluateParams
+from vlv_pipeline.params.reconstruct import ReconstructParams
 from vlv_pipeline.params.stage1 import Stage1Params
-from vlv_pipeline.preflight import T2I_KEYS, T2IMismatchError, check_t2i, t2i_disagreement
+from vlv_pipeline.params.stage2 import Stage2Params
+from vlv_pipeline.params.study import FLOW_TEACHER, TEACHER_POINT
+from vlv_pipeline.params.t2i import T2IParams
 
 ROOT = Path(__file__).resolve().parents[1]
 KEDRO = str(Path(sys.executable).with_name("kedro"))
+
+# every node that loads the T2I model (or its VAE or text side), by pipeline
+READERS = {
+    "cache": {"encode_latents"},
+    "stage1": {"load_stage1_data", "train_stage1", "validate_stage1"},
+    "stage2": {"train_stage2", "train_baseline"},
+    "synthesize": {"cache_pair_embeddings"},
+    "evaluate": {"reconstruct", "rerender_table1"},
+    "reconstruct": {"render_reconstructions", "score_reconstructions"},
+}
+# the keys each stage once had for it: (block, key, its model)
+OLD_KEYS = [
+    ("stage1", "t2i", Stage1Params),
+    ("stage1", "t2i_dtype", Stage1Params),
+    ("stage2", "t2i", Stage2Params),
+    ("evaluate", "stage1_t2i", EvaluateParams),
+    ("reconstruct", "t2i", ReconstructParams),
+    ("reconstruct", "t2i_dtype", ReconstructParams),
+]
 
 
 def _params(env: str | None, runtime: dict | None = None) -> dict:
@@ -28,16 +54,6 @@ def _params(env: str | None, runtime: dict | None = None) -> dict:
     return loader["parameters"]
 
 
-def _named(params: dict) -> dict[str, str]:
-    out = {}
-    for block, path in T2I_KEYS:
-        value = params[block]
-        for key in path:
-            value = value[key]
-        out[block] = value
-    return out
-
-
 @pytest.mark.parametrize(
     ("env", "model"),
     [
@@ -46,76 +62,85 @@ def _named(params: dict) -> dict[str, str]:
         ("rehearsal", "data/rehearsal/06_models/t2i"),
     ],
 )
-def test_every_environment_names_its_t2i_once_and_every_stage_reads_it(env, model):
+def test_every_environment_names_its_t2i_once_in_one_block(env, model):
     params = _params(env)
-    assert set(_named(params).values()) == {model}
-    assert t2i_disagreement(params) is None
+    assert T2IParams(**params["t2i"]) == T2IParams(model=model)
+    for block, key, _ in OLD_KEYS:  # no stage names it again
+        assert key not in params[block]
+    assert params["cache"]["vae"] is None  # the cache encodes with the T2I model's VAE
+    assert CacheParams(**params["cache"]).vae_spec(T2IParams(**params["t2i"])).model_dump() == {
+        "pretrained": model,
+        "subfolder": "vae",
+        "dtype": "float32",
+        "init": None,
+    }
     if env == "paper":  # captions are rendered by another model: a key of its own
         assert params["evaluate"]["render_t2i"] == "stabilityai/stable-diffusion-3.5-medium"
         assert params["stage2"]["tokenizer"]["pretrained"] == "Qwen/Qwen2.5-3B"
+    else:  # null: the same model
+        assert EvaluateParams(**params["evaluate"]).caption_t2i(T2IParams(model=model)) == model
 
 
 def test_one_runtime_param_moves_every_stage():
     params = _params("paper", {"t2i": "/models/sd-2-1-local"})
-    assert set(_named(params).values()) == {"/models/sd-2-1-local"}
+    assert params["t2i"] == {"model": "/models/sd-2-1-local", "dtype": "float32"}
     assert params["evaluate"]["render_t2i"] == "stabilityai/stable-diffusion-3.5-medium"
+    # a key below it is set as any block's (`--params t2i.dtype=bfloat16`): the model stays
+    dtype = _params(None, {"t2i": {"dtype": "bfloat16"}})["t2i"]
+    assert dtype == {"model": "src/vlv_pipeline/assets/teacher", "dtype": "bfloat16"}
+    both = _params(None, {"t2i": {"model": "/m", "dtype": "bfloat16"}})
+    assert both["t2i"] == {"model": "/m", "dtype": "bfloat16"}
 
 
-def test_a_disagreement_names_every_key(tmp_path):
-    stage1 = Stage1Params.model_validate({**_params(None)["stage1"], "t2i": str(tmp_path)})
-    blocks = {"stage1": stage1, **{k: v for k, v in _params(None).items() if k != "stage1"}}
-    message = t2i_disagreement(blocks)
-    assert message is not None
-    for key in ("cache.vae.pretrained", "stage1.t2i", "stage2.t2i", "evaluate.stage1_t2i"):
-        assert key in message
-    assert str(tmp_path) in message and "globals.yml" in message
-    # the same directory spelt two ways is one model
-    same = {"stage1": {"t2i": str(tmp_path)}, "stage2": {"t2i": str(tmp_path) + "/."}}
-    assert t2i_disagreement(same) is None
+def test_every_node_that_loads_the_t2i_takes_the_one_block():
+    from vlv_pipeline.pipeline_registry import register_pipelines
+
+    pipelines = register_pipelines()
+    for name, readers in READERS.items():
+        taking = {n.name for n in pipelines[name].nodes if "params:t2i" in n.inputs}
+        assert readers <= taking, (name, readers - taking)
+    # no node reads a T2I from anywhere else: the only T2I-ish parameter inputs
+    inputs = {i for n in pipelines["__default__"].nodes for i in n.inputs}
+    assert not {i for i in inputs if i.startswith("params:") and "t2i" in i} - {"params:t2i"}
 
 
-def test_check_reads_conf_and_the_pipelines_own_blocks():
-    class Loaded:
-        def __init__(self, value):
-            self.value = value
+def test_the_flow_teacher_point_trains_and_evaluates_on_its_own_t2i():
+    from vlv_pipeline.pipeline_registry import register_pipelines
 
-        def load(self):
-            return self.value
-
-    class Pipe:
-        def inputs(self):
-            return {"params:study_points.p.stage2", "raw_images"}
-
-    conf = _params(None)
-    catalog = {"parameters": Loaded(conf)}
-    catalog["params:study_points.p.stage2"] = Loaded({"t2i": "elsewhere"})
-    with pytest.raises(T2IMismatchError, match="study_points.p.stage2.t2i: elsewhere"):
-        check_t2i(Pipe(), catalog)
-
-
-def test_a_study_point_that_trains_its_own_stage1_may_distil_another_teacher():
-    """Study 6 reruns stage 1 and stage 2 on the flow-matching teacher: a run of its own,
-    checked for agreement within itself; a point reading the default run's encoder is not."""
-    conf = _params(None)
-    blocks = {
-        **{name: conf[name] for name in ("stage1", "stage2", "evaluate")},
-        "study_points.teacher_flow.stage1": {"t2i": "other"},
-        "study_points.teacher_flow.stage2": {"t2i": "other"},
+    params = _params(None)
+    points = params["study_points"]
+    assert points[TEACHER_POINT]["t2i"]["model"] == FLOW_TEACHER
+    assert points["shared"]["t2i"] == params["t2i"]
+    assert points["queries_04"]["t2i"] == params["t2i"]
+    study = register_pipelines()["study"]
+    mine = [
+        n for n in study.nodes if n.namespace and n.namespace.startswith(f"study.{TEACHER_POINT}")
+    ]
+    taking = {
+        n.name.rsplit(".", 1)[-1]
+        for n in mine
+        if f"params:study_points.{TEACHER_POINT}.t2i" in n.inputs
     }
-    assert t2i_disagreement(blocks) is None
-    blocks["study_points.teacher_flow.stage2"] = {"t2i": "a third"}
-    message = t2i_disagreement(blocks)
-    assert "study_points.teacher_flow.stage2.t2i: a third" in message
-    assert "\n  stage1.t2i" not in message  # conf's own run agrees: not listed
-    del blocks["study_points.teacher_flow.stage1"]  # now it reads the default run's encoder
-    assert "study_points.teacher_flow.stage2.t2i: a third" in t2i_disagreement(blocks)
+    assert {"train_stage1", "validate_stage1", "cache_pair_embeddings", "train_stage2"} <= taking
+    assert not any("params:t2i" in n.inputs for n in mine)
+
+
+@pytest.mark.parametrize(("block", "key", "model"), OLD_KEYS)
+def test_a_stage_cannot_name_its_own_t2i(block, key, model):
+    conf = _params(None)[block]
+    with pytest.raises(ValidationError) as error:
+        model.model_validate({**conf, key: "another/model"})
+    assert key in str(error.value) and "Extra inputs are not permitted" in str(error.value)
 
 
 @pytest.mark.slow
-def test_kedro_run_stops_before_any_node_when_evaluate_renders_with_another_model(tmp_path):
+def test_kedro_run_with_one_t2i_param_reads_it_everywhere(tmp_path):
+    """The documented command: `kedro run --params t2i=<dir>`; the preflight names the one
+    key (t2i.model) before any node runs."""
+    missing = tmp_path / "no-such-t2i"
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        [KEDRO, "run", "--pipeline", "evaluate", "--params", f"evaluate.stage1_t2i={tmp_path}"],
+        [KEDRO, "run", "--pipeline", "cache", "--params", f"t2i={missing}"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -124,5 +149,5 @@ def test_kedro_run_stops_before_any_node_when_evaluate_renders_with_another_mode
     )
     assert run.returncode != 0
     out = run.stdout + run.stderr
-    assert "different T2I models" in out and "evaluate.stage1_t2i" in out
+    assert f"t2i.model = {missing}" in out
     assert "Running node" not in out and "Traceback" not in out

@@ -3,6 +3,8 @@ and the checks on ``--params`` that must run before any work.
 
 - A secret-looking key (``api_key``, ``token``, ``password``...) given with ``--params`` is
   refused at once, its value never shown: secrets come from ``conf/local/credentials.yml``.
+- ``--params t2i=<dir or hub id>`` names the T2I model: it is read as ``t2i.model`` (the
+  ``params:t2i`` block keeps its other keys), so the one block every stage takes moves.
 - A ``--params`` key is one of conf's parameter blocks (``stage1``, ``caption``...) or a key
   conf reads through ``${runtime_params:...}`` (``t2i``); any other top-level key is refused
   before any node runs, listing the keys that exist (a catalog entry such as ``raw_images``
@@ -26,7 +28,9 @@ from vlv_pipeline.masking import MASK, remember_secrets_in, secret_keys
 from vlv_pipeline.param_messages import format_parameter_errors, validation_error_lines
 from vlv_pipeline.params.study import DERIVED_KEY, expand_points
 
-# what Kedro's resolver reads: `${runtime_params:t2i,...}` -> t2i
+# the T2I model's block (params/t2i.py); `--params t2i=X` means `t2i.model=X`
+T2I_KEY = "t2i"
+# what Kedro's resolver reads: `${runtime_params:<key>,...}` -> <key>
 _RUNTIME_REF = re.compile(r"\$\{runtime_params:\s*([^,}]+)")
 CREDENTIALS_HINT = (
     "put it in conf/local/credentials.yml (ignored by git), e.g.\n"
@@ -65,6 +69,10 @@ class StudyConfigLoader(OmegaConfigLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         runtime = self.runtime_params or {}
+        if T2I_KEY in runtime and not isinstance(runtime[T2I_KEY], dict):
+            # `--params t2i=X` would replace the whole block by a string: it names the model
+            runtime = {**runtime, T2I_KEY: {"model": runtime[T2I_KEY]}}
+            self.runtime_params = runtime
         remember_secrets_in(runtime)
         secrets = secret_keys(runtime)
         if secrets:

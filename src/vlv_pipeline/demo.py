@@ -13,7 +13,7 @@ the page starts, and chosen as the pipelines choose them:
   --pipeline caption`` would caption that file, with ``params:caption``'s settings;
 - the encoder and the T2I models as the ``reconstruct`` pipeline chooses them
   (``reconstruct.encoder``: stage 1's ``vlv_encoder``, or the captioner's own;
-  ``reconstruct.t2i`` renders the embeddings, ``reconstruct.render_t2i`` the caption), with
+  ``t2i.model`` renders the embeddings, ``reconstruct.render_t2i`` the caption), with
   ``reconstruct.sampling``'s sampler, steps, guidance and seed. An upload is rendered as the
   ``reconstruct`` pipeline renders a source holding that one file: the same crops, and the
   noise of image 0 (``image_seed(sampling.seed, 0)``), so the page's renders are the
@@ -220,7 +220,12 @@ def load_models(
         context = session.load_context()
         params = context.params
         return models_from(
-            context.catalog, params["caption"], params["reconstruct"], params["ingest"], env
+            context.catalog,
+            params["caption"],
+            params["reconstruct"],
+            params["ingest"],
+            params["t2i"],
+            env,
         )
 
 
@@ -228,18 +233,20 @@ def _typed(value, model):
     return value if isinstance(value, model) else model(**value)
 
 
-def models_from(catalog, caption, reconstruct, ingest, env: str | None = None) -> DemoModels:
-    """The page's models from a catalog and the ``caption``, ``reconstruct`` and ``ingest``
-    parameter blocks (typed or plain dicts)."""
+def models_from(catalog, caption, reconstruct, ingest, t2i, env: str | None = None) -> DemoModels:
+    """The page's models from a catalog and the ``caption``, ``reconstruct``, ``ingest`` and
+    ``t2i`` parameter blocks (typed or plain dicts)."""
     from vlv_pipeline.inference import Captioner
     from vlv_pipeline.models.captioning import NoCaptionerError, choose_captioner
     from vlv_pipeline.params.evaluate import CaptionParams
     from vlv_pipeline.params.ingest import IngestParams
     from vlv_pipeline.params.reconstruct import ReconstructParams
+    from vlv_pipeline.params.t2i import T2IParams
 
     caption = _typed(caption, CaptionParams)
     ingest = _typed(ingest, IngestParams)
     reconstruct = _typed(reconstruct, ReconstructParams)
+    t2i = _typed(t2i, T2IParams)
     # the renders follow the captioner the page captions with (caption.model)
     params = reconstruct.model_copy(update={"model": caption.model})
 
@@ -262,7 +269,7 @@ def models_from(catalog, caption, reconstruct, ingest, env: str | None = None) -
     lazy = trained if caption.model == "trained" else published
     where = {f"captioner ({caption.model})": str(getattr(lazy, "where", lazy))}
     encoder = _encoder(catalog, captioner, params, env, where)
-    return _with_t2i(captioner, encoder, params, where)
+    return _with_t2i(captioner, encoder, params, t2i, where)
 
 
 def _encoder(catalog, captioner, params, env, where: dict) -> Any:
@@ -288,7 +295,7 @@ def _encoder(catalog, captioner, params, env, where: dict) -> Any:
     return encoder
 
 
-def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
+def _with_t2i(captioner, encoder, params, t2i_params, where: dict) -> DemoModels:
     """The T2I model(s) loaded once, as the reconstruct pipeline loads them."""
     import torch
 
@@ -300,22 +307,22 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
 
     device = inference_device()
     try:
-        t2i = load_teacher(params.t2i, params.t2i_dtype, device)
+        t2i = load_teacher(t2i_params.model, t2i_params.dtype, device)
     except UserError:
         raise
     except (OSError, ValueError) as error:
         raise MissingModelError(
-            f"the demo page cannot load the T2I model {params.t2i} (reconstruct.t2i): "
+            f"the demo page cannot load the T2I model {t2i_params.model} (t2i.model): "
             f"{type(error).__name__}: {error}"
         ) from error
-    where["T2I (renders the embeddings)"] = params.t2i
-    if not params.render_t2i or params.render_t2i == params.t2i:
+    where["T2I (renders the embeddings)"] = t2i_params.model
+    if not params.render_t2i or params.render_t2i == t2i_params.model:
         caption_pipeline, scheduler = t2i.pipeline(), params.sampling.scheduler
     else:
         from diffusers import DiffusionPipeline
 
         caption_pipeline = DiffusionPipeline.from_pretrained(
-            params.render_t2i, dtype=getattr(torch, params.t2i_dtype)
+            params.render_t2i, dtype=getattr(torch, t2i_params.dtype)
         ).to(device)
         scheduler = None
         where["T2I (renders the caption)"] = params.render_t2i
@@ -327,7 +334,7 @@ def _with_t2i(captioner, encoder, params, where: dict) -> DemoModels:
         t2i=t2i,
         caption_pipeline=caption_pipeline,
         caption_scheduler=scheduler,
-        caption_call_kwargs=call_kwargs_of(params.render_t2i or params.t2i),
+        caption_call_kwargs=call_kwargs_of(params.render_t2i or t2i_params.model),
         params=params,
         crop=official_crop if published else resize_and_crop,
         render_side=render_side(t2i, params),

@@ -50,7 +50,6 @@ def encoder(monkeypatch):
     """A shapes-world encoder (the shipped teacher's width) with its card, as stage 1 makes it."""
     monkeypatch.chdir(ROOT)
     params = Stage1Params(
-        t2i=TEACHER,
         encoder={"backbone": "small", "num_queries": 4, "small": {"width": 16, "heads": 2}},
         training={"steps": 3, "batch_size": 2, "learning_rate": 1e-3},
     )
@@ -60,7 +59,7 @@ def encoder(monkeypatch):
     model.provenance = encoder_record(model, t2i=TEACHER, resolution=None)
     log = {"history": [{"step": 3, "loss": 0.5}], "seconds": 90.0, "trainable_parameters": 10}
     source = {"kind": "folder", "path": str(ROOT / "data/01_raw/shapes/images")}
-    model.model_card = encoder_card(model, params, log, {"images": 12, "source": source})
+    model.model_card = encoder_card(model, params, log, {"images": 12, "source": source}, TEACHER)
     return model
 
 

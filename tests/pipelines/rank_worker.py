@@ -26,16 +26,17 @@ def stage_params(config: dict) -> dict:
     from vlv_pipeline.params.evaluate import CaptionParams, EvaluateParams
     from vlv_pipeline.params.ingest import IngestParams
     from vlv_pipeline.params.synthesize import SynthesizeParams
+    from vlv_pipeline.params.t2i import T2IParams
 
     sd, out = config["tiny_sd"], Path(config["out"])
     evaluate = dict(
-        stage1_t2i=sd,
         render_t2i=sd,
         images=5,  # 3 + 2 images on 2 ranks; batches of 2 cut them otherwise than 1 process
         sampling={"steps": 2, "batch_size": 2},
         grid_images=4,  # the grid spans both ranks' images
     )
     return {
+        "t2i": T2IParams(model=sd),
         "cache": CacheParams(
             vae={"pretrained": sd, "subfolder": "vae"}, batch_size=4, shard_size=6
         ),
@@ -84,7 +85,9 @@ def run_stages(config: dict) -> dict:
     models = torch.load(config["models"], weights_only=False)
     results: dict = {}
 
-    latents = encode_latents(source, manifest, LatentCache(out / "latents"), params["cache"])
+    latents = encode_latents(
+        source, manifest, LatentCache(out / "latents"), params["cache"], params["t2i"]
+    )
     results["latent_ids"] = sorted(latents.image_ids())
 
     selection = synthesize.select_images(manifest, params["synthesize"])
@@ -98,6 +101,7 @@ def run_stages(config: dict) -> dict:
         EmbeddingCache(out / "embeddings"),
         params["stage2"],
         params["synthesize"],
+        params["t2i"],
     )
     results["embedding_ids"] = sorted(embeddings.image_ids())
 
@@ -107,7 +111,7 @@ def run_stages(config: dict) -> dict:
     )
     results["eval_captions"] = captions
     for judge in ("evaluate", "evaluate_pixels"):
-        renders = reconstruct(models["encoder"], data, captions, params[judge])
+        renders = reconstruct(models["encoder"], data, captions, params[judge], params["t2i"])
         metrics, samples, grid = score_evaluation(data, captions, renders, params[judge])
         results[judge] = {"metrics": metrics, "samples": samples, "grid": grid}
 

@@ -9,6 +9,7 @@ from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.stage2 import nodes
 from vlv_pipeline.pipelines.synthesize import nodes as synth
 
@@ -28,7 +29,6 @@ TINY_QWEN2 = {
 
 def stage2_params(tiny_sd, tmp_path, **overrides) -> Stage2Params:
     values = {
-        "t2i": str(tiny_sd),
         "llm": {"init": TINY_QWEN2},
         "tokenizer": {"pretrained": str(tiny_sd), "subfolder": "tokenizer"},
         "training": {
@@ -69,6 +69,7 @@ def stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable="projector+llm"):
         EmbeddingCache(tmp_path / "emb"),
         params,
         SynthesizeParams(),
+        T2IParams(model=str(tiny_sd)),
     )
     data = nodes.load_stage2_data(source, manifest, pairs, params)
     return params, data, encoder, cache
@@ -77,13 +78,12 @@ def stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable="projector+llm"):
 def tiny_captioner(tiny_world, tiny_sd, tmp_path):
     """A VLV captioner (tiny VAE-tower encoder + tiny Qwen2) trained 2 steps: (captioner, log)."""
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
-    return nodes.train_stage2(data, encoder, cache, params)
+    return nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
 
 
 def stage1_params(tiny_sd) -> Stage1Params:
     """Stage 1's settings the "without stage 1" baseline builds its encoder from."""
     return Stage1Params(
-        t2i=str(tiny_sd),
         encoder={
             "backbone": "small",
             "num_queries": 4,
@@ -97,6 +97,8 @@ def trained_captioners(tiny_world, tiny_sd, tmp_path):
     """The VLV captioner and the "without stage 1" baseline, each trained a step or two, and
     the encoder: (encoder, captioner, baseline, log, baseline_log)."""
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
-    captioner, log = nodes.train_stage2(data, encoder, cache, params)
-    baseline, baseline_log = nodes.train_baseline(data, params, stage1_params(tiny_sd))
+    captioner, log = nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
+    baseline, baseline_log = nodes.train_baseline(
+        data, params, stage1_params(tiny_sd), T2IParams(model=str(tiny_sd))
+    )
     return encoder, captioner, baseline, log, baseline_log

@@ -25,6 +25,7 @@ from vlv_pipeline.params.rating import RatingParams
 from vlv_pipeline.params.rerender import RerenderParams
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines import cache, evaluate, stage1, stage2, synthesize
@@ -37,9 +38,9 @@ def _params(tiny_sd: Path, tmp: Path) -> dict:
     probe.save_pretrained(tmp / "probe")
     training = {"steps": 2, "batch_size": 4, "learning_rate": 1e-3, "log_every": 1}
     return {
-        "cache": CacheParams(vae={"pretrained": str(tiny_sd), "subfolder": "vae"}, batch_size=4),
+        "t2i": T2IParams(model=str(tiny_sd)),  # the one T2I block every stage takes
+        "cache": CacheParams(batch_size=4),  # its VAE: the T2I model's
         "stage1": Stage1Params(
-            t2i=str(tiny_sd),
             encoder={
                 "backbone": "small",
                 "num_queries": 4,
@@ -57,9 +58,7 @@ def _params(tiny_sd: Path, tmp: Path) -> dict:
         "synthesize": SynthesizeParams(fraction=0.5, journal_dir=str(tmp / "journal")),
         "stage2": stage2_params(tiny_sd, tmp / "data"),
         "evaluate": EvaluateParams(
-            stage1_t2i=str(tiny_sd),
-            render_t2i=str(tiny_sd),
-            images=4,
+            images=4,  # render_t2i null: the captions render on the T2I model too
             sampling={"steps": 2, "batch_size": 4},
             probe=str(tmp / "probe"),
             grid_images=2,

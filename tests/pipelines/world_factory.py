@@ -32,6 +32,7 @@ def stage1_data(t2i, root):
     from vlv_pipeline.datasets.shard_store import LatentCache
     from vlv_pipeline.params.cache import CacheParams
     from vlv_pipeline.params.stage1 import Stage1Params
+    from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.pipelines.cache.nodes import encode_latents
     from vlv_pipeline.pipelines.stage1.nodes import load_stage1_data
 
@@ -41,11 +42,11 @@ def stage1_data(t2i, root):
         source,
         manifest,
         LatentCache(root / "latents"),
-        CacheParams(vae={"pretrained": str(t2i / "vae")}, batch_size=4, shard_size=5),
+        CacheParams(batch_size=4, shard_size=5),  # the T2I model's own VAE
+        T2IParams(model=str(t2i)),
     )
     params = Stage1Params(
-        t2i=str(t2i),
         encoder={"backbone": "small", "num_queries": 4},
         training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
     )
-    return load_stage1_data(source, manifest, cache, params)
+    return load_stage1_data(source, manifest, cache, params, T2IParams(model=str(t2i)))

@@ -88,14 +88,14 @@ def card_or_none(make, *args: Any, **kwargs: Any) -> str | None:
         return None
 
 
-def encoder_card(encoder: Any, params: Any, log: Mapping, data: Mapping) -> str:
-    """The stage-1 VLV encoder's card. ``params``: ``Stage1Params``; ``log``: what
+def encoder_card(encoder: Any, params: Any, log: Mapping, data: Mapping, t2i: str) -> str:
+    """The stage-1 VLV encoder's card. ``params``: ``Stage1Params``; ``t2i``: the T2I model; ``log``: what
     ``train_stage1`` logs; ``data``: ``{"images": train images, "source": describe()}``."""
     record = getattr(encoder, "provenance", None) or {}
-    shapes = is_shapes_world(params.t2i)
+    shapes = is_shapes_world(t2i)
     p = params.model_dump(mode="json")
     florence = (p["encoder"].get("florence2") or {}).get("pretrained")
-    components = hub_ids(params.t2i, florence)
+    components = hub_ids(t2i, florence)
     licence_fields, licence = licence_terms(shapes, components)
     tags = ["vlv", "vision-language-vision", "knowledge-distillation", "caption-embeddings"]
     header = card_header(
@@ -113,7 +113,7 @@ def encoder_card(encoder: Any, params: Any, log: Mapping, data: Mapping) -> str:
                 f"{record.get('num_queries')} x {record.get('embedding_width')}",
             ),
             ("input side", f"{record.get('resolution')} px"),
-            ("frozen T2I model (decoder)", f"`{shown(params.t2i)}`"),
+            ("frozen T2I model (decoder)", f"`{shown(t2i)}`"),
             ("made by", "`kedro run --pipeline stage1` (stage 1, images only)"),
         ]
     )
@@ -179,16 +179,21 @@ To be the VLV encoder of stage 2 and of `reconstruct` (renders from an image's e
 
 
 def captioner_card(
-    captioner: Any, params: Any, log: Mapping, data: Mapping, model: str = "vlv_captioner"
+    captioner: Any,
+    params: Any,
+    log: Mapping,
+    data: Mapping,
+    t2i: str,
+    model: str = "vlv_captioner",
 ) -> str:
     """A stage-2 captioner's card (``model``: ``vlv_captioner`` or ``baseline_captioner``).
-    ``params``: ``Stage2Params``; ``data``: ``{"pairs", "source", "validation_images"}``."""
+    ``params``: ``Stage2Params``; ``t2i``: the T2I model; ``data``: ``{"pairs", "source", "validation_images"}``."""
     record = getattr(captioner, "provenance", None) or {}
-    shapes = is_shapes_world(params.t2i)
+    shapes = is_shapes_world(t2i)
     p = params.model_dump(mode="json")
     named = component_name(p["llm"])
     llm = f"`{named}`" if named else record.get("llm") or "an LLM built from a config"
-    components = hub_ids(params.t2i, component_name(p["llm"]))
+    components = hub_ids(t2i, component_name(p["llm"]))
     licence_fields, licence = licence_terms(shapes, components)
     baseline = model == "baseline_captioner"
     title = 'VLV captioner, "without stage 1" baseline' if baseline else "VLV captioner"
@@ -213,7 +218,7 @@ def captioner_card(
         [
             ("encoder", f"{record.get('encoder')}, {record.get('num_queries')} queries"),
             ("input side", f"{record.get('resolution')} px"),
-            ("frozen text encoder", f"the T2I model's, `{shown(params.t2i)}`"),
+            ("frozen text encoder", f"the T2I model's, `{shown(t2i)}`"),
             ("LLM", llm),
             ("trained parts", trainable),
             ("made by", "`kedro run --pipeline stage2`"),

@@ -211,9 +211,7 @@ def wanted_settings(parameters: Mapping, caption_resolution: Any = "unset") -> d
         (
             v
             for v in (
-                _get(p, "stage1", "t2i"),
-                _get(p, "stage2", "t2i"),
-                _get(p, "evaluate", "stage1_t2i"),
+                _get(p, "t2i", "model"),  # params:t2i, the one block every stage takes
                 _get(p, "cache", "vae", "pretrained"),
             )
             if isinstance(v, str) and v

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from vlv_pipeline.params import StrictModel
 from vlv_pipeline.params.needs import FileNeed, JudgeNeed, KeyNeed, ModelNeed, SourceNeed
 from vlv_pipeline.params.synthesize import OpenAICaptionerParams, TransformersCaptionerParams
+from vlv_pipeline.params.t2i import T2IParams
 
 
 class RenderParams(StrictModel):
@@ -157,15 +158,15 @@ class CocoParams(StrictModel):
 
 
 class EvaluateParams(StrictModel):
-    """Reconstruction from embeddings uses ``stage1_t2i`` (the embeddings live in its text
-    space); reconstruction from captions uses ``render_t2i`` (paper: SD 3.5 Medium).
+    """Reconstruction from embeddings uses the T2I model of ``params:t2i`` (the embeddings
+    live in its text space); reconstruction from captions uses ``render_t2i`` (paper: SD 3.5
+    Medium; null: the same ``params:t2i`` model). ``t2i_dtype``: the renders' dtype.
 
     ``source``: ``split`` (the first ``images`` of the manifest's ``split``, by image_id) or
     ``coco`` (a seeded sample of ``coco.sample`` images of a COCO captions file).
     ``captioners``: the rows (see ``EvalCaptionerRow``), in the tables' order."""
 
-    stage1_t2i: str
-    render_t2i: str
+    render_t2i: str | None = Field(None, description="renders the captions (null: t2i.model)")
     t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     source: Literal["split", "coco"] = "split"
     split: str = "test"
@@ -198,14 +199,21 @@ class EvaluateParams(StrictModel):
             )
         return self
 
+    def caption_t2i(self, t2i: T2IParams) -> str:
+        """The model that renders the captions: ``render_t2i``, else the T2I model."""
+        return self.render_t2i or t2i.model
+
+    def captions_on_t2i(self, t2i: T2IParams) -> bool:
+        """Whether the captions render on the T2I model itself (as the stages load it)."""
+        return self.caption_t2i(t2i) == t2i.model
+
     def needs(self, block: str) -> list:
-        """The T2I models, the judge's models (its probe, or fid_clip's CLIP, packages and
+        """The caption renderer (the T2I model is ``params:t2i``'s), the judge's models (its probe, or fid_clip's CLIP, packages and
         weights), the COCO files (``source: coco``), and Table 1's rows (``evaluate`` only: a
         study's slice reads the set, never the rows)."""
-        found: list = [
-            ModelNeed(f"{block}.stage1_t2i", self.stage1_t2i),
-            ModelNeed(f"{block}.render_t2i", self.render_t2i),
-        ]
+        found: list = []
+        if self.render_t2i is not None:  # null: params:t2i's model, declared there
+            found.append(ModelNeed(f"{block}.render_t2i", self.render_t2i))
         if self.judge == "probe" and self.probe is not None:
             found.append(ModelNeed(f"{block}.probe", self.probe))
         if self.judge == "fid_clip":

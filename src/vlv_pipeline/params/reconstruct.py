@@ -42,9 +42,8 @@ class ReconstructParams(CaptionParams):
     resolution: int | None = Field(None, gt=0, description="the encoders' input side")
     model: Literal["trained", "published", "none"] = "trained"
     encoder: Literal["stage1", "captioner"] = "stage1"
-    t2i: str = Field(description="the frozen T2I model of stage 1 (renders the embeddings)")
-    render_t2i: str | None = Field(None, description="renders the captions (null: t2i)")
-    t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # the embeddings are rendered by params:t2i (in its dtype), the captions by render_t2i
+    render_t2i: str | None = Field(None, description="renders the captions (null: t2i.model)")
     sampling: SamplingParams = SamplingParams()
     size: int | None = Field(None, ge=8, description="the renders' side (null: the T2I's)")
     judge: Literal["probe", "fid_clip", "pixels"] = "probe"
@@ -69,7 +68,7 @@ class ReconstructParams(CaptionParams):
         """The images (as ``caption``), the T2I models, the probe (judge probe). A fid_clip
         judge is checked by the node, once it has counted the images (FID only from
         ``fid_min_images`` on), before any model is loaded."""
-        found = [ModelNeed(f"{block}.t2i", self.t2i)]
+        found = []
         if self.render_t2i is not None:
             found.append(ModelNeed(f"{block}.render_t2i", self.render_t2i))
         if self.judge == "probe" and self.probe is not None:

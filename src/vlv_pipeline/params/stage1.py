@@ -92,8 +92,8 @@ class ValidationParams(StrictModel):
 
 
 class Stage1Params(StrictModel):
-    t2i: str = Field(description="Stable Diffusion directory or hub id of the frozen decoder")
-    t2i_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Stage 1 against the frozen T2I model of ``params:t2i`` (its nodes take that block)."""
+
     encoder: EncoderParams
     resolution: int | None = Field(None, gt=0, description="encoder input side; None = native")
     timestep_range: tuple[int, int] | None = None
@@ -105,9 +105,8 @@ class Stage1Params(StrictModel):
     checkpoint_dir: str = "data/06_models/checkpoints/stage1"
 
     def needs(self, block: str) -> list:
-        """The T2I model, the encoder's models, the validation probe."""
-        found = [ModelNeed(f"{block}.t2i", self.t2i)]
-        found += self.encoder.needs(f"{block}.encoder")
+        """The encoder's models, the validation probe (the T2I model: ``params:t2i``)."""
+        found = self.encoder.needs(f"{block}.encoder")
         if self.validation.probe is not None:
             found.append(ModelNeed(f"{block}.validation.probe", self.validation.probe))
         return found

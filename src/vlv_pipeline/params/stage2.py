@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from vlv_pipeline.params import StrictModel
 from vlv_pipeline.params.components import ComponentSpec
-from vlv_pipeline.params.needs import ModelNeed, component_needs
+from vlv_pipeline.params.needs import component_needs
 from vlv_pipeline.params.stage1 import EncoderParams
 from vlv_pipeline.params.training import TrainParams
 
@@ -54,7 +54,8 @@ class BaselineParams(StrictModel):
 
 
 class Stage2Params(StrictModel):
-    t2i: str = Field(description="the Stable Diffusion directory whose text encoder stage 1 used")
+    """Stage 2 on the text encoder of ``params:t2i`` (its nodes take that block)."""
+
     llm: ComponentSpec = Field(description="the causal LM: {pretrained: ...} or {init: {...}}")
     tokenizer: ComponentSpec = Field(description="its tokenizer: {pretrained, subfolder}")
     resolution: int | None = Field(None, gt=0, description="encoder input side, as in stage 1")
@@ -74,9 +75,9 @@ class Stage2Params(StrictModel):
     checkpoint_dir: str = "data/06_models/checkpoints/stage2"
 
     def needs(self, block: str) -> list:
-        """The T2I model, the LLM, its tokenizer (configs only), the baseline's encoder."""
-        found = [ModelNeed(f"{block}.t2i", self.t2i)]
-        found += component_needs(f"{block}.llm", self.llm)
+        """The LLM, its tokenizer (configs only), the baseline's encoder (the T2I model:
+        ``params:t2i``)."""
+        found = component_needs(f"{block}.llm", self.llm)
         found += component_needs(f"{block}.tokenizer", self.tokenizer)
         if self.baseline.encoder is not None:
             found += self.baseline.encoder.needs(f"{block}.baseline.encoder")

@@ -76,12 +76,13 @@ def _points() -> dict[str, dict[str, dict]]:
         points[queries_point(n)] = {"stage1": {"encoder": {"num_queries": n}}}
     for trainable in TRAINABLE_PARTS:
         points[trainable_point(trainable)] = {"stage2": {**STUDY_STAGE2, "trainable": trainable}}
-    points[TEACHER_POINT] = {"stage1": {"t2i": FLOW_TEACHER}, "stage2": {"t2i": FLOW_TEACHER}}
+    # its own T2I block: every node of the point (stage 1, pair embeddings, stage 2) takes it
+    points[TEACHER_POINT] = {"t2i": {"model": FLOW_TEACHER}}
     return points
 
 
 POINTS = _points()
-SECTIONS = ("synthesize", "stage1", "stage2", "evaluate")
+SECTIONS = ("t2i", "synthesize", "stage1", "stage2", "evaluate")
 
 
 class SmallSize(StrictModel):

@@ -8,7 +8,7 @@ will need and cannot make itself:
   named is the registered pipeline that writes it (``kedro run --pipeline stage2``), or, for
   a read-only image source, where to put the images.
 - **models by parameter**: every ``pretrained:`` of a component and every model key
-  (``t2i``, ``stage1_t2i``, ``render_t2i``, ``tokenizer``, ``probe``) of the ``params:``
+  (``t2i.model``, ``render_t2i``, ``tokenizer``, ``probe``) of the ``params:``
   blocks the nodes take. An existing local directory passes; a hub id (``owner/name``) must
   be in the local Hugging Face cache (looked up on disk, never on the network); a local-looking
   path that does not exist is missing.
@@ -70,12 +70,8 @@ from vlv_pipeline.preflight.findings import (
     run_command,
 )
 from vlv_pipeline.preflight.hook import (
-    T2I_KEYS,
     PreflightHook,
-    T2IMismatchError,
     check,
-    check_t2i,
-    t2i_disagreement,
     unread_params,
 )
 from vlv_pipeline.preflight.parameters import (
@@ -100,13 +96,11 @@ __all__ = [
     "INCEPTION_WEIGHTS",
     "OPTIONAL_DATASETS",
     "PUBLISHED_REPO",
-    "T2I_KEYS",
     "Finding",
     "MissingComponentsError",
     "PreflightHook",
     "Producers",
     "Reference",
-    "T2IMismatchError",
     "attach_provenance_checks",
     "build_models",
     "check",
@@ -114,14 +108,12 @@ __all__ = [
     "check_parameters",
     "check_provenance",
     "check_references",
-    "check_t2i",
     "hub_cache_problem",
     "hub_offline",
     "message",
     "parameter_models",
     "provenance_checks",
     "run_command",
-    "t2i_disagreement",
     "unread_params",
     "written_locations",
 ]

@@ -8,11 +8,9 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import click
 from kedro.framework.hooks import hook_impl
 
 from vlv_pipeline.distributed import rank, world_size
-from vlv_pipeline.errors import UserError
 from vlv_pipeline.preflight.datasets import check_datasets, written_locations
 from vlv_pipeline.preflight.findings import (
     Finding,
@@ -65,92 +63,6 @@ def check(
     return findings
 
 
-# Every key that names the frozen T2I model the caption embeddings live in: (block, path).
-# conf names it once (globals.yml `t2i`); a run whose blocks disagree is stopped before any
-# work. evaluate.render_t2i may be another model (the paper renders captions with SD 3.5).
-T2I_KEYS = (
-    ("cache", ("vae", "pretrained")),
-    ("stage1", ("t2i",)),
-    ("stage2", ("t2i",)),
-    ("evaluate", ("stage1_t2i",)),
-    ("reconstruct", ("t2i",)),
-)
-
-
-class T2IMismatchError(click.ClickException, UserError, RuntimeError):
-    """The run's stages name different T2I models (one message naming every key)."""
-
-
-def _field(value: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        value = value.get(key) if isinstance(value, Mapping) else getattr(value, key, None)
-    return value
-
-
-def _same_model(ref: str) -> str:
-    """A local directory by its real path (``a/b`` and ``./a/b`` agree); a hub id as it is."""
-    return os.path.realpath(ref) if os.path.isdir(ref) else ref
-
-
-def _run_of(name: str, names: Iterable[str]) -> str:
-    """Which run a parameter block belongs to: a study point that trains its own stage 1
-    (``study_points.<point>.stage1`` among ``names``) is a run of its own; every other block
-    (conf's, the study's ``shared``, a point that reads the default run's encoder) is
-    conf's run ("")."""
-    parts = name.split(".")
-    if len(parts) > 2 and parts[0] == "study_points":
-        if f"study_points.{parts[1]}.stage1" in names:
-            return parts[1]
-    return ""
-
-
-def t2i_disagreement(blocks: Mapping[str, Any]) -> str | None:
-    """The message when the parameter blocks (``{"stage1": ..., "study_points.p.stage2":
-    ...}``) of one run name more than one T2I model in ``T2I_KEYS``; None when each run's
-    agree. A study point that trains its own stage 1 is a run of its own: it may distil
-    another teacher (study 6), as long as its own stages read the same one."""
-    runs: dict[str, dict[str, str]] = {}
-    for name, block in blocks.items():
-        section = name.rsplit(".", 1)[-1]
-        for wanted, path in T2I_KEYS:
-            value = _field(block, path) if section == wanted else None
-            if isinstance(value, str):
-                runs.setdefault(_run_of(name, blocks), {})[".".join((name, *path))] = value
-    named = {
-        key: value
-        for run in runs.values()
-        if len({_same_model(v) for v in run.values()}) > 1
-        for key, value in run.items()
-    }
-    if not named:
-        return None
-    lines = [f"  {key}: {value}" for key, value in sorted(named.items())]
-    return "\n".join(
-        [
-            "the run's stages name different T2I models (nothing was run):",
-            *lines,
-            "Stage 1 distils one frozen T2I model and every later stage must read the same: "
-            "name it once, as `t2i` in conf/<env>/globals.yml (or --params t2i=<model>), "
-            "and drop the per-stage keys that override it.",
-        ]
-    )
-
-
-def check_t2i(pipeline: Any, catalog: Any) -> None:
-    """Raise ``T2IMismatchError`` when conf's blocks, or the blocks the pipeline reads (a
-    study point's), disagree: `kedro run --pipeline evaluate` checks stage 1's key too."""
-    everything = _dataset(catalog, "parameters")
-    conf = everything.load() if everything is not None else {}
-    blocks = {name: conf[name] for name, _ in T2I_KEYS if name in conf}
-    for name in sorted(i for i in pipeline.inputs() if i.startswith("params:")):
-        dataset = _dataset(catalog, name)
-        if dataset is not None:
-            blocks[name.removeprefix("params:")] = dataset.load()
-    problem = t2i_disagreement(blocks)
-    if problem:
-        raise T2IMismatchError(problem)
-
-
 def unread_params(
     runtime_params: Mapping[str, Any], inputs: Iterable[str], resolver_keys: Iterable[str]
 ) -> list[str]:
@@ -195,7 +107,6 @@ class PreflightHook:
 
     @hook_impl(tryfirst=True)  # before plugins' hooks start anything (an MLflow run)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        check_t2i(pipeline, catalog)  # parameters only: always, even with the check off
         _warn_unread(run_params, pipeline, self._loader)
         registry = self._registry
         if registry is None:

@@ -12,6 +12,7 @@ from vlv_pipeline.datasets.shard_format import CorruptCacheError
 from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.ingest import IngestParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.cache.nodes import encode_latents
 from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
 
@@ -48,6 +49,10 @@ def vae_dir(tmp_path):
     return tmp_path / "vae"
 
 
+# the T2I block the cache node also takes: never read here, as each test names cache.vae
+T2I = T2IParams(model="unused: cache.vae is given")
+
+
 def _params(vae_dir, **kw):
     return CacheParams(vae={"pretrained": str(vae_dir)}, batch_size=2, shard_size=3, **kw)
 
@@ -56,7 +61,7 @@ def test_encodes_everything_once_then_only_new_images(tmp_path, vae_dir):
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, [f"{i}.png" for i in range(5)])
     source, manifest = _manifest(images)
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     assert len(cache) == 5 and len(cache.shards) == 2  # shards of >= 3, bounded memory
     mean, std = cache.load(manifest["image_id"])
     assert mean.shape == (5, 4, 8, 8) and (std > 0).all()
@@ -76,7 +81,7 @@ def test_encodes_everything_once_then_only_new_images(tmp_path, vae_dir):
     _write_images(images, ["5.png", "6.png"], seed=1)
     source, manifest = _manifest(images)
     before = {s["file"] for s in cache.shards}
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     assert len(cache) == 7
     new_shards = [s for s in cache.shards if s["file"] not in before]
     assert sum(s["count"] for s in new_shards) == 2  # only the two new images were encoded
@@ -87,17 +92,17 @@ def test_a_new_vae_or_resolution_rebuilds_the_cache(tmp_path, vae_dir):
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, ["a.png", "b.png"])
     source, manifest = _manifest(images)
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     old_files = {s["file"] for s in cache.shards}
     torch.manual_seed(1)
     AutoencoderKL(**TINY_VAE).save_pretrained(tmp_path / "other_vae")
     rebuilt = encode_latents(
-        source, manifest, LatentCache(cache_dir), _params(tmp_path / "other_vae")
+        source, manifest, LatentCache(cache_dir), _params(tmp_path / "other_vae"), T2I
     )
     assert len(rebuilt) == 2 and not old_files & {s["file"] for s in rebuilt.shards}
     assert not any((cache_dir / f).exists() for f in old_files)
     smaller = encode_latents(
-        source, manifest, LatentCache(cache_dir), _params(tmp_path / "other_vae", resolution=8)
+        source, manifest, LatentCache(cache_dir), _params(tmp_path / "other_vae", resolution=8), T2I
     )
     assert (
         smaller.fingerprint["resolution"] == 8
@@ -109,7 +114,7 @@ def test_corrupt_or_missing_shards_name_the_shard(tmp_path, vae_dir):
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, ["a.png", "b.png"])
     source, manifest = _manifest(images)
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     with pytest.raises(KeyError, match="not in the latent cache"):
         LatentCache(cache_dir).load(["0" * 64])
     shard = cache_dir / cache.shards[0]["file"]
@@ -139,7 +144,7 @@ def test_cache_preview_lists_fingerprint_and_shards(tmp_path, vae_dir):
     images = tmp_path / "images"
     _write_images(images, [f"{i}.png" for i in range(5)])
     source, manifest = _manifest(images)
-    encode_latents(source, manifest, LatentCache(tmp_path / "cache"), _params(vae_dir))
+    encode_latents(source, manifest, LatentCache(tmp_path / "cache"), _params(vae_dir), T2I)
     preview = LatentCacheDataset(path=str(tmp_path / "cache")).preview()
     items = [row[0] for row in preview["data"]]
     assert "fingerprint.weights_sha256" in items and ["images", "5"] in preview["data"]
@@ -154,7 +159,7 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, [f"{i}.png" for i in range(4)])
     source, manifest = _manifest(images)
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     index = json.loads((cache_dir / "index.json").read_text())
     assert index["format"] == "arrow"
     # no per-image ids; each shard's size and checksum (issue 26, item 8)
@@ -175,7 +180,7 @@ def test_shards_are_arrow_files_and_an_older_cache_is_rebuilt(tmp_path, vae_dir)
     old = LatentCache(cache_dir)
     with pytest.raises(CorruptCacheError, match="older version of this project.*pipeline cache"):
         old.rows(manifest["image_id"])
-    rebuilt = encode_latents(source, manifest, old, _params(vae_dir))
+    rebuilt = encode_latents(source, manifest, old, _params(vae_dir), T2I)
     assert len(rebuilt) == 4 and not (cache_dir / "shard-0123456789ab.safetensors").exists()
 
 
@@ -192,7 +197,7 @@ def test_a_rerun_after_a_killed_multi_process_run_encodes_only_the_rest(tmp_path
     part = LatentCache(cache_dir, part=1)
     part.add(finished, torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8))
     kept = part.shards[0]["file"]
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     assert len(cache) == 5 and not cache.part_files()
     assert [s["file"] for s in cache.shards][0] == kept and len(cache.shards) == 2
     assert cache.load(finished)[0].abs().sum() == 0  # kept as written, not encoded again
@@ -205,7 +210,7 @@ def test_a_shard_damaged_on_disk_is_refused_and_the_cache_run_rebuilds_it(tmp_pa
     images, cache_dir = tmp_path / "images", tmp_path / "cache"
     _write_images(images, [f"{i}.png" for i in range(5)])
     source, manifest = _manifest(images)
-    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    cache = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     expected = cache.load(manifest["image_id"])[0]
     shard = cache_dir / cache.shards[0]["file"]
     data = bytearray(shard.read_bytes())
@@ -219,7 +224,7 @@ def test_a_shard_damaged_on_disk_is_refused_and_the_cache_run_rebuilds_it(tmp_pa
         r"kedro run --pipeline cache",
     ):
         LatentCache(cache_dir).rows(manifest["image_id"])
-    rebuilt = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir))
+    rebuilt = encode_latents(source, manifest, LatentCache(cache_dir), _params(vae_dir), T2I)
     assert not shard.exists() and len(rebuilt) == 5
     torch.testing.assert_close(rebuilt.load(manifest["image_id"])[0], expected)
 
@@ -237,3 +242,27 @@ def test_no_shift_is_one_vae_whether_it_says_null_or_zero(vae_dir):
     assert vae_fingerprint(vae, None) == plain
     vae.register_to_config(shift_factor=0.1159)
     assert vae_fingerprint(vae, None) != plain
+
+
+def test_by_default_the_cache_encodes_with_the_t2i_models_own_vae(tmp_path, vae_dir):
+    """cache.vae null: ``<t2i.model>/vae`` in float32, the same latents and fingerprint as
+    the spec conf used to spell out (so an existing cache stays valid)."""
+    import shutil
+
+    t2i = tmp_path / "t2i"
+    shutil.copytree(vae_dir, t2i / "vae")
+    images = tmp_path / "images"
+    _write_images(images, [f"{i}.png" for i in range(3)])
+    source, manifest = _manifest(images)
+    spelt = CacheParams(vae={"pretrained": str(t2i), "subfolder": "vae", "dtype": "float32"})
+    default = CacheParams()
+    assert default.vae is None
+    assert default.vae_spec(T2IParams(model=str(t2i))) == spelt.vae
+    by_default = encode_latents(
+        source, manifest, LatentCache(tmp_path / "a"), default, T2IParams(model=str(t2i))
+    )
+    explicit = encode_latents(source, manifest, LatentCache(tmp_path / "b"), spelt, T2I)
+    assert by_default.fingerprint == explicit.fingerprint
+    torch.testing.assert_close(
+        by_default.load(manifest["image_id"])[0], explicit.load(manifest["image_id"])[0]
+    )

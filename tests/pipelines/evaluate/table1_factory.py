@@ -29,7 +29,6 @@ def world_as_coco(tiny_world, folder: Path, extra_captions: int = 1) -> tuple[Pa
 
 def coco_params(tiny_sd, annotations: Path, images: Path, sample: int = 5, **kw) -> EvaluateParams:
     values = dict(
-        stage1_t2i=str(tiny_sd),
         render_t2i=str(tiny_sd),
         source="coco",
         coco={"annotations": str(annotations), "images": str(images), "sample": sample},

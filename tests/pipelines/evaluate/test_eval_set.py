@@ -67,7 +67,7 @@ def test_the_set_is_written_down_and_a_changed_source_is_reported(
         earlier = {**record, "image_ids": ["999", *record["image_ids"][1:]]}
         nodes.eval_set_ids(data, earlier, params)
     assert "not comparable" in caplog.text
-    split = EvaluateParams(stage1_t2i=str(tiny_sd), render_t2i=str(tiny_sd), images=3)
+    split = EvaluateParams(render_t2i=str(tiny_sd), images=3)
     split_data = nodes.load_eval_data(source, manifest, split)
     written = nodes.eval_set_ids(split_data, record, split)
     assert written["source"] == "split" and written["split"] == "test" and written["images"] == 3

@@ -10,6 +10,7 @@ from vlv_pipeline.metrics.tables import PaperTable, Row
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.seeds import image_generators, image_seed
 from vlv_pipeline.params.evaluate import EvaluateParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.evaluate import nodes
 from vlv_pipeline.pipelines.evaluate.renders import RECONSTRUCTIONS, reconstruct
 from vlv_pipeline.pipelines.evaluate.report import plot_eval_grid, plot_report_preview, write_report
@@ -27,7 +28,6 @@ def trained(tiny_world, tiny_sd, tmp_path_factory):
 
 def _params(tiny_sd, tmp, **kw):
     values = dict(
-        stage1_t2i=str(tiny_sd),
         render_t2i=str(tiny_sd),
         images=4,
         sampling={"steps": 2, "batch_size": 4},
@@ -47,7 +47,7 @@ def test_evaluation_scores_the_model_and_every_baseline(tiny_world, tiny_sd, tra
     captions = nodes.caption_eval_images(captioner, baseline, data, params)
     assert list(captions.columns) == ["image_id", "reference", "vlv", "without_stage1", "chance"]
     assert all(a != b for a, b in zip(captions["chance"], captions["reference"], strict=True))
-    renders = reconstruct(encoder, data, captions, params)
+    renders = reconstruct(encoder, data, captions, params, T2IParams(model=params.render_t2i))
     assert renders.names() == list(RECONSTRUCTIONS)
     metrics, samples, grid_items = score_evaluation(data, captions, renders, params)
     assert set(metrics["captions"]) == {"vlv", "without_stage1", "chance"}
@@ -132,7 +132,9 @@ def test_each_image_draws_its_own_noise_whatever_the_batches(tiny_world, tiny_sd
 
     def rendered(params) -> dict[str, torch.Tensor]:
         chunks: dict[str, list] = {}
-        for name, start, originals, images in reconstruct(encoder, data, captions, params):
+        for name, start, originals, images in reconstruct(
+            encoder, data, captions, params, T2IParams(model=params.render_t2i)
+        ):
             assert torch.equal(originals, data.images(start, start + len(images)))
             chunks.setdefault(name, []).append(images)
         assert [len(c) for c in chunks.values()] == [-(-4 // params.sampling.batch_size)] * 5

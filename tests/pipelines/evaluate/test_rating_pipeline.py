@@ -44,7 +44,7 @@ def test_the_rating_nodes_run_on_the_projects_catalog(tmp_path):
     params = RatingParams(images=6)
     catalog["params:rating"] = MemoryDataset(params, copy_mode="assign")
     catalog["params:world"] = MemoryDataset(WORLD, copy_mode="assign")
-    evaluate = EvaluateParams(stage1_t2i="t2i", render_t2i="t2i")
+    evaluate = EvaluateParams(render_t2i="t2i")
     catalog["params:evaluate"] = MemoryDataset(evaluate, copy_mode="assign")
     pipeline = create_pipeline().only_nodes(*NODES)
     assert pipeline.inputs() == {

@@ -13,6 +13,7 @@ from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.evaluate import nodes, renders, rerender, scoring
 
 ROWS = [{"kind": "reference"}, {"kind": "chance"}]
@@ -39,7 +40,6 @@ def setup(tiny_world, tiny_sd, tmp_path_factory):
 
 def _params(tiny_sd, tmp, **kw) -> EvaluateParams:
     values = dict(
-        stage1_t2i=str(tiny_sd),
         render_t2i=str(tiny_sd),
         images=4,
         sampling={"steps": 2, "batch_size": 4, "guidance": 1.0, "scheduler": "DDIMScheduler"},
@@ -49,13 +49,18 @@ def _params(tiny_sd, tmp, **kw) -> EvaluateParams:
     return EvaluateParams(**{**values, **kw})
 
 
+def _t2i(params: EvaluateParams) -> T2IParams:
+    """The T2I model: these tests render the captions on it too (render_t2i is the same)."""
+    return T2IParams(model=params.render_t2i)
+
+
 def _sweep(**kw) -> RerenderParams:
     values = dict(guidance=[1.0, 2.0], steps=2, scheduler="DDIMScheduler", images=None)
     return RerenderParams(**{**values, "batch_size": 3, **kw})
 
 
 def _metrics(encoder, data, captions, params) -> dict:
-    made = renders.reconstruct(encoder, data, captions, params)
+    made = renders.reconstruct(encoder, data, captions, params, _t2i(params))
     return scoring.score_evaluation(data, captions, made, params)[0]
 
 
@@ -78,7 +83,9 @@ def test_table1_reuses_the_evaluations_renders_and_renders_only_the_rest(
     tmp, encoder, data, captions = setup
     params = _params(tiny_sd, tmp)
     metrics = _metrics(encoder, data, captions, params)
-    table, companion = rerender.rerender_table1(data, captions, metrics, params, _sweep())
+    table, companion = rerender.rerender_table1(
+        data, captions, metrics, params, _sweep(), _t2i(params)
+    )
     table, companion = PaperTable.from_dict(table), PaperTable.from_dict(companion)
     assert table.columns == [("guidance_1", "guidance 1"), ("guidance_2", "guidance 2")]
     assert [(r.label, r.kind) for r in table.rows] == [
@@ -100,7 +107,7 @@ def test_table1_reuses_the_evaluations_renders_and_renders_only_the_rest(
     assert "guidance 1 column of chance, reference is the evaluation's own" in notes
     assert "not FID" in notes and "all 4 images" in notes
     # rendered afresh, the guidance-1 column is the same numbers: same renders, same noise
-    fresh, _ = rerender.rerender_table1(data, captions, {}, params, _sweep())
+    fresh, _ = rerender.rerender_table1(data, captions, {}, params, _sweep(), _t2i(params))
     fresh = PaperTable.from_dict(fresh)
     for row, again in zip(table.rows, fresh.rows, strict=True):
         assert again.values["guidance_1"] == pytest.approx(
@@ -126,19 +133,24 @@ def test_nothing_is_reused_unless_it_is_the_same_renders(tiny_sd, setup, change)
     tmp, *_ = setup
     params = _params(tiny_sd, tmp)
     metrics = {"images": 4, "judge": "probe", "reconstruction": {"chance": {"exact_scene": 1.0}}}
-    assert rerender.reusable(metrics, params, _sweep(), 4, 4) == {
+    assert rerender.reusable(metrics, params, _sweep(), 4, 4, _t2i(params)) == {
         1.0: {"chance": {"exact_scene": 1.0}}
     }
     sweep = _sweep(**change)
     images = sweep.images or 4
-    assert rerender.reusable(metrics, params, sweep, images, 4) == {}
-    assert rerender.reusable({**metrics, "judge": "pixels"}, params, _sweep(), 4, 4) == {}
+    assert rerender.reusable(metrics, params, sweep, images, 4, _t2i(params)) == {}
+    assert (
+        rerender.reusable({**metrics, "judge": "pixels"}, params, _sweep(), 4, 4, _t2i(params))
+        == {}
+    )
 
 
 def test_a_subset_is_the_first_images_and_the_table_says_so(tiny_sd, setup, count_renders):
     tmp, encoder, data, captions = setup
     params = _params(tiny_sd, tmp, judge="pixels", probe=None)
-    table, companion = rerender.rerender_table1(data, captions, {}, params, _sweep(images=2))
+    table, companion = rerender.rerender_table1(
+        data, captions, {}, params, _sweep(images=2), _t2i(params)
+    )
     table = PaperTable.from_dict(table)
     assert sum(n for _, n in count_renders) == 2 * 2 * 2  # rows x guidance values x images
     assert "the first 2 of the 4 evaluated images" in " ".join(table.notes)
@@ -155,13 +167,13 @@ def test_fid_sits_beside_the_papers_numbers_and_small_samples_are_flagged(
     sweep = _sweep(guidance=[1.0, 2.0, 3.0, 4.0], steps=40, scheduler=None)
     # the real judge, as far as it goes offline: it says what to install or download
     with pytest.raises(SetupError, match="torch-fidelity.*download"):
-        rerender.rerender_table1(data, captions, {}, params, sweep)
+        rerender.rerender_table1(data, captions, {}, params, sweep, _t2i(params))
 
     def stand_in(jobs, *args):  # FID and CLIP score per cell, as the judge would give them
         return {(g, c): {"fid": 10 * g + len(c), "clip_score": 20.0} for g, c in jobs}
 
     monkeypatch.setattr(rerender, "_render_and_judge", stand_in)
-    table, companion = rerender.rerender_table1(data, captions, {}, params, sweep)
+    table, companion = rerender.rerender_table1(data, captions, {}, params, sweep, _t2i(params))
     table = PaperTable.from_dict(table)
     assert table.title.startswith("Table 1: caption FID")
     assert table.rows[0].values["guidance_3"] == 30 + len("reference")

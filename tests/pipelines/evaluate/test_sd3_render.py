@@ -14,6 +14,7 @@ from vlv_pipeline.models.seeds import image_generators
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.evaluate import nodes, renders, rerender
 
 CAPTIONS = ["a large red circle at the top left", "a small blue square in the centre", ""]
@@ -78,7 +79,6 @@ def test_table1_and_the_reconstructions_render_captions_with_sd3(tiny_world, tin
     renders every caption, with its own sampler."""
     source, manifest = tiny_world
     params = EvaluateParams(
-        stage1_t2i=str(tiny_sd),
         render_t2i=str(sd3),
         images=3,
         sampling={"steps": 2, "batch_size": 3},
@@ -86,10 +86,11 @@ def test_table1_and_the_reconstructions_render_captions_with_sd3(tiny_world, tin
         probe=None,
         captioners=[{"kind": "reference"}, {"kind": "chance"}],
     )
+    t2i = T2IParams(model=str(tiny_sd))  # renders the embeddings; SD 3 the captions
     data = nodes.load_eval_data(source, manifest, params)
     captions = nodes.caption_eval_images(None, None, data, params)
     sweep = RerenderParams(guidance=[1.0, 3.0], steps=2, scheduler=None, batch_size=2)
-    table, _ = rerender.rerender_table1(data, captions, {}, params, sweep)
+    table, _ = rerender.rerender_table1(data, captions, {}, params, sweep, t2i)
     table = PaperTable.from_dict(table)
     assert [r.label for r in table.rows][0] == "reference captions (upper bound)"
     assert all(v is not None and v > 0 for r in table.rows for v in r.values.values())
@@ -105,7 +106,7 @@ def test_table1_and_the_reconstructions_render_captions_with_sd3(tiny_world, tin
     )
     encoder.load_vae_tower(vae)
     names = set()
-    for name, _, originals, images in renders.reconstruct(encoder, data, captions, params):
+    for name, _, originals, images in renders.reconstruct(encoder, data, captions, params, t2i):
         names.add(name)
         assert images.shape == originals.shape and images.shape[1:] == (3, 16, 16)
     assert names == {"from_embeddings", "ground_truth_caption", "chance"}

@@ -17,6 +17,7 @@ from vlv_pipeline.models.encoders import build_encoder
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.stage1 import EncoderParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.teacher import Sampler
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.evaluate import nodes
@@ -166,7 +167,6 @@ def val_world(tiny_sd, tmp_path_factory):
     )
     AttributeProbe(image_size=16, width=4, hidden=8).save_pretrained(root / "probe")
     evaluate = {
-        "stage1_t2i": str(tiny_sd),
         "render_t2i": str(tiny_sd),
         "split": "test",  # the sweep's protocol makes it val
         "images": 256,
@@ -199,6 +199,7 @@ def test_a_sweep_renders_val_once_per_candidate_and_seed(val_world, tmp_path, ca
             results,
             seeds=seeds,
             encoder_id="v1",
+            t2i=T2IParams(model=params.render_t2i),  # the same tiny SD renders both
             log=lines.append,
         )
 

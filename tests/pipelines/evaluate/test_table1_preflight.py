@@ -25,7 +25,6 @@ def check_parameters(blocks, **kwargs):
 
 def _evaluate(tmp_path, **kw) -> dict:
     return {
-        "stage1_t2i": ".",  # a local directory that is there
         "render_t2i": ".",
         "resolution": 384,  # as source coco needs
         "source": "split",

@@ -10,6 +10,7 @@ from vlv_pipeline.metrics.tables import PaperTable, table_markdown
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rating import RatingParams
 from vlv_pipeline.params.rerender import RerenderParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.vqa import VQAParams
 from vlv_pipeline.pipelines.evaluate import rating, rerender, vqa
 from vlv_pipeline.pipelines.evaluate.nodes import captioner_label
@@ -19,7 +20,6 @@ COLUMNS = ["without_stage1", "vlv", "gpt4o", "chance"]  # eval_captions' order
 
 def _evaluate(source: str = "coco") -> EvaluateParams:
     return EvaluateParams(
-        stage1_t2i="t2i",
         render_t2i="t2i",
         source=source,
         resolution=16,
@@ -44,7 +44,9 @@ def _captions() -> pd.DataFrame:
 def _table1(evaluate: EvaluateParams) -> PaperTable:
     sweep = RerenderParams(guidance=[1.0], steps=2, images=None)
     rows = rerender._rows(_captions(), evaluate)
-    table = rerender._table(rows, {}, ("mse", "pixel MSE"), evaluate, sweep, 3, 3, {}, True)
+    table = rerender._table(
+        rows, {}, ("mse", "pixel MSE"), evaluate, sweep, 3, 3, {}, T2IParams(model="t2i"), True
+    )
     return PaperTable.from_dict(table.to_dict())
 
 
@@ -103,7 +105,7 @@ def test_labels_without_a_row_and_outside_coco():
     assert captioner_label("vlv", split) == ("VLV (ours)", "model")
     assert captioner_label("somebody", split) == ("somebody", "baseline")  # no row names it
     # a fixed column no row lists keeps its kind's label; None: the default rows
-    bare = EvaluateParams(stage1_t2i="t", render_t2i="t", captioners=[{"kind": "trained"}])
+    bare = EvaluateParams(render_t2i="t", captioners=[{"kind": "trained"}])
     assert captioner_label("chance", bare)[0] == "chance (another image's reference caption)"
     assert captioner_label("vlv") == ("VLV captioner", "model")
     assert captioner_label("published")[0] == "VLV (published captioner)"

@@ -76,7 +76,7 @@ def test_shapes_world_table_through_the_catalog(tmp_path):
     catalog.save("eval_captions", captions)
     catalog["params:vqa"] = MemoryDataset(params, copy_mode="assign")
     catalog["params:world"] = MemoryDataset(WORLD, copy_mode="assign")
-    evaluate = EvaluateParams(stage1_t2i="t2i", render_t2i="t2i")  # the rows' labels
+    evaluate = EvaluateParams(render_t2i="t2i")  # the rows' labels
     catalog["params:evaluate"] = MemoryDataset(evaluate, copy_mode="assign")
     pipeline = create_pipeline().only_nodes(*VQA_NODES)
     SequentialRunner().run(pipeline, catalog)

@@ -28,14 +28,15 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _params(**values) -> ReconstructParams:
-    return ReconstructParams(**{"t2i": "x", "probe": "p", **values})
+    return ReconstructParams(**{"probe": "p", **values})
 
 
 @pytest.mark.parametrize("env", ["base", "paper", "rehearsal"])
 def test_every_environment_has_a_valid_reconstruct_block_and_its_catalog(env):
     loader = OmegaConfigLoader(str(ROOT / "conf"), env=env, **settings.CONFIG_LOADER_ARGS)
     params = ReconstructParams(**loader["parameters"]["reconstruct"])
-    assert params.t2i == loader["parameters"]["stage1"]["t2i"]  # the T2I named once
+    assert "t2i" not in loader["parameters"]["reconstruct"]  # the T2I: params:t2i alone
+    assert params.render_t2i is None  # the captions render on that model too
     catalog = loader["catalog"]
     for name in ("reconstructions", "reconstruct_sheets", "reconstruct_metrics"):
         assert catalog[name]["versioned"] is True
@@ -66,6 +67,7 @@ def test_the_pipelines_inputs_and_outputs():
     pipeline = create_pipeline()
     assert pipeline.inputs() == {
         "params:reconstruct",
+        "params:t2i",  # the T2I model: renders the embeddings (and captions unless render_t2i)
         "params:ingest",
         "reconstruct_encoder",
         "caption_trained_captioner",
@@ -84,7 +86,7 @@ def test_parameters_say_what_does_not_go_together():
     with pytest.raises(ValidationError, match="encoder captioner needs a captioner"):
         _params(encoder="captioner", model="none")
     with pytest.raises(ValidationError, match="judge probe needs `probe`"):
-        ReconstructParams(t2i="x")
+        ReconstructParams()
     with pytest.raises(ValidationError, match="scheduler"):
         _params(sampling={"scheduler": "NoSuchScheduler"})
     caption = _params(source="a", kind="file", resolution=384, model="published").caption_params()
@@ -222,7 +224,7 @@ def _catalog(tmp_path: Path, **params) -> DataCatalog:
             lazy=lazy,
         )
 
-    block = {"source": None, "t2i": str(tmp_path), "probe": str(tmp_path), **params}
+    block = {"source": None, "probe": str(tmp_path), **params}
     return DataCatalog(
         {
             "reconstruct_encoder": model(
@@ -272,13 +274,13 @@ def test_the_preflight_wants_the_captioner_when_its_encoder_is_used(tmp_path):
 
 
 def test_the_preflight_leaves_reconstructs_fid_judge_to_its_node():
-    reconstruct = ReconstructParams(judge="fid_clip", source=".", t2i=".")
+    reconstruct = ReconstructParams(judge="fid_clip", source=".")
     assert preflight.check_parameters({"reconstruct": reconstruct}) == []
-    evaluate = EvaluateParams(judge="fid_clip", stage1_t2i=".", render_t2i=".")
+    evaluate = EvaluateParams(judge="fid_clip", render_t2i=".")
     assert preflight.check_parameters({"evaluate": evaluate})  # evaluate's is checked here
-    # a T2I that disagrees with stage 1's is refused before anything runs
-    problem = preflight.t2i_disagreement({"stage1": {"t2i": "a"}, "reconstruct": {"t2i": "b"}})
-    assert problem is not None and "reconstruct.t2i: b" in problem
+    # reconstruct has no T2I key of its own that could disagree with stage 1's
+    with pytest.raises(ValidationError, match="t2i"):
+        ReconstructParams(judge="fid_clip", source=".", t2i="b")
 
 
 def test_a_table_row_per_input_even_without_captions(tmp_path):

@@ -22,6 +22,7 @@ from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.seeds import image_seed
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.reconstruct import ReconstructParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.reconstruct import create_pipeline
 from vlv_pipeline.pipelines.stage2 import nodes as stage2_nodes
 
@@ -34,7 +35,9 @@ def models(tiny_world, tiny_sd, tmp_path_factory):
     """A tiny stage-1 encoder and the captioner trained from it (two steps), and a probe."""
     tmp = tmp_path_factory.mktemp("reconstruct_models")
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp)
-    captioner, _ = stage2_nodes.train_stage2(data, encoder, cache, params)
+    captioner, _ = stage2_nodes.train_stage2(
+        data, encoder, cache, params, T2IParams(model=str(tiny_sd))
+    )
     probe = AttributeProbe(image_size=16, width=4, hidden=8)
     probe.save_pretrained(tmp / "probe")
     return encoder, captioner, tmp / "probe"
@@ -69,7 +72,6 @@ def catalog_for(tmp: Path, tiny_sd, models, **params) -> DataCatalog:
         catalog.save("vlv_encoder", encoder)
         catalog.save("vlv_captioner", captioner)
     values = {
-        "t2i": str(tiny_sd),
         "sampling": {"steps": 2, "batch_size": 2},
         "probe": str(probe),
         "batch_size": 2,
@@ -77,6 +79,7 @@ def catalog_for(tmp: Path, tiny_sd, models, **params) -> DataCatalog:
     }
     catalog["params:reconstruct"] = MemoryDataset(ReconstructParams(**values), copy_mode="assign")
     catalog["params:ingest"] = MemoryDataset(IngestParams(min_side=8), copy_mode="assign")
+    catalog["params:t2i"] = MemoryDataset(T2IParams(model=str(tiny_sd)), copy_mode="assign")
     return catalog
 
 

@@ -17,6 +17,7 @@ from vlv_pipeline.models.vlv_encoder import (
     vae_config_of,
 )
 from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.stage1 import nodes as stage1_nodes
 from vlv_pipeline.pipelines.stage1.nodes import (
@@ -35,7 +36,6 @@ def _params(tiny_sd, tmp_path, **encoder):
         "small": {"width": 16, "stem_channels": [8, 16], "heads": 2, "image_size": 16},
     }
     return Stage1Params(
-        t2i=str(tiny_sd),
         encoder=encoder,
         training={
             "steps": 2,
@@ -55,7 +55,7 @@ def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path
     from diffusers import UNet2DConditionModel
 
     params = _params(tiny_sd, tmp_path)
-    encoder, log = train_stage1(data, params)
+    encoder, log = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     assert isinstance(encoder, SmallVLVEncoder) and len(log["history"]) == 2
     # the decoder on disk is untouched, the saved encoder reloads to the same function
     unet = UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
@@ -67,7 +67,7 @@ def test_small_encoder_trains_against_the_frozen_decoder(tiny_sd, data, tmp_path
         torch.testing.assert_close(again(x), encoder(x))
     assert encoder(x).shape == (4, 4, 16)
 
-    metrics, grid = validate_stage1(encoder, data, params)
+    metrics, grid = validate_stage1(encoder, data, params, T2IParams(model=str(tiny_sd)))
     assert metrics["images"] == 4 and "reconstruction" not in metrics
     assert len(grid.axes) == 4  # 2 items side by side x (original, reconstruction)
     assert plot_stage1_loss(log).axes
@@ -109,8 +109,8 @@ def test_validation_judges_reconstructions_with_the_probe(tiny_sd, data, tmp_pat
             "validation": {**params.validation.model_dump(), "probe": str(tmp_path / "probe")},
         }
     )
-    encoder, _ = train_stage1(data, params)
-    metrics, _ = validate_stage1(encoder, data, params)
+    encoder, _ = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
+    metrics, _ = validate_stage1(encoder, data, params, T2IParams(model=str(tiny_sd)))
     assert set(metrics["reconstruction"]) >= {"exact_scene", "shape", "colour", "size", "position"}
 
 
@@ -133,11 +133,11 @@ def test_a_killed_stage1_run_resumes_from_its_checkpoint(tiny_sd, data, tmp_path
 
     monkeypatch.setattr(Stage1Objective, "forward", dying)
     with pytest.raises(KeyboardInterrupt):
-        train_stage1(data, params)
+        train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     monkeypatch.setattr(Stage1Objective, "forward", original)
     run = next((tmp_path / "ckpt").iterdir())
     assert [s for s, _ in list_checkpoints(run)] == [2]
-    _, log = train_stage1(data, params)
+    _, log = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     assert [e["step"] for e in log["history"]][-2:] == [3, 4]
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
 
@@ -159,7 +159,7 @@ def test_paper_path_florence2_two_steps(tiny_sd, data, tmp_path):
         florence2={"pretrained": str(tmp_path / "florence"), "tokenizer": str(tmp_path / "tok")},
     )
     reference = Florence2ForConditionalGeneration.from_pretrained(tmp_path / "florence")
-    encoder, log = train_stage1(data, params)
+    encoder, log = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     assert isinstance(encoder, Florence2VLVEncoder) and len(log["history"]) == 2
     assert encoder(data["test"].images()).shape == (4, 5, 16)
     trained = encoder.florence.state_dict()
@@ -190,7 +190,7 @@ def test_small_encoder_on_the_t2i_vae_tower(tiny_sd, data, tmp_path, latent_stem
         **{**params.model_dump(), "encoder": {**params.encoder.model_dump(), "small": small}}
     )
     vae = AutoencoderKL.from_pretrained(tiny_sd / "vae")
-    encoder, _ = train_stage1(data, params)
+    encoder, _ = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     for name, tensor in vae.encoder.state_dict().items():
         assert torch.equal(encoder.vae_tower["encoder"].state_dict()[name], tensor)
     convs = [m for m in encoder.stem if isinstance(m, torch.nn.Conv2d)]
@@ -291,8 +291,8 @@ def test_validation_reads_the_split_it_is_told(tiny_sd, data, tmp_path):
             "validation": {**params.validation.model_dump(), "split": "train"},
         }
     )
-    encoder, _ = train_stage1(data, params)
-    metrics, grid = validate_stage1(encoder, data, params)
+    encoder, _ = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
+    metrics, grid = validate_stage1(encoder, data, params, T2IParams(model=str(tiny_sd)))
     assert metrics["split"] == "train" and metrics["images"] == 4
     from vlv_pipeline.world.data import tensor_to_uint8
 
@@ -361,7 +361,9 @@ def test_a_mid_run_checkpoint_holds_only_the_encoder_and_loads_as_one(tiny_sd, d
     from vlv_pipeline.models.vlv_encoder import VLVEncoder
 
     params = _params(tiny_sd, tmp_path)
-    encoder, _ = train_stage1(data, params)  # 2 steps, checkpoints after each
+    encoder, _ = train_stage1(
+        data, params, T2IParams(model=str(tiny_sd))
+    )  # 2 steps, checkpoints after each
     run = next((tmp_path / "ckpt").iterdir())
     (_, first), (_, last) = list_checkpoints(run)
     # the frozen UNet and text encoder are not in it; the optimizer and RNG are
@@ -384,7 +386,7 @@ def test_a_mid_run_checkpoint_holds_only_the_encoder_and_loads_as_one(tiny_sd, d
             "checkpoint_dir": str(tmp_path / "one"),
         }
     )
-    after_one, _ = train_stage1(data, one)
+    after_one, _ = train_stage1(data, one, T2IParams(model=str(tiny_sd)))
     pixels = data["test"].images(2)
     assert torch.equal(mid(pixels), after_one(pixels))
     assert not torch.equal(mid(pixels), encoder(pixels))
@@ -405,7 +407,7 @@ def test_training_logs_loss_lr_grad_norm_and_throughput_to_tensorboard(
     monkeypatch.setattr(
         stage1_nodes, "load_teacher", lambda *a, **k: loads.append(a) or real_load(*a, **k)
     )
-    _, log = train_stage1(data, params)
+    _, log = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     assert len(loads) == 1  # the two validations reuse the training's teacher
     logs = next((tmp_path / "ckpt").iterdir()) / "logs"
     scalars = read_events(logs)
@@ -431,9 +433,9 @@ def test_validation_during_training_logs_the_probe_metric(tiny_sd, data, tmp_pat
             },
         }
     )
-    encoder, _ = train_stage1(data, params)
+    encoder, _ = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     scalars = read_events(next((tmp_path / "ckpt").iterdir()) / "logs")
-    metrics, _ = validate_stage1(encoder, data, params)
+    metrics, _ = validate_stage1(encoder, data, params, T2IParams(model=str(tiny_sd)))
     logged = dict(scalars["validation/exact_scene"])[1]
     assert logged == pytest.approx(metrics["reconstruction"]["exact_scene"])
 

@@ -6,6 +6,7 @@ from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
 from vlv_pipeline.models.provenance import RECORD
 from vlv_pipeline.models.provenance_fingerprints import t2i_fingerprint
 from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.stage1.nodes import train_stage1
 
 
@@ -13,7 +14,6 @@ def test_the_trained_encoder_records_its_setting_and_the_directory_keeps_it(
     tiny_sd, data, tmp_path
 ):
     params = Stage1Params(
-        t2i=str(tiny_sd),
         encoder={
             "backbone": "small",
             "num_queries": 4,
@@ -22,7 +22,7 @@ def test_the_trained_encoder_records_its_setting_and_the_directory_keeps_it(
         training={"steps": 1, "batch_size": 4, "learning_rate": 1e-3},
         checkpoint_dir=str(tmp_path / "ckpt"),
     )
-    encoder, _ = train_stage1(data, params)
+    encoder, _ = train_stage1(data, params, T2IParams(model=str(tiny_sd)))
     record = encoder.provenance
     assert (record["model"], record["made_by"]) == ("vlv_encoder", "stage1")
     assert record["t2i"] == str(tiny_sd)

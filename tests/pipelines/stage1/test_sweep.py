@@ -9,6 +9,7 @@ import yaml
 
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.t2i import T2IParams
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,7 +28,6 @@ def _base(tiny_sd, tmp_path) -> dict:
     probe = tmp_path / "probe"
     AttributeProbe(image_size=16, width=4, hidden=8).save_pretrained(probe)
     return {
-        "t2i": str(tiny_sd),
         "encoder": {
             "backbone": "small",
             "num_queries": 4,
@@ -68,6 +68,7 @@ def test_the_shipped_sweep_file_holds_valid_candidates():
 
 def test_a_sweep_runs_candidates_once_and_prints_one_table(tiny_sd, data, tmp_path, capsys):
     base = _base(tiny_sd, tmp_path)
+    t2i = T2IParams(model=str(tiny_sd))  # params:t2i, which every candidate distils
     candidates = {
         "ref": {"note": "as configured", "overrides": {}},
         "strat": {"note": "stratified", "overrides": {"timestep_sampling": "stratified"}},
@@ -79,7 +80,7 @@ def test_a_sweep_runs_candidates_once_and_prints_one_table(tiny_sd, data, tmp_pa
         loads.append(params)
         return data
 
-    rows = sweep.run_sweep(load_data, base, candidates, results, split="test")
+    rows = sweep.run_sweep(load_data, base, candidates, results, t2i=t2i, split="test")
     assert [r["name"] for r in rows] == ["ref", "strat"] and len(loads) == 1
     saved = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["name"] for r in saved] == ["ref", "strat"]
@@ -87,11 +88,11 @@ def test_a_sweep_runs_candidates_once_and_prints_one_table(tiny_sd, data, tmp_pa
     assert 0 <= saved[0]["reconstruction"]["exact_scene"] <= 1
 
     # a rerun trains nothing (the rows are there) and does not even load the data
-    assert sweep.run_sweep(load_data, base, candidates, results, split="test") == []
+    assert sweep.run_sweep(load_data, base, candidates, results, t2i=t2i, split="test") == []
     assert len(loads) == 1
     # another seed is another row
     again = sweep.run_sweep(
-        load_data, base, {"ref": candidates["ref"]}, results, split="test", seed=1
+        load_data, base, {"ref": candidates["ref"]}, results, t2i=t2i, split="test", seed=1
     )
     assert [(r["name"], r["seed"]) for r in again] == [("ref", 1)]
 
@@ -102,7 +103,9 @@ def test_a_sweep_runs_candidates_once_and_prints_one_table(tiny_sd, data, tmp_pa
     assert "| strat |" in capsys.readouterr().out
 
     # a curve point: the same candidate at other steps; the curve is its rows, by steps
-    sweep.run_sweep(load_data, base, {"ref": candidates["ref"]}, results, split="test", steps=3)
+    sweep.run_sweep(
+        load_data, base, {"ref": candidates["ref"]}, results, t2i=t2i, split="test", steps=3
+    )
     curve = sweep.curve_rows(sweep.read_rows(results), "ref", "test")
     assert [(r["steps"], r["seed"]) for r in curve] == [(2, 0), (2, 1), (3, 0)]
     plot = tmp_path / "docs" / "curve.png"

@@ -18,6 +18,7 @@ from vlv_pipeline.models.teachers.families import (
     StableDiffusionXLTeacher,
 )
 from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.stage1.nodes import train_stage1, validate_stage1
 from vlv_pipeline.training.run_folders import list_checkpoints
@@ -206,7 +207,6 @@ def family_data(request, tmp_path_factory):
 
 def _stage1_params(replica, tmp_path, steps):
     return Stage1Params(
-        t2i=str(replica),
         encoder={
             "backbone": "small",
             "num_queries": 4,
@@ -271,7 +271,7 @@ def test_the_objective_falls_and_reaches_every_fed_encoder(family_data, tmp_path
 def test_stage1_runs_resumes_exactly_and_validates(family_data, tmp_path):
     family, replica, data = family_data
     params = _stage1_params(replica, tmp_path / "straight", 8)
-    encoder, log = train_stage1(data, params)
+    encoder, log = train_stage1(data, params, T2IParams(model=str(replica)))
     assert len(log["history"]) == 8
     width = sum(FAMILIES[family][2])
     assert encoder(data["test"].images()).shape == (4, 4, width)
@@ -289,16 +289,16 @@ def test_stage1_runs_resumes_exactly_and_validates(family_data, tmp_path):
     Stage1Objective.forward = dying
     try:
         with pytest.raises(KeyboardInterrupt):
-            train_stage1(data, killed)
+            train_stage1(data, killed, T2IParams(model=str(replica)))
     finally:
         Stage1Objective.forward = original
     run = next((tmp_path / "killed" / "ckpt").iterdir())
     assert [s for s, _ in list_checkpoints(run)] == [4]
-    resumed, _ = train_stage1(data, killed)
+    resumed, _ = train_stage1(data, killed, T2IParams(model=str(replica)))
     for name, tensor in encoder.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=1e-5)
 
-    metrics, grid = validate_stage1(encoder, data, params)
+    metrics, grid = validate_stage1(encoder, data, params, T2IParams(model=str(replica)))
     assert metrics["images"] == 4 and len(grid.axes) == 4
     # the metrics name the sampler that rendered: a flow-matching teacher's own
     flow = family in ("sd3", "flux")

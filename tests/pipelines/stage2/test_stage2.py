@@ -14,6 +14,7 @@ from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.stage2 import trainable_parts
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.stage2 import nodes
 from vlv_pipeline.pipelines.synthesize import nodes as synth
 
@@ -132,7 +133,7 @@ def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path)
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
     assert len(data.pair_ids) == 8 and len(data.eval_ids) == 4
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    captioner, log = nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
     assert [e["step"] for e in log["history"]] == [1, 2] and log["pairs"] == 8
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # frozen
     captions = captioner.caption(data.eval_pixels)
@@ -141,7 +142,9 @@ def test_stage2_nodes_train_save_reload_and_score(tiny_world, tiny_sd, tmp_path)
     again = VLVCaptioner.from_pretrained(tmp_path / "captioner")
     assert again.caption(data.eval_pixels) == captions
     stage1 = stage1_params(tiny_sd)
-    baseline, baseline_log = nodes.train_baseline(data, params, stage1)
+    baseline, baseline_log = nodes.train_baseline(
+        data, params, stage1, T2IParams(model=str(tiny_sd))
+    )
     assert baseline_log["trainable"] == "projector+llm+encoder"
     assert baseline_log["trainable_parameters"] > log["trainable_parameters"]
     metrics = nodes.validate_stage2(captioner, baseline, data, params, stage1)
@@ -157,16 +160,20 @@ def test_fewer_pairs_than_a_batch_are_refused_or_trained_as_one_batch(
     training = params.training.model_copy(update={"batch_size": 16})  # 8 pairs
     strict = params.model_copy(update={"training": training})
     with pytest.raises(ValueError, match="8 caption pairs.*batch_size 16.*batch_at_most_pairs"):
-        nodes.train_stage2(data, encoder, cache, strict)
+        nodes.train_stage2(data, encoder, cache, strict, T2IParams(model=str(tiny_sd)))
     fitted = strict.model_copy(update={"batch_at_most_pairs": True})
-    _, log = nodes.train_stage2(data, encoder, cache, fitted)
+    _, log = nodes.train_stage2(data, encoder, cache, fitted, T2IParams(model=str(tiny_sd)))
     assert log["batch_size"] == 8 and [e["step"] for e in log["history"]] == [1, 2]
     # where the pairs fill a batch the switch changes nothing: a run resumes its folder
     ckpt = tmp_path / "ckpt2"
-    nodes.train_stage2(data, encoder, cache, params)
+    nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
     before = sorted(p.name for p in ckpt.iterdir())
     nodes.train_stage2(
-        data, encoder, cache, params.model_copy(update={"batch_at_most_pairs": True})
+        data,
+        encoder,
+        cache,
+        params.model_copy(update={"batch_at_most_pairs": True}),
+        T2IParams(model=str(tiny_sd)),
     )
     assert sorted(p.name for p in ckpt.iterdir()) == before
 
@@ -257,10 +264,11 @@ def test_paper_path_florence2_qwen2_bf16_beams(tiny_world, tiny_sd, tmp_path, to
         EmbeddingCache(tmp_path / "emb"),
         params,
         SynthesizeParams(),
+        T2IParams(model=str(tiny_sd)),
     )
     assert len(cache) == 0  # the encoder trains: the cache is bypassed
     data = nodes.load_stage2_data(source, manifest, pairs, params)
-    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    captioner, log = nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
     assert len(log["history"]) == 2 and all(
         torch.isfinite(torch.tensor(e["loss"])) for e in log["history"]
     )
@@ -279,7 +287,7 @@ def test_stage2_refuses_an_embedding_cache_of_another_encoder(tiny_world, tiny_s
     with torch.no_grad():
         encoder.queries.add_(1.0)  # a retrained stage 1
     with pytest.raises(ValueError, match="not made by this VLV encoder.*--pipeline synthesize"):
-        nodes.train_stage2(data, encoder, cache, params)
+        nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
 
 
 @pytest.mark.parametrize(
@@ -298,7 +306,7 @@ def test_checkpoints_hold_only_what_trains_and_resume_exactly(
     from vlv_pipeline.training.run_folders import list_checkpoints
 
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path, trainable)
-    whole, _ = nodes.train_stage2(data, encoder, cache, params)
+    whole, _ = nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
     run = next((tmp_path / "ckpt2").iterdir())
     (_, first), (_, last) = list_checkpoints(run)
     models = sorted(p.name for p in first.iterdir() if p.suffix not in {".bin", ".pkl", ".json"})
@@ -306,7 +314,7 @@ def test_checkpoints_hold_only_what_trains_and_resume_exactly(
     if trainable == "projector+lora":
         assert not list((first / "lora").glob("model*.safetensors"))  # the adapter only
     shutil.rmtree(last)  # as if killed after step 1: the rerun resumes from checkpoint-1
-    resumed, log = nodes.train_stage2(data, encoder, cache, params)
+    resumed, log = nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
     assert [e["step"] for e in log["history"]] == [1, 2]
     expected = whole.decoder.state_dict()
     for name, tensor in resumed.decoder.state_dict().items():
@@ -316,7 +324,7 @@ def test_checkpoints_hold_only_what_trains_and_resume_exactly(
 def test_validation_every_k_steps_captions_and_logs_while_training(tiny_world, tiny_sd, tmp_path):
     params, data, encoder, cache = stage2_inputs(tiny_world, tiny_sd, tmp_path)
     params = params.model_copy(update={"validation_every": 1})
-    captioner, log = nodes.train_stage2(data, encoder, cache, params)
+    captioner, log = nodes.train_stage2(data, encoder, cache, params, T2IParams(model=str(tiny_sd)))
     events = read_events(tmp_path / "ckpt2")
     for tag in ("validation/bleu4", "validation/cider", "validation/captions", "loss"):
         assert [step for step, _ in events[tag]] == [1, 2], tag
@@ -324,7 +332,7 @@ def test_validation_every_k_steps_captions_and_logs_while_training(tiny_world, t
     quiet = params.model_copy(
         update={"validation_every": None, "checkpoint_dir": str(tmp_path / "q")}
     )
-    again, _ = nodes.train_stage2(data, encoder, cache, quiet)
+    again, _ = nodes.train_stage2(data, encoder, cache, quiet, T2IParams(model=str(tiny_sd)))
     for name, tensor in again.decoder.state_dict().items():
         assert torch.equal(tensor, captioner.decoder.state_dict()[name]), name
 
@@ -354,11 +362,19 @@ def test_baseline_reads_its_vae_tower_from_the_latent_cache_with_the_same_result
     def run(name, latent_cache):
         tower_calls.clear()
         folder = params.model_copy(update={"checkpoint_dir": str(tmp_path / name)})
-        captioner, log = nodes.train_baseline(data, folder, stage1, latent_cache)
+        captioner, log = nodes.train_baseline(
+            data, folder, stage1, T2IParams(model=str(tiny_sd)), latent_cache
+        )
         return captioner, [e["loss"] for e in log["history"]], len(tower_calls)
 
     vae = {"pretrained": str(tiny_sd), "subfolder": "vae"}
-    cache = encode_latents(source, manifest, LatentCache(tmp_path / "lat"), CacheParams(vae=vae))
+    cache = encode_latents(
+        source,
+        manifest,
+        LatentCache(tmp_path / "lat"),
+        CacheParams(vae=vae),
+        T2IParams(model=str(tiny_sd)),
+    )
     _, from_pixels, pixel_calls = run("pixels", None)
     captioner, from_cache, cache_calls = run("cached", cache)
     assert pixel_calls == len(from_pixels) and cache_calls == 0
@@ -367,7 +383,11 @@ def test_baseline_reads_its_vae_tower_from_the_latent_cache_with_the_same_result
     assert len(captioner.caption(data.eval_pixels)) == len(data.eval_ids)
     # a cache of another resolution is not the tower's output: the pixels are read
     other = encode_latents(
-        source, manifest, LatentCache(tmp_path / "lat8"), CacheParams(vae=vae, resolution=8)
+        source,
+        manifest,
+        LatentCache(tmp_path / "lat8"),
+        CacheParams(vae=vae, resolution=8),
+        T2IParams(model=str(tiny_sd)),
     )
     _, again, calls = run("other", other)
     assert calls == len(again) and again == pytest.approx(from_pixels, rel=1e-5)
@@ -388,14 +408,22 @@ def test_a_trained_encoder_reads_its_vae_tower_from_the_latent_cache_too(
     params = params.model_copy(update={"trainable": "projector+llm+encoder"})
     source, manifest = tiny_world
     vae = {"pretrained": str(tiny_sd), "subfolder": "vae"}
-    cache = encode_latents(source, manifest, LatentCache(tmp_path / "lat"), CacheParams(vae=vae))
+    cache = encode_latents(
+        source,
+        manifest,
+        LatentCache(tmp_path / "lat"),
+        CacheParams(vae=vae),
+        T2IParams(model=str(tiny_sd)),
+    )
 
     def run(name, latent_cache):
         calls = []
         mine = copy.deepcopy(encoder)
         mine.vae_tower["encoder"].register_forward_hook(lambda *_: calls.append(1))
         folder = params.model_copy(update={"checkpoint_dir": str(tmp_path / name)})
-        _, log = nodes.train_stage2(data, mine, embedding_cache, folder, latent_cache)
+        _, log = nodes.train_stage2(
+            data, mine, embedding_cache, folder, T2IParams(model=str(tiny_sd)), latent_cache
+        )
         return [e["loss"] for e in log["history"]], len(calls)
 
     from_pixels, pixel_calls = run("pixels", None)

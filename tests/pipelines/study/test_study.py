@@ -23,6 +23,7 @@ from vlv_pipeline.pipelines.study import nodes, report, stats
 
 BASE = {
     "study": {"size": "full"},
+    "t2i": {"model": "src/vlv_pipeline/assets/teacher", "dtype": "float32"},
     "synthesize": {"fraction": 0.1, "seed": 0, "max_images": 50},
     "stage1": {"encoder": {"num_queries": 16}, "training": {"steps": 2000, "batch_size": 64}},
     "stage2": {"trainable": "projector+llm", "training": {"steps": 1000, "seed": 0}},
@@ -48,8 +49,8 @@ def test_each_point_is_conf_with_only_its_own_keys_changed():
     assert BASE["stage2"]["training"]["seed"] == 0  # conf itself untouched
     # study 6: the default recipe (conf's own stage 1 and stage 2) on the flow-matching teacher
     teacher = points[TEACHER_POINT]
-    assert teacher["stage1"] == {**BASE["stage1"], "t2i": FLOW_TEACHER}
-    assert teacher["stage2"] == {**BASE["stage2"], "t2i": FLOW_TEACHER}
+    assert teacher["t2i"] == {**BASE["t2i"], "model": FLOW_TEACHER}
+    assert teacher["stage1"] == BASE["stage1"] and teacher["stage2"] == BASE["stage2"]
 
 
 def test_small_size_shrinks_every_point_and_keeps_its_overrides():
@@ -105,7 +106,9 @@ def test_the_study_reruns_the_projects_own_nodes_on_each_points_parameters():
     ]
     stage1 = by_name[f"study.{queries_point(77)}.train_stage1"]
     assert stage1.func is stage1_nodes.train_stage1
-    assert stage1.inputs[-1] == f"params:{DERIVED_KEY}.{queries_point(77)}.stage1"
+    assert stage1.inputs[-2:] == [
+        f"params:{DERIVED_KEY}.{queries_point(77)}.{block}" for block in ("stage1", "t2i")
+    ]
     # the default run's datasets are read as they are; the points' own stay in their namespace
     assert {"raw_images", "image_manifest", "latent_cache", "vlv_encoder", "eval_metrics"} <= (
         study.inputs()

@@ -26,6 +26,7 @@ from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.text_encoder import encode_embeddings
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.synthesize import nodes
 from vlv_pipeline.world.data import pil_to_tensor
 
@@ -134,11 +135,25 @@ def test_embedding_cache_holds_the_frozen_encoders_outputs(tiny_world, tiny_sd, 
     params = stage2_params(tiny_sd, tmp_path)
     synth = SynthesizeParams(embedding_batch_size=2, embedding_shard_size=3)
     cache = nodes.cache_pair_embeddings(
-        source, manifest, pairs.head(5), encoder, EmbeddingCache(tmp_path / "emb"), params, synth
+        source,
+        manifest,
+        pairs.head(5),
+        encoder,
+        EmbeddingCache(tmp_path / "emb"),
+        params,
+        synth,
+        T2IParams(model=str(tiny_sd)),
     )
     assert len(cache) == 5 and len(cache.shards) == 2
     cache = nodes.cache_pair_embeddings(
-        source, manifest, pairs, encoder, EmbeddingCache(tmp_path / "emb"), params, synth
+        source,
+        manifest,
+        pairs,
+        encoder,
+        EmbeddingCache(tmp_path / "emb"),
+        params,
+        synth,
+        T2IParams(model=str(tiny_sd)),
     )
     assert len(cache) == 8 and len(cache.shards) == 3  # only the 3 new images were encoded
     ids = pairs["image_id"].tolist()
@@ -156,7 +171,14 @@ def test_embedding_cache_holds_the_frozen_encoders_outputs(tiny_world, tiny_sd, 
     with torch.no_grad():
         encoder.queries.add_(1.0)
     cache = nodes.cache_pair_embeddings(
-        source, manifest, pairs.head(2), encoder, EmbeddingCache(tmp_path / "emb"), params, synth
+        source,
+        manifest,
+        pairs.head(2),
+        encoder,
+        EmbeddingCache(tmp_path / "emb"),
+        params,
+        synth,
+        T2IParams(model=str(tiny_sd)),
     )
     assert len(cache) == 2
 

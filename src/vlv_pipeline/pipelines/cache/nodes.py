@@ -13,6 +13,7 @@ from vlv_pipeline.datasets.shard_store import LatentCache
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.params.cache import CacheParams
+from vlv_pipeline.params.t2i import T2IParams
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def encode_latents(
     image_manifest: pd.DataFrame,
     latent_cache_previous: LatentCache,
     params: CacheParams,
+    t2i: T2IParams,
 ) -> LatentCache:
     """Encode the manifest's images not yet in the cache; returns the extended cache.
 
@@ -33,7 +35,8 @@ def encode_latents(
     index at the end (``datasets.cache_extension.extend_cache``).
     """
     device = inference_device()
-    vae = load_component("vae", params.vae).eval().to(device)
+    # cache.vae, else the T2I model's own (<model>/vae, float32)
+    vae = load_component("vae", params.vae_spec(t2i)).eval().to(device)
     dtype = next(vae.parameters()).dtype
 
     def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 encode_latents,
-                ["raw_images", "image_manifest", "latent_cache_previous", "params:cache"],
+                [
+                    "raw_images",
+                    "image_manifest",
+                    "latent_cache_previous",
+                    "params:cache",
+                    "params:t2i",
+                ],
                 "latent_cache",
                 name="encode_latents",
             )

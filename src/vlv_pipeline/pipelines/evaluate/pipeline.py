@@ -37,7 +37,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 renders.reconstruct,
-                ["vlv_encoder", "eval_data", "eval_captions", "params:evaluate"],
+                ["vlv_encoder", "eval_data", "eval_captions", "params:evaluate", "params:t2i"],
                 "eval_renders",
                 name="reconstruct",
             ),
@@ -55,6 +55,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "eval_metrics",
                     "params:evaluate",
                     "params:rerender",
+                    "params:t2i",
                 ],
                 ["eval_table1", "eval_table1_companion"],
                 name="rerender_table1",

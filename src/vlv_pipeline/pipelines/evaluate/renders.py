@@ -20,6 +20,7 @@ from vlv_pipeline.models.seeds import image_generators
 from vlv_pipeline.models.teacher import render
 from vlv_pipeline.models.teachers import Condition, Teacher, call_kwargs_of, load_teacher
 from vlv_pipeline.params.evaluate import EvaluateParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.evaluate.nodes import EvalData
 
 # what each reconstruction is: (row label in the report, what made it)
@@ -60,12 +61,13 @@ class EvalRenders:
     render does not depend on the batch size, on the other images in its batch, nor on how
     the split is shared among ranks (up to floating-point differences of batched kernels)."""
 
-    def __init__(self, vlv_encoder, data: EvalData, captions: pd.DataFrame, params):
-        self.vlv_encoder, self.data, self.captions, self.params = (
+    def __init__(self, vlv_encoder, data: EvalData, captions: pd.DataFrame, params, t2i: T2IParams):
+        self.vlv_encoder, self.data, self.captions, self.params, self.t2i = (
             vlv_encoder,
             data,
             captions,
             params,
+            t2i,
         )
 
     def names(self) -> list[str]:
@@ -95,15 +97,15 @@ class EvalRenders:
         if not batches:
             return
         device = inference_device()
-        t2i = load_teacher(params.stage1_t2i, params.t2i_dtype, device)
+        t2i = load_teacher(self.t2i.model, params.t2i_dtype, device)
         for start, stop in batches:
             originals = data.images(start, stop)
             conditions = t2i.condition_images(self.vlv_encoder, originals, s.batch_size)
             images = render_from_embeddings(t2i, conditions, start, s)
             yield "from_embeddings", start, originals, images
         scheduler = s.scheduler
-        kwargs["call_kwargs"] = call_kwargs_of(params.render_t2i)
-        if params.render_t2i == params.stage1_t2i:
+        kwargs["call_kwargs"] = call_kwargs_of(params.caption_t2i(self.t2i))
+        if params.captions_on_t2i(self.t2i):
             pipeline = t2i.pipeline()
         else:  # another model (e.g. SD 3.5 Medium) samples with its own scheduler
             dtype = getattr(torch, params.t2i_dtype)
@@ -141,7 +143,7 @@ class HeldRenders:
 
 
 def reconstruct(
-    vlv_encoder, data: EvalData, captions: pd.DataFrame, params: EvaluateParams
+    vlv_encoder, data: EvalData, captions: pd.DataFrame, params: EvaluateParams, t2i: T2IParams
 ) -> EvalRenders:
     """The reconstructions (see ``RECONSTRUCTIONS``), rendered batch by batch when scored."""
-    return EvalRenders(vlv_encoder, data, captions, params)
+    return EvalRenders(vlv_encoder, data, captions, params, t2i)

@@ -40,6 +40,7 @@ from vlv_pipeline.models.teacher import render
 from vlv_pipeline.models.teachers import call_kwargs_of
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.rerender import RerenderParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.evaluate.nodes import EvalData, caption_columns, captioner_label
 from vlv_pipeline.pipelines.evaluate.scoring import _fid_clip_metrics, _probe_reading, _Scores
 
@@ -85,14 +86,19 @@ def _rows(captions: pd.DataFrame, params: EvaluateParams) -> list[tuple[str, str
     return sorted(out, key=lambda row: row[2] != "model")  # the model's row first
 
 
-def _scheduler_of_reconstructions(params: EvaluateParams) -> str | None:
+def _scheduler_of_reconstructions(params: EvaluateParams, t2i: T2IParams) -> str | None:
     """What sampled the reconstructions from captions (``renders.EvalRenders``): the stage-1
     pipeline with ``sampling.scheduler``, or another model with its own (None)."""
-    return params.sampling.scheduler if params.render_t2i == params.stage1_t2i else None
+    return params.sampling.scheduler if params.captions_on_t2i(t2i) else None
 
 
 def reusable(
-    metrics: dict, params: EvaluateParams, rerender: RerenderParams, images: int, total: int
+    metrics: dict,
+    params: EvaluateParams,
+    rerender: RerenderParams,
+    images: int,
+    total: int,
+    t2i: T2IParams,
 ) -> dict[float, dict[str, dict]]:
     """``{guidance: {column: the reconstruction's metrics}}`` of the Table-1 cells that
     ``eval_metrics`` already holds: the same renders (the whole set, same model, steps,
@@ -104,7 +110,7 @@ def reusable(
         and metrics.get("judge") == params.judge
         and rerender.size is None
         and (rerender.steps, rerender.seed, rerender.scheduler)
-        == (sampling.steps, sampling.seed, _scheduler_of_reconstructions(params))
+        == (sampling.steps, sampling.seed, _scheduler_of_reconstructions(params, t2i))
         and sampling.guidance in rerender.guidance
     )
     if not same:
@@ -117,17 +123,18 @@ def reusable(
     }
 
 
-def _pipeline(params: EvaluateParams, rerender: RerenderParams):
-    """The re-rendering pipeline (``evaluate.render_t2i``) on the inference device."""
+def _pipeline(params: EvaluateParams, t2i: T2IParams):
+    """The re-rendering pipeline (``evaluate.render_t2i``, else the T2I model) on the
+    inference device."""
     from diffusers import DiffusionPipeline
 
     from vlv_pipeline.models.teachers import load_teacher
 
     device = inference_device()
-    if params.render_t2i == params.stage1_t2i:  # the stage-1 T2I, loaded as the stages load it
-        return load_teacher(params.render_t2i, params.t2i_dtype, device).pipeline()
+    if params.captions_on_t2i(t2i):  # the stage-1 T2I, loaded as the stages load it
+        return load_teacher(t2i.model, params.t2i_dtype, device).pipeline()
     pipeline = DiffusionPipeline.from_pretrained(
-        params.render_t2i, dtype=getattr(torch, params.t2i_dtype)
+        params.caption_t2i(t2i), dtype=getattr(torch, params.t2i_dtype)
     )
     return pipeline.to(device)
 
@@ -139,6 +146,7 @@ def rerender_table1(
     metrics: dict,
     params: EvaluateParams,
     rerender: RerenderParams,
+    t2i: T2IParams,
 ) -> tuple[dict, dict]:
     """Table 1 and its companion (module docstring) as ``PaperTable.to_dict()``."""
     total = len(data.image_ids)
@@ -147,7 +155,7 @@ def rerender_table1(
     if not rows:
         raise ParameterError("Table 1 has no captioner with a caption for every image")
     main, second = JUDGE_METRICS[params.judge]
-    reused = reusable(metrics, params, rerender, n, total)
+    reused = reusable(metrics, params, rerender, n, total, t2i)
     jobs = [
         (g, column)
         for g in rerender.guidance
@@ -158,10 +166,11 @@ def rerender_table1(
         (g, column): entry for g, cells in reused.items() for column, entry in cells.items()
     }
     if jobs:
-        values.update(_render_and_judge(jobs, data, captions, params, rerender, n))
+        values.update(_render_and_judge(jobs, data, captions, params, rerender, n, t2i))
+    table = (rows, values)  # Table 1 (paper: its metric) and its companion
     return (
-        _table(rows, values, main, params, rerender, n, total, reused, paper=True).to_dict(),
-        _table(rows, values, second, params, rerender, n, total, reused, paper=False).to_dict(),
+        _table(*table, main, params, rerender, n, total, reused, t2i, paper=True).to_dict(),
+        _table(*table, second, params, rerender, n, total, reused, t2i, paper=False).to_dict(),
     )
 
 
@@ -172,6 +181,7 @@ def _render_and_judge(
     params: EvaluateParams,
     rerender: RerenderParams,
     n: int,
+    t2i: T2IParams,
 ) -> dict[tuple[float, str], dict]:
     """Render every ``(guidance, column)`` of ``jobs`` on the first ``n`` images, batch by
     batch over this rank's block, and judge each as ``score_evaluation`` judges a
@@ -201,8 +211,8 @@ def _render_and_judge(
         if fid_clip is not None:
             fid_clip[0].update(((originals + 1) / 2).to(fid_clip[0].device), real=True)
     features = gather_lists(features) if probe is not None else []
-    pipeline = _pipeline(params, rerender)
-    call_kwargs = call_kwargs_of(params.render_t2i)
+    pipeline = _pipeline(params, t2i)
+    call_kwargs = call_kwargs_of(params.caption_t2i(t2i))
     out: dict[tuple[float, str], dict] = {}
     for g, column in jobs:
         scores = _Scores(params.judge, probe, fid_clip, have_refs)
@@ -235,6 +245,7 @@ def _table(
     n: int,
     total: int,
     reused: dict[float, dict],
+    t2i: T2IParams,
     paper: bool,
 ) -> PaperTable:
     key, name = metric
@@ -257,7 +268,7 @@ def _table(
     sampler = rerender.scheduler or "the pipeline's own sampler"
     subset = f"the first {n} of the {total} evaluated images" if n < total else f"all {n} images"
     notes = [
-        f"{name} of each caption re-rendered by {params.render_t2i} ({sampler}, "
+        f"{name} of each caption re-rendered by {params.caption_t2i(t2i)} ({sampler}, "
         f"{rerender.steps} steps{f', {rerender.size} px' if rerender.size else ''}) against the "
         f"original, on {subset} (rerender.images); every row and column draws the same noise "
         f"per image (seed {rerender.seed})."

@@ -20,6 +20,7 @@ from vlv_pipeline.models.published import official_crop
 from vlv_pipeline.models.seeds import image_seed
 from vlv_pipeline.models.teachers import call_kwargs_of
 from vlv_pipeline.params.reconstruct import ReconstructParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.reconstruct.nodes import (
     ChosenCaptioner,
     UserCaptions,
@@ -56,10 +57,13 @@ class Reconstructions:
     seeded with ``image_seed(sampling.seed, i)``, the same for its two renders: its render
     does not depend on the batch size, nor on the other images."""
 
-    def __init__(self, encoder, images: ImageSource, kept: pd.DataFrame, captions, params):
+    def __init__(
+        self, encoder, images: ImageSource, kept: pd.DataFrame, captions, params, t2i: T2IParams
+    ):
         self.encoder, self.images, self.kept = encoder, images, kept
         self.captions: UserCaptions = captions
         self.params: ReconstructParams = params
+        self.t2i = t2i  # renders the embeddings (and the captions unless render_t2i)
 
     def __iter__(self) -> Iterator[tuple[str, Image.Image]]:
         from vlv_pipeline.models.teachers import load_teacher
@@ -68,7 +72,7 @@ class Reconstructions:
         if self.kept.empty:
             return
         device = inference_device()
-        t2i = load_teacher(params.t2i, params.t2i_dtype, device)
+        t2i = load_teacher(self.t2i.model, self.t2i.dtype, device)
         side = render_side(t2i, params)
         seen_side = encoder_side(self.encoder, params)
         # the published captioner's encoder reads the official inference's crop
@@ -134,12 +138,12 @@ class Reconstructions:
         arguments (``call_kwargs_of``, read once a run): the stage-1 T2I model's with
         ``sampling.scheduler``, or ``render_t2i`` with its own sampler."""
         params = self.params
-        call_kwargs = call_kwargs_of(params.render_t2i or params.t2i)
-        if not params.render_t2i or params.render_t2i == params.t2i:
+        call_kwargs = call_kwargs_of(params.render_t2i or self.t2i.model)
+        if not params.render_t2i or params.render_t2i == self.t2i.model:
             return t2i.pipeline(), params.sampling.scheduler, call_kwargs
         from diffusers import DiffusionPipeline
 
-        dtype = getattr(torch, params.t2i_dtype)
+        dtype = getattr(torch, self.t2i.dtype)
         pipeline = DiffusionPipeline.from_pretrained(params.render_t2i, dtype=dtype)
         return pipeline.to(device), None, call_kwargs
 
@@ -151,6 +155,7 @@ def render_reconstructions(
     screened: pd.DataFrame,
     captions: UserCaptions,
     params: ReconstructParams,
+    t2i: T2IParams,
 ) -> Reconstructions:
     """The renders of every kept image (``Reconstructions``), made while the
     ``reconstructions`` folder is written. ``encoder``: the stage-1 VLV encoder (a lazy
@@ -169,4 +174,4 @@ def render_reconstructions(
         params.sampling.guidance,
         params.sampling.seed,
     )
-    return Reconstructions(model, images, kept, captions, params)
+    return Reconstructions(model, images, kept, captions, params, t2i)

@@ -15,6 +15,7 @@ import torch
 from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.seeds import image_seed
 from vlv_pipeline.params.reconstruct import ReconstructParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.reconstruct.nodes import (
     PANELS,
     UserCaptions,
@@ -86,7 +87,11 @@ def _mse(folder, original: str, render: str) -> float:
 
 
 def score_reconstructions(
-    folder, captions: UserCaptions, screened: pd.DataFrame, params: ReconstructParams
+    folder,
+    captions: UserCaptions,
+    screened: pd.DataFrame,
+    params: ReconstructParams,
+    t2i: T2IParams,
 ) -> tuple[pd.DataFrame, dict]:
     """The per-input table (``reconstruct_table``) and the metrics: counts and verdicts, how
     the renders were made, mean MSE/PSNR of each render, and the judge's distance between
@@ -104,8 +109,8 @@ def score_reconstructions(
             "rejected_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
         },
         "source": {"kind": params.kind, "path": params.source},
-        "t2i": params.t2i,
-        "render_t2i": params.render_t2i or params.t2i,
+        "t2i": t2i.model,
+        "render_t2i": params.render_t2i or t2i.model,
         "encoder": params.encoder,
         "captioner": None if captions.why_not else params.model,
         "sampling": params.sampling.model_dump(),

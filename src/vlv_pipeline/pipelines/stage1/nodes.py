@@ -25,6 +25,7 @@ from vlv_pipeline.models.registry import load_component
 from vlv_pipeline.models.stage1 import Stage1Objective
 from vlv_pipeline.models.teachers import Teacher, load_teacher
 from vlv_pipeline.params.stage1 import Stage1Params
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, train
 from vlv_pipeline.training.run_folders import run_directory
@@ -89,29 +90,33 @@ def check_cache_made_by(latent_cache: LatentCache, t2i: str, resolution: int | N
     if latent_cache.fingerprint != expected:
         raise InputError(
             f"latent cache {latent_cache.path} was not made by the VAE of {t2i} at resolution "
-            f"{resolution} (cache: {latent_cache.fingerprint}); point cache.vae and "
-            "cache.resolution at the same model and size, then run `kedro run --pipeline cache`"
+            f"{resolution} (cache: {latent_cache.fingerprint}); leave cache.vae null (the T2I "
+            "model's VAE), set cache.resolution to this size, then run `kedro run --pipeline cache`"
         )
 
 
 def load_stage1_data(
-    raw_images, image_manifest: pd.DataFrame, latent_cache: LatentCache, params: Stage1Params
+    raw_images,
+    image_manifest: pd.DataFrame,
+    latent_cache: LatentCache,
+    params: Stage1Params,
+    t2i: T2IParams,
 ) -> dict[str, Stage1Split]:
-    check_cache_made_by(latent_cache, params.t2i, params.resolution)
+    check_cache_made_by(latent_cache, t2i.model, params.resolution)
     data = split_references(raw_images, image_manifest, latent_cache, params.resolution)
     if "train" not in data:
         raise InputError(f"stage 1 needs a train split; the manifest has {sorted(data)}")
     return data
 
 
-def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
+def train_stage1(data: dict[str, Stage1Split], params: Stage1Params, t2i: T2IParams):
     """Train the VLV encoder on the train split's images; the T2I model stays frozen."""
-    t2i = load_teacher(params.t2i, params.t2i_dtype)
+    teacher = load_teacher(t2i.model, t2i.dtype)
     torch.manual_seed(params.training.seed)
-    encoder = build_encoder(params.encoder, t2i.width, t2i.vae, t2i.token_embeddings)
+    encoder = build_encoder(params.encoder, teacher.width, teacher.vae, teacher.token_embeddings)
     objective = Stage1Objective(
         encoder,
-        t2i,
+        teacher,
         params.timestep_range,
         params.noise_draws,
         params.diversity_weight,
@@ -130,17 +135,22 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
         checkpoint_dir=run_directory(
             params.checkpoint_dir,
             "stage1",
-            # everything that shapes the training run (not where or how it is validated)
-            params.model_dump(mode="json", exclude={"validation", "checkpoint_dir"}),
+            # everything that shapes the training run (not where or how it is validated);
+            # the T2I under the keys stage1 once had, so a run's folder stays the same
+            {
+                "t2i": t2i.model,
+                "t2i_dtype": t2i.dtype,
+                **params.model_dump(mode="json", exclude={"validation", "checkpoint_dir"}),
+            },
         ),
         desc="stage 1",
-        validation=_during_training(encoder, data, params, t2i),
+        validation=_during_training(encoder, data, params, t2i, teacher),
     )
     if result.ema is not None:
         result.ema.copy_to([p for p in encoder.parameters() if p.requires_grad])
     encoder.eval()
     # what it was trained for, saved with it (provenance.json): loaders refuse it elsewhere
-    encoder.provenance = encoder_record(encoder, t2i=params.t2i, resolution=params.resolution)
+    encoder.provenance = encoder_record(encoder, t2i=t2i.model, resolution=params.resolution)
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     log = {
         "history": result.history,
@@ -157,6 +167,7 @@ def train_stage1(data: dict[str, Stage1Split], params: Stage1Params):
         params,
         log,
         {"images": len(images), "source": describe_source(images.pixels)},
+        t2i.model,
     )
     return encoder, log
 
@@ -175,25 +186,29 @@ def validation_split(data: dict[str, Stage1Split], name: str | None) -> Stage1Sp
 
 @torch.no_grad()
 def validate_stage1(
-    encoder, data: dict[str, Stage1Split], params: Stage1Params, t2i: Teacher | None = None
+    encoder,
+    data: dict[str, Stage1Split],
+    params: Stage1Params,
+    t2i: T2IParams,
+    teacher: Teacher | None = None,
 ):
     """Reconstruct test images from their caption embeddings; judge them with the probe.
-    ``t2i``: the frozen teacher already in memory (validation while training reuses the
-    training's), else loaded from ``params.t2i``."""
+    ``teacher``: the frozen T2I model already in memory (validation while training reuses
+    the training's), else loaded from ``t2i``."""
     from vlv_pipeline.models.probe import AttributeProbe, caption_targets
 
     cfg = params.validation
     split = validation_split(data, cfg.split)
     pixels, captions = split.images(cfg.images), split.captions[: cfg.images]
-    if t2i is None:
-        t2i = load_teacher(params.t2i, params.t2i_dtype, inference_device())
+    if teacher is None:
+        teacher = load_teacher(t2i.model, t2i.dtype, inference_device())
     s = cfg.sampling
-    conditions = t2i.condition_images(encoder, pixels, s.batch_size)
-    renders = t2i.render(conditions, **s.model_dump())  # SamplingParams' fields are render's
+    conditions = teacher.condition_images(encoder, pixels, s.batch_size)
+    renders = teacher.render(conditions, **s.model_dump())  # SamplingParams' fields are render's
     metrics: dict = {
         "split": cfg.split,
         "images": len(pixels),
-        "sampling": {**s.model_dump(), "scheduler": t2i.sampler_used(s.scheduler)},
+        "sampling": {**s.model_dump(), "scheduler": teacher.sampler_used(s.scheduler)},
         "num_queries": params.encoder.num_queries,
     }
     if cfg.probe:
@@ -224,7 +239,9 @@ def card_stage1(metrics: dict) -> dict:
     return stage1_evaluation(metrics)
 
 
-def _during_training(encoder, data: dict[str, Stage1Split], params: Stage1Params, t2i: Teacher):
+def _during_training(
+    encoder, data: dict[str, Stage1Split], params: Stage1Params, t2i: T2IParams, teacher: Teacher
+):
     """``validation.every``: the validation metric and grid, logged while training, with the
     teacher the training holds (not loaded again from disk each time)."""
     if params.validation.every is None:
@@ -232,7 +249,7 @@ def _during_training(encoder, data: dict[str, Stage1Split], params: Stage1Params
 
     def run(step: int) -> tuple[dict, dict]:
         encoder.eval()
-        metrics, grid = validate_stage1(encoder, data, params, t2i)
+        metrics, grid = validate_stage1(encoder, data, params, t2i, teacher)
         return metrics.get("reconstruction", {}), {"reconstructions": grid}
 
     return Validation(params.validation.every, run)

@@ -13,21 +13,21 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 nodes.load_stage1_data,
-                ["raw_images", "image_manifest", "latent_cache", "params:stage1"],
+                ["raw_images", "image_manifest", "latent_cache", "params:stage1", "params:t2i"],
                 "stage1_data",
                 name="load_stage1_data",
                 tags=["encoder"],
             ),
             Node(
                 nodes.train_stage1,
-                ["stage1_data", "params:stage1"],
+                ["stage1_data", "params:stage1", "params:t2i"],
                 ["vlv_encoder", "stage1_log"],
                 name="train_stage1",
                 tags=["encoder"],
             ),
             Node(
                 nodes.validate_stage1,
-                ["vlv_encoder", "stage1_data", "params:stage1"],
+                ["vlv_encoder", "stage1_data", "params:stage1", "params:t2i"],
                 ["stage1_metrics", "stage1_grid"],
                 name="validate_stage1",
                 tags=["encoder"],

@@ -30,6 +30,7 @@ from vlv_pipeline.models.stage2 import Stage2Objective, set_trainable
 from vlv_pipeline.models.teachers import load_text_side
 from vlv_pipeline.params.stage1 import Stage1Params
 from vlv_pipeline.params.stage2 import Stage2Params, trainable_parts
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.params.training import TrainParams
 from vlv_pipeline.training.data import BoundedCache, ImagePixels, Zipped
 from vlv_pipeline.training.loop import Validation, train
@@ -108,9 +109,9 @@ def build_llm(params: Stage2Params, tokenizer):
     return load_component("causal_lm", spec)
 
 
-def _text_encoder(params: Stage2Params):
+def _text_encoder(t2i: T2IParams):
     """The teacher's frozen text side (the text encoders the VLV queries feed)."""
-    return load_text_side(params.t2i)
+    return load_text_side(t2i.model)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _training_set(
 
 
 def _run_directory(
-    params: Stage2Params, run: CaptionerRun, encoder_sha256: str, pairs_hash: str
+    params: Stage2Params, t2i: T2IParams, run: CaptionerRun, encoder_sha256: str, pairs_hash: str
 ) -> str:
     """The checkpoint folder: keyed by everything that makes the run (not how it captions
     nor how it validates), the starting encoder's weights and the pairs, so a new stage 1
@@ -181,6 +182,7 @@ def _run_directory(
             "batch_at_most_pairs",  # what it changes is run.training's batch size, hashed
         },
     )
+    config["t2i"] = t2i.model  # under the key stage2 once had: a run's folder stays the same
     return run_directory(
         params.checkpoint_dir,
         run.name,
@@ -199,6 +201,7 @@ def _train_captioner(
     params: Stage2Params,
     run: CaptionerRun,
     *,
+    t2i: T2IParams,
     embedding_cache: EmbeddingCache | None = None,
     latents: CacheRows | None = None,
 ) -> tuple[VLVCaptioner, dict]:
@@ -236,7 +239,7 @@ def _train_captioner(
     # what it is made for, saved with it (provenance.json): loaders refuse it elsewhere
     captioner.provenance = captioner_record(
         captioner,
-        t2i=params.t2i,
+        t2i=t2i.model,
         resolution=params.resolution,
         llm=params.llm,
         model="baseline_captioner" if run.name == "stage2_baseline" else "vlv_captioner",
@@ -246,7 +249,7 @@ def _train_captioner(
         objective,
         dataset,
         run.training,
-        checkpoint_dir=_run_directory(params, run, fingerprint["encoder_sha256"], pairs_hash),
+        checkpoint_dir=_run_directory(params, t2i, run, fingerprint["encoder_sha256"], pairs_hash),
         desc=run.name.replace("_", " "),
         validation=_during_training(captioner, data, params, run.name),
     )
@@ -269,6 +272,7 @@ def _train_captioner(
         params,
         log,
         {"pairs": len(data.pair_ids), "source": describe_source(data.pair_pixels)},
+        t2i.model,
         model="baseline_captioner" if run.name == "stage2_baseline" else "vlv_captioner",
     )
     return captioner, log
@@ -325,6 +329,7 @@ def train_stage2(
     vlv_encoder,
     embedding_cache: EmbeddingCache,
     params: Stage2Params,
+    t2i: T2IParams,
     latent_cache: LatentCache | None = None,
 ):
     """psi + LLM (+ LoRA, + the VLV encoder) on the caption pairs, from stage 1's encoder.
@@ -334,14 +339,15 @@ def train_stage2(
     baseline read them), if the cache was made by that VAE at stage 2's resolution."""
     latents = None
     if "encoder" in params.parts and getattr(vlv_encoder, "reads_vae_latents", False):
-        t2i_vae = load_component("vae", {"pretrained": params.t2i, "subfolder": "vae"})
+        t2i_vae = load_component("vae", {"pretrained": t2i.model, "subfolder": "vae"})
         latents = _pair_latents(latent_cache, t2i_vae, data, params)
     return _train_captioner(
         vlv_encoder,
-        _text_encoder(params),
+        _text_encoder(t2i),
         data,
         params,
         CaptionerRun("stage2", params.trainable, params.training),
+        t2i=t2i,
         embedding_cache=embedding_cache,
         latents=latents,
     )
@@ -373,6 +379,7 @@ def train_baseline(
     data: Stage2Data,
     params: Stage2Params,
     stage1: Stage1Params,
+    t2i: T2IParams,
     latent_cache: LatentCache | None = None,
 ):
     """The paper's "without stage 1": the same LLM and psi from an encoder that had no stage 1.
@@ -384,8 +391,8 @@ def train_baseline(
     means of the pairs, it reads them as stage 1 does instead of running the tower every
     step: the same embeddings (tested), a cheaper step.
     """
-    t2i_vae = load_component("vae", {"pretrained": stage1.t2i, "subfolder": "vae"})
-    text_encoder = _text_encoder(params)
+    t2i_vae = load_component("vae", {"pretrained": t2i.model, "subfolder": "vae"})
+    text_encoder = _text_encoder(t2i)
     torch.manual_seed(params.training.seed)
     encoder = build_encoder(
         params.baseline.encoder or stage1.encoder,
@@ -399,7 +406,7 @@ def train_baseline(
     latents = None
     if getattr(encoder, "reads_vae_latents", False):
         latents = _pair_latents(latent_cache, t2i_vae, data, params)
-    return _train_captioner(encoder, text_encoder, data, params, run, latents=latents)
+    return _train_captioner(encoder, text_encoder, data, params, run, t2i=t2i, latents=latents)
 
 
 def validate_stage2(

@@ -20,14 +20,21 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.train_stage2,
-                ["stage2_data", "vlv_encoder", "embedding_cache", "params:stage2", "latent_cache"],
+                [
+                    "stage2_data",
+                    "vlv_encoder",
+                    "embedding_cache",
+                    "params:stage2",
+                    "params:t2i",
+                    "latent_cache",
+                ],
                 ["vlv_captioner", "stage2_log"],
                 name="train_stage2",
                 tags=["captioner"],
             ),
             Node(
                 nodes.train_baseline,
-                ["stage2_data", "params:stage2", "params:stage1", "latent_cache"],
+                ["stage2_data", "params:stage2", "params:stage1", "params:t2i", "latent_cache"],
                 ["baseline_captioner", "stage2_baseline_log"],
                 name="train_baseline",
                 tags=["baseline"],

@@ -14,6 +14,7 @@ from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.teachers import Condition, Teacher, load_teacher
 from vlv_pipeline.params.evaluate import EvaluateParams
 from vlv_pipeline.params.study import StudyParams
+from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.study import plots, stats
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def padding_embeddings(t2i: Teacher, length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def composition_study(
-    vlv_encoder, eval_data, evaluate: EvaluateParams, params: StudyParams
+    vlv_encoder, eval_data, evaluate: EvaluateParams, t2i: T2IParams, params: StudyParams
 ) -> tuple[dict, object, object, object]:
     """Study 5: [A's first half ; B's first half] of the caption embeddings, rendered, for
     pairs of test images whose objects occupy different cells; controls: A's first half
@@ -81,7 +82,7 @@ def composition_study(
         raise ParameterError("study 5 reads renders with the probe: set evaluate.probe")
     probe = AttributeProbe.from_pretrained(evaluate.probe).eval()
     device = inference_device()
-    t2i = load_teacher(evaluate.stage1_t2i, evaluate.t2i_dtype, device)
+    teacher = load_teacher(t2i.model, evaluate.t2i_dtype, device)
     s = evaluate.sampling
     images = eval_data.images()
     scenes = caption_targets(eval_data.references, probe)
@@ -97,7 +98,7 @@ def composition_study(
     b = torch.tensor([j for _, j in pairs])
     n = embeddings.shape[1]
     half = n // 2
-    padding = padding_embeddings(t2i, n - half).to(embeddings.device, embeddings.dtype)
+    padding = padding_embeddings(teacher, n - half).to(embeddings.device, embeddings.dtype)
     variants = {
         "a_half_b_half": torch.cat([embeddings[a, :half], embeddings[b, : n - half]], 1),
         "a_half_padded": torch.cat(
@@ -108,9 +109,9 @@ def composition_study(
     results, renders = {}, {}
     for name, inputs in variants.items():
         conditions = Condition.cat(
-            [t2i.condition(inputs[i : i + step]) for i in range(0, len(inputs), step)]
+            [teacher.condition(inputs[i : i + step]) for i in range(0, len(inputs), step)]
         )
-        renders[name] = t2i.render(conditions, **s.model_dump()).cpu()  # all five sampling keys
+        renders[name] = teacher.render(conditions, **s.model_dump()).cpu()  # all five sampling keys
         scores = composition(probe.predict(renders[name]), scenes[a], scenes[b])
         results[name] = stats.composition_entry(scores, params.confidence)
         logger.info(

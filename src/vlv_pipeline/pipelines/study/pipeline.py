@@ -157,6 +157,7 @@ def create_pipeline(pipelines: dict[str, Pipeline] | None = None, **kwargs) -> P
                     "vlv_encoder",
                     "study.composition.eval_data",
                     f"params:{DERIVED_KEY}.shared.evaluate",
+                    f"params:{DERIVED_KEY}.shared.t2i",
                     "params:study",
                 ],
                 [

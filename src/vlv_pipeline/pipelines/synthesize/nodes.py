@@ -32,6 +32,7 @@ from vlv_pipeline.models.device import inference_device
 from vlv_pipeline.models.teachers import load_text_side
 from vlv_pipeline.params.stage2 import Stage2Params
 from vlv_pipeline.params.synthesize import SynthesizeParams
+from vlv_pipeline.params.t2i import T2IParams
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,7 @@ def cache_pair_embeddings(
     embedding_cache_previous: EmbeddingCache,
     params: Stage2Params,
     synth: SynthesizeParams,
+    t2i: T2IParams,
 ) -> EmbeddingCache:
     """The frozen encoder's caption embeddings and text-encoder outputs of the paired images.
 
@@ -342,7 +344,7 @@ def cache_pair_embeddings(
             cache = type(cache)(cache.path)
         return cache
     device = inference_device()
-    text_encoder = load_text_side(params.t2i, device=device)
+    text_encoder = load_text_side(t2i.model, device=device)
     vlv_encoder = vlv_encoder.eval().to(device)
     paired = image_manifest[image_manifest["image_id"].isin(caption_pairs["image_id"])]
     if len(paired) != caption_pairs["image_id"].nunique():

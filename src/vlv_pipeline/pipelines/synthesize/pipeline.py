@@ -35,6 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "embedding_cache_previous",
                     "params:stage2",
                     "params:synthesize",
+                    "params:t2i",
                 ],
                 "embedding_cache",
                 name="cache_pair_embeddings",
