@@ -30,12 +30,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vlv_pipeline.imaging import FolderSource, iter_images  # noqa: E402
+from vlv_pipeline.imaging.screen_table import screen_images  # noqa: E402
 from vlv_pipeline.params.ingest import IngestParams  # noqa: E402
-from vlv_pipeline.pipelines.ingest.nodes import (  # noqa: E402
-    build_manifest,
-    build_rejects,
-    screen_images,
-)
+from vlv_pipeline.pipelines.ingest.nodes import build_manifest, build_rejects  # noqa: E402
 
 
 def make_images(root: Path, n: int, seed: int) -> None:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vlv_pipeline.datasets.image_source import ImageSourceDataset  # noqa: E402
 from vlv_pipeline.datasets.shard_store import LatentCache  # noqa: E402
+from vlv_pipeline.imaging.screen_table import screen_images  # noqa: E402
 from vlv_pipeline.imaging.sources import iter_images  # noqa: E402
 from vlv_pipeline.params.cache import CacheParams  # noqa: E402
 from vlv_pipeline.params.ingest import IngestParams  # noqa: E402
@@ -44,13 +45,13 @@ from vlv_pipeline.params.stage1 import Stage1Params  # noqa: E402
 from vlv_pipeline.params.t2i import T2IParams  # noqa: E402
 from vlv_pipeline.params.world import WorldParams  # noqa: E402
 from vlv_pipeline.pipelines.cache.nodes import encode_latents  # noqa: E402
-from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images  # noqa: E402
+from vlv_pipeline.pipelines.ingest.nodes import build_manifest  # noqa: E402
 from vlv_pipeline.pipelines.stage1.nodes import (  # noqa: E402
     load_stage1_data,
     split_references,
 )
-from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images  # noqa: E402
 from vlv_pipeline.world.data import pil_to_tensor  # noqa: E402
+from vlv_pipeline.world.generate import generate_labels, render_images  # noqa: E402
 
 TEACHER = ROOT / "src/vlv_pipeline/assets/teacher"
 

@@ -604,12 +604,13 @@ class Inputs:
     def _synthetic_world(self) -> None:
         from vlv_pipeline.datasets.image_source import ImageSourceDataset
         from vlv_pipeline.datasets.shard_store import LatentCache
+        from vlv_pipeline.imaging.screen_table import screen_images
         from vlv_pipeline.params.cache import CacheParams
         from vlv_pipeline.params.ingest import IngestParams
         from vlv_pipeline.params.world import WorldParams
         from vlv_pipeline.pipelines.cache.nodes import encode_latents
-        from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
-        from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
+        from vlv_pipeline.pipelines.ingest.nodes import build_manifest
+        from vlv_pipeline.world.generate import generate_labels, render_images
 
         batch = max(self.stage1.training.batch_size, self.stage2.training.batch_size)
         train = 20 * batch  # stage 2's pairs (synthesize.fraction of train) fill a batch or two

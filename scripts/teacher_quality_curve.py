@@ -28,10 +28,10 @@ from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.teachers import load_teacher
 from vlv_pipeline.params.teacher import FlowTeacherParams, TeacherParams
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.pipelines.world.nodes import generate_labels
 from vlv_pipeline.training.checkpoint import EMA_FILE
 from vlv_pipeline.training.run_folders import list_checkpoints
 from vlv_pipeline.world.data import scene_targets
+from vlv_pipeline.world.generate import generate_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from vlv_pipeline.metrics.scenes import scene_agreement
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.teacher import render_captions
 from vlv_pipeline.params.world import WorldParams
-from vlv_pipeline.pipelines.world.nodes import generate_labels
 from vlv_pipeline.world.data import scene_targets
+from vlv_pipeline.world.generate import generate_labels
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "vlv_pipeline" / "assets"
 N = 128

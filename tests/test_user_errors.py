@@ -198,9 +198,8 @@ def test_nothing_kept_in_the_caption_pipeline_names_caption_source(tmp_path):
 
 def test_nothing_kept_in_ingest_names_its_catalog_entry(tmp_path):
     from vlv_pipeline.imaging.folder_source import FolderSource
-    from vlv_pipeline.imaging.screen_table import NoImagesKeptError
+    from vlv_pipeline.imaging.screen_table import NoImagesKeptError, screen_images
     from vlv_pipeline.params.ingest import IngestParams
-    from vlv_pipeline.pipelines.ingest.nodes import screen_images
 
     folder = _all_rejected(tmp_path / "raw")
     with pytest.raises(NoImagesKeptError) as info:

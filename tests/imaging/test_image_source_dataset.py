@@ -118,7 +118,7 @@ def test_writable_webdataset_writes_img2dataset_shards(tmp_path):
     import tarfile
 
     from vlv_pipeline.params.world import WorldParams
-    from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
+    from vlv_pipeline.world.generate import generate_labels, render_images
 
     world = WorldParams(image_size=24, counts={"train": 5, "val": 0, "test": 2})
     labels = generate_labels(world)

@@ -87,8 +87,9 @@ def test_parquet_rows_across_row_groups(tmp_path):
 
 def test_ingest_records_where_tar_members_lie_so_training_need_not_scan(tmp_path, monkeypatch):
     from vlv_pipeline.imaging.random_access import TarReader, manifest_locations
+    from vlv_pipeline.imaging.screen_table import screen_images
     from vlv_pipeline.params.ingest import IngestParams
-    from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
+    from vlv_pipeline.pipelines.ingest.nodes import build_manifest
 
     members = [(f"{k:04d}.png", png((k, 0, 0), (32 + k, 32))) for k in range(6)]
     write_tar(tmp_path / "shards" / "00000.tar", members)

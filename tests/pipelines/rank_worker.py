@@ -69,12 +69,12 @@ def run_stages(config: dict) -> dict:
 
     from vlv_pipeline.datasets.image_source import ImageSourceDataset
     from vlv_pipeline.datasets.shard_store import EmbeddingCache, LatentCache
+    from vlv_pipeline.imaging.screen_table import screen_images
     from vlv_pipeline.pipelines.cache.nodes import encode_latents
     from vlv_pipeline.pipelines.caption import nodes as caption
     from vlv_pipeline.pipelines.evaluate import nodes as evaluate
     from vlv_pipeline.pipelines.evaluate.renders import reconstruct
     from vlv_pipeline.pipelines.evaluate.scoring import score_evaluation
-    from vlv_pipeline.pipelines.ingest.nodes import screen_images
     from vlv_pipeline.pipelines.synthesize import nodes as synthesize
 
     params, out = stage_params(config), Path(config["out"])

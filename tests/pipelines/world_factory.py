@@ -7,9 +7,10 @@ def render_and_ingest(root, world: WorldParams):
     """The world rendered into ``root/images`` (+ labels.parquet) and ingested, as the
     `world` and `ingest` pipelines do: ``(source, manifest)``."""
     from vlv_pipeline.datasets.image_source import ImageSourceDataset
+    from vlv_pipeline.imaging.screen_table import screen_images
     from vlv_pipeline.params.ingest import IngestParams
-    from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
-    from vlv_pipeline.pipelines.world.nodes import generate_labels, render_images
+    from vlv_pipeline.pipelines.ingest.nodes import build_manifest
+    from vlv_pipeline.world.generate import generate_labels, render_images
 
     labels = generate_labels(world)
     labels.to_parquet(root / "labels.parquet")

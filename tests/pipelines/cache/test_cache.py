@@ -10,11 +10,12 @@ from vlv_pipeline.datasets.image_source import ImageSourceDataset
 from vlv_pipeline.datasets.latent_cache import LatentCacheDataset
 from vlv_pipeline.datasets.shard_format import CorruptCacheError
 from vlv_pipeline.datasets.shard_store import LatentCache
+from vlv_pipeline.imaging.screen_table import screen_images
 from vlv_pipeline.params.cache import CacheParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.params.t2i import T2IParams
 from vlv_pipeline.pipelines.cache.nodes import encode_latents
-from vlv_pipeline.pipelines.ingest.nodes import build_manifest, screen_images
+from vlv_pipeline.pipelines.ingest.nodes import build_manifest
 
 TINY_VAE = dict(
     down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],

@@ -15,10 +15,11 @@ from PIL import Image
 from stage2_factory import tiny_captioner
 
 from vlv_pipeline.datasets.model_directory import ModelDirectoryDataset
+from vlv_pipeline.models.captioning import official_postprocess
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 from vlv_pipeline.pipelines.caption import create_pipeline
-from vlv_pipeline.pipelines.caption.nodes import official_postprocess, open_user_images
+from vlv_pipeline.pipelines.caption.nodes import open_user_images
 
 
 def _user_folder(root):

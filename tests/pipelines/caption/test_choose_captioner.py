@@ -9,10 +9,10 @@ from kedro.io import DatasetError
 from kedro.io.core import VersionNotFoundError
 
 from vlv_pipeline.errors import InputError, MissingInputError, ModelDirectoryError, UserError
+from vlv_pipeline.models.captioning import choose_captioner
 from vlv_pipeline.models.provenance_check import ProvenanceError
 from vlv_pipeline.models.tensor_files import DamagedWeightsError
 from vlv_pipeline.params.evaluate import CaptionParams
-from vlv_pipeline.pipelines.caption.nodes import choose_captioner
 
 
 class Lazy:

@@ -16,7 +16,7 @@ The cases below are made by hand from that definition.
 
 import pytest
 
-from vlv_pipeline.pipelines.caption.nodes import official_postprocess
+from vlv_pipeline.models.captioning import official_postprocess
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,9 @@ import pytest
 from ingest_factory import png
 
 from vlv_pipeline.imaging import FolderSource, ParquetSource, assign_split
+from vlv_pipeline.imaging.screen_table import NoImagesKeptError, screen_images
 from vlv_pipeline.params.ingest import IngestParams
-from vlv_pipeline.pipelines.ingest.nodes import (
-    MANIFEST_COLUMNS,
-    NoImagesKeptError,
-    build_manifest,
-    build_rejects,
-    screen_images,
-)
+from vlv_pipeline.pipelines.ingest.nodes import MANIFEST_COLUMNS, build_manifest, build_rejects
 
 PARAMS = IngestParams(min_side=8)
 

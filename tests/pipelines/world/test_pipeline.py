@@ -6,8 +6,8 @@ from PIL import Image
 
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.pipelines.world import create_pipeline
-from vlv_pipeline.pipelines.world.nodes import generate_labels, objects_from_row, render_images
 from vlv_pipeline.world import CaptionParser, Vocabulary, caption
+from vlv_pipeline.world.generate import generate_labels, objects_from_row, render_images
 
 
 @pytest.fixture

@@ -14,13 +14,7 @@ import pandas as pd
 
 from vlv_pipeline.imaging.sources import ImageSource
 from vlv_pipeline.imaging.user_images import open_images, screen_for
-from vlv_pipeline.models.captioning import (  # noqa: F401 - the caption pipeline's nodes
-    COLUMNS,
-    NoCaptionerError,
-    caption_kept_images,
-    choose_captioner,
-    official_postprocess,
-)
+from vlv_pipeline.models.captioning import caption_kept_images
 from vlv_pipeline.params.evaluate import CaptionParams
 from vlv_pipeline.params.ingest import IngestParams
 

@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from vlv_pipeline.models.captioning import choose_captioner
 from vlv_pipeline.pipelines.caption import nodes
 
 
@@ -16,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="screen_user_images",
             ),
             Node(
-                nodes.choose_captioner,
+                choose_captioner,
                 ["caption_trained_captioner", "caption_published_captioner", "params:caption"],
                 "user_captioner",
                 name="choose_captioner",

@@ -7,14 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from vlv_pipeline.imaging.screen_table import (  # noqa: F401 - ingest's first node, re-exported
-    SCREENED_DTYPES,
-    NoImagesKeptError,
-    as_params,
-    mark_duplicates_across_parts,
-    screen_images,
-    summarise,
-)
+from vlv_pipeline.imaging.screen_table import as_params
 from vlv_pipeline.imaging.splits import assign_split
 from vlv_pipeline.params.ingest import IngestParams
 

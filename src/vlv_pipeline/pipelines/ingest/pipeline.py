@@ -2,7 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from vlv_pipeline.pipelines.ingest.nodes import build_manifest, build_rejects, screen_images
+from vlv_pipeline.imaging.screen_table import screen_images
+from vlv_pipeline.pipelines.ingest.nodes import build_manifest, build_rejects
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -1,4 +1,5 @@
-"""Nodes of the `world` pipeline: sample scenes, render them, build the tokenizer."""
+"""The `world` pipeline's own node: build the tokenizer (sampling and rendering the scenes
+are ``world.generate``'s ``generate_labels`` and ``render_images``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,6 @@ from transformers import PreTrainedTokenizerFast
 
 from vlv_pipeline.params.world import WorldParams
 from vlv_pipeline.world import Vocabulary, build_world_tokenizer
-from vlv_pipeline.world.generate import (  # noqa: F401 - the world's nodes, re-exported
-    LazyImage,
-    generate_labels,
-    objects_from_row,
-    render_images,
-)
 
 
 def build_tokenizer(params: WorldParams) -> PreTrainedTokenizerFast:

@@ -2,7 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from vlv_pipeline.pipelines.world.nodes import build_tokenizer, generate_labels, render_images
+from vlv_pipeline.pipelines.world.nodes import build_tokenizer
+from vlv_pipeline.world.generate import generate_labels, render_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
