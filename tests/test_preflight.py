@@ -218,17 +218,17 @@ def test_local_directories_pass_and_missing_ones_name_their_key_and_maker(tmp_pa
     )
     refs = [
         Reference("cache.vae.pretrained", str(tmp_path / "models/sd"), "vae"),
-        Reference("stage1.t2i", str(tmp_path / "models/sd")),
-        Reference("stage2.t2i", str(tmp_path / "models/sd"), "unet"),
-        Reference("evaluate.stage1_t2i", "data/t2i"),
+        Reference("t2i.model", str(tmp_path / "models/sd")),
+        Reference("reconstruct.render_t2i", str(tmp_path / "models/sd"), "unet"),
+        Reference("reconstruct.probe", "data/t2i"),
         Reference("evaluate.render_t2i", "data/t2i"),
         Reference("stage1.validation.probe", "./nowhere/probe"),
     ]
     found = check_references(refs, Producers(registry, catalog), "rehearsal", [])
     assert [f.line() for f in found] == [
-        f"stage2.t2i = {tmp_path / 'models/sd'}: has no subfolder 'unet' -> point `stage2.t2i` "
-        "at a save_pretrained directory that has it",
-        "evaluate.stage1_t2i, evaluate.render_t2i = data/t2i: no such directory -> "
+        f"reconstruct.render_t2i = {tmp_path / 'models/sd'}: has no subfolder 'unet' -> point "
+        "`reconstruct.render_t2i` at a save_pretrained directory that has it",
+        "reconstruct.probe, evaluate.render_t2i = data/t2i: no such directory -> "
         "`kedro run --env rehearsal --pipeline rehearsal`",
         "stage1.validation.probe = ./nowhere/probe: no such directory -> create it, or point "
         "`stage1.validation.probe` at a local directory or a hub id",
@@ -247,13 +247,13 @@ def test_hub_ids_are_looked_up_in_the_local_cache_only(hub_cache, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     refs = [
-        Reference("stage1.t2i", "stabilityai/stable-diffusion-2-1-base"),
+        Reference("t2i.model", "stabilityai/stable-diffusion-2-1-base"),
         Reference("cache.vae.pretrained", "stabilityai/stable-diffusion-2-1-base", "vae"),
         Reference("stage2.llm.pretrained", "Qwen/Qwen2.5-3B"),
     ]
     found = check_references(refs, None, "paper", [])
     assert [f.line() for f in found] == [
-        "stage1.t2i, cache.vae.pretrained = stabilityai/stable-diffusion-2-1-base: not a local "
+        "t2i.model, cache.vae.pretrained = stabilityai/stable-diffusion-2-1-base: not a local "
         "directory and not in the Hugging Face cache -> `hf download "
         "stabilityai/stable-diffusion-2-1-base`",
         "stage2.llm.pretrained = Qwen/Qwen2.5-3B: not a local directory and not in the Hugging "
@@ -270,14 +270,14 @@ def test_hub_ids_are_looked_up_in_the_local_cache_only(hub_cache, monkeypatch):
     hub_cache("Qwen/Qwen2.5-3B")  # its configs only, as `hf download ... --include "*.json"`
     found = check_references(refs, None, "paper", [])
     assert [f.line() for f in found] == [
-        f"stage1.t2i, cache.vae.pretrained = {sd}: not a local directory and not in the Hugging "
+        f"t2i.model, cache.vae.pretrained = {sd}: not a local directory and not in the Hugging "
         f"Face cache -> `hf download {sd}`",  # the vae subfolder is not there yet
         "stage2.llm.pretrained = Qwen/Qwen2.5-3B: in the Hugging Face cache without its weights "
         "(configs only) -> `hf download Qwen/Qwen2.5-3B`",
     ]
     # a teacher of another family says what it needs beyond the download
     flux = check_references(
-        [Reference("stage1.t2i", "black-forest-labs/FLUX.1-dev")], None, "paper", []
+        [Reference("t2i.model", "black-forest-labs/FLUX.1-dev")], None, "paper", []
     )
     assert "gated: accept its licence" in flux[0].line() and "T5-XXL" in flux[0].line()
     # a tokenizer, or a block reading configs only, needs no weights
