@@ -831,7 +831,7 @@ def test_the_hook_builds_each_models_check_once_for_the_loader_and_the_preflight
         PreflightHook(registry).before_pipeline_run(_run_params(), pipeline, catalog)
     assert [f.mismatch for f in error.value.findings] == [True]
     assert len(built) == 1, built  # one caption side: one setting, built once
-    loader = preflight_findings._dataset(catalog, "caption_trained_captioner")._provenance_check
+    loader = preflight_findings.dataset_in(catalog, "caption_trained_captioner")._provenance_check
     assert attached["preflight"] == [loader]
 
 
@@ -908,7 +908,7 @@ def test_only_rank_0_prints_and_the_ranks_agree(monkeypatch, capsys):
     monkeypatch.setattr(
         "vlv_pipeline.distributed.each_rank", lambda work: [every[r] for r in range(4)]
     )
-    assert preflight_findings._every_rank([a]) == [
+    assert preflight_findings.every_rank([a]) == [
         a,
         Finding("b (ranks 1-2)", "gone", "make b", True),
     ]

@@ -11,11 +11,11 @@ from typing import Any
 from vlv_pipeline.preflight.findings import (
     Finding,
     Producers,
-    _commands,
-    _dataset,
-    _location,
-    _plain,
-    _shown,
+    commands,
+    dataset_in,
+    location,
+    plain,
+    shown,
 )
 
 # A node that takes params:<block> reads the one model dataset <block>.<key> names, and none
@@ -49,7 +49,7 @@ def written_locations(pipeline: Any, catalog: Any) -> list[Path]:
     return [
         where
         for name in sorted(pipeline.all_outputs())
-        if (ds := _dataset(catalog, name)) is not None and (where := _location(ds)) is not None
+        if (ds := dataset_in(catalog, name)) is not None and (where := location(ds)) is not None
     ]
 
 
@@ -66,19 +66,19 @@ def check_datasets(
 
     from vlv_pipeline.datasets.credentials import CredentialsDataset
 
-    blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
+    blocks = {name: plain(value) for name, value in (blocks or {}).items()}
     written = written_locations(pipeline, catalog)
     findings = []
     for name in sorted(pipeline.inputs()):
         if name == "parameters" or name.startswith("params:"):
             continue
         readers = [n for n in pipeline.nodes if name in n.inputs]
-        if readers and all(_unread(name, n, blocks) for n in readers):
+        if readers and all(unread(name, n, blocks) for n in readers):
             continue  # every node given it was told by its parameters not to read it
-        dataset = _dataset(catalog, name)
+        dataset = dataset_in(catalog, name)
         if dataset is None or isinstance(dataset, MemoryDataset | CredentialsDataset):
             continue  # not in the catalog: Kedro's runner says so itself
-        where = _location(dataset)
+        where = location(dataset)
         if where is not None and any(where == w for w in written):
             continue  # the previous state of an output (an incremental cache): may be empty
         if readers and all(_optional(name, n, blocks) for n in readers):
@@ -89,9 +89,9 @@ def check_datasets(
             problem = "no saved version" if getattr(dataset, "_version", None) else "not found"
         except Exception as error:  # noqa: BLE001 - a dataset that cannot tell: say why
             problem = f"cannot be read ({type(error).__name__}: {error})"
-        what = f"{name} ({_shown(where)})" if where is not None else name
-        fix = _dataset_fix(name, dataset, producers, env)
-        fix += _alternative(name, readers, producers, env)
+        what = f"{name} ({shown(where)})" if where is not None else name
+        fix = dataset_fix(name, dataset, producers, env)
+        fix += alternative(name, readers, producers, env)
         findings.append(Finding(what, problem, fix))
     return findings
 
@@ -114,7 +114,7 @@ def _optional(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
     return False
 
 
-def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
+def unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
     """``node`` takes ``name`` but its parameters say it will not read it."""
     if name == "embedding_cache" and "params:stage2" in node.inputs:
         # stage2.trainable with `encoder` trains on pixels: the embedding cache is bypassed
@@ -137,7 +137,7 @@ def _unread(name: str, node: Any, blocks: Mapping[str, Any]) -> bool:
     return False
 
 
-def _alternative(name: str, readers: list, producers: Producers, env: str | None) -> str:
+def alternative(name: str, readers: list, producers: Producers, env: str | None) -> str:
     """`` (or `--params caption.model=published`, after ...)``: the other models a choosing
     node could read, and what writes them."""
     for block, (key, named, _) in DATASET_CHOICES.items():
@@ -147,12 +147,12 @@ def _alternative(name: str, readers: list, producers: Producers, env: str | None
         for choice, other in named.items():
             makers = producers.of(other) if other != name else []
             if makers:
-                others.append(f"`--params {block}.{key}={choice}`, after {_commands(env, makers)}")
+                others.append(f"`--params {block}.{key}={choice}`, after {commands(env, makers)}")
         return f" (or {'; or '.join(others)})" if others else ""
     return ""
 
 
-def _dataset_fix(name: str, dataset: Any, producers: Producers, env: str | None) -> str:
+def dataset_fix(name: str, dataset: Any, producers: Producers, env: str | None) -> str:
     if type(dataset).__name__ == "ImageSourceDataset" and not getattr(dataset, "_writable", True):
         kind = getattr(dataset, "_kind", "")
         what = {
@@ -161,11 +161,11 @@ def _dataset_fix(name: str, dataset: Any, producers: Producers, env: str | None)
             "folder": "a folder of images",
         }.get(kind, "your images")
         return (
-            f"put {what} at {_shown(_location(dataset) or name)}, or point `{name}` in "
+            f"put {what} at {shown(location(dataset) or name)}, or point `{name}` in "
             f"the catalog at them"
         )
     writers = producers.of(name)
-    return _commands(env, writers) if writers else f"create it, or point `{name}` elsewhere"
+    return commands(env, writers) if writers else f"create it, or point `{name}` elsewhere"
 
 
 def _evaluate_rows(value: Any) -> list[Mapping]:
@@ -173,4 +173,4 @@ def _evaluate_rows(value: Any) -> list[Mapping]:
     rows = value.get("captioners") if isinstance(value, Mapping) else None
     if not isinstance(rows, list | tuple):
         return []
-    return [_plain(r) for r in rows if isinstance(_plain(r), Mapping)]
+    return [plain(r) for r in rows if isinstance(plain(r), Mapping)]

@@ -91,7 +91,7 @@ def hub_cache_problem(repo: str, subfolder: str | None = None, weights: bool = T
     return NOT_CACHED
 
 
-def _shown(path: str | os.PathLike) -> str:
+def shown(path: str | os.PathLike) -> str:
     """``path`` relative to the working directory when it lies under it."""
     path = Path(path)
     try:
@@ -100,7 +100,7 @@ def _shown(path: str | os.PathLike) -> str:
         return str(path)
 
 
-def _location(dataset: Any) -> Path | None:
+def location(dataset: Any) -> Path | None:
     """The file or folder a dataset reads (None for in-memory ones)."""
     for attr in ("_filepath", "_path"):
         value = getattr(dataset, attr, None)
@@ -114,7 +114,7 @@ def _location(dataset: Any) -> Path | None:
     return Path(str(value)) if value else None
 
 
-def _under(path: Path, root: Path) -> bool:
+def under(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
     except (ValueError, OSError):
@@ -134,7 +134,7 @@ def run_command(env: str | None, pipeline: str | None = None, extra: str = "") -
     return " ".join(words)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Parameters as plain dicts (Kedro may hand over validated pydantic models)."""
     if hasattr(value, "model_dump"):
         return value.model_dump()
@@ -156,8 +156,8 @@ class Producers:
         second catalog entry for the same directory, e.g. a lazy one)."""
         found = self._writers(dataset)
         if not found:
-            entry = _dataset(self._catalog, dataset)
-            where = None if entry is None else _location(entry)
+            entry = dataset_in(self._catalog, dataset)
+            where = None if entry is None else location(entry)
             if where is not None:
                 found = self.of_path(where)
         return found
@@ -179,21 +179,21 @@ class Producers:
         found: set[str] = set()
         for pipe in self._registry.values():
             for name in pipe.all_outputs():
-                dataset = _dataset(self._catalog, name)
-                where = None if dataset is None else _location(dataset)
-                if where is not None and _under(path, where):
+                dataset = dataset_in(self._catalog, name)
+                where = None if dataset is None else location(dataset)
+                if where is not None and under(path, where):
                     found.update(self._writers(name))
         return sorted(found)
 
 
-def _dataset(catalog: Any, name: str) -> Any:
+def dataset_in(catalog: Any, name: str) -> Any:
     try:
         return catalog.get(name)
     except Exception:  # noqa: BLE001 - a broken entry: the run reports it itself
         return None
 
 
-def _commands(env: str | None, pipelines: list[str]) -> str:
+def commands(env: str | None, pipelines: list[str]) -> str:
     return " or ".join(f"`{run_command(env, p)}`" for p in pipelines)
 
 
@@ -218,7 +218,7 @@ def message(findings: list[Finding], command: str, offline: bool) -> str:
     return "\n".join(lines)
 
 
-def _every_rank(findings: list[Finding]) -> list[Finding]:
+def every_rank(findings: list[Finding]) -> list[Finding]:
     """Under ``accelerate launch``: every rank's findings (rank 0's first, then what only
     some ranks lack, e.g. in a node-local cache, naming them), so every rank stops together."""
     if world_size() == 1:

@@ -16,8 +16,8 @@ from vlv_pipeline.preflight.findings import (
     Finding,
     MissingComponentsError,
     Producers,
-    _dataset,
-    _every_rank,
+    dataset_in,
+    every_rank,
     hub_offline,
     message,
     run_command,
@@ -47,14 +47,14 @@ def check(
     inputs = pipeline.inputs()
     blocks = {}
     for name in sorted(i for i in inputs if i.startswith("params:")):
-        dataset = _dataset(catalog, name)
+        dataset = dataset_in(catalog, name)
         if dataset is not None:
             blocks[name.removeprefix("params:")] = dataset.load()
     findings = check_datasets(pipeline, catalog, producers, env, blocks)
     credentials = {  # by catalog entry: each key is looked for where its node reads it
         name: ds.load()
         for name in sorted(inputs)
-        if isinstance(ds := _dataset(catalog, name), CredentialsDataset)
+        if isinstance(ds := dataset_in(catalog, name), CredentialsDataset)
     }
     written = written_locations(pipeline, catalog)
     models = build_models(blocks, parameter_models(pipeline))
@@ -123,7 +123,7 @@ class PreflightHook:
         command = run_command(env, ",".join(names) if names else None)
         if len(names) > 1:
             command = command.replace("--pipeline ", "--pipelines ")
-        findings = _every_rank(check(pipeline, catalog, registry, env, provenance))
+        findings = every_rank(check(pipeline, catalog, registry, env, provenance))
         offline = hub_offline()
         stopping = [f for f in findings if offline or not f.download]
         if rank() == 0:

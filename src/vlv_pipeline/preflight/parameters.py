@@ -35,12 +35,12 @@ from vlv_pipeline.preflight.findings import (
     NOT_CACHED,
     Finding,
     Producers,
-    _commands,
-    _plain,
-    _shown,
-    _under,
+    commands,
     hub_cache_problem,
+    plain,
     run_command,
+    shown,
+    under,
 )
 
 # A parameter naming a model (the name the preflight's tests and callers know it by).
@@ -137,7 +137,7 @@ def build_models(
             built[name] = value
             continue
         try:
-            built[name] = model.model_validate(_plain(value))
+            built[name] = model.model_validate(plain(value))
         except Exception:  # noqa: BLE001 - pydantic's error is Kedro's to report
             continue
     return built
@@ -207,7 +207,7 @@ def check_references(
                     )
                 )
         elif looks_local(ref.ref):
-            if not any(_under(path, w) for w in written):  # else this run writes it first
+            if not any(under(path, w) for w in written):  # else this run writes it first
                 local.setdefault(ref.ref, []).append(ref.key)
         else:
             hub.setdefault(ref.ref, []).append(ref)
@@ -215,7 +215,7 @@ def check_references(
         path = Path(value).expanduser()
         makers = producers.of_path(path) if producers is not None else []
         fix = (
-            _commands(env, makers)
+            commands(env, makers)
             if makers
             else f"create it, or point `{keys[0]}` at a local directory or a hub id"
         )
@@ -353,7 +353,7 @@ def _check_judge(need: JudgeNeed) -> list[Finding]:
     return [
         Finding(
             f"{what} (Inception weights)",
-            f"{_shown(weights)} not in the torch hub cache",
+            f"{shown(weights)} not in the torch hub cache",
             '`python -c "from torchmetrics.image.fid import FrechetInceptionDistance as F; F()"`',
             download=True,
         )

@@ -8,16 +8,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlv_pipeline.preflight.datasets import _alternative, _dataset_fix, _unread, written_locations
+from vlv_pipeline.preflight.datasets import alternative, dataset_fix, unread, written_locations
 from vlv_pipeline.preflight.findings import (
     Finding,
     Producers,
-    _commands,
-    _dataset,
-    _location,
-    _plain,
-    _shown,
-    _under,
+    commands,
+    dataset_in,
+    location,
+    plain,
+    shown,
+    under,
 )
 
 # The pipelines that read a user's images from their block's ``source`` (and ``kind``).
@@ -29,12 +29,12 @@ SOURCE_BLOCKS = ("caption", "reconstruct")
 
 def _run_parameters(catalog: Any, blocks: Mapping[str, Any]) -> dict[str, Any]:
     """The run's parameters (conf's with ``--params``), the blocks its nodes read on top."""
-    everything = _dataset(catalog, "parameters")
+    everything = dataset_in(catalog, "parameters")
     try:
         parameters = dict(everything.load()) if everything is not None else {}
     except Exception:  # noqa: BLE001 - no parameters dataset: the blocks alone
         parameters = {}
-    parameters.update({name: _plain(value) for name, value in blocks.items()})
+    parameters.update({name: plain(value) for name, value in blocks.items()})
     return parameters
 
 
@@ -52,12 +52,12 @@ def provenance_checks(
     from vlv_pipeline.models.provenance import MODELS, wanted_settings
     from vlv_pipeline.models.provenance_check import ProvenanceCheck
 
-    blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
+    blocks = {name: plain(value) for name, value in (blocks or {}).items()}
     names = sorted({i for n in pipeline.nodes for i in n.inputs if not i.startswith("params:")})
     models = {
         name: dataset
         for name in names
-        if isinstance(dataset := _dataset(catalog, name), ModelDirectoryDataset)
+        if isinstance(dataset := dataset_in(catalog, name), ModelDirectoryDataset)
     }
     if not models:
         return {}
@@ -71,23 +71,23 @@ def provenance_checks(
             (b for b in SOURCE_BLOCKS if any(f"params:{b}" in n.inputs for n in readers)), None
         )
         captions = block is not None and where_kind(dataset) != "vlv_encoder"
-        side = _plain(parameters.get(block) or {}).get("resolution") if captions else "unset"
+        side = plain(parameters.get(block) or {}).get("resolution") if captions else "unset"
         key = side if captions else None
         if key not in settings:
             settings[key] = wanted_settings(parameters, side)
-        where = _location(dataset)
+        where = location(dataset)
         kind = where.name if where is not None and where.name in MODELS else None
         checks[name] = (
             dataset,
             ProvenanceCheck(
-                _shown(where) if where is not None else name,
+                shown(where) if where is not None else name,
                 name=name,
                 settings=settings[key],
                 model=kind,
                 verb="captions" if captions else "reads it",
                 fix_chain=_chain_fix(name, dataset, producers, env, registry),
-                fix_own=_dataset_fix(name, dataset, producers, env),
-                alternative=_alternative(name, readers, producers, env),
+                fix_own=dataset_fix(name, dataset, producers, env),
+                alternative=alternative(name, readers, producers, env),
             ),
         )
     return checks
@@ -97,7 +97,7 @@ def where_kind(dataset: Any) -> str | None:
     """The kind of model (``provenance.MODELS``) a model dataset's folder name says."""
     from vlv_pipeline.models.provenance import MODELS
 
-    where = _location(dataset)
+    where = location(dataset)
     return where.name if where is not None and where.name in MODELS else None
 
 
@@ -107,14 +107,14 @@ def _chain_fix(
     """The composite pipeline ``vlv`` (stage 1 on, on this environment's data) when it
     writes ``dataset``'s folder; else the pipelines that write it."""
     chain = (registry or {}).get("vlv") if registry is not None else None
-    where = _location(dataset)
+    where = location(dataset)
     if chain is not None and where is not None:
         for output in chain.all_outputs():
-            written = _dataset(producers._catalog, output)
-            location = None if written is None else _location(written)
-            if location is not None and _under(where, location):
-                return _commands(env, ["vlv"])
-    return _dataset_fix(name, dataset, producers, env)
+            written = dataset_in(producers._catalog, output)
+            folder = None if written is None else location(written)
+            if folder is not None and under(where, folder):
+                return commands(env, ["vlv"])
+    return dataset_fix(name, dataset, producers, env)
 
 
 def check_provenance(
@@ -129,7 +129,7 @@ def check_provenance(
     for another setting than the run's parameters (their records, JSON only). ``checks``:
     ``provenance_checks``' answer when the caller has it (the hook built them for the
     loaders), else built here."""
-    blocks = {name: _plain(value) for name, value in (blocks or {}).items()}
+    blocks = {name: plain(value) for name, value in (blocks or {}).items()}
     written = written_locations(pipeline, catalog)
     findings = []
     free = pipeline.inputs()
@@ -137,9 +137,9 @@ def check_provenance(
         checks = provenance_checks(pipeline, catalog, producers, env, blocks, producers._registry)
     for name, (dataset, check) in checks.items():
         readers = [n for n in pipeline.nodes if name in n.inputs]
-        if name not in free or (readers and all(_unread(name, n, blocks) for n in readers)):
+        if name not in free or (readers and all(unread(name, n, blocks) for n in readers)):
             continue
-        where = _location(dataset)
+        where = location(dataset)
         if where is not None and any(where == w for w in written):
             continue
         try:
@@ -164,7 +164,7 @@ def attach_provenance_checks(
     preflight to run the same checks without building them again."""
     blocks = {}
     for name in sorted(i for i in pipeline.inputs() if i.startswith("params:")):
-        dataset = _dataset(catalog, name)
+        dataset = dataset_in(catalog, name)
         if dataset is not None:
             blocks[name.removeprefix("params:")] = dataset.load()
     producers = Producers(registry, catalog)
