@@ -100,7 +100,10 @@ class _Handler(BaseHTTPRequestHandler):
             server.keys_at_target.append(self.headers.get("Authorization", ""))
         elif server.scenario == "redirect":
             self.send_response(307)
-            self.send_header("Location", f"http://127.0.0.1:{server.target.server_address[1]}/v1/chat/completions")
+            self.send_header(
+                "Location",
+                f"http://127.0.0.1:{server.target.server_address[1]}/v1/chat/completions",
+            )
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -146,8 +149,15 @@ def _images(n: int) -> list[tuple[str, Image.Image]]:
 def ours(server: Server, images, concurrency: int) -> dict:
     """The project's client: caption_stream, a 5 s deadline per request, backoff from 0.5 s."""
     client = OpenAICaptioner(
-        base_url=server.base_url, model="m", prompt=PROMPT, api_key=KEY,
-        max_concurrency=concurrency, timeout_s=5, max_retries=3, backoff_s=0.5, deadline_s=5,
+        base_url=server.base_url,
+        model="m",
+        prompt=PROMPT,
+        api_key=KEY,
+        max_concurrency=concurrency,
+        timeout_s=5,
+        max_retries=3,
+        backoff_s=0.5,
+        deadline_s=5,
     )
     # the image id rides in the prompt so the server can tell the images apart
     client._body = lambda image, c=client: c._vision_body(f"{PROMPT} #{image.info['id']}", image)
@@ -241,7 +251,9 @@ def main() -> None:
                     f"{row['failed']:>4} {server.requests:>8}  {note}"
                 )
         if "openai" in rows and rows["openai"]["s"] > 0 and scenario in ("clean", "flaky"):
-            print(f"{'':<9} ratio openai / hand-written: {rows['openai']['s'] / rows['hand-written']['s']:.2f}")
+            print(
+                f"{'':<9} ratio openai / hand-written: {rows['openai']['s'] / rows['hand-written']['s']:.2f}"
+            )
 
 
 if __name__ == "__main__":

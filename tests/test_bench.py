@@ -133,6 +133,8 @@ def test_bench_openai_client_runs_the_hand_written_side_without_the_package():
         env={k: v for k, v in os.environ.items() if k != "OPENAI_PATH"},
     )
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines() if "hand-written" in line}
+    rows = {
+        line.split()[0]: line.split() for line in out.stdout.splitlines() if "hand-written" in line
+    }
     assert rows["clean"][3] == "6"  # every image captioned
     assert rows["redirect"][3] == "0" and "0 sent on" in out.stdout  # the redirect is refused

@@ -9,7 +9,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def api_key(credentials: Mapping[str, Any] | None, who: str, entry: str, base_url: str) -> str | None:
+def api_key(
+    credentials: Mapping[str, Any] | None, who: str, entry: str, base_url: str
+) -> str | None:
     """``credentials["api_key"]``, or None with a warning naming the entry of
     conf/local/credentials.yml that lacks it (``who``: the stage that calls ``base_url``;
     a local server needs no key, so the call goes on)."""
