@@ -15,18 +15,28 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: run test demo lint bench viz rehearsal clean-venv
 
+# `make run` installs only what the pipelines import: the test and demo extras (gradio,
+# playwright, jupyter, wandb) add about 15 s to a first run's venv and nothing to the run.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# Pinned first, on its own: an open range could pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-demo: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo]"
 	touch $@
 
 # The tests add the mlflow extra (tests/test_mlflow_real.py runs the real tracking path; it is
 # off unless VLV_MLFLOW=1). `make run` does without it: a first run's venv stays small and
 # quick, and kedro commands do not import mlflow for kedro-mlflow's CLI.
-$(VENV)/.installed-mlflow: $(VENV)/.installed
+$(VENV)/.installed-mlflow: $(VENV)/.installed-test
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,demo,mlflow]"
 	touch $@
 
@@ -38,10 +48,10 @@ test: $(VENV)/.installed-mlflow
 	$(BIN)/python -m pytest $(ARGS)
 
 # The demo page (src/vlv_pipeline/demo.py) for the latest models `make run` trained; Ctrl+C stops it.
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(BIN)/python -m vlv_pipeline demo $(ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 

@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from vlv_pipeline.params.stage1 import Stage1Params
     from vlv_pipeline.params.stage2 import Stage2Params
+    from vlv_pipeline.params.synthesize import SynthesizeParams
     from vlv_pipeline.params.t2i import T2IParams
     from vlv_pipeline.pipelines.stage2 import nodes as stage2
+    from vlv_pipeline.pipelines.synthesize import nodes as synthesize
 
     bootstrap_project(project)
     os.chdir(project)  # relative paths in conf are relative to the project root
@@ -125,10 +127,23 @@ def main(argv: list[str] | None = None) -> None:
         base = plain("stage2")
         manifest = catalog.load("image_manifest")
         no_test = manifest[manifest["split"] != "test"]  # val is then the judged split
-        pairs = catalog.load("caption_pairs")
+        run_pairs = catalog.load("caption_pairs")
         encoder = catalog.load("vlv_encoder")
         embedding_cache = catalog.load("embedding_cache")
-        data = None
+        datas: dict[str, object] = {}  # per pair setting: the run's own, or a candidate's
+
+        def pairs_of(overrides: dict):
+            """The run's pairs, or those the synthesize nodes draw under ``overrides``."""
+            if not overrides:
+                return run_pairs
+            raw = apply_overrides(plain("synthesize"), overrides)
+            if raw["captioner"]["backend"] != "manifest":
+                raise SystemExit("synthesize overrides need the manifest captioner (no calls)")
+            raw["journal_dir"] = str(project / "data/03_primary/sweep_stage2_journal")
+            params = SynthesizeParams(**raw)
+            selection = synthesize.select_images(manifest, params)
+            return synthesize.synthesize_captions(catalog.load("raw_images"), selection, params, {})
+
         for seed in args.seeds:
             for name in names:
                 body = candidates[name]
@@ -140,10 +155,14 @@ def main(argv: list[str] | None = None) -> None:
                 # its own checkpoints: the run's finished ones would be resumed, not trained
                 raw["checkpoint_dir"] = str(project / "data/06_models/checkpoints/sweep_stage2")
                 params = Stage2Params(**raw)
-                if data is None:
-                    data = stage2.load_stage2_data(
+                synth = body.get("synthesize", {})
+                pairs_key = repr(sorted(synth.items()))
+                if pairs_key not in datas:
+                    pairs = pairs_of(synth)
+                    datas[pairs_key] = stage2.load_stage2_data(
                         catalog.load("raw_images"), no_test, pairs, params
                     )
+                data = datas[pairs_key]
                 print(f"[stage-2 sweep] {key}: training", flush=True)
                 started = time.time()
                 captioner, log = stage2.train_stage2(data, encoder, embedding_cache, params, t2i)
@@ -153,9 +172,10 @@ def main(argv: list[str] | None = None) -> None:
                     "name": name,
                     "note": body.get("note", ""),
                     "overrides": body.get("overrides", {}),
+                    "synthesize": synth,
                     "seed": seed,
                     "encoder": encoder_name,
-                    "pairs": len(pairs),
+                    "pairs": len(data.pair_ids),
                     "split": "val",
                     "images": len(data.eval_ids),
                     "metrics": metrics,

@@ -252,3 +252,39 @@ def test_the_study_selects_its_slices_by_the_tags_the_stages_declare():
     untagged = Pipeline([Node(encode, "a", "b", name="train_stage1")])
     with pytest.raises(ValueError, match="no node tagged encoder"):
         point({"stage1": untagged}, QUERIES, "queries_04")
+
+
+def test_a_study_point_that_changes_only_stage_2s_own_keys_shares_the_baseline_folder():
+    """Study 1's points change stage 2's own keys (psi + LLM, 1000 steps), which the "without
+    stage 1" baseline does not read: on the same pairs (10% at seed 0 until conf/base moved to
+    15%) it resumes the default run's baseline folder; another baseline schedule or seed does
+    not."""
+    from pathlib import Path
+
+    from vlv_pipeline import settings
+    from vlv_pipeline.params.stage2 import Stage2Params
+    from vlv_pipeline.params.t2i import T2IParams
+    from vlv_pipeline.pipelines.stage2.nodes import CaptionerRun, _run_directory
+
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    loader = StudyConfigLoader(str(conf), **settings.CONFIG_LOADER_ARGS)
+    parameters = loader["parameters"]
+    t2i = T2IParams(**parameters["t2i"])
+
+    def baseline_folder(stage2: dict, training: dict | None = None) -> str:
+        params = Stage2Params(**stage2)
+        schedule = params.baseline.training or params.training
+        if training:
+            schedule = schedule.model_copy(update=training)
+        run = CaptionerRun("stage2_baseline", "projector+llm+encoder", schedule)
+        return _run_directory(params, t2i, run, "encoder-sha", "pairs-sha")
+
+    # the pairs reach the folder through their hash (the same here: the same pairs)
+    point = parameters[DERIVED_KEY][pairs_point(10, 0)]
+    assert point["stage2"]["trainable"] != parameters["stage2"]["trainable"]
+    assert baseline_folder(point["stage2"]) == baseline_folder(parameters["stage2"])
+    assert baseline_folder(parameters["stage2"]) != baseline_folder(
+        parameters["stage2"], {"learning_rate": 1e-4}
+    )
+    seed1 = parameters[DERIVED_KEY][pairs_point(10, 1)]["stage2"]
+    assert baseline_folder(seed1) != baseline_folder(parameters["stage2"])

@@ -171,7 +171,10 @@ def _run_directory(
 ) -> str:
     """The checkpoint folder: keyed by everything that makes the run (not how it captions
     nor how it validates), the starting encoder's weights and the pairs, so a new stage 1
-    or new pairs start a fresh run instead of resuming a stale one."""
+    or new pairs start a fresh run instead of resuming a stale one. What trains and its
+    schedule are the run's own (``run.trainable``, ``run.training``): the "without stage 1"
+    baseline does not read stage 2's, so a study point that changes only stage 2's resumes
+    the default run's baseline."""
     config = params.model_dump(
         mode="json",
         exclude={
@@ -180,6 +183,8 @@ def _run_directory(
             "baseline",
             "validation_every",
             "batch_at_most_pairs",  # what it changes is run.training's batch size, hashed
+            "trainable",  # run.trainable, hashed
+            "training",  # run.training, hashed
         },
     )
     config["t2i"] = t2i.model  # under the key stage2 once had: a run's folder stays the same
