@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     candidates = load_sweep(args.sweep)
+    for name, body in candidates.items():
+        if not isinstance(body.get("synthesize", {}), dict):
+            raise SystemExit(f"{args.sweep}: candidate {name!r} needs `synthesize:` as a mapping")
     names = args.only or list(candidates)
     unknown = [n for n in names if n not in candidates]
     if unknown:
@@ -140,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
             if raw["captioner"]["backend"] != "manifest":
                 raise SystemExit("synthesize overrides need the manifest captioner (no calls)")
             raw["journal_dir"] = str(project / "data/03_primary/sweep_stage2_journal")
-            params = SynthesizeParams(**raw)
+            try:
+                params = SynthesizeParams(**raw)
+            except ValueError as error:  # pydantic's ValidationError names the key
+                raise SystemExit(f"synthesize overrides {overrides}: {error}") from None
             selection = synthesize.select_images(manifest, params)
             return synthesize.synthesize_captions(catalog.load("raw_images"), selection, params, {})
 
