@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
 
     root = args.project.resolve()
     results = args.results.resolve()
+    sweep = args.sweep.resolve()  # before the chdir below, as --results
     bootstrap_project(root)
     os.chdir(root)  # relative paths in conf are relative to the project root
     with KedroSession.create(project_path=root, env=args.env) as session:
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         params = protocol_params(evaluate_params, args.images)
         t2i = context.params["t2i"]
         t2i = t2i if hasattr(t2i, "model") else T2IParams(**t2i)
-        reference, candidates = load_candidates(args.sweep, params.sampling.model_dump())
+        reference, candidates = load_candidates(sweep, params.sampling.model_dump())
         encoder = catalog.load("vlv_encoder")
         encoder_id = _encoder_version(catalog)
         data = evaluate.load_eval_data(

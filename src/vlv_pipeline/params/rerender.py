@@ -25,6 +25,9 @@ class RerenderParams(StrictModel):
     batch_size: int = Field(16, ge=1)
     # the renders' side in pixels; null: the pipeline's default (SD 3.5 Medium: 1024)
     size: int | None = Field(None, ge=8)
+    # columns of eval_captions left out of the table (``chance``, ``without_stage1``, an
+    # outside captioner's name): each row costs one render per image and guidance value
+    exclude: tuple[str, ...] = ()
 
     @field_validator("guidance")
     @classmethod
@@ -33,4 +36,13 @@ class RerenderParams(StrictModel):
             raise ValueError("guidance values must be >= 0")
         if len(set(values)) != len(values):
             raise ValueError(f"guidance lists a value twice: {list(values)}")
+        return values
+
+    @field_validator("exclude")
+    @classmethod
+    def _names(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not v.strip() for v in values):
+            raise ValueError("exclude names a column with an empty string")
+        if len(set(values)) != len(values):
+            raise ValueError(f"exclude lists a column twice: {list(values)}")
         return values

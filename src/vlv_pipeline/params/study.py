@@ -47,7 +47,7 @@ def trainable_point(trainable: str) -> str:
 
 
 # The stage 2 the study's protocol fixed (docs/STUDY.md): psi + LLM, 1000 steps. conf/base
-# has since trained the encoder too (500 steps); study 3 compares exactly that choice, and
+# has since trained the encoder too (300 steps); study 3 compares exactly that choice, and
 # studies 1 and 3 keep the protocol they were measured with.
 STUDY_STAGE2 = {"trainable": "projector+llm", "training": {"steps": 1000, "checkpoint_every": 500}}
 

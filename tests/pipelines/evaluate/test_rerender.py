@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from vlv_pipeline.errors import SetupError
+from vlv_pipeline.errors import ParameterError, SetupError
 from vlv_pipeline.metrics.tables import PaperTable, table_markdown
 from vlv_pipeline.models.probe import AttributeProbe
 from vlv_pipeline.models.vlv_encoder import SmallVLVEncoder, vae_config_of
@@ -118,6 +118,28 @@ def test_table1_reuses_the_evaluations_renders_and_renders_only_the_rest(
         )
 
 
+def test_excluded_columns_are_neither_rendered_nor_tabled(tiny_sd, setup, count_renders):
+    tmp, encoder, data, captions = setup
+    params = _params(tiny_sd, tmp, judge="pixels", probe=None)
+    table, companion = rerender.rerender_table1(
+        data, captions, {}, params, _sweep(exclude=["chance"]), _t2i(params)
+    )
+    table = PaperTable.from_dict(table)
+    assert [r.kind for r in table.rows] == ["reference"]
+    assert sum(n for _, n in count_renders) == 1 * 2 * 4  # one row x guidance values x images
+    assert "Left out (rerender.exclude): chance." in table.notes
+    with pytest.raises(ParameterError, match=r"rerender.exclude names \['chanse'\]"):
+        rerender.rerender_table1(
+            data, captions, {}, params, _sweep(exclude=["chanse"]), _t2i(params)
+        )
+    with pytest.raises(ParameterError, match="that rerender.exclude"):
+        rerender.rerender_table1(
+            data, captions, {}, params, _sweep(exclude=["chance", "reference"]), _t2i(params)
+        )
+    with pytest.raises(ValueError, match="exclude lists a column twice"):
+        _sweep(exclude=["chance", "chance"])
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -212,6 +234,7 @@ def test_the_paper_conf_renders_as_the_paper_and_base_sweeps_a_subset():
     assert evaluate.render_t2i == "stabilityai/stable-diffusion-3.5-medium"
     assert sweep.guidance == (1.0, 2.0, 3.0, 4.0) and sweep.steps == 40
     assert sweep.scheduler is None and sweep.images is None  # SD 3.5's own flow matching
+    assert sweep.exclude == ("chance",)  # the paper's Table 1 has no chance row
     assert [r.column for r in evaluate.captioners][:4] == [
         "vlv",
         "without_stage1",
@@ -219,7 +242,7 @@ def test_the_paper_conf_renders_as_the_paper_and_base_sweeps_a_subset():
         "chance",
     ]
     evaluate, sweep = params("base")
-    assert evaluate.source == "split" and sweep.images == 64
+    assert evaluate.source == "split" and sweep.images == 64 and sweep.exclude == ("chance",)
     assert [r.column for r in evaluate.captioners] == [
         "vlv",
         "without_stage1",

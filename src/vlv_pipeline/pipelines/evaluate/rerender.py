@@ -74,12 +74,23 @@ def column_key(guidance: float) -> str:
     return f"guidance_{guidance:g}"
 
 
-def _rows(captions: pd.DataFrame, params: EvaluateParams) -> list[tuple[str, str, str]]:
+def _rows(
+    captions: pd.DataFrame, params: EvaluateParams, exclude: tuple[str, ...] = ()
+) -> list[tuple[str, str, str]]:
     """``(column, label, kind)`` of every captioner with a caption for every image, in the
     order of ``evaluate.captioners`` (then any other column of ``eval_captions``), the model's
-    row first; labels as in Tables 2 and 3 (``captioner_label``)."""
+    row first, but those ``exclude`` names (``rerender.exclude``); labels as in Tables 2 and 3
+    (``captioner_label``)."""
     present = ["reference", *caption_columns(captions)]
-    complete = [c for c in present if c in captions and not captions[c].isna().any()]
+    unknown = [c for c in exclude if c not in present]
+    if unknown:
+        raise ParameterError(
+            f"rerender.exclude names {unknown}, which are not captioner columns of "
+            f"eval_captions (it has {present}): correct or remove them"
+        )
+    complete = [
+        c for c in present if c in captions and not captions[c].isna().any() and c not in exclude
+    ]
     ordered = [r.column for r in params.captioners if r.column in complete]
     ordered += [c for c in complete if params.row(c) is None]
     out = [(column, *captioner_label(column, params)) for column in ordered]
@@ -151,9 +162,16 @@ def rerender_table1(
     """Table 1 and its companion (module docstring) as ``PaperTable.to_dict()``."""
     total = len(data.image_ids)
     n = total if rerender.images is None else min(rerender.images, total)
-    rows = _rows(captions, params)
+    rows = _rows(captions, params, rerender.exclude)
     if not rows:
-        raise ParameterError("Table 1 has no captioner with a caption for every image")
+        raise ParameterError(
+            "Table 1 has no captioner with a caption for every image"
+            + (
+                f" that rerender.exclude ({list(rerender.exclude)}) keeps"
+                if rerender.exclude
+                else ""
+            )
+        )
     main, second = JUDGE_METRICS[params.judge]
     reused = reusable(metrics, params, rerender, n, total, t2i)
     jobs = [
@@ -273,6 +291,8 @@ def _table(
         f"original, on {subset} (rerender.images); every row and column draws the same noise "
         f"per image (seed {rerender.seed})."
     ]
+    if rerender.exclude:
+        notes.append(f"Left out (rerender.exclude): {', '.join(rerender.exclude)}.")
     for g, cells in reused.items():
         if cells:
             notes.append(
