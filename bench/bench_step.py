@@ -20,7 +20,8 @@ Sections (``--only`` picks some):
 - stage2, baseline: the same for stage 2's step and the "without stage 1" baseline's step.
 - render: one batch of evaluate's reconstructions from embeddings (``evaluate.sampling``),
   through ``EvalRenders`` against the bare sampler call on conditions held in memory.
-- levers: each as a ratio of its time to today's, measured in this run.
+- levers: each as a ratio of its time to today's, measured in this run (with ``--compile``,
+  also the baseline's encoder under ``torch.compile``; the render in calls of half the batch).
 
 How the loop's overhead is measured: the real ``train()`` runs ``warmup + steps + profile``
 steps (one more without a profile), with a timer around each call it makes: reading the
@@ -971,6 +972,26 @@ def latent_lever(got: Captured, inputs: Inputs) -> tuple[Captured | None, str, d
     return lever, "", check
 
 
+def compiled_encoder(objective, batches, args, optimizer, device) -> dict:
+    """The cached-path step with the VLV encoder's ``from_features`` under ``torch.compile``
+    (inductor, default mode): the first step's seconds (compiling included) and the steady
+    bare step; not applicable where compiling fails (no C++ compiler, an unsupported op)."""
+    encoder = objective.encoder
+    try:
+        encoder.from_features = torch.compile(encoder.from_features)
+        start = time.perf_counter()
+        objective(batches[0]).backward()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        first = time.perf_counter() - start
+        steady = step_phases(objective, batches, args.steps, args.warmup, optimizer)
+    except Exception as error:  # said, not raised: a lever that cannot run here
+        return {"applicable": False, "reason": f"{type(error).__name__}: {error}"[:300]}
+    finally:
+        encoder.__dict__.pop("from_features", None)  # back to the class's method
+    return {"applicable": True, "first_step_s": first, "step_s": steady["step"]}
+
+
 def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[dict, dict]:
     from vlv_pipeline.pipelines.stage2 import nodes
     from vlv_pipeline.training import optimization
@@ -1001,6 +1022,11 @@ def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[
         optimization.make_optimizer(trainable, params, torch.device(device)),
     )
     bare = step_phases(lever.objective, batches, args.steps, args.warmup, optimizer)
+    compiled = (
+        compiled_encoder(lever.objective, batches, args, optimizer, device)
+        if args.compile
+        else None
+    )
     looped = time_loop(lever, args, device, tmp / "baseline-latents", profile=False)
     entry.update(
         bare_today_s=bare_today["step"],
@@ -1009,6 +1035,8 @@ def baseline_section(inputs: Inputs, args, device, tmp: Path, ceiling) -> tuple[
         loop_s=looped["step_s"],
         loop=looped,
     )
+    if compiled is not None:
+        entry["compiled"] = compiled
     return result, entry
 
 
@@ -1176,6 +1204,20 @@ def render_section(inputs: Inputs, args, device) -> tuple[dict, dict]:
         "steps": lever_steps,
         "note": "speed only: whether quality holds is issue 28, part 2",
     }
+    if n >= 2:  # the same images in calls of half the batch: is the batch too large for the CPU?
+        half = max(1, s.batch_size // 2)
+        start = time.perf_counter()
+        teacher.render(
+            pipeline,
+            conditions=conditions,
+            steps=s.steps,
+            guidance=s.guidance,
+            batch_size=half,
+            scheduler=s.scheduler,
+            generator=ev_renders.image_generators(s.seed, range(n)),
+        )
+        synchronize(device)
+        lever["half_batch"] = {"batch": half, "lever_s": time.perf_counter() - start}
     return result, lever
 
 
@@ -1241,6 +1283,22 @@ def print_levers(results: dict) -> dict:
                 f"  (embeddings agree to {entry['check']['max_abs_diff']:.1e})",
             )
             levers["baseline_latent_cache"] = {"applicable": True, "bare": bare, "loop": loop}
+            compiled = entry.get("compiled") or {}
+            name = "baseline: its encoder under torch.compile, cached path, bare step"
+            if compiled.get("applicable"):
+                levers["baseline_compiled_encoder"] = {
+                    **compiled,
+                    **_ratio_line(
+                        name,
+                        entry["bare_s"],
+                        compiled["step_s"],
+                        "s/step",
+                        f"  (first step {compiled['first_step_s']:.1f} s, compiling)",
+                    ),
+                }
+            elif compiled:
+                print(f"  {name}: not applicable: {compiled['reason']}")
+                levers["baseline_compiled_encoder"] = compiled
         else:
             print(
                 f"  baseline: encoder input from the latent cache: not applicable: {entry['reason']}"
@@ -1258,6 +1316,16 @@ def print_levers(results: dict) -> dict:
                 f"  ({entry['note']})",
             ),
         }
+        if "half_batch" in entry:
+            half = entry["half_batch"]
+            levers["render_half_batch"] = {
+                **half,
+                **_ratio_line(
+                    f"render: today's sampler in calls of {half['batch']} images, bare",
+                    entry["today_s"],
+                    half["lever_s"],
+                ),
+            }
     return levers
 
 
@@ -1277,6 +1345,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--synthetic", action="store_true", help="a small synthetic world even if data/ exists"
     )
     parser.add_argument("--env", default=None, help="Kedro environment (default: as `kedro run`)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the baseline with its encoder under torch.compile (compiling takes "
+        "tens of seconds)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")

@@ -104,6 +104,12 @@ def check_tiny_bench_step(stdout: str, results: dict) -> None:
     # conf/base's baseline reads its encoder's input through the frozen T2I VAE tower
     assert levers["baseline_latent_cache"]["applicable"]
     assert levers["baseline_latent_cache"]["loop"]["ratio"] > 0
+    assert levers["render_half_batch"]["batch"] == 1 and levers["render_half_batch"]["ratio"] > 0
+    compiled = levers["baseline_compiled_encoder"]  # --compile: timed, or said why not
+    if compiled["applicable"]:
+        assert compiled["ratio"] > 0 and compiled["first_step_s"] > 0
+    else:
+        assert compiled["reason"]
     assert all(v["ratio"] > 0 for v in levers.values() if "ratio" in v)
 
 
@@ -111,7 +117,7 @@ def check_tiny_bench_step(stdout: str, results: dict) -> None:
 def test_bench_step_tiny_prints_every_section_and_writes_its_json(tmp_path):
     """bench_step at tiny settings, on a synthetic world of its own (data/ is not read)."""
     path = tmp_path / "step.json"
-    stdout = _bench_step(*TINY_STEP, "--json", str(path))
+    stdout = _bench_step(*TINY_STEP, "--compile", "--json", str(path))
     check_tiny_bench_step(stdout, json.loads(path.read_text()))
 
 
