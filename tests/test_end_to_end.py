@@ -567,7 +567,7 @@ def test_the_rehearsal_measures_the_papers_three_tables_offline(rehearsal_run):
     for key, section in sections.items():
         first_row = section.split("</tr>", 2)[1]  # after the header
         assert first_row.startswith('<tr class="model"><td>VLV captioner</td>'), key
-        for label in labels:
+        for label in labels[:3] if key == "table1" else labels:  # Table 1: no chance row
             assert f"<td>{html_escape(label)}</td>" in section, (key, label)
     assert '<tr class="paper"><td>VLV (paper)</td><td class="num">5.18</td>' in sections["table2"]
     assert '<tr class="paper"><td>GPT-4o (paper)</td>' in sections["table2"]

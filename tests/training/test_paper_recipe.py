@@ -71,7 +71,7 @@ def test_the_default_runs_keep_their_schedule():
 
 def test_the_baseline_changes_only_what_it_names_of_stage2s_training():
     """conf/base's baseline has its own tuned rate and warm-up and keeps its 1000 steps while
-    stage 2 trains 500 with the encoder; batch and seed (which the study's points set on
+    stage 2 trains 300 with the encoder; batch and seed (which the study's points set on
     stage2.training) stay stage 2's."""
     raw = _parameters("base")["stage2"]
     raw["training"] = {**raw["training"], "seed": 7}
@@ -79,7 +79,7 @@ def test_the_baseline_changes_only_what_it_names_of_stage2s_training():
     baseline, training = stage2.baseline.training, stage2.training
     assert (baseline.learning_rate, baseline.warmup_steps) == (3e-4, 200)
     assert (training.learning_rate, training.warmup_steps) == (1e-3, 50)
-    assert (baseline.steps, training.steps) == (1000, 500)
+    assert (baseline.steps, training.steps) == (1000, 300)
     same = ("batch_size", "seed", "lr_schedule", "weight_decay", "max_grad_norm")
     assert {k: getattr(baseline, k) for k in same} == {k: getattr(training, k) for k in same}
     assert baseline.seed == 7

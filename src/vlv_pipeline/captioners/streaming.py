@@ -8,7 +8,9 @@ stops the stream: no queued item is sent, ``cancel`` is set so that waiting retr
 dropped, the answers to the requests in flight are yielded, and the exception is raised.
 ``guard`` (``stop_after_first_failures``, 0 off) holds back the first failures until a
 result arrives, and stops the stream with ``guard_error(held)`` when the first ``guard``
-answers are all failures (``openai_chat`` module docstring).
+answers are all failures (``openai_chat`` module docstring); until then no item waits in the
+queue (at most ``max_concurrency`` taken), so at most ``guard + max_concurrency - 1`` items
+are ever sent to a server that refuses them all.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ def stream(
     source = iter(items)
     held: list[tuple[str, CaptionFailure]] = []  # failures before the first caption
     captioned = False
-    window = 2 * max_concurrency
     cancel = threading.Event()
     pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=THREAD_NAME_PREFIX)
     pending: dict[Future[R | CaptionFailure], str] = {}
@@ -46,7 +47,11 @@ def stream(
     try:
         exhausted = False
         while True:
-            # once a worker has failed for good (cancel set), take no more images
+            # once a worker has failed for good (cancel set), take no more images. Until the
+            # guard has seen a caption, nothing waits in the queue: a worker that answers
+            # cannot start another image before this loop has counted its answer, so a
+            # guard that fires leaves at most max_concurrency - 1 requests in flight
+            window = max_concurrency if guard and not captioned else 2 * max_concurrency
             while not exhausted and len(pending) < window and not cancel.is_set():
                 try:
                     image_id, image = next(source)
