@@ -8,6 +8,7 @@ bytes, length 2, type 1: full, first, middle, last), each payload a serialised `
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -60,3 +61,16 @@ def read_run(path: Path) -> dict:
                 }
             )
     return out
+
+
+def read_finished_run(path: Path, timeout_s: float = 20.0) -> dict:
+    """``read_run`` once the file holds the run's own record. wandb-core, a process of its
+    own, writes the file; in offline mode ``finish()`` can return before its last records
+    reach the disk on a loaded machine (seen once in CI: no run record at all), so the reader
+    waits for them, up to ``timeout_s``, and then returns what is there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = read_run(path)
+        if run["project"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)

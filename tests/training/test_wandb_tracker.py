@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from wandb_records import read_run
+from wandb_records import read_finished_run
 
 from vlv_pipeline.errors import SetupError
 from vlv_pipeline.params.training import TrainParams
@@ -56,7 +56,7 @@ def test_a_training_run_logs_to_an_offline_wandb_run(monkeypatch, tmp_path):
     assert len(runs) == 1, list((wandb_dir / "wandb").iterdir())
     files = list(runs[0].glob("run-*.wandb"))  # what `wandb sync` uploads
     assert len(files) == 1
-    run = read_run(files[0])
+    run = read_finished_run(files[0])
     assert (run["project"], run["name"]) == ("stage1", "stage1-abc")
     assert run["config"]["learning_rate"] == 0.1 and run["config"]["steps"] == 4
     curves = [row for row in run["history"] if "loss" in row]
